@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a fresh Debian bookworm host (run as root) for building, testing and
+# running tarpool. Re-runs are fast and need no network once everything is present:
+# apt-get runs only if some package is missing, rustup only if the wasm target is missing.
+# Rust stable (rustup, cargo) is assumed to be installed already.
+set -euo pipefail
+
+die() { echo "install-deps: error: $*" >&2; exit 1; }
+
+# build: gcc + libc6-dev (rustc's linker; C code of zstd-sys and rusqlite's bundled SQLite),
+#        pkg-config, ca-certificates (cargo fetching crates over TLS)
+# tests/fixtures: GNU tar, gzip, zstd, pigz, python3, umoci, skopeo
+PACKAGES=(
+    gcc libc6-dev pkg-config ca-certificates
+    tar gzip zstd pigz python3 umoci skopeo
+)
+WASM_TARGET=wasm32-wasip2
+
+[ "$(id -u)" = 0 ] || die "must run as root"
+command -v dpkg-query >/dev/null || die "dpkg-query not found: this script is for Debian"
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update || die "apt-get update failed"
+    apt-get install -y --no-install-recommends "${missing[@]}" \
+        || die "apt-get install failed for: ${missing[*]}"
+else
+    echo "install-deps: Debian packages already installed"
+fi
+
+# rustup may live in root's cargo home rather than on PATH
+if ! command -v rustup >/dev/null && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/rustup" ]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+fi
+command -v rustup >/dev/null || die "rustup not found (install Rust stable via rustup first)"
+
+if rustup target list --installed | grep -qx "$WASM_TARGET"; then
+    echo "install-deps: rust target $WASM_TARGET already installed"
+else
+    echo "install-deps: adding rust target $WASM_TARGET"
+    rustup target add "$WASM_TARGET" || die "rustup target add $WASM_TARGET failed"
+fi
+
+echo "install-deps: done"

@@ -1,0 +1,185 @@
+//! The overlay backend, as containerd's overlayfs snapshotter lays it out:
+//! `overlay/layers/<id>/fs` holds one layer's diff (with overlay whiteouts),
+//! a layer is applied through an overlay mount of its parents with the new
+//! `fs` as upper dir, and an activation is a writable overlay over the chain.
+//!
+//! Layer mounts happen on a dedicated thread inside a private mount
+//! namespace, so they vanish with the thread, or with the process on SIGKILL.
+
+use rustix::fd::AsFd;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{ActivationInfo, ApplyFn, Cleanup, Snapshotter};
+use crate::error::StepFailure;
+use crate::sys::{overlay_options, MountOps};
+
+pub struct Overlay {
+    root: PathBuf,
+    mounts: Arc<dyn MountOps>,
+}
+
+impl Overlay {
+    pub fn new(state_dir: &Path, mounts: Arc<dyn MountOps>) -> io::Result<Overlay> {
+        let root = state_dir.join("overlay");
+        for d in ["layers", "mnt", "activations"] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        Ok(Overlay { root, mounts })
+    }
+
+    fn layers(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    fn layer_dir(&self, id: i64) -> PathBuf {
+        self.layers().join(id.to_string())
+    }
+
+    /// Lower dirs relative to `layers/`, so a deep chain fits in one page.
+    fn relative_lowers(chain: &[i64]) -> Vec<PathBuf> {
+        chain.iter().map(|id| PathBuf::from(format!("{id}/fs"))).collect()
+    }
+}
+
+fn io_fail(context: &str) -> impl FnOnce(io::Error) -> StepFailure + '_ {
+    move |e| StepFailure::Retry(format!("{context}: {e}"))
+}
+
+fn remove_all(p: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+impl Snapshotter for Overlay {
+    fn kind(&self) -> &'static str {
+        "overlay"
+    }
+
+    fn apply_layer(&self, id: i64, parents: &[i64], apply: &mut ApplyFn<'_>) -> Result<crate::extract::ApplyStats, StepFailure> {
+        let dir = self.layer_dir(id);
+        remove_all(&dir).map_err(io_fail("removing a stale layer directory"))?;
+        fs::create_dir_all(dir.join("fs")).map_err(io_fail("creating the layer directory"))?;
+        let stats = if parents.is_empty() {
+            let fs_dir = File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
+            let stats = apply(fs_dir.as_fd())?;
+            rustix::fs::syncfs(&fs_dir).map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+            stats
+        } else {
+            fs::create_dir_all(dir.join("work")).map_err(io_fail("creating the work directory"))?;
+            let mnt = self.root.join("mnt").join(id.to_string());
+            fs::create_dir_all(&mnt).map_err(io_fail("creating the mount point"))?;
+            let layers = self.layers();
+            let mounts = self.mounts.clone();
+            let result = std::thread::scope(|s| {
+                s.spawn(|| -> Result<_, StepFailure> {
+                    mounts.private_namespace().map_err(io_fail("entering a private mount namespace"))?;
+                    std::env::set_current_dir(&layers).map_err(io_fail("entering the layers directory"))?;
+                    let upper = PathBuf::from(format!("{id}/fs"));
+                    let work = PathBuf::from(format!("{id}/work"));
+                    mounts
+                        .mount_overlay(&mnt, &Self::relative_lowers(parents), Some((&upper, &work)))
+                        .map_err(io_fail("mounting the parent chain"))?;
+                    let r = (|| {
+                        let root = File::open(&mnt).map_err(io_fail("opening the mounted view"))?;
+                        let stats = apply(root.as_fd())?;
+                        rustix::fs::syncfs(&root).map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+                        Ok(stats)
+                    })();
+                    let _ = mounts.unmount(&mnt, false);
+                    r
+                })
+                .join()
+                .unwrap_or_else(|_| Err(StepFailure::Retry("the layer thread panicked".into())))
+            });
+            let _ = fs::remove_dir(&mnt);
+            let stats = result?;
+            remove_all(&dir.join("work")).map_err(io_fail("removing the work directory"))?;
+            stats
+        };
+        File::open(&dir).and_then(|f| f.sync_all()).map_err(io_fail("syncing the layer directory"))?;
+        File::open(self.layers()).and_then(|f| f.sync_all()).map_err(io_fail("syncing the layers directory"))?;
+        Ok(stats)
+    }
+
+    fn discard_layer(&self, id: i64) -> io::Result<()> {
+        remove_all(&self.layer_dir(id))
+    }
+
+    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure> {
+        for id in chain {
+            if !self.layer_dir(*id).join("fs").is_dir() {
+                return Err(StepFailure::Retry(format!("image `{name}`: layer {id} is missing from the overlay store")));
+            }
+        }
+        let lowers: Vec<PathBuf> = chain.iter().map(|id| self.layer_dir(*id).join("fs")).collect();
+        // A single layer cannot be a read-only overlay on its own; the view is then the directory itself.
+        Ok(ActivationInfo { fstype: "overlay".into(), options: overlay_options(&lowers, None), mountpoint: None })
+    }
+
+    fn activate(&self, act: &str, chain: &[i64], mountpoint: Option<&Path>) -> io::Result<ActivationInfo> {
+        let dir = self.root.join("activations").join(act);
+        fs::create_dir_all(dir.join("upper"))?;
+        fs::create_dir_all(dir.join("work"))?;
+        let lowers: Vec<PathBuf> = chain.iter().map(|id| self.layer_dir(*id).join("fs")).collect();
+        let upper = dir.join("upper");
+        let work = dir.join("work");
+        let options = overlay_options(&lowers, Some((&upper, &work)));
+        if let Some(mp) = mountpoint {
+            // Relative lower dirs keep deep chains within a page of options.
+            let cwd = std::env::current_dir()?;
+            std::env::set_current_dir(self.layers())?;
+            let rel_upper = PathBuf::from(format!("../activations/{act}/upper"));
+            let rel_work = PathBuf::from(format!("../activations/{act}/work"));
+            let r = self.mounts.mount_overlay(mp, &Self::relative_lowers(chain), Some((&rel_upper, &rel_work)));
+            std::env::set_current_dir(cwd)?;
+            if let Err(e) = r {
+                let _ = remove_all(&dir);
+                return Err(e);
+            }
+        }
+        Ok(ActivationInfo {
+            fstype: "overlay".into(),
+            options,
+            mountpoint: mountpoint.map(|p| p.display().to_string()),
+        })
+    }
+
+    fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {
+        if let Some(mp) = mountpoint {
+            let mp = fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
+            if self.mounts.mounts_under(&mp)?.iter().any(|m| m == &mp) {
+                self.mounts.unmount(&mp, false)?;
+            }
+        }
+        remove_all(&self.root.join("activations").join(act))
+    }
+
+    fn cleanup(&self, known: &[i64]) -> io::Result<Cleanup> {
+        let mut report = Cleanup::default();
+        let mnt = self.root.join("mnt");
+        for m in self.mounts.mounts_under(&mnt)? {
+            self.mounts.unmount(&m, true)?;
+            report.unmounted += 1;
+        }
+        for ent in fs::read_dir(&mnt)? {
+            remove_all(&ent?.path())?;
+            report.removed += 1;
+        }
+        for ent in fs::read_dir(self.layers())? {
+            let ent = ent?;
+            let keep = ent.file_name().to_str().and_then(|n| n.parse::<i64>().ok()).is_some_and(|id| known.contains(&id));
+            if !keep {
+                remove_all(&ent.path())?;
+                report.removed += 1;
+            } else if ent.path().join("work").exists() {
+                remove_all(&ent.path().join("work"))?;
+            }
+        }
+        Ok(report)
+    }
+}

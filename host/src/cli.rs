@@ -1,0 +1,434 @@
+//! Command-line parsing into a checked configuration, and the commands.
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use serde::Deserialize;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::core::machine::RetryPolicy;
+use crate::core::names::valid_image_name;
+use crate::core::policy::Policy;
+use crate::engine::{self, Ctx};
+use crate::store::{ActivationRow, Store};
+
+/// The example bucket in this repository: the default source.
+pub const EXAMPLE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/example-bucket");
+
+#[derive(Parser, Debug)]
+#[command(name = "tarpool", version, about = "Turns container images in a bucket into activated copy-on-write root filesystems")]
+pub struct Args {
+    /// Where the SQLite state, blobs and layers live.
+    #[arg(long, global = true)]
+    pub state_dir: Option<PathBuf>,
+    /// A TOML configuration file.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Discover images in the source and bring each to ready.
+    Run {
+        /// Process the source once and exit (otherwise poll it until stopped).
+        #[arg(long)]
+        once: bool,
+        /// `dir:PATH` or a plain path (default: the repository's example bucket).
+        #[arg(long)]
+        source: Option<String>,
+        /// auto, overlay or thinpool.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Images processed at once.
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Seconds between polls without --once.
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The state of every tracked image.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The transitions and policy decisions recorded for an image.
+    Audit {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A writable copy-on-write view of a ready image.
+    Activate {
+        name: String,
+        /// The activation's name (default: a new ULID).
+        #[arg(long = "as")]
+        as_: Option<String>,
+        /// Mount the activation read-write here.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Unmounts and removes an activation.
+    Deactivate {
+        act: String,
+        #[arg(long)]
+        backend: Option<String>,
+    },
+    /// Cancels an image's active run.
+    Cancel { name: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    state_dir: Option<PathBuf>,
+    source: Option<String>,
+    backend: Option<String>,
+    jobs: Option<usize>,
+    policy: Option<PathBuf>,
+    max_attempts: Option<u32>,
+    retry_base_ms: Option<u64>,
+    retry_cap_ms: Option<u64>,
+}
+
+/// The checked configuration every command works from.
+struct Config {
+    state_dir: PathBuf,
+    source: String,
+    backend: String,
+    jobs: usize,
+    policy: Policy,
+    retry: RetryPolicy,
+}
+
+fn config(args: &Args, source: Option<&str>, backend: Option<&str>, jobs: Option<usize>) -> Result<Config> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), e.message()))?
+        }
+        None => FileConfig::default(),
+    };
+    let policy = match &file.policy {
+        Some(p) => Policy::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading policy {}", p.display()))?)
+            .map_err(anyhow::Error::msg)?,
+        None => Policy::default_policy(),
+    };
+    let mut retry = RetryPolicy::default();
+    if let Some(n) = file.max_attempts {
+        retry.max_attempts = n.max(1);
+    }
+    if let Some(ms) = file.retry_base_ms {
+        retry.base = std::time::Duration::from_millis(ms);
+    }
+    if let Some(ms) = file.retry_cap_ms {
+        retry.cap = std::time::Duration::from_millis(ms);
+    }
+    let jobs = jobs.or(file.jobs).unwrap_or(2);
+    if jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    Ok(Config {
+        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/tarpool")),
+        source: source.map(str::to_string).or(file.source).unwrap_or_else(|| EXAMPLE_BUCKET.to_string()),
+        backend: backend.map(str::to_string).or(file.backend).unwrap_or_else(|| "auto".into()),
+        jobs,
+        policy,
+        retry,
+    })
+}
+
+fn open_store(state_dir: &Path) -> Result<Store> {
+    std::fs::create_dir_all(state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    Ok(Store::open(&state_dir.join("state.db"))?)
+}
+
+/// Holds the state directory's run lock for the life of the value.
+struct RunLock(#[allow(dead_code)] std::fs::File);
+
+fn lock_state(state_dir: &Path) -> Result<RunLock> {
+    use std::io::Write as _;
+    let path = state_dir.join("run.lock");
+    let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            f.set_len(0)?;
+            writeln!(f, "{}", std::process::id())?;
+            Ok(RunLock(f))
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another `tarpool run` (pid {}) is already using state directory {}; refusing to start",
+                pid.trim(),
+                state_dir.display()
+            )
+        }
+        Err(e) => Err(e).context("locking the state directory"),
+    }
+}
+
+pub fn main() -> Result<u8> {
+    let args = Args::parse();
+    match &args.cmd {
+        Cmd::Run { once, source, backend, jobs, interval, json } => {
+            let cfg = config(&args, source.as_deref(), backend.as_deref(), *jobs)?;
+            run(cfg, *once, *interval, *json)
+        }
+        Cmd::Status { json } => {
+            let cfg = config(&args, None, None, None)?;
+            status(&open_store(&cfg.state_dir)?, *json)
+        }
+        Cmd::Audit { name, json } => {
+            let cfg = config(&args, None, None, None)?;
+            audit(&open_store(&cfg.state_dir)?, name, *json)
+        }
+        Cmd::Activate { name, as_, mount, backend } => {
+            let cfg = config(&args, None, backend.as_deref(), None)?;
+            activate(&cfg, name, as_.as_deref(), mount.as_deref())
+        }
+        Cmd::Deactivate { act, backend } => {
+            let cfg = config(&args, None, backend.as_deref(), None)?;
+            deactivate(&cfg, act)
+        }
+        Cmd::Cancel { name } => {
+            let cfg = config(&args, None, None, None)?;
+            let store = open_store(&cfg.state_dir)?;
+            if store.request_cancel(name)? {
+                println!("cancellation requested for {name}");
+                Ok(0)
+            } else {
+                bail!("image {name} has no active run")
+            }
+        }
+    }
+}
+
+fn backend(cfg: &Config) -> Result<Box<dyn crate::backend::Snapshotter>> {
+    crate::backend::open(&cfg.backend, &cfg.state_dir, Arc::new(crate::sys::LinuxMounts)).map_err(anyhow::Error::msg)
+}
+
+fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
+    let store = open_store(&cfg.state_dir)?;
+    let _lock = lock_state(&cfg.state_dir)?;
+    let source = crate::source::parse(&cfg.source)?;
+    let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
+    let steps = crate::wasm::Steps::load(&cfg.state_dir.join("cache")).context("loading the format steps")?;
+    let backend = backend(&cfg)?;
+    let ctx = Arc::new(Ctx::new(cfg.state_dir.clone(), store, blobs, steps, backend, source, cfg.policy, cfg.retry));
+    ctx.recover()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            eprintln!("tarpool: stopping after the transitions under way");
+            c.shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        loop {
+            let (names, summary) = engine::discover(&ctx)?;
+            for (key, reason) in &summary.rejected {
+                eprintln!("tarpool: not an image: {key}: {reason}");
+            }
+            engine::run_all(ctx.clone(), cfg.jobs).await?;
+            if once || ctx.shutdown.load(std::sync::atomic::Ordering::SeqCst) {
+                return report(&ctx, &names, &summary, json);
+            }
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(interval);
+            while tokio::time::Instant::now() < until && !ctx.shutdown.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    })
+}
+
+fn report(ctx: &Ctx, names: &[String], summary: &engine::Summary, json: bool) -> Result<u8> {
+    let images = ctx.store.images()?;
+    let mut all_ready = true;
+    let mut rows = Vec::new();
+    for n in names {
+        let img = images.iter().find(|i| &i.name == n);
+        let state = img.map(|i| i.state.as_str()).unwrap_or("pending");
+        let state = if state == "cancelled" { "failed" } else { state };
+        all_ready &= state == "ready";
+        rows.push(json!({
+            "name": n,
+            "state": state,
+            "error": img.and_then(|i| i.error.clone()),
+            "unchanged": summary.unchanged.contains(n),
+        }));
+    }
+    if json {
+        println!("{}", json!({ "images": rows, "rejected": summary.rejected.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>() }));
+    } else {
+        for r in &rows {
+            let err = r["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+            let note = if r["unchanged"] == true { " (unchanged)" } else { "" };
+            println!("{:<24} {}{}{}", r["name"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""), note, err);
+        }
+        println!(
+            "{} ready, {} failed, {} not images",
+            rows.iter().filter(|r| r["state"] == "ready").count(),
+            rows.iter().filter(|r| r["state"] == "failed").count(),
+            summary.rejected.len()
+        );
+    }
+    Ok(if all_ready { 0 } else { 1 })
+}
+
+fn status(store: &Store, json: bool) -> Result<u8> {
+    let images = store.images()?;
+    let active = store.active_runs()?;
+    let mut names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();
+    for r in &active {
+        if !names.contains(&r.image) {
+            names.push(r.image.clone());
+        }
+    }
+    names.sort();
+    let mut rows = Vec::new();
+    for n in &names {
+        let img = images.iter().find(|i| &i.name == n);
+        let run = active.iter().find(|r| &r.image == n);
+        let (state, error) = match (run, img) {
+            (Some(r), _) => {
+                let started = !store.transitions_for(n)?.iter().all(|t| t.run != r.id);
+                (if started { "running" } else { "pending" }, None)
+            }
+            (None, Some(i)) if i.state == "cancelled" => ("failed", i.error.clone()),
+            (None, Some(i)) => (i.state.as_str(), i.error.clone()),
+            (None, None) => ("pending", None),
+        };
+        rows.push(json!({
+            "name": n,
+            "state": state,
+            "error": error,
+            "run": run.map(|r| r.id.clone()).or_else(|| img.and_then(|i| i.last_run.clone())),
+            "step": run.and_then(|r| r.next_step.clone()),
+            "format": img.and_then(|i| i.format.clone()),
+            "top_chain": img.and_then(|i| i.top_chain.clone()),
+            "layers": img.and_then(|i| i.layers.clone()),
+            "updated_at": img.map(|i| i.updated_at),
+        }));
+    }
+    let rejected: Vec<_> = store.rejected()?.into_iter().map(|(s, k, r)| json!({"source": s, "key": k, "reason": r})).collect();
+    if json {
+        println!("{}", json!({ "images": rows, "rejected": rejected }));
+    } else {
+        if rows.is_empty() {
+            println!("no images tracked");
+        }
+        for r in &rows {
+            let err = r["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+            println!("{:<24} {}{}", r["name"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""), err);
+        }
+        for r in &rejected {
+            println!("not an image: {}: {}", r["key"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(0)
+}
+
+fn audit(store: &Store, name: &str, json: bool) -> Result<u8> {
+    let transitions = store.transitions_for(name)?;
+    let decisions = store.decisions_for(name)?;
+    if transitions.is_empty() && !store.has_image_history(name)? {
+        bail!("no image named {name} has been processed");
+    }
+    if json {
+        println!("{}", json!({ "image": name, "transitions": transitions, "decisions": decisions }));
+    } else {
+        for t in &transitions {
+            let err = t.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
+            println!("{} {} {:<20} #{} {}{}", t.run, t.version, t.name, t.attempt, t.outcome, err);
+        }
+        for d in &decisions {
+            println!("decision {} {:<18} {} {}", d.version, d.rule, d.verdict, d.detail);
+        }
+    }
+    Ok(0)
+}
+
+fn valid_activation_name(s: &str) -> bool {
+    (1..=64).contains(&s.len()) && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -> Result<u8> {
+    if !valid_image_name(name) {
+        bail!("invalid image name {name:?}");
+    }
+    let store = open_store(&cfg.state_dir)?;
+    let img = store.image(name)?.with_context(|| format!("no image named {name}"))?;
+    if img.state != "ready" {
+        bail!("image {name} is {}, not ready", img.state);
+    }
+    let act = as_.map(str::to_string).unwrap_or_else(|| ulid::Ulid::new().to_string());
+    if !valid_activation_name(&act) {
+        bail!("invalid activation name {act:?} (allowed: [A-Za-z0-9._-]{{1,64}})");
+    }
+    if store.activation(&act)?.is_some() {
+        bail!("activation {act} already exists");
+    }
+    let chains: Vec<String> = img
+        .layers
+        .as_ref()
+        .and_then(|l| l.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|l| l["chain_id"].as_str().map(str::to_string))
+        .collect();
+    let mut ids = Vec::new();
+    for c in chains.iter().rev() {
+        match store.layer(c)? {
+            Some(l) if l.committed => ids.push(l.id),
+            _ => bail!("image {name}: layer {c} is missing; run `tarpool run` again"),
+        }
+    }
+    let mountpoint = match mount {
+        Some(m) => {
+            std::fs::create_dir_all(m).with_context(|| format!("creating mount point {}", m.display()))?;
+            Some(std::fs::canonicalize(m)?)
+        }
+        None => None,
+    };
+    let b = backend(cfg)?;
+    let info = b.activate(&act, &ids, mountpoint.as_deref()).with_context(|| format!("activating {name}"))?;
+    store.add_activation(&ActivationRow {
+        id: act.clone(),
+        image: name.to_string(),
+        top_chain: img.top_chain.clone().unwrap_or_default(),
+        mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
+    })?;
+    println!(
+        "{}",
+        json!({
+            "activation": act,
+            "image": name,
+            "backend": b.kind(),
+            "top_chain": img.top_chain,
+            "mountpoint": info.mountpoint,
+            "mount": { "type": info.fstype, "options": info.options },
+        })
+    );
+    Ok(0)
+}
+
+fn deactivate(cfg: &Config, act: &str) -> Result<u8> {
+    let store = open_store(&cfg.state_dir)?;
+    let row = store.activation(act)?.with_context(|| format!("no activation named {act}"))?;
+    let b = backend(cfg)?;
+    b.deactivate(act, row.mountpoint.as_deref().map(Path::new)).with_context(|| format!("deactivating {act}"))?;
+    store.remove_activation(act)?;
+    println!("{}", json!({ "deactivated": act }));
+    Ok(0)
+}

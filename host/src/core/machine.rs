@@ -1,0 +1,220 @@
+//! The transition table and the decision function of the durable state
+//! machine, modelled on flyd's FSM library: transitions run in registration
+//! order, each execution's outcome decides what happens next.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// One transition of an image run, in registration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Step {
+    CheckImageExists,
+    Download,
+    Classify,
+    ParseManifest,
+    CheckUnpacked,
+    UnpackLayers,
+    CreateSnapshot,
+    UpdateTracking,
+    Completed,
+}
+
+/// The registration order. `Completed` is the last transition; its success
+/// ends the run.
+pub const STEPS: [Step; 9] = [
+    Step::CheckImageExists,
+    Step::Download,
+    Step::Classify,
+    Step::ParseManifest,
+    Step::CheckUnpacked,
+    Step::UnpackLayers,
+    Step::CreateSnapshot,
+    Step::UpdateTracking,
+    Step::Completed,
+];
+
+impl Step {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Step::CheckImageExists => "check-image-exists",
+            Step::Download => "download",
+            Step::Classify => "classify",
+            Step::ParseManifest => "parse-manifest",
+            Step::CheckUnpacked => "check-unpacked",
+            Step::UnpackLayers => "unpack-layers",
+            Step::CreateSnapshot => "create-snapshot",
+            Step::UpdateTracking => "update-tracking",
+            Step::Completed => "completed",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Step> {
+        STEPS.iter().copied().find(|s| s.name() == name)
+    }
+
+    pub fn first() -> Step {
+        STEPS[0]
+    }
+
+    pub fn next(self) -> Option<Step> {
+        let i = STEPS.iter().position(|s| *s == self)?;
+        STEPS.get(i + 1).copied()
+    }
+}
+
+/// How a transition execution ended, as seen by the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The environment failed (I/O, timeout): worth trying again.
+    Retryable(String),
+    /// The input is bad or a policy denied it: trying again cannot help.
+    Unrecoverable(String),
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    /// Attempts per transition, the first one included.
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(30),
+            max_attempts: 5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Capped exponential backoff before attempt `attempt + 1`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let shift = attempt.saturating_sub(1).min(31);
+        let factor = 1u32 << shift;
+        self.base.saturating_mul(factor).min(self.cap)
+    }
+}
+
+/// What the engine does after a transition execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Persist the output and run this transition next.
+    Advance(Step),
+    /// The last transition succeeded: the run is completed.
+    Complete,
+    /// Run the same transition again after the delay.
+    Retry { after: Duration, attempt: u32 },
+    /// End the run as failed with this reason.
+    Fail(String),
+    Cancel,
+}
+
+/// The whole decision logic of the machine. `attempt` counts executions of
+/// `step` in this run, this one included (1-based).
+pub fn decide(step: Step, attempt: u32, outcome: &Outcome, retry: &RetryPolicy) -> Decision {
+    match outcome {
+        Outcome::Ok => match step.next() {
+            Some(next) => Decision::Advance(next),
+            None => Decision::Complete,
+        },
+        Outcome::Retryable(why) if attempt < retry.max_attempts => Decision::Retry {
+            after: retry.backoff(attempt),
+            attempt: attempt + 1,
+        },
+        Outcome::Retryable(why) => Decision::Fail(format!(
+            "{}: gave up after {attempt} attempts: {why}",
+            step.name()
+        )),
+        Outcome::Unrecoverable(why) => Decision::Fail(format!("{}: {why}", step.name())),
+        Outcome::Cancelled => Decision::Cancel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(step: Step, attempt: u32, outcome: Outcome, expected: Decision) {
+        let policy = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(1000),
+            max_attempts: 3,
+        };
+        assert_eq!(decide(step, attempt, &outcome, &policy), expected, "{step:?} {outcome:?}");
+    }
+
+    #[test]
+    fn decisions() {
+        use Outcome::*;
+        use Step::*;
+        check(CheckImageExists, 1, Ok, Decision::Advance(Download));
+        check(UpdateTracking, 1, Ok, Decision::Advance(Completed));
+        check(Completed, 1, Ok, Decision::Complete);
+        check(
+            Download,
+            1,
+            Retryable("eio".into()),
+            Decision::Retry { after: Duration::from_millis(100), attempt: 2 },
+        );
+        check(
+            Download,
+            2,
+            Retryable("eio".into()),
+            Decision::Retry { after: Duration::from_millis(200), attempt: 3 },
+        );
+        check(
+            Download,
+            3,
+            Retryable("eio".into()),
+            Decision::Fail("download: gave up after 3 attempts: eio".into()),
+        );
+        check(
+            ParseManifest,
+            1,
+            Unrecoverable("bad json".into()),
+            Decision::Fail("parse-manifest: bad json".into()),
+        );
+        check(UnpackLayers, 1, Cancelled, Decision::Cancel);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let p = RetryPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(1), max_attempts: 99 };
+        let got: Vec<u128> = (1..=7).map(|a| p.backoff(a).as_millis()).collect();
+        assert_eq!(got, [100, 200, 400, 800, 1000, 1000, 1000]);
+        assert_eq!(p.backoff(1000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn registration_order_round_trips() {
+        let mut s = Step::first();
+        let mut names = vec![s.name()];
+        while let Some(n) = s.next() {
+            names.push(n.name());
+            s = n;
+        }
+        assert_eq!(
+            names,
+            [
+                "check-image-exists",
+                "download",
+                "classify",
+                "parse-manifest",
+                "check-unpacked",
+                "unpack-layers",
+                "create-snapshot",
+                "update-tracking",
+                "completed"
+            ]
+        );
+        for n in names {
+            assert_eq!(Step::from_name(n).unwrap().name(), n);
+        }
+        assert_eq!(Step::from_name("nope"), None);
+    }
+}

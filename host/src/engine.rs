@@ -1,0 +1,382 @@
+//! The engine: drives each run through the transitions with the pure
+//! decision function of `core::machine`, persisting every outcome in SQLite
+//! before the next transition starts.
+
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::Snapshotter;
+use crate::blobs::BlobStore;
+use crate::core::machine::{decide, Decision, Outcome, RetryPolicy, Step};
+use crate::core::names::{self, printable};
+use crate::core::policy::Policy;
+use crate::core::sanitize::sanitize;
+use crate::error::StepFailure;
+use crate::failpoint::Failpoints;
+use crate::source::Source;
+use crate::steps::{self, RunData};
+use crate::store::{Finish, ImageUpdate, Store};
+use crate::wasm::Steps;
+
+pub struct Ctx {
+    pub state_dir: PathBuf,
+    pub store: Store,
+    pub blobs: BlobStore,
+    pub steps: Steps,
+    pub backend: Box<dyn Snapshotter>,
+    pub source: Box<dyn Source>,
+    pub policy: Policy,
+    pub retry: RetryPolicy,
+    pub failpoints: Failpoints,
+    pub shutdown: AtomicBool,
+    chain_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub ready: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub unchanged: Vec<String>,
+    pub rejected: Vec<(String, String)>,
+    pub interrupted: bool,
+}
+
+impl Ctx {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state_dir: PathBuf,
+        store: Store,
+        blobs: BlobStore,
+        steps: Steps,
+        backend: Box<dyn Snapshotter>,
+        source: Box<dyn Source>,
+        policy: Policy,
+        retry: RetryPolicy,
+    ) -> Ctx {
+        Ctx {
+            state_dir,
+            store,
+            blobs,
+            steps,
+            backend,
+            source,
+            policy,
+            retry,
+            failpoints: Failpoints::from_env(),
+            shutdown: AtomicBool::new(false),
+            chain_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sanitize(&self, msg: &str) -> String {
+        let state = self.state_dir.display().to_string();
+        let src = self.source.local_root().map(|p| p.display().to_string()).unwrap_or_default();
+        sanitize(msg, &[(&state, "<state>"), (&src, "<source>")])
+    }
+
+    fn chain_lock(&self, chain: &str) -> Arc<Mutex<()>> {
+        self.chain_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(chain.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// After a crash: interrupted executions are recorded, half-applied
+    /// layers discarded, stray mounts and temporary files removed.
+    pub fn recover(&self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        self.store.mark_interrupted()?;
+        for l in self.store.layers()? {
+            if !l.committed {
+                self.backend.discard_layer(l.id).context("discarding a half-applied layer")?;
+                self.store.discard_layer(l.id)?;
+            }
+        }
+        let known: Vec<i64> = self.store.layers()?.iter().map(|l| l.id).collect();
+        self.backend.cleanup(&known).context("cleaning up the backend")?;
+        let tmp = self.state_dir.join("tmp");
+        if let Ok(rd) = std::fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Discovers the source's images and starts a run for each that is new,
+/// changed, or failed for a reason other than its input.
+pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
+    let listing = ctx.source.list()?;
+    let found = names::discover(&listing.objects);
+    let mut summary = Summary::default();
+    let mut rejected: Vec<(String, String)> = listing.rejected.iter().map(|r| (r.key.clone(), r.reason.clone())).collect();
+    rejected.extend(found.rejected.iter().map(|r| (r.key.clone(), r.reason.clone())));
+    ctx.store.replace_rejected(&ctx.source.uri(), &rejected)?;
+    summary.rejected = rejected;
+    let active: Vec<String> = ctx.store.active_runs()?.into_iter().map(|r| r.image).collect();
+    let mut names_seen = Vec::new();
+    for unit in found.units {
+        names_seen.push(unit.name.clone());
+        if active.contains(&unit.name) {
+            continue;
+        }
+        let fingerprint = unit.fingerprint();
+        if let Some(img) = ctx.store.image(&unit.name)? {
+            let same = img.fingerprint.as_deref() == Some(fingerprint.as_str());
+            let settled = img.state == "ready" || (img.state == "failed" && img.failure_kind.as_deref() == Some("input"));
+            if same && settled {
+                summary.unchanged.push(unit.name.clone());
+                continue;
+            }
+        }
+        let data = RunData { source: ctx.source.uri(), fingerprint, unit: Some(unit.clone()), ..RunData::default() };
+        let id = ulid::Ulid::new().to_string();
+        ctx.store.create_run(&id, &unit.name, Step::first().name(), &serde_json::to_string(&data)?)?;
+    }
+    Ok((names_seen, summary))
+}
+
+fn execute(ctx: &Ctx, step: Step, run: &str, version: &str, image: &str, data: &mut RunData) -> Result<Value, StepFailure> {
+    let mut verdicts = Vec::new();
+    let r = match step {
+        Step::CheckImageExists => steps::check_image_exists(ctx, data, &mut verdicts),
+        Step::Download => steps::download(ctx, data),
+        Step::Classify => steps::classify(ctx, data),
+        Step::ParseManifest => steps::parse_manifest(ctx, data, &mut verdicts),
+        Step::CheckUnpacked => steps::check_unpacked(ctx, data),
+        Step::UnpackLayers => unpack_layers(ctx, run, data),
+        Step::CreateSnapshot => create_snapshot(ctx, image, data),
+        Step::UpdateTracking => Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() })),
+        Step::Completed => Ok(Value::Null),
+    };
+    for v in &verdicts {
+        ctx.store.record_decision(run, version, image, &v.rule, v.allow, &ctx.sanitize(&v.detail))?;
+    }
+    r
+}
+
+fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
+    let mut ids = Vec::new();
+    for c in chains.iter().rev() {
+        match ctx.store.layer(c)? {
+            Some(l) if l.committed => ids.push(l.id),
+            _ => return Err(StepFailure::Retry(format!("layer {c} is not committed"))),
+        }
+    }
+    Ok(ids)
+}
+
+fn unpack_layers(ctx: &Ctx, run: &str, data: &mut RunData) -> Result<Value, StepFailure> {
+    let done: Vec<usize> = ctx.store.layer_progress(run)?.into_iter().map(|(i, _)| i).collect();
+    let chains: Vec<String> = data.layers.iter().map(|l| l.chain_id.clone().unwrap_or_default()).collect();
+    let (mut applied, mut shared, mut resumed) = (0, 0, 0);
+    let mut entries = 0u64;
+    for (i, layer) in data.layers.iter().enumerate() {
+        if done.contains(&i) {
+            resumed += 1;
+            continue;
+        }
+        if ctx.store.cancel_requested(run)? {
+            return Err(StepFailure::Cancelled);
+        }
+        if ctx.shutdown.load(Ordering::SeqCst) {
+            return Err(StepFailure::Retry("the service is shutting down".into()));
+        }
+        let chain = &chains[i];
+        let lock = ctx.chain_lock(chain);
+        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match ctx.store.layer(chain)? {
+            Some(l) if l.committed => {
+                ctx.store.record_layer_progress(run, i, chain)?;
+                shared += 1;
+                continue;
+            }
+            Some(l) => {
+                ctx.backend.discard_layer(l.id).map_err(|e| StepFailure::io("discarding a stale layer", e))?;
+                ctx.store.discard_layer(l.id)?;
+            }
+            None => {}
+        }
+        let parents = layer_ids(ctx, &chains[..i])?;
+        let parent_chain = if i == 0 { None } else { Some(chains[i - 1].as_str()) };
+        let id = ctx.store.begin_layer(chain, parent_chain, layer.diff_id.as_deref().unwrap_or_default())?;
+        let mut apply = |root: rustix::fd::BorrowedFd<'_>| steps::apply_one(ctx, i + 1, layer, root);
+        let stats = match ctx.backend.apply_layer(id, &parents, &mut apply) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Err(d) = ctx.backend.discard_layer(id) {
+                    return Err(StepFailure::Retry(format!("{e}; discarding the layer failed too: {d}")));
+                }
+                ctx.store.discard_layer(id)?;
+                return Err(e);
+            }
+        };
+        ctx.failpoints.hit("mid-layer");
+        ctx.store.commit_layer(id, stats.entries, stats.bytes, run, i, chain)?;
+        entries += stats.entries;
+        applied += 1;
+        ctx.failpoints.hit("after-layer");
+    }
+    Ok(serde_json::json!({ "applied": applied, "shared": shared, "resumed": resumed, "entries": entries }))
+}
+
+fn create_snapshot(ctx: &Ctx, image: &str, data: &mut RunData) -> Result<Value, StepFailure> {
+    let chains: Vec<String> = data.layers.iter().map(|l| l.chain_id.clone().unwrap_or_default()).collect();
+    let ids = layer_ids(ctx, &chains)?;
+    let info = ctx.backend.snapshot_image(image, &ids)?;
+    Ok(serde_json::json!({ "backend": ctx.backend.kind(), "layers": ids, "top_chain": data.top_chain, "fstype": info.fstype }))
+}
+
+fn layers_json(data: &RunData) -> String {
+    let v: Vec<Value> = data
+        .layers
+        .iter()
+        .map(|l| serde_json::json!({ "chain_id": l.chain_id, "diff_id": l.diff_id, "media": l.media, "size": l.len }))
+        .collect();
+    Value::Array(v).to_string()
+}
+
+/// Drives one run until it ends, or until shutdown. Blocking.
+pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
+    loop {
+        let Some(run) = ctx.store.run(run_id)? else { return Ok(()) };
+        if run.status != "running" {
+            return Ok(());
+        }
+        if ctx.shutdown.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let step = run.next_step.as_deref().and_then(Step::from_name);
+        let old: Result<RunData, _> = serde_json::from_str(&run.data);
+        let version = ulid::Ulid::new().to_string();
+        let step_name = step.map(|s| s.name()).unwrap_or("unknown");
+        ctx.store.begin_transition(&version, &run.id, &run.image, step_name, run.attempt)?;
+        ctx.failpoints.hit(&format!("before:{step_name}"));
+        let mut data = old.as_ref().ok().cloned().unwrap_or_default();
+        let result = match (step, &old) {
+            (None, _) => Err(StepFailure::Input(format!("unknown transition `{}`", printable(run.next_step.as_deref().unwrap_or("")))) ),
+            (_, Err(e)) => Err(StepFailure::Input(format!("corrupt run data: {e}"))),
+            (Some(_), _) if ctx.store.cancel_requested(&run.id)? => Err(StepFailure::Cancelled),
+            (Some(s), Ok(_)) => {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ctx, s, &run.id, &version, &run.image, &mut data))) {
+                    Ok(r) => r,
+                    Err(p) => {
+                        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                        Err(StepFailure::Retry(format!("internal error: {msg}")))
+                    }
+                }
+            }
+        };
+        ctx.failpoints.hit(&format!("before-commit:{step_name}"));
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(StepFailure::Input(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
+            Err(StepFailure::Retry(m)) => Outcome::Retryable(ctx.sanitize(m)),
+            Err(StepFailure::Cancelled) => Outcome::Cancelled,
+        };
+        let step = step.unwrap_or(Step::Completed);
+        let decision = decide(step, run.attempt, &outcome, &ctx.retry);
+        let output = result.as_ref().ok().map(|v| v.to_string());
+        let err_text = match &outcome {
+            Outcome::Retryable(m) | Outcome::Unrecoverable(m) => Some(m.clone()),
+            Outcome::Cancelled => Some("cancelled".to_string()),
+            Outcome::Ok => None,
+        };
+        let new_data = serde_json::to_string(&data)?;
+        let fingerprint = data.fingerprint.clone();
+        let format = data.format.map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
+        let mut sleep = None;
+        match decision {
+            Decision::Advance(next) => {
+                let layers = layers_json(&data);
+                let tracking = (step == Step::UpdateTracking).then(|| ImageUpdate {
+                    name: &run.image,
+                    state: "ready",
+                    error: None,
+                    failure_kind: None,
+                    run: &run.id,
+                    fingerprint: Some(&fingerprint),
+                    format: format.as_deref(),
+                    top_chain: data.top_chain.as_deref(),
+                    layers: Some(&layers),
+                });
+                ctx.store.finish_transition(
+                    &run.id,
+                    &Finish { version: &version, outcome: "ok", output: output.as_deref(), error: None, status: "running", next_step: Some(next.name()), attempt: 1, data: &new_data, run_error: None },
+                    tracking.as_ref(),
+                )?;
+            }
+            Decision::Complete => {
+                ctx.store.finish_transition(
+                    &run.id,
+                    &Finish { version: &version, outcome: "ok", output: output.as_deref(), error: None, status: "completed", next_step: None, attempt: 1, data: &new_data, run_error: None },
+                    None,
+                )?;
+            }
+            Decision::Retry { after, attempt } => {
+                ctx.store.finish_transition(
+                    &run.id,
+                    &Finish { version: &version, outcome: "retry", output: None, error: err_text.as_deref(), status: "running", next_step: Some(step.name()), attempt, data: &run.data, run_error: None },
+                    None,
+                )?;
+                sleep = Some(after);
+            }
+            Decision::Fail(reason) => {
+                let kind = if matches!(outcome, Outcome::Unrecoverable(_)) { "input" } else { "environment" };
+                ctx.store.finish_transition(
+                    &run.id,
+                    &Finish { version: &version, outcome: "failed", output: None, error: err_text.as_deref(), status: "failed", next_step: Some(step.name()), attempt: run.attempt, data: &run.data, run_error: Some(&reason) },
+                    Some(&ImageUpdate { name: &run.image, state: "failed", error: Some(&reason), failure_kind: Some(kind), run: &run.id, fingerprint: Some(&fingerprint), format: None, top_chain: None, layers: None }),
+                )?;
+            }
+            Decision::Cancel => {
+                ctx.store.finish_transition(
+                    &run.id,
+                    &Finish { version: &version, outcome: "cancelled", output: None, error: Some("cancelled"), status: "cancelled", next_step: Some(step.name()), attempt: run.attempt, data: &run.data, run_error: Some("cancelled") },
+                    Some(&ImageUpdate { name: &run.image, state: "cancelled", error: Some("cancelled by request"), failure_kind: Some("cancelled"), run: &run.id, fingerprint: Some(&fingerprint), format: None, top_chain: None, layers: None }),
+                )?;
+            }
+        }
+        ctx.failpoints.hit(&format!("after:{step_name}"));
+        if let Some(d) = sleep {
+            let until = std::time::Instant::now() + d;
+            while std::time::Instant::now() < until && !ctx.shutdown.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(50).min(d));
+            }
+        }
+    }
+}
+
+/// Runs every active run to its end with at most `jobs` at once.
+pub async fn run_all(ctx: Arc<Ctx>, jobs: usize) -> anyhow::Result<()> {
+    let runs = ctx.store.active_runs()?;
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for r in runs {
+        let permit = sem.clone().acquire_owned().await?;
+        let ctx = ctx.clone();
+        tasks.spawn_blocking(move || {
+            let _permit = permit;
+            let res = drive(&ctx, &r.id);
+            (r.image, res)
+        });
+    }
+    let mut first_err = None;
+    while let Some(j) = tasks.join_next().await {
+        let (image, res) = j?;
+        if let Err(e) = res {
+            eprintln!("tarpool: run for image {image} stopped: {e:#}");
+            first_err.get_or_insert(e);
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

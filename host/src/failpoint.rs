@@ -1,0 +1,64 @@
+//! Failpoints for crash tests: `TARPOOL_FAILPOINTS=after:download,after-layer#2`
+//! makes the process SIGKILL itself the first (or Nth) time it passes that
+//! point. Points: `before:STEP`, `before-commit:STEP`, `after:STEP`,
+//! `mid-layer` (a layer applied, not yet committed), `after-layer`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub struct Failpoints {
+    armed: HashMap<String, u32>,
+    seen: Mutex<HashMap<String, u32>>,
+}
+
+impl Failpoints {
+    pub fn from_env() -> Failpoints {
+        Self::parse(&std::env::var("TARPOOL_FAILPOINTS").unwrap_or_default())
+    }
+
+    pub fn parse(spec: &str) -> Failpoints {
+        let armed = spec
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| match s.trim().split_once('#') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (s.trim().to_string(), 1),
+            })
+            .collect();
+        Failpoints { armed, seen: Mutex::new(HashMap::new()) }
+    }
+
+    /// True when passing `name` now should kill the process.
+    pub fn fires(&self, name: &str) -> bool {
+        let Some(&at) = self.armed.get(name) else { return false };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let n = seen.entry(name.to_string()).or_insert(0);
+        *n += 1;
+        *n == at
+    }
+
+    pub fn hit(&self, name: &str) {
+        if self.fires(name) {
+            eprintln!("tarpool: failpoint {name}: killing the process");
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            // The signal is synchronous for the calling process, but make sure.
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_hits() {
+        let f = Failpoints::parse("after:download,after-layer#3");
+        assert!(f.fires("after:download"));
+        assert!(!f.fires("after:download"));
+        assert!(!f.fires("after-layer"));
+        assert!(!f.fires("after-layer"));
+        assert!(f.fires("after-layer"));
+        assert!(!f.fires("before:download"));
+    }
+}

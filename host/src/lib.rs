@@ -1,0 +1,18 @@
+//! tarpool: turns container images kept in a bucket into activated
+//! copy-on-write root filesystems. See ARCHITECTURE.md for the codemap.
+
+pub mod archive;
+pub mod backend;
+pub mod blobs;
+pub mod cli;
+pub mod core;
+pub mod engine;
+pub mod error;
+pub mod extract;
+pub mod failpoint;
+pub mod model;
+pub mod source;
+pub mod steps;
+pub mod store;
+pub mod sys;
+pub mod wasm;

@@ -1,0 +1,68 @@
+//! Plain data shared by the engine, the format steps and the store.
+//! Mirrors the records in `wit/tarpool.wit`; `wasm.rs` converts between them.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlobKind {
+    Tar,
+    Gzip,
+    Zstd,
+    Empty,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Classification {
+    pub kind: BlobKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitKind {
+    Prefix,
+    Archive,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageFormat {
+    AdHoc,
+    DockerArchive,
+    OciArchive,
+    OciLayout,
+    SingleLayer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerMedia {
+    Tar,
+    Gzip,
+    Zstd,
+    Detect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    pub member: String,
+    pub media: LayerMedia,
+    pub digest: Option<String>,
+    pub diff_id: Option<String>,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLayout {
+    pub format: ImageFormat,
+    pub layers: Vec<LayerRef>,
+    pub config_digest: Option<String>,
+}

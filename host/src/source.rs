@@ -1,0 +1,157 @@
+//! Image sources. A source lists keys and opens objects; it never decides what
+//! an image is (that is `core::names`).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::core::names::{printable, Listed, Rejected};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The object is not there (deleted between list and get).
+    #[error("object `{0}` is no longer in the source")]
+    NotFound(String),
+    #[error("source I/O: {0}")]
+    Io(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub struct Listing {
+    pub objects: Vec<Listed>,
+    /// Entries that cannot be objects (non-UTF-8 names, special files).
+    pub rejected: Vec<Rejected>,
+}
+
+pub trait Source: Send + Sync {
+    /// A stable identity for the download-once records.
+    fn uri(&self) -> String;
+    fn list(&self) -> Result<Listing, SourceError>;
+    fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError>;
+    /// The host directory to hide from stored messages, if any.
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
+}
+
+/// Parses `dir:PATH`, a plain path, or (later) `s3://BUCKET/PREFIX`.
+pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+    if spec.starts_with("s3://") {
+        return Err(SourceError::Config(
+            "S3 sources are not supported by this build yet; use dir:PATH".into(),
+        ));
+    }
+    let path = spec.strip_prefix("dir:").unwrap_or(spec);
+    let root = std::fs::canonicalize(path)
+        .map_err(|e| SourceError::Config(format!("source directory `{path}`: {e}")))?;
+    if !root.is_dir() {
+        return Err(SourceError::Config(format!("source `{path}` is not a directory")));
+    }
+    Ok(Box::new(DirSource { root }))
+}
+
+/// A local directory laid out like the bucket.
+pub struct DirSource {
+    root: PathBuf,
+}
+
+const MAX_DEPTH: usize = 12;
+const MAX_OBJECTS: usize = 1_000_000;
+
+impl DirSource {
+    fn stamp(m: &std::fs::Metadata) -> String {
+        format!("mtime:{}.{:09}:ino:{}", m.mtime(), m.mtime_nsec(), m.ino())
+    }
+}
+
+impl Source for DirSource {
+    fn uri(&self) -> String {
+        format!("dir:{}", self.root.display())
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
+    }
+
+    fn list(&self) -> Result<Listing, SourceError> {
+        let mut objects = Vec::new();
+        let mut rejected = Vec::new();
+        let images = self.root.join("images");
+        if !images.is_dir() {
+            return Ok(Listing { objects, rejected });
+        }
+        let mut stack = vec![(images, "images".to_string(), 0usize)];
+        while let Some((dir, key, depth)) = stack.pop() {
+            let rd = std::fs::read_dir(&dir).map_err(|e| SourceError::Io(format!("listing `{key}`: {e}")))?;
+            for ent in rd {
+                let ent = ent.map_err(|e| SourceError::Io(format!("listing `{key}`: {e}")))?;
+                let name = ent.file_name();
+                let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
+                    rejected.push(Rejected {
+                        key: printable(&format!("{key}/{}", String::from_utf8_lossy(name.as_bytes()))),
+                        reason: "key is not UTF-8".into(),
+                    });
+                    continue;
+                };
+                let child = format!("{key}/{name}");
+                let ft = ent.file_type().map_err(|e| SourceError::Io(format!("listing `{child}`: {e}")))?;
+                if ft.is_dir() {
+                    if depth + 1 > MAX_DEPTH {
+                        rejected.push(Rejected { key: printable(&child), reason: "directory nested too deep".into() });
+                    } else {
+                        stack.push((ent.path(), child, depth + 1));
+                    }
+                } else if ft.is_file() {
+                    let m = ent.metadata().map_err(|e| SourceError::Io(format!("stat `{child}`: {e}")))?;
+                    objects.push(Listed { key: child, size: m.len(), stamp: Self::stamp(&m) });
+                    if objects.len() > MAX_OBJECTS {
+                        return Err(SourceError::Io(format!("more than {MAX_OBJECTS} objects under images/")));
+                    }
+                } else {
+                    rejected.push(Rejected { key: printable(&child), reason: "not a regular file".into() });
+                }
+            }
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(Listing { objects, rejected })
+    }
+
+    fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError> {
+        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        let root = File::open(&self.root).map_err(|e| SourceError::Io(format!("opening the source: {e}")))?;
+        let fd = openat2(
+            &root,
+            key,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOENT => SourceError::NotFound(key.to_string()),
+            e => SourceError::Io(format!("opening `{key}`: {e}")),
+        })?;
+        let file = File::from(fd);
+        let m = file.metadata().map_err(|e| SourceError::Io(format!("stat `{key}`: {e}")))?;
+        if !m.is_file() {
+            return Err(SourceError::NotFound(key.to_string()));
+        }
+        Ok((Box::new(file), Listed { key: key.to_string(), size: m.len(), stamp: Self::stamp(&m) }))
+    }
+}
+
+/// Reads from `r` until `buf` is full or the stream ends.
+pub fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}

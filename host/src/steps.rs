@@ -1,0 +1,445 @@
+//! The transitions' work. Each takes the run's data, does its I/O, and
+//! returns a JSON summary for the audit log; the engine persists both.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::sync::{Arc, Mutex};
+
+use crate::archive::{self, IndexedMember};
+use crate::core::chain;
+use crate::core::names::{printable, Unit};
+use crate::core::policy::{DeviceNodes, Verdict};
+use crate::engine::Ctx;
+use crate::error::StepFailure;
+use crate::extract::{ApplyOptions, DevicePolicy};
+use crate::model::{BlobKind, ImageFormat, LayerMedia, Member, UnitKind};
+use crate::source::{read_up_to, SourceError};
+
+/// Cap on a manifest, index or config read by the manifest step.
+pub const MANIFEST_CAP: u64 = 4 << 20;
+const HEAD: usize = 64 << 10;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunData {
+    pub source: String,
+    pub unit: Option<Unit>,
+    pub fingerprint: String,
+    /// member -> blob digest, after download.
+    pub blobs: BTreeMap<String, String>,
+    /// member -> kind, after classify (prefix units).
+    pub kinds: BTreeMap<String, BlobKind>,
+    pub archive: Option<ArchiveData>,
+    pub format: Option<ImageFormat>,
+    pub layers: Vec<PlannedLayer>,
+    pub top_chain: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveData {
+    /// Digest of the uncompressed archive blob.
+    pub blob: String,
+    pub size: u64,
+    pub compression: BlobKind,
+    pub members: Vec<IndexedMember>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedLayer {
+    pub member: String,
+    pub media: LayerMedia,
+    pub blob: String,
+    pub offset: u64,
+    pub len: u64,
+    /// Digest of the layer's bytes, when a manifest names it.
+    pub digest: Option<String>,
+    pub diff_id: Option<String>,
+    pub chain_id: Option<String>,
+}
+
+/// The policy verdicts a transition produced, recorded by the engine.
+pub type Verdicts = Vec<Verdict>;
+
+fn input(m: impl Into<String>) -> StepFailure {
+    StepFailure::Input(m.into())
+}
+
+fn unit(data: &RunData) -> Result<&Unit, StepFailure> {
+    data.unit.as_ref().ok_or_else(|| StepFailure::Input("run has no image unit".into()))
+}
+
+fn deny_if(v: &Verdict) -> Result<(), StepFailure> {
+    if v.allow {
+        Ok(())
+    } else {
+        Err(StepFailure::Input(format!("policy: {}", v.detail)))
+    }
+}
+
+fn source_err(e: SourceError) -> StepFailure {
+    match e {
+        SourceError::NotFound(k) => StepFailure::Input(format!("image is missing from the source: `{}` is gone", printable(&k))),
+        e => StepFailure::Retry(e.to_string()),
+    }
+}
+
+pub fn check_image_exists(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) -> Result<Value, StepFailure> {
+    let u = unit(data)?.clone();
+    let mut total = 0u64;
+    for o in &u.objects {
+        let (_, now) = ctx.source.open(&o.key).map_err(source_err)?;
+        if now.size != o.size || now.stamp != o.stamp {
+            return Err(StepFailure::Retry(format!("object `{}` changed since it was listed", printable(&o.key))));
+        }
+        let v = ctx.policy.check_object(&o.key, o.size);
+        verdicts.push(v.clone());
+        deny_if(&v)?;
+        total = total.saturating_add(o.size);
+    }
+    let v = ctx.policy.check_image_size(total);
+    verdicts.push(v.clone());
+    deny_if(&v)?;
+    Ok(json!({ "objects": u.objects.len(), "bytes": total }))
+}
+
+pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+    let u = unit(data)?.clone();
+    let (mut fetched, mut reused, mut bytes) = (0, 0, 0u64);
+    for o in &u.objects {
+        if let Some((size, stamp, digest)) = ctx.store.object(&data.source, &o.key)? {
+            if size == o.size && stamp == o.stamp && ctx.blobs.has(&digest, size) {
+                data.blobs.insert(o.member.clone(), digest);
+                reused += 1;
+                continue;
+            }
+        }
+        let (reader, _) = ctx.source.open(&o.key).map_err(source_err)?;
+        let (digest, size) = ctx
+            .blobs
+            .ingest(reader, Some(o.size))
+            .map_err(|e| StepFailure::Retry(format!("downloading `{}`: {e}", printable(&o.key))))?;
+        ctx.store.put_object(&data.source, &o.key, size, &o.stamp, &digest)?;
+        data.blobs.insert(o.member.clone(), digest);
+        fetched += 1;
+        bytes += size;
+    }
+    Ok(json!({ "fetched": fetched, "reused": reused, "bytes": bytes }))
+}
+
+fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, StepFailure> {
+    let mut head = vec![0u8; HEAD];
+    let n = read_up_to(r, &mut head).map_err(|e| StepFailure::io("reading a blob", e))?;
+    head.truncate(n);
+    Ok(head)
+}
+
+fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, StepFailure> {
+    ctx.blobs.open(digest).map_err(|e| StepFailure::io("opening a stored blob", e))
+}
+
+/// A decompressing reader for `kind`.
+fn decoder<'a, R: Read + 'a>(kind: BlobKind, r: R) -> Result<Box<dyn Read + 'a>, StepFailure> {
+    Ok(match kind {
+        BlobKind::Tar => Box::new(r),
+        BlobKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r))),
+        BlobKind::Zstd => Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| StepFailure::io("zstd", e))?),
+        k => return Err(input(format!("cannot decode a blob of kind {k:?}"))),
+    })
+}
+
+/// Reads at most `cap` bytes, failing when there are more.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "decompressed size over the policy limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn describe(kind: BlobKind, detail: &str) -> String {
+    format!("{kind:?} ({detail})").to_lowercase()
+}
+
+pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+    let u = unit(data)?.clone();
+    let mut out = serde_json::Map::new();
+    match u.kind {
+        UnitKind::Prefix => {
+            for o in &u.objects {
+                let digest = data.blobs.get(&o.member).ok_or_else(|| input("download did not record a blob"))?.clone();
+                let head = head_of(&mut open_blob(ctx, &digest)?)?;
+                let c = ctx.steps.classify(&head, o.size)?;
+                out.insert(o.member.clone(), json!(describe(c.kind, &c.detail)));
+                data.kinds.insert(o.member.clone(), c.kind);
+            }
+        }
+        UnitKind::Archive => {
+            let o = &u.objects[0];
+            let digest = data.blobs.get("").ok_or_else(|| input("download did not record a blob"))?.clone();
+            let head = head_of(&mut open_blob(ctx, &digest)?)?;
+            let c = ctx.steps.classify(&head, o.size)?;
+            out.insert("object".into(), json!(describe(c.kind, &c.detail)));
+            let (tar_digest, size) = match c.kind {
+                BlobKind::Tar => (digest.clone(), o.size),
+                BlobKind::Gzip | BlobKind::Zstd => {
+                    let mut d = decoder(c.kind, open_blob(ctx, &digest)?)?;
+                    let inner = head_of(&mut d)?;
+                    let ic = ctx.steps.classify(&inner, u64::MAX)?;
+                    if ic.kind != BlobKind::Tar {
+                        return Err(input(format!(
+                            "`{}` is {} but does not hold a tar archive: {}",
+                            printable(&o.key),
+                            describe(c.kind, &c.detail),
+                            describe(ic.kind, &ic.detail)
+                        )));
+                    }
+                    let d = decoder(c.kind, open_blob(ctx, &digest)?)?;
+                    let capped = Capped { inner: d, left: ctx.policy.max_image_bytes };
+                    ctx.blobs.ingest(capped, None).map_err(|e| match e.kind() {
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+                            input(format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)))
+                        }
+                        _ => StepFailure::io("decompressing the archive", e),
+                    })?
+                }
+                k => {
+                    return Err(input(format!(
+                        "`{}` is not a tar archive: {}",
+                        printable(&o.key),
+                        describe(k, &c.detail)
+                    )))
+                }
+            };
+            let members = archive::index(&open_blob(ctx, &tar_digest)?)?;
+            out.insert("members".into(), json!(members.len()));
+            data.archive = Some(ArchiveData { blob: tar_digest, size, compression: c.kind, members });
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+pub fn parse_manifest(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) -> Result<Value, StepFailure> {
+    let u = unit(data)?.clone();
+    let layout = match u.kind {
+        UnitKind::Prefix => {
+            let members: Vec<Member> = u.objects.iter().map(|o| Member { name: o.member.clone(), size: o.size }).collect();
+            let blobs = data.blobs.clone();
+            let store = &ctx.blobs;
+            let mut read = |name: &str| -> Result<Vec<u8>, String> {
+                let digest = blobs.get(name).ok_or_else(|| format!("no member `{name}`"))?;
+                let f = store.open(digest).map_err(|e| e.to_string())?;
+                let m = IndexedMember { name: name.to_string(), offset: 0, size: f.metadata().map_err(|e| e.to_string())?.len() };
+                archive::read_member(&f, &m, MANIFEST_CAP)
+            };
+            ctx.steps.parse_manifest(UnitKind::Prefix, &members, &mut read)?
+        }
+        UnitKind::Archive => {
+            let a = data.archive.as_ref().ok_or_else(|| input("classify did not index the archive"))?;
+            let members: Vec<Member> = a.members.iter().map(|m| Member { name: m.name.clone(), size: m.size }).collect();
+            let f = open_blob(ctx, &a.blob)?;
+            let mut read = |name: &str| -> Result<Vec<u8>, String> {
+                let m = a.members.iter().find(|m| m.name == name).ok_or_else(|| format!("no member `{name}`"))?;
+                archive::read_member(&f, m, MANIFEST_CAP)
+            };
+            ctx.steps.parse_manifest(UnitKind::Archive, &members, &mut read)?
+        }
+    };
+    let v = ctx.policy.check_format(layout.format);
+    verdicts.push(v.clone());
+    deny_if(&v)?;
+    let v = ctx.policy.check_layers(layout.layers.len());
+    verdicts.push(v.clone());
+    deny_if(&v)?;
+
+    let mut planned = Vec::new();
+    for (i, l) in layout.layers.iter().enumerate() {
+        let n = i + 1;
+        let (blob, offset, len, known_kind) = match u.kind {
+            UnitKind::Prefix => {
+                let digest = data.blobs.get(&l.member).ok_or_else(|| input(format!("layer {n} names missing member `{}`", printable(&l.member))))?;
+                let size = u.objects.iter().find(|o| o.member == l.member).map(|o| o.size).unwrap_or(0);
+                (digest.clone(), 0, size, data.kinds.get(&l.member).copied())
+            }
+            UnitKind::Archive => {
+                let a = data.archive.as_ref().ok_or_else(|| input("classify did not index the archive"))?;
+                if l.member.is_empty() {
+                    (a.blob.clone(), 0, a.size, Some(BlobKind::Tar))
+                } else {
+                    let m = a.members.iter().find(|m| m.name == l.member).ok_or_else(|| {
+                        input(format!("layer {n} names missing member `{}`", printable(&l.member)))
+                    })?;
+                    (a.blob.clone(), m.offset, m.size, None)
+                }
+            }
+        };
+        if let Some(declared) = l.size {
+            if declared != len {
+                return Err(input(format!("layer {n}: manifest says {declared} bytes, the blob has {len}")));
+            }
+        }
+        let kind = match (l.media, known_kind) {
+            (LayerMedia::Tar, _) => BlobKind::Tar,
+            (LayerMedia::Gzip, _) => BlobKind::Gzip,
+            (LayerMedia::Zstd, _) => BlobKind::Zstd,
+            (LayerMedia::Detect, Some(k)) => k,
+            (LayerMedia::Detect, None) => {
+                let f = open_blob(ctx, &blob)?;
+                let head = head_of(&mut archive::range(f, offset, len).map_err(|e| StepFailure::io("reading a layer", e))?)?;
+                let c = ctx.steps.classify(&head, len)?;
+                if !matches!(c.kind, BlobKind::Tar | BlobKind::Gzip | BlobKind::Zstd | BlobKind::Empty) {
+                    return Err(input(format!("layer {n} (`{}`) is not a tar layer: {}", printable(&l.member), describe(c.kind, &c.detail))));
+                }
+                c.kind
+            }
+        };
+        let media = match kind {
+            BlobKind::Tar | BlobKind::Empty => LayerMedia::Tar,
+            BlobKind::Gzip => LayerMedia::Gzip,
+            BlobKind::Zstd => LayerMedia::Zstd,
+            BlobKind::Unknown => {
+                return Err(input(format!("layer {n} (`{}`) is not a tar layer", printable(&l.member))))
+            }
+        };
+        for d in [&l.digest, &l.diff_id].into_iter().flatten() {
+            if !chain::is_sha256_digest(d) {
+                return Err(input(format!("layer {n}: unsupported digest `{}`", printable(d))));
+            }
+        }
+        planned.push(PlannedLayer {
+            member: l.member.clone(),
+            media,
+            blob,
+            offset,
+            len,
+            digest: l.digest.clone(),
+            diff_id: l.diff_id.clone(),
+            chain_id: None,
+        });
+    }
+    data.format = Some(layout.format);
+    data.layers = planned;
+    Ok(json!({ "format": layout.format, "layers": data.layers.len(), "config": layout.config_digest }))
+}
+
+fn media_kind(m: LayerMedia) -> BlobKind {
+    match m {
+        LayerMedia::Gzip => BlobKind::Gzip,
+        LayerMedia::Zstd => BlobKind::Zstd,
+        _ => BlobKind::Tar,
+    }
+}
+
+pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+    // Diff IDs that no manifest gave: a raw tar's is the digest of its bytes.
+    for (i, l) in data.layers.iter_mut().enumerate() {
+        if l.diff_id.is_some() {
+            continue;
+        }
+        let whole_blob = l.offset == 0 && ctx.blobs.has(&l.blob, l.len);
+        if l.media == LayerMedia::Tar && whole_blob {
+            l.diff_id = Some(l.blob.clone());
+            continue;
+        }
+        let f = open_blob(ctx, &l.blob)?;
+        let r = archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+        let d = decoder(media_kind(l.media), BufReader::with_capacity(1 << 20, r))?;
+        let h = crate::blobs::HashingReader::new(Capped { inner: d, left: ctx.policy.max_layer_bytes.saturating_mul(2) });
+        let (diff, _) = h.finish().map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(format!("layer {}: corrupt compressed data: {e}", i + 1)),
+            _ => StepFailure::io("hashing a layer", e),
+        })?;
+        l.diff_id = Some(diff);
+    }
+    let diffs: Vec<String> = data.layers.iter().map(|l| l.diff_id.clone().unwrap_or_default()).collect();
+    let chains = chain::chain_ids(&diffs);
+    let mut present = 0;
+    let mut report = Vec::new();
+    for (l, c) in data.layers.iter_mut().zip(&chains) {
+        l.chain_id = Some(c.clone());
+        let done = ctx.store.layer(c)?.is_some_and(|r| r.committed);
+        present += usize::from(done);
+        report.push(json!({ "chain_id": c, "present": done }));
+    }
+    data.top_chain = chains.last().cloned();
+    Ok(json!({ "layers": report, "present": present, "to_unpack": data.layers.len() - present }))
+}
+
+/// Shares a running hash between a tap and its owner.
+#[derive(Clone)]
+struct Tap<R> {
+    inner: R,
+    state: Arc<Mutex<(sha2::Sha256, u64)>>,
+}
+
+impl<R: Read> Read for Tap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0.update(&buf[..n]);
+        s.1 += n as u64;
+        Ok(n)
+    }
+}
+
+fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
+    use sha2::Digest as _;
+    let s = state.lock().unwrap_or_else(|p| p.into_inner());
+    (format!("sha256:{}", hex::encode(s.0.clone().finalize())), s.1)
+}
+
+pub fn apply_options(ctx: &Ctx) -> ApplyOptions {
+    ApplyOptions {
+        max_entries: ctx.policy.max_layer_entries,
+        max_bytes: ctx.policy.max_layer_bytes,
+        device_nodes: match ctx.policy.device_nodes {
+            DeviceNodes::Reject => DevicePolicy::Reject,
+            DeviceNodes::Skip => DevicePolicy::Skip,
+            DeviceNodes::Allow => DevicePolicy::Allow,
+        },
+        ..ApplyOptions::default()
+    }
+}
+
+/// Applies one layer through `root`, verifying its digests as it streams.
+pub fn apply_one(ctx: &Ctx, n: usize, l: &PlannedLayer, root: rustix::fd::BorrowedFd<'_>) -> Result<crate::extract::ApplyStats, StepFailure> {
+    use sha2::Digest as _;
+    let f = open_blob(ctx, &l.blob)?;
+    let r = archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+    let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+    let raw = Tap { inner: BufReader::with_capacity(1 << 20, r), state: raw_state.clone() };
+    let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+    let mut diff = Tap { inner: decoder(media_kind(l.media), raw)?, state: diff_state.clone() };
+    let stats = crate::extract::apply_layer(root, &mut diff, &apply_options(ctx)).map_err(|e| match StepFailure::from(e) {
+        StepFailure::Input(m) => StepFailure::Input(format!("layer {n}: {m}")),
+        other => other,
+    })?;
+    // What follows the end-of-archive marker counts toward the digests too.
+    io::copy(&mut diff, &mut io::sink()).map_err(|e| input(format!("layer {n}: corrupt data after the tar: {e}")))?;
+    let (raw_digest, raw_len) = tap_digest(&raw_state);
+    if raw_len != l.len {
+        return Err(input(format!("layer {n}: {} bytes follow the compressed stream", l.len - raw_len)));
+    }
+    if let Some(want) = &l.digest {
+        if &raw_digest != want {
+            return Err(input(format!("layer {n}: digest mismatch: manifest says {want}, blob is {raw_digest}")));
+        }
+    }
+    let (diff_digest, _) = tap_digest(&diff_state);
+    if let Some(want) = &l.diff_id {
+        if &diff_digest != want {
+            return Err(input(format!("layer {n}: diff ID mismatch: expected {want}, unpacked {diff_digest}")));
+        }
+    }
+    Ok(stats)
+}

@@ -1,0 +1,662 @@
+//! SQLite: the durable state of the machine and its audit log. Every change
+//! that moves a run forward is one SQLite transaction, so a crash leaves either
+//! the state before a transition or the state after it.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+#[error("state database: {0}")]
+pub struct StoreError(#[from] rusqlite::Error);
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+    next_step TEXT,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    data TEXT NOT NULL,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_run_per_image ON runs(image) WHERE status = 'running';
+CREATE TABLE IF NOT EXISTS transitions (
+    version TEXT PRIMARY KEY,
+    run TEXT NOT NULL REFERENCES runs(id),
+    image TEXT NOT NULL,
+    name TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL CHECK (outcome IN ('running', 'ok', 'retry', 'failed', 'cancelled')),
+    output TEXT,
+    error TEXT,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS transitions_by_image ON transitions(image, version);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    run TEXT NOT NULL,
+    version TEXT NOT NULL,
+    image TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('allow', 'deny')),
+    detail TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions(image, id);
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('ready', 'failed', 'cancelled')),
+    error TEXT,
+    failure_kind TEXT,
+    last_run TEXT,
+    fingerprint TEXT,
+    format TEXT,
+    top_chain TEXT,
+    layers TEXT,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    stamp TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL,
+    PRIMARY KEY (source, key)
+);
+CREATE TABLE IF NOT EXISTS layers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    chain_id TEXT NOT NULL UNIQUE,
+    parent TEXT,
+    diff_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('applying', 'committed')),
+    entries INTEGER,
+    bytes INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS layer_progress (
+    run TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    chain_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (run, idx)
+);
+CREATE TABLE IF NOT EXISTS rejected (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (source, key)
+);
+CREATE TABLE IF NOT EXISTS activations (
+    id TEXT PRIMARY KEY,
+    image TEXT NOT NULL,
+    top_chain TEXT NOT NULL,
+    mountpoint TEXT,
+    created_at INTEGER NOT NULL
+);
+"#;
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: String,
+    pub image: String,
+    pub status: String,
+    pub next_step: Option<String>,
+    pub attempt: u32,
+    pub data: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionRow {
+    pub run: String,
+    pub version: String,
+    pub name: String,
+    pub attempt: u32,
+    pub outcome: String,
+    pub error: Option<String>,
+    pub output: Option<serde_json::Value>,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionRow {
+    pub run: String,
+    pub version: String,
+    pub rule: String,
+    pub verdict: String,
+    pub detail: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    pub name: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub failure_kind: Option<String>,
+    pub last_run: Option<String>,
+    pub fingerprint: Option<String>,
+    pub format: Option<String>,
+    pub top_chain: Option<String>,
+    pub layers: Option<serde_json::Value>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRow {
+    pub id: i64,
+    pub chain_id: String,
+    pub parent: Option<String>,
+    pub diff_id: String,
+    pub committed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivationRow {
+    pub id: String,
+    pub image: String,
+    pub top_chain: String,
+    pub mountpoint: Option<String>,
+}
+
+/// The end of a transition execution, written in one SQLite transaction.
+pub struct Finish<'a> {
+    pub version: &'a str,
+    pub outcome: &'a str,
+    pub output: Option<&'a str>,
+    pub error: Option<&'a str>,
+    /// The run's new row values.
+    pub status: &'a str,
+    pub next_step: Option<&'a str>,
+    pub attempt: u32,
+    pub data: &'a str,
+    pub run_error: Option<&'a str>,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Store { conn: Mutex::new(conn) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f(&mut guard)?)
+    }
+
+    /// After a crash: executions that were under way are recorded as
+    /// interrupted. Returns how many there were.
+    pub fn mark_interrupted(&self) -> Result<usize> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE transitions SET outcome = 'retry', error = 'interrupted: the service stopped during this transition', finished_at = ?1 WHERE outcome = 'running'",
+                params![now_ms()],
+            )
+        })
+    }
+
+    // ---- runs ----
+
+    pub fn create_run(&self, id: &str, image: &str, first_step: &str, data: &str) -> Result<()> {
+        self.with(|c| {
+            let t = now_ms();
+            c.execute(
+                "INSERT INTO runs (id, image, status, next_step, attempt, data, created_at, updated_at) VALUES (?1, ?2, 'running', ?3, 1, ?4, ?5, ?5)",
+                params![id, image, first_step, data, t],
+            )
+            .map(|_| ())
+        })
+    }
+
+    fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            id: r.get(0)?,
+            image: r.get(1)?,
+            status: r.get(2)?,
+            next_step: r.get(3)?,
+            attempt: r.get(4)?,
+            data: r.get(5)?,
+            error: r.get(6)?,
+        })
+    }
+
+    pub fn active_runs(&self) -> Result<Vec<RunRow>> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT id, image, status, next_step, attempt, data, error FROM runs WHERE status = 'running' ORDER BY id",
+            )?;
+            let rows = s.query_map([], Self::run_from_row)?.collect();
+            rows
+        })
+    }
+
+    pub fn run(&self, id: &str) -> Result<Option<RunRow>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, image, status, next_step, attempt, data, error FROM runs WHERE id = ?1",
+                [id],
+                Self::run_from_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn request_cancel(&self, image: &str) -> Result<bool> {
+        self.with(|c| {
+            c.execute("UPDATE runs SET cancel_requested = 1 WHERE image = ?1 AND status = 'running'", [image])
+                .map(|n| n > 0)
+        })
+    }
+
+    pub fn cancel_requested(&self, run: &str) -> Result<bool> {
+        self.with(|c| {
+            c.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", [run], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|v| v.unwrap_or(0) != 0)
+        })
+    }
+
+    /// Records the start of a transition execution.
+    pub fn begin_transition(&self, version: &str, run: &str, image: &str, name: &str, attempt: u32) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO transitions (version, run, image, name, attempt, outcome, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+                params![version, run, image, name, attempt, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Ends a transition execution and moves the run, atomically. `image`
+    /// (when the run ends) is written in the same transaction.
+    pub fn finish_transition(&self, run: &str, f: &Finish<'_>, image: Option<&ImageUpdate<'_>>) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let t = now_ms();
+            tx.execute(
+                "UPDATE transitions SET outcome = ?2, output = ?3, error = ?4, finished_at = ?5 WHERE version = ?1",
+                params![f.version, f.outcome, f.output, f.error, t],
+            )?;
+            tx.execute(
+                "UPDATE runs SET status = ?2, next_step = ?3, attempt = ?4, data = ?5, error = ?6, updated_at = ?7 WHERE id = ?1",
+                params![run, f.status, f.next_step, f.attempt, f.data, f.run_error, t],
+            )?;
+            if let Some(u) = image {
+                u.write(&tx, t)?;
+            }
+            tx.commit()
+        })
+    }
+
+    pub fn record_decision(&self, run: &str, version: &str, image: &str, rule: &str, allow: bool, detail: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO decisions (run, version, image, rule, verdict, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![run, version, image, rule, if allow { "allow" } else { "deny" }, detail, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    // ---- images ----
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRow>> {
+        Ok(self.images()?.into_iter().find(|i| i.name == name))
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRow>> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT name, state, error, failure_kind, last_run, fingerprint, format, top_chain, layers, updated_at FROM images ORDER BY name",
+            )?;
+            let rows = s
+                .query_map([], |r| {
+                    let layers: Option<String> = r.get(8)?;
+                    Ok(ImageRow {
+                        name: r.get(0)?,
+                        state: r.get(1)?,
+                        error: r.get(2)?,
+                        failure_kind: r.get(3)?,
+                        last_run: r.get(4)?,
+                        fingerprint: r.get(5)?,
+                        format: r.get(6)?,
+                        top_chain: r.get(7)?,
+                        layers: layers.and_then(|l| serde_json::from_str(&l).ok()),
+                        updated_at: r.get(9)?,
+                    })
+                })?
+                .collect();
+            rows
+        })
+    }
+
+    // ---- objects (download-once) ----
+
+    pub fn object(&self, source: &str, key: &str) -> Result<Option<(u64, String, String)>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT size, stamp, sha256 FROM objects WHERE source = ?1 AND key = ?2",
+                params![source, key],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+        })
+    }
+
+    pub fn put_object(&self, source: &str, key: &str, size: u64, stamp: &str, sha256: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO objects (source, key, size, stamp, sha256, fetched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (source, key) DO UPDATE SET size = excluded.size, stamp = excluded.stamp, sha256 = excluded.sha256, fetched_at = excluded.fetched_at",
+                params![source, key, size as i64, stamp, sha256, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn replace_rejected(&self, source: &str, rejected: &[(String, String)]) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM rejected WHERE source = ?1", [source])?;
+            for (key, reason) in rejected {
+                tx.execute(
+                    "INSERT OR REPLACE INTO rejected (source, key, reason) VALUES (?1, ?2, ?3)",
+                    params![source, key, reason],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    pub fn rejected(&self) -> Result<Vec<(String, String, String)>> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT source, key, reason FROM rejected ORDER BY source, key")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect();
+            rows
+        })
+    }
+
+    // ---- layers ----
+
+    fn layer_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LayerRow> {
+        Ok(LayerRow {
+            id: r.get(0)?,
+            chain_id: r.get(1)?,
+            parent: r.get(2)?,
+            diff_id: r.get(3)?,
+            committed: r.get::<_, String>(4)? == "committed",
+        })
+    }
+
+    pub fn layer(&self, chain_id: &str) -> Result<Option<LayerRow>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, chain_id, parent, diff_id, state FROM layers WHERE chain_id = ?1",
+                [chain_id],
+                Self::layer_from_row,
+            )
+            .optional()
+        })
+    }
+
+    pub fn layers(&self) -> Result<Vec<LayerRow>> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT id, chain_id, parent, diff_id, state FROM layers ORDER BY id")?;
+            let rows = s.query_map([], Self::layer_from_row)?.collect();
+            rows
+        })
+    }
+
+    /// Registers a layer about to be applied; returns its id (its directory name).
+    pub fn begin_layer(&self, chain_id: &str, parent: Option<&str>, diff_id: &str) -> Result<i64> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO layers (chain_id, parent, diff_id, state, created_at) VALUES (?1, ?2, ?3, 'applying', ?4)",
+                params![chain_id, parent, diff_id, now_ms()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn discard_layer(&self, id: i64) -> Result<()> {
+        self.with(|c| c.execute("DELETE FROM layers WHERE id = ?1 AND state = 'applying'", [id]).map(|_| ()))
+    }
+
+    /// Marks the layer committed and the run's progress past it, atomically.
+    pub fn commit_layer(&self, id: i64, entries: u64, bytes: u64, run: &str, idx: usize, chain_id: &str) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE layers SET state = 'committed', entries = ?2, bytes = ?3 WHERE id = ?1",
+                params![id, entries as i64, bytes as i64],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO layer_progress (run, idx, chain_id, at) VALUES (?1, ?2, ?3, ?4)",
+                params![run, idx as i64, chain_id, now_ms()],
+            )?;
+            tx.commit()
+        })
+    }
+
+    pub fn record_layer_progress(&self, run: &str, idx: usize, chain_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO layer_progress (run, idx, chain_id, at) VALUES (?1, ?2, ?3, ?4)",
+                params![run, idx as i64, chain_id, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn layer_progress(&self, run: &str) -> Result<Vec<(usize, String)>> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT idx, chain_id FROM layer_progress WHERE run = ?1 ORDER BY idx")?;
+            let rows = s.query_map([run], |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)))?.collect();
+            rows
+        })
+    }
+
+    // ---- activations ----
+
+    pub fn add_activation(&self, a: &ActivationRow) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO activations (id, image, top_chain, mountpoint, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![a.id, a.image, a.top_chain, a.mountpoint, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn activation(&self, id: &str) -> Result<Option<ActivationRow>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT id, image, top_chain, mountpoint FROM activations WHERE id = ?1",
+                [id],
+                |r| Ok(ActivationRow { id: r.get(0)?, image: r.get(1)?, top_chain: r.get(2)?, mountpoint: r.get(3)? }),
+            )
+            .optional()
+        })
+    }
+
+    pub fn remove_activation(&self, id: &str) -> Result<()> {
+        self.with(|c| c.execute("DELETE FROM activations WHERE id = ?1", [id]).map(|_| ()))
+    }
+
+    // ---- audit ----
+
+    pub fn transitions_for(&self, image: &str) -> Result<Vec<TransitionRow>> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT run, version, name, attempt, outcome, error, output, started_at, finished_at FROM transitions WHERE image = ?1 ORDER BY version",
+            )?;
+            let rows = s
+                .query_map([image], |r| {
+                    let output: Option<String> = r.get(6)?;
+                    Ok(TransitionRow {
+                        run: r.get(0)?,
+                        version: r.get(1)?,
+                        name: r.get(2)?,
+                        attempt: r.get(3)?,
+                        outcome: r.get(4)?,
+                        error: r.get(5)?,
+                        output: output.and_then(|o| serde_json::from_str(&o).ok()),
+                        started_at: r.get(7)?,
+                        finished_at: r.get(8)?,
+                    })
+                })?
+                .collect();
+            rows
+        })
+    }
+
+    pub fn decisions_for(&self, image: &str) -> Result<Vec<DecisionRow>> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT run, version, rule, verdict, detail, at FROM decisions WHERE image = ?1 ORDER BY id",
+            )?;
+            let rows = s
+                .query_map([image], |r| {
+                    Ok(DecisionRow {
+                        run: r.get(0)?,
+                        version: r.get(1)?,
+                        rule: r.get(2)?,
+                        verdict: r.get(3)?,
+                        detail: r.get(4)?,
+                        at: r.get(5)?,
+                    })
+                })?
+                .collect();
+            rows
+        })
+    }
+
+    pub fn has_image_history(&self, image: &str) -> Result<bool> {
+        self.with(|c| {
+            c.query_row("SELECT EXISTS (SELECT 1 FROM runs WHERE image = ?1)", [image], |r| r.get::<_, bool>(0))
+        })
+    }
+}
+
+/// The image row written when a run ends.
+pub struct ImageUpdate<'a> {
+    pub name: &'a str,
+    pub state: &'a str,
+    pub error: Option<&'a str>,
+    pub failure_kind: Option<&'a str>,
+    pub run: &'a str,
+    pub fingerprint: Option<&'a str>,
+    pub format: Option<&'a str>,
+    pub top_chain: Option<&'a str>,
+    pub layers: Option<&'a str>,
+}
+
+impl ImageUpdate<'_> {
+    fn write(&self, c: &Connection, t: i64) -> rusqlite::Result<()> {
+        c.execute(
+            "INSERT INTO images (name, state, error, failure_kind, last_run, fingerprint, format, top_chain, layers, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state, error = excluded.error, failure_kind = excluded.failure_kind,
+               last_run = excluded.last_run, fingerprint = excluded.fingerprint,
+               format = COALESCE(excluded.format, images.format), top_chain = COALESCE(excluded.top_chain, images.top_chain),
+               layers = COALESCE(excluded.layers, images.layers), updated_at = excluded.updated_at",
+            params![
+                self.name,
+                self.state,
+                self.error,
+                self.failure_kind,
+                self.run,
+                self.fingerprint,
+                self.format,
+                self.top_chain,
+                self.layers,
+                t
+            ],
+        )
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("state.db")).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn one_active_run_per_image() {
+        let (_d, s) = store();
+        s.create_run("01A", "img", "download", "{}").unwrap();
+        assert!(s.create_run("01B", "img", "download", "{}").is_err());
+        s.create_run("01C", "other", "download", "{}").unwrap();
+        assert_eq!(s.active_runs().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn finish_moves_run_and_audit_together() {
+        let (_d, s) = store();
+        s.create_run("01A", "img", "download", "{}").unwrap();
+        s.begin_transition("01V", "01A", "img", "download", 1).unwrap();
+        s.finish_transition(
+            "01A",
+            &Finish {
+                version: "01V",
+                outcome: "ok",
+                output: Some("{\"x\":1}"),
+                error: None,
+                status: "running",
+                next_step: Some("classify"),
+                attempt: 1,
+                data: "{\"d\":2}",
+                run_error: None,
+            },
+            None,
+        )
+        .unwrap();
+        let r = s.run("01A").unwrap().unwrap();
+        assert_eq!(r.next_step.as_deref(), Some("classify"));
+        assert_eq!(r.data, "{\"d\":2}");
+        let t = s.transitions_for("img").unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].outcome, "ok");
+    }
+
+    #[test]
+    fn interrupted_executions_are_marked() {
+        let (_d, s) = store();
+        s.create_run("01A", "img", "download", "{}").unwrap();
+        s.begin_transition("01V", "01A", "img", "download", 1).unwrap();
+        assert_eq!(s.mark_interrupted().unwrap(), 1);
+        let t = s.transitions_for("img").unwrap();
+        assert_eq!(t[0].outcome, "retry");
+        assert!(t[0].error.as_deref().unwrap().contains("interrupted"));
+    }
+}

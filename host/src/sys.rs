@@ -1,0 +1,142 @@
+//! Privileged mount operations behind a narrow trait: the Linux
+//! implementation, and a recording fake for tests that cannot mount.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub trait MountOps: Send + Sync {
+    /// Mounts an overlay at `target`. `lower` is top first. Paths may be
+    /// relative to the calling thread's working directory.
+    fn mount_overlay(&self, target: &Path, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> io::Result<()>;
+    fn unmount(&self, target: &Path, detach: bool) -> io::Result<()>;
+    /// Moves the calling thread into a private mount namespace (and a private
+    /// working directory): its mounts vanish when it exits, even on SIGKILL.
+    fn private_namespace(&self) -> io::Result<()>;
+    /// Mount points at or below `dir` in this thread's namespace, deepest first.
+    fn mounts_under(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+}
+
+pub fn overlay_options(lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> String {
+    let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+    let mut opts = format!("lowerdir={}", lower.join(":"));
+    if let Some((u, w)) = upper_work {
+        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+    }
+    opts
+}
+
+pub struct LinuxMounts;
+
+fn cstr(s: &str) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"))
+}
+
+impl MountOps for LinuxMounts {
+    fn mount_overlay(&self, target: &Path, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> io::Result<()> {
+        let opts = overlay_options(lower, upper_work);
+        // The kernel takes at most one page of options.
+        if opts.len() >= 4000 {
+            return Err(io::Error::other(format!("overlay options are {} bytes, over a page", opts.len())));
+        }
+        let target = cstr(&target.display().to_string())?;
+        let data = cstr(&opts)?;
+        rustix::mount::mount("overlay", target.as_c_str(), "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
+            .map_err(io::Error::from)
+    }
+
+    fn unmount(&self, target: &Path, detach: bool) -> io::Result<()> {
+        let flags = if detach { rustix::mount::UnmountFlags::DETACH } else { rustix::mount::UnmountFlags::empty() };
+        rustix::mount::unmount(target, flags).map_err(io::Error::from)
+    }
+
+    fn private_namespace(&self) -> io::Result<()> {
+        use rustix::thread::UnshareFlags;
+        // SAFETY: the flags do not include FILES, so this thread keeps sharing
+        // its file-descriptor table; NEWNS (with the FS it implies) only gives
+        // this thread its own mount namespace and working directory.
+        unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::FS) }?;
+        rustix::mount::mount_change(
+            "/",
+            rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+        )?;
+        Ok(())
+    }
+
+    fn mounts_under(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let text = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
+        let mut out: Vec<PathBuf> = text
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape_mountinfo)
+            .map(PathBuf::from)
+            .filter(|p| p.starts_with(dir))
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        out.dedup();
+        Ok(out)
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A fake that records every call instead of mounting: for tests on hosts
+/// where mounting is impossible. Named as such; real tests use LinuxMounts.
+#[derive(Default)]
+pub struct RecordingMounts {
+    pub calls: Mutex<Vec<String>>,
+}
+
+impl MountOps for RecordingMounts {
+    fn mount_overlay(&self, target: &Path, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!("mount {} {}", target.display(), overlay_options(lower, upper_work)));
+        Ok(())
+    }
+    fn unmount(&self, target: &Path, detach: bool) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!("umount {} detach={detach}", target.display()));
+        Ok(())
+    }
+    fn private_namespace(&self) -> io::Result<()> {
+        self.calls.lock().unwrap().push("unshare".into());
+        Ok(())
+    }
+    fn mounts_under(&self, _dir: &Path) -> io::Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
+    }
+
+    #[test]
+    fn options() {
+        let o = overlay_options(&[PathBuf::from("2/fs"), PathBuf::from("1/fs")], Some((Path::new("3/fs"), Path::new("3/work"))));
+        assert_eq!(o, "lowerdir=2/fs:1/fs,upperdir=3/fs,workdir=3/work");
+    }
+}
