@@ -263,6 +263,9 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
             (None, _) => Err(StepFailure::Input(format!("unknown transition `{}`", printable(run.next_step.as_deref().unwrap_or("")))) ),
             (_, Err(e)) => Err(StepFailure::Input(format!("corrupt run data: {e}"))),
             (Some(_), _) if ctx.store.cancel_requested(&run.id)? => Err(StepFailure::Cancelled),
+            (Some(_), _) if ctx.failpoints.fails(&format!("fail:{step_name}")) => {
+                Err(StepFailure::Retry("injected I/O failure".into()))
+            }
             (Some(s), Ok(_)) => {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ctx, s, &run.id, &version, &run.image, &mut data))) {
                     Ok(r) => r,

@@ -1,7 +1,9 @@
 //! Failpoints for crash tests: `TARPOOL_FAILPOINTS=after:download,after-layer#2`
 //! makes the process SIGKILL itself the first (or Nth) time it passes that
 //! point. Points: `before:STEP`, `before-commit:STEP`, `after:STEP`,
-//! `mid-layer` (a layer applied, not yet committed), `after-layer`.
+//! `mid-layer` (a layer applied, not yet committed), `after-layer`; and
+//! `fail:STEP#N`, which makes the first N executions of STEP fail with an
+//! injected, retryable I/O error instead.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,6 +39,16 @@ impl Failpoints {
         *n == at
     }
 
+    /// For `fail:STEP#N` points: true for the first N passes (default 1),
+    /// so a transition can be made to fail with an injected I/O error.
+    pub fn fails(&self, name: &str) -> bool {
+        let Some(&upto) = self.armed.get(name) else { return false };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let n = seen.entry(name.to_string()).or_insert(0);
+        *n += 1;
+        *n <= upto
+    }
+
     pub fn hit(&self, name: &str) {
         if self.fires(name) {
             eprintln!("tarpool: failpoint {name}: killing the process");
@@ -60,5 +72,10 @@ mod tests {
         assert!(!f.fires("after-layer"));
         assert!(f.fires("after-layer"));
         assert!(!f.fires("before:download"));
+        let f = Failpoints::parse("fail:download#2");
+        assert!(f.fails("fail:download"));
+        assert!(f.fails("fail:download"));
+        assert!(!f.fails("fail:download"));
+        assert!(!f.fails("fail:classify"));
     }
 }

@@ -1,0 +1,757 @@
+//! Runs the format steps: the WebAssembly components that read untrusted
+//! bytes (`guest-steps/classify`, `guest-steps/manifest`, built by
+//! `build.rs` and embedded here).
+//!
+//! Each call gets a fresh [`Store`] with a WASI context that grants nothing
+//! (no preopens, environment, arguments, network or inherited stdio), a
+//! memory limit and a fuel budget; the store and instance are dropped after
+//! the call, so a trapped instance is never reused. Compiled components are
+//! cached on disk, keyed by the wasm bytes and the engine's configuration.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::model;
+
+mod classify_bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "classify-step" });
+}
+
+mod manifest_bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "manifest-step" });
+}
+
+use classify_bindings::ClassifyStepPre;
+use manifest_bindings::ManifestStepPre;
+
+static CLASSIFY_WASM: &[u8] = include_bytes!(env!("TARPOOL_CLASSIFY_WASM"));
+static MANIFEST_WASM: &[u8] = include_bytes!(env!("TARPOOL_MANIFEST_WASM"));
+
+/// The wasmtime release the workspace pins (`=48.0.8`); part of the cache
+/// key, besides the engine's own compatibility hash.
+const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Linear memory one guest instance may use.
+const GUEST_MEMORY: usize = 64 << 20;
+/// Calls running at once; further callers wait for a slot.
+const MAX_CONCURRENT: u32 = 16;
+/// Fuel (roughly, wasm instructions) for one `classify` call.
+const CLASSIFY_FUEL: u64 = 200_000_000;
+/// Fuel for one `parse` call: enough to decode several 4 MiB JSON members.
+const MANIFEST_FUEL: u64 = 4_000_000_000;
+/// Largest member the manifest step may read.
+const MAX_MEMBER_READ: usize = 4 << 20;
+/// Bytes the manifest step may read in one call, all members together.
+const MAX_TOTAL_READ: usize = 32 << 20;
+/// Largest `head` passed to `classify` (the WIT contract).
+const MAX_HEAD: usize = 64 << 10;
+/// Guest stderr kept for trap messages (a Rust guest prints its panic there).
+const STDERR_CAP: usize = 4096;
+/// Longest message taken from a guest.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+/// A step failed; see the variants for whom it blames.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The guest examined the input and rejected it (blames the input).
+    #[error("{0}")]
+    Rejected(String),
+    /// The guest trapped or ran out of fuel/memory on this input (also
+    /// blames the input, but kept apart).
+    #[error("format step trapped: {0}")]
+    Trapped(String),
+    /// Host-side failure (bug or environment).
+    #[error("format step host error: {0}")]
+    Host(String),
+}
+
+fn host_err(what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::Host(one_line(&format!("{what}: {e:#}"), 1000))
+}
+
+/// The compiled format steps, ready to instantiate. Cheap to share: wrap in
+/// an `Arc` and call from any thread.
+pub struct Steps {
+    engine: Engine,
+    classify: ClassifyStepPre<State>,
+    manifest: ManifestStepPre<State>,
+    slots: Slots,
+    classify_fuel: u64,
+    manifest_fuel: u64,
+    cache_warning: Option<String>,
+}
+
+// The engine shares `Steps` across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Steps>();
+};
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steps").finish_non_exhaustive()
+    }
+}
+
+/// What a member read callback looks like.
+type ReadFn = dyn FnMut(&str) -> Result<Vec<u8>, String>;
+
+/// The caller's read callback, lifetime erased, for the store's duration.
+struct Reader(*mut ReadFn);
+
+// SAFETY: a `Reader` lives in the data of a `Store` that `parse_manifest`
+// creates, uses and drops on the calling thread; it is never sent to another
+// thread. `Send` is needed only because `WasiView` requires it of the data.
+unsafe impl Send for Reader {}
+
+/// Per-call store data.
+struct State {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    reader: Option<Reader>,
+    read_total: usize,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl manifest_bindings::tarpool::steps::types::Host for State {}
+
+impl manifest_bindings::tarpool::steps::source::Host for State {
+    fn read_member(&mut self, name: String) -> Result<Vec<u8>, String> {
+        let Some(reader) = &self.reader else {
+            return Err("no member reader".into());
+        };
+        // SAFETY: `reader.0` was made from the `&mut ReadFn` that
+        // `parse_manifest` holds borrowed for as long as this store exists
+        // (the store is dropped before it returns), and nothing else uses that
+        // borrow meanwhile; the guest runs on this thread, one import at a
+        // time, so this is the only live reference to the callback.
+        let read = unsafe { &mut *reader.0 };
+        let bytes = read(&name)?;
+        if bytes.len() > MAX_MEMBER_READ {
+            return Err(format!(
+                "member `{}` is {} bytes, over the {} MiB read cap",
+                one_line(&name, 100),
+                bytes.len(),
+                MAX_MEMBER_READ >> 20
+            ));
+        }
+        self.read_total = self.read_total.saturating_add(bytes.len());
+        if self.read_total > MAX_TOTAL_READ {
+            return Err(format!(
+                "reading `{}` exceeds the {} MiB cap on manifest data",
+                one_line(&name, 100),
+                MAX_TOTAL_READ >> 20
+            ));
+        }
+        Ok(bytes)
+    }
+}
+
+impl Steps {
+    /// Compiles (or loads cached, precompiled `.cwasm` files from
+    /// `cache_dir`, keyed by sha256 of the wasm bytes + wasmtime version;
+    /// written atomically via temp file + rename) both components.
+    ///
+    /// `cache_dir` must be private to the service: a component loaded from
+    /// it runs as native code. A cache that cannot be written is not an
+    /// error (see [`Steps::cache_warning`]).
+    pub fn load(cache_dir: &Path) -> Result<Steps, StepError> {
+        let engine = new_engine()?;
+        let mut warnings = Vec::new();
+        let classify = load_component(&engine, cache_dir, "classify", CLASSIFY_WASM, &mut warnings)?;
+        let manifest = load_component(&engine, cache_dir, "manifest", MANIFEST_WASM, &mut warnings)?;
+
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| host_err("linking WASI", e))?;
+        manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| host_err("linking the source interface", e))?;
+        let classify = linker
+            .instantiate_pre(&classify)
+            .and_then(ClassifyStepPre::new)
+            .map_err(|e| host_err("preparing the classify step", e))?;
+        let manifest = linker
+            .instantiate_pre(&manifest)
+            .and_then(ManifestStepPre::new)
+            .map_err(|e| host_err("preparing the manifest step", e))?;
+        Ok(Steps {
+            engine,
+            classify,
+            manifest,
+            slots: Slots::new(MAX_CONCURRENT),
+            classify_fuel: CLASSIFY_FUEL,
+            manifest_fuel: MANIFEST_FUEL,
+            cache_warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
+        })
+    }
+
+    /// Why the compiled-component cache could not be written during
+    /// [`Steps::load`], if it could not (the steps work regardless).
+    pub fn cache_warning(&self) -> Option<&str> {
+        self.cache_warning.as_deref()
+    }
+
+    /// Tells what a blob is from its first bytes (at most 64 KiB are used)
+    /// and its full length.
+    pub fn classify(
+        &self,
+        head: &[u8],
+        total_size: u64,
+    ) -> Result<model::Classification, StepError> {
+        use classify_bindings::tarpool::steps::types::BlobKind as K;
+        let head = &head[..head.len().min(MAX_HEAD)];
+        let _slot = self.slots.acquire();
+        let (mut store, stderr) = self.new_store(self.classify_fuel, None)?;
+        let step = self
+            .classify
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_err("classify", e, &stderr))?;
+        let result = step
+            .call_classify(&mut store, head, total_size)
+            .map_err(|e| trapped(e, &stderr))?;
+        drop(store);
+        let c = result.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?;
+        Ok(model::Classification {
+            kind: match c.kind {
+                K::Tar => model::BlobKind::Tar,
+                K::Gzip => model::BlobKind::Gzip,
+                K::Zstd => model::BlobKind::Zstd,
+                K::Empty => model::BlobKind::Empty,
+                K::Unknown => model::BlobKind::Unknown,
+            },
+            detail: one_line(&c.detail, MAX_MESSAGE_CHARS),
+        })
+    }
+
+    /// Works out an image's layers from its unit's members, reading the
+    /// members the guest asks for through `read` (each capped at 4 MiB).
+    pub fn parse_manifest(
+        &self,
+        unit: model::UnitKind,
+        members: &[model::Member],
+        read: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+    ) -> Result<model::ImageLayout, StepError> {
+        use manifest_bindings::tarpool::steps::types as w;
+        let unit = match unit {
+            model::UnitKind::Prefix => w::UnitKind::Prefix,
+            model::UnitKind::Archive => w::UnitKind::Archive,
+        };
+        let members: Vec<w::Member> = members
+            .iter()
+            .map(|m| w::Member {
+                name: m.name.clone(),
+                size: m.size,
+            })
+            .collect();
+        let read: *mut (dyn FnMut(&str) -> Result<Vec<u8>, String> + '_) = read;
+        // SAFETY: this only erases the callback's lifetime so it fits in the
+        // `'static` store data. The pointer is used only by `read_member`
+        // while the store below is alive, and the store is dropped before
+        // this function returns (and so before the borrow of `read` ends);
+        // see `State::read_member`.
+        let read: *mut ReadFn = unsafe {
+            std::mem::transmute::<*mut (dyn FnMut(&str) -> Result<Vec<u8>, String> + '_), *mut ReadFn>(
+                read,
+            )
+        };
+        let _slot = self.slots.acquire();
+        let (mut store, stderr) = self.new_store(self.manifest_fuel, Some(Reader(read)))?;
+        let outcome = self
+            .manifest
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_err("manifest", e, &stderr))
+            .and_then(|step| {
+                step.call_parse(&mut store, unit, &members)
+                    .map_err(|e| trapped(e, &stderr))
+            });
+        drop(store);
+        let layout = outcome?.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?;
+        Ok(model::ImageLayout {
+            format: match layout.format {
+                w::ImageFormat::AdHoc => model::ImageFormat::AdHoc,
+                w::ImageFormat::DockerArchive => model::ImageFormat::DockerArchive,
+                w::ImageFormat::OciArchive => model::ImageFormat::OciArchive,
+                w::ImageFormat::OciLayout => model::ImageFormat::OciLayout,
+                w::ImageFormat::SingleLayer => model::ImageFormat::SingleLayer,
+            },
+            layers: layout
+                .layers
+                .into_iter()
+                .map(|l| model::LayerRef {
+                    member: l.member,
+                    media: match l.media {
+                        w::LayerMedia::Tar => model::LayerMedia::Tar,
+                        w::LayerMedia::Gzip => model::LayerMedia::Gzip,
+                        w::LayerMedia::Zstd => model::LayerMedia::Zstd,
+                        w::LayerMedia::Detect => model::LayerMedia::Detect,
+                    },
+                    digest: l.digest,
+                    diff_id: l.diff_id,
+                    size: l.size,
+                })
+                .collect(),
+            config_digest: layout.config_digest,
+        })
+    }
+
+    fn new_store(
+        &self,
+        fuel: u64,
+        reader: Option<Reader>,
+    ) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
+        let stderr = MemoryOutputPipe::new(STDERR_CAP);
+        // No preopens, environment, arguments or stdin; stdout is discarded.
+        let wasi = WasiCtx::builder()
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(GUEST_MEMORY)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            reader,
+            read_total: 0,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_fuel(fuel).map_err(|e| host_err("setting fuel", e))?;
+        Ok((store, stderr))
+    }
+}
+
+fn new_engine() -> Result<Engine, StepError> {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_CONCURRENT)
+        .total_core_instances(MAX_CONCURRENT * 8)
+        .total_memories(MAX_CONCURRENT * 2)
+        .total_tables(MAX_CONCURRENT * 8)
+        .max_memory_size(GUEST_MEMORY);
+    let mut config = Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .consume_fuel(true)
+        .wasm_backtrace_max_frames(None);
+    Engine::new(&config).map_err(|e| host_err("configuring wasmtime", e))
+}
+
+/// Compiles `wasm`, or loads it from the cache.
+///
+/// A cache file is `sha256(cwasm) || cwasm`, named after the key; a file
+/// that does not verify or deserialize is replaced.
+fn load_component(
+    engine: &Engine,
+    cache_dir: &Path,
+    name: &str,
+    wasm: &[u8],
+    warnings: &mut Vec<String>,
+) -> Result<Component, StepError> {
+    let path = cache_dir.join(format!("{name}-{}.cwasm", cache_key(engine, wasm)));
+    if let Ok(file) = fs::read(&path) {
+        if let Some((sum, cwasm)) = file.split_at_checked(32) {
+            if Sha256::digest(cwasm).as_slice() == sum {
+                // SAFETY: `deserialize` trusts its input to be code that this
+                // wasmtime compiled. The file is in the service's private
+                // cache directory, was written by `store_cache` below with the
+                // output of `Component::serialize` under a name keyed by this
+                // engine's configuration, and its checksum has just been
+                // verified, so it is intact; wasmtime also checks its version
+                // and configuration before using it.
+                if let Ok(component) = unsafe { Component::deserialize(engine, cwasm) } {
+                    return Ok(component);
+                }
+            }
+        }
+    }
+    let component = Component::new(engine, wasm).map_err(|e| host_err(&format!("compiling the {name} step"), e))?;
+    match component.serialize() {
+        Ok(cwasm) => {
+            if let Err(e) = store_cache(cache_dir, &path, &cwasm) {
+                warnings.push(format!("cannot cache the {name} step in {}: {e}", cache_dir.display()));
+            }
+        }
+        Err(e) => warnings.push(format!("cannot serialize the {name} step: {e}")),
+    }
+    Ok(component)
+}
+
+/// sha256 over the wasm bytes, the wasmtime version and the engine's
+/// compatibility hash (target, flags, tunables, features).
+fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    struct ShaHasher(Sha256);
+    impl std::hash::Hasher for ShaHasher {
+        fn finish(&self) -> u64 {
+            0
+        }
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.update(bytes);
+        }
+    }
+    let mut h = ShaHasher(Sha256::new());
+    h.0.update((wasm.len() as u64).to_le_bytes());
+    h.0.update(wasm);
+    h.0.update(WASMTIME_VERSION.as_bytes());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut h);
+    hex::encode(h.0.finalize())
+}
+
+/// Writes a cache file atomically: temp file in the same directory, fsync,
+/// rename.
+fn store_cache(cache_dir: &Path, path: &Path, cwasm: &[u8]) -> std::io::Result<()> {
+    create_private_dir(cache_dir)?;
+    let tmp: PathBuf = cache_dir.join(format!(
+        ".tmp-{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm")
+    ));
+    let result = (|| {
+        let mut f = fs::File::options().write(true).create_new(true).open(&tmp)?;
+        f.write_all(&Sha256::digest(cwasm))?;
+        f.write_all(cwasm)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        // Make the rename durable; failure to sync a directory is harmless.
+        if let Ok(dir) = fs::File::open(cache_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// An error from instantiating: a trap blames the input (it cannot, with
+/// these guests, but keep the distinction), anything else is the host's.
+fn instantiate_err(step: &str, e: wasmtime::Error, stderr: &MemoryOutputPipe) -> StepError {
+    if e.downcast_ref::<Trap>().is_some() {
+        trapped(e, stderr)
+    } else {
+        host_err(&format!("instantiating the {step} step"), e)
+    }
+}
+
+/// A call that did not return: the guest trapped (panicked, ran out of fuel
+/// or memory) on this input.
+fn trapped(e: wasmtime::Error, stderr: &MemoryOutputPipe) -> StepError {
+    let mut msg = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{e:#}"),
+    };
+    let said = stderr.contents();
+    let said = String::from_utf8_lossy(&said);
+    let said: Vec<&str> = said
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if !said.is_empty() {
+        msg.push_str("; guest stderr: ");
+        msg.push_str(&said.join(" | "));
+    }
+    StepError::Trapped(one_line(&msg, MAX_MESSAGE_CHARS))
+}
+
+/// One bounded line without control characters.
+fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == max_chars {
+            out.push_str("...");
+            break;
+        }
+        let bad = c.is_control()
+            || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
+        out.push(if bad { '?' } else { c });
+    }
+    out
+}
+
+/// A counting semaphore bounding concurrent instances to what the pooling
+/// allocator holds, so callers wait instead of failing.
+struct Slots {
+    free: Mutex<u32>,
+    freed: Condvar,
+}
+
+struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    fn new(n: u32) -> Self {
+        Slots {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> Slot<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
+        *free += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::{BlobKind, ImageFormat, LayerMedia, Member, UnitKind};
+    use std::sync::{Arc, OnceLock};
+
+    /// One `Steps` for the tests that do not change its budgets.
+    fn shared() -> &'static Steps {
+        static STEPS: OnceLock<Steps> = OnceLock::new();
+        STEPS.get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("tarpool-wasm-test-{}", std::process::id()));
+            Steps::load(&dir).expect("load")
+        })
+    }
+
+    fn tar_head(name: &str) -> Vec<u8> {
+        let mut h = vec![0u8; 1024];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000644\0");
+        h[124..136].copy_from_slice(b"00000000000\0");
+        h[257..265].copy_from_slice(b"ustar\x0000");
+        h[156] = b'0';
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h[..512].iter().map(|&b| u32::from(b)).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    fn members(names: &[&str]) -> Vec<Member> {
+        names
+            .iter()
+            .map(|n| Member {
+                name: (*n).to_string(),
+                size: 3,
+            })
+            .collect()
+    }
+
+    fn no_read(name: &str) -> Result<Vec<u8>, String> {
+        Err(format!("unexpected read of {name}"))
+    }
+
+    #[test]
+    fn classifies() {
+        let steps = shared();
+        let c = steps.classify(&[0x1f, 0x8b, 8, 0, 0, 0], 1000).unwrap();
+        assert_eq!(c.kind, BlobKind::Gzip);
+        let c = steps.classify(&tar_head("etc/hostname"), 10240).unwrap();
+        assert_eq!(c.kind, BlobKind::Tar);
+        assert!(c.detail.contains("`etc/hostname`"), "{}", c.detail);
+        let c = steps.classify(b"\x00garbage\n", 9).unwrap();
+        assert_eq!(c.kind, BlobKind::Unknown);
+        assert_eq!(steps.classify(&[], 0).unwrap().kind, BlobKind::Empty);
+        // Longer heads are cut to 64 KiB.
+        let mut big = tar_head("x");
+        big.resize(1 << 20, 0);
+        assert_eq!(steps.classify(&big, 1 << 20).unwrap().kind, BlobKind::Tar);
+        match steps.classify(&[1, 2, 3], 2) {
+            Err(StepError::Rejected(e)) => assert!(e.contains("head holds 3 bytes"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_ad_hoc() {
+        let l = shared()
+            .parse_manifest(UnitKind::Prefix, &members(&["2.tar", "10.tar", "1.tar", "3.tar", "4.tar", "5.tar", "6.tar", "7.tar", "8.tar", "9.tar"]), &mut no_read)
+            .unwrap();
+        assert_eq!(l.format, ImageFormat::AdHoc);
+        let names: Vec<&str> = l.layers.iter().map(|l| l.member.as_str()).collect();
+        assert_eq!(names[0], "1.tar");
+        assert_eq!(names[9], "10.tar");
+        assert!(l.layers.iter().all(|l| l.media == LayerMedia::Detect));
+    }
+
+    #[test]
+    fn reads_through_the_callback() {
+        let manifest = br#"[{"Config":"c.json","Layers":["a/layer.tar"]}]"#.to_vec();
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000001"]}}"#.to_vec();
+        let ms = vec![
+            Member { name: "manifest.json".into(), size: manifest.len() as u64 },
+            Member { name: "c.json".into(), size: config.len() as u64 },
+            Member { name: "a/layer.tar".into(), size: 1024 },
+        ];
+        let mut reads = Vec::new();
+        let mut read = |name: &str| {
+            reads.push(name.to_string());
+            match name {
+                "manifest.json" => Ok(manifest.clone()),
+                "c.json" => Ok(config.clone()),
+                _ => Err("nope".to_string()),
+            }
+        };
+        let l = shared().parse_manifest(UnitKind::Archive, &ms, &mut read).unwrap();
+        assert_eq!(l.format, ImageFormat::DockerArchive);
+        assert_eq!(l.layers[0].member, "a/layer.tar");
+        assert!(l.layers[0].diff_id.as_deref().unwrap().ends_with("01"));
+        assert_eq!(reads, ["manifest.json", "c.json"]);
+    }
+
+    #[test]
+    fn guest_errors_are_rejections() {
+        let steps = shared();
+        match steps.parse_manifest(UnitKind::Prefix, &members(&["1.tar", "3.tar"]), &mut no_read) {
+            Err(StepError::Rejected(e)) => assert_eq!(e, "layer 2.tar missing (the prefix has layers up to 3.tar)"),
+            other => panic!("{other:?}"),
+        }
+        // A callback error reaches the guest and comes back as its error.
+        let ms = vec![Member { name: "manifest.json".into(), size: 5 }];
+        let mut read = |_: &str| Err::<Vec<u8>, _>("disk on fire\n".to_string());
+        match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
+            Err(StepError::Rejected(e)) => assert_eq!(e, "manifest.json: cannot read: disk on fire?"),
+            other => panic!("{other:?}"),
+        }
+        // Enormous data from the callback is capped before it reaches the guest.
+        let ms = vec![Member { name: "manifest.json".into(), size: 5 << 20 }];
+        let mut read = |_: &str| Ok(vec![b' '; 5 << 20]);
+        match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
+            Err(StepError::Rejected(e)) => assert!(e.contains("over the 4 MiB read cap"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn traps_are_kept_apart_and_do_not_poison() {
+        let dir = tempdir("trap");
+        let mut steps = Steps::load(&dir).unwrap();
+        steps.manifest_fuel = 20_000;
+        let ms = members(&["1.tar", "2.tar"]);
+        match steps.parse_manifest(UnitKind::Prefix, &ms, &mut no_read) {
+            Err(StepError::Trapped(e)) => assert!(e.contains("fuel"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        steps.manifest_fuel = MANIFEST_FUEL;
+        assert_eq!(steps.parse_manifest(UnitKind::Prefix, &ms, &mut no_read).unwrap().layers.len(), 2);
+
+        // A member list that does not fit in guest memory traps too.
+        let name = "n".repeat(1000);
+        let huge: Vec<Member> = (0..80_000).map(|_| Member { name: name.clone(), size: 1 }).collect();
+        match steps.parse_manifest(UnitKind::Archive, &huge, &mut no_read) {
+            Err(StepError::Trapped(e)) => assert!(!e.contains('\n'), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(steps.classify(&[0x28, 0xb5, 0x2f, 0xfd], 4).unwrap().kind, BlobKind::Zstd);
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn cache_is_written_and_reused() {
+        let dir = tempdir("cache");
+        let t = std::time::Instant::now();
+        let cold = Steps::load(&dir).unwrap();
+        let cold_time = t.elapsed();
+        assert!(cold.cache_warning().is_none(), "{:?}", cold.cache_warning());
+        let mut files: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert!(files[0].starts_with("classify-") && files[0].ends_with(".cwasm"));
+        let t = std::time::Instant::now();
+        let warm = Steps::load(&dir).unwrap();
+        let warm_time = t.elapsed();
+        let t = std::time::Instant::now();
+        assert_eq!(warm.classify(&[0x1f, 0x8b, 8], 3).unwrap().kind, BlobKind::Gzip);
+        let call_time = t.elapsed();
+        eprintln!("Steps::load cold {cold_time:?}, warm {warm_time:?}, classify {call_time:?}");
+
+        // A corrupted cache file is recompiled, not trusted.
+        let path = dir.join(&files[1]);
+        let mut bytes = fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n / 2] ^= 0xff;
+        fs::write(&path, &bytes).unwrap();
+        let again = Steps::load(&dir).unwrap();
+        assert_eq!(again.parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read).unwrap().layers.len(), 1);
+        assert_ne!(fs::read(&path).unwrap(), bytes);
+
+        // An unwritable cache is only a warning.
+        let file = dir.join("not-a-dir");
+        fs::write(&file, b"").unwrap();
+        let steps = Steps::load(&file.join("sub")).unwrap();
+        assert!(steps.cache_warning().is_some());
+        fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn concurrent_calls_share_one_steps() {
+        let steps = Arc::new(Steps::load(&tempdir("threads")).unwrap());
+        let handles: Vec<_> = (0..MAX_CONCURRENT as usize * 2)
+            .map(|i| {
+                let steps = Arc::clone(&steps);
+                std::thread::spawn(move || {
+                    let head = tar_head(&format!("file{i}"));
+                    let c = steps.classify(&head, 2048).unwrap();
+                    assert!(c.detail.contains(&format!("`file{i}`")));
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tarpool-wasm-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

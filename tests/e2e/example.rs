@@ -1,0 +1,101 @@
+//! The example bucket end to end: every image ends ready, every activation
+//! shows exactly the tree an independent tool (umoci) unpacked, layers shared
+//! between images are stored once, and a second run changes nothing.
+
+use crate::harness::*;
+
+const IMAGES: [&str; 6] = ["adhoc", "adhoc-sibling", "dockersave", "many", "ociarchive", "ocilayout"];
+
+fn check_activation(env: &Env, image: &str) {
+    let mnt = env.dir.path().join(format!("mnt-{image}"));
+    let act = format!("act-{image}");
+    let v = env.json(&["activate", image, "--as", &act, "--mount", mnt.to_str().unwrap()]);
+    assert_eq!(v["activation"], act.as_str());
+    assert_eq!(v["mount"]["type"], "overlay");
+    let expected = std::fs::read_to_string(example_bucket().join(format!("expected/{image}.tree"))).unwrap();
+    let got = tree(&mnt);
+    // Writes go to the activation, not to the shared layers.
+    std::fs::write(mnt.join("written-by-test"), b"x").unwrap();
+    let out = env.run(&["deactivate", &act]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(mounts_under(&mnt).is_empty(), "deactivate unmounts");
+    if got != expected {
+        let diff = std::process::Command::new("diff")
+            .arg(example_bucket().join(format!("expected/{image}.tree")))
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(got.as_bytes())?;
+                c.wait_with_output()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!("activation of {image} differs from expected/{image}.tree:\n{diff}");
+    }
+}
+
+#[test]
+fn example_bucket_ends_ready_and_activations_match_umoci() {
+    let env = Env::new();
+    let src = example_bucket();
+    let out = env.run(&["run", "--once", "--source", src.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "run failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let status = env.status();
+    for i in IMAGES {
+        assert_eq!(status.get(i).map(|s| s.0.as_str()), Some("ready"), "{i}: {:?}", status.get(i));
+    }
+    for i in IMAGES {
+        check_activation(&env, i);
+    }
+
+    // Layers are stored once per chain ID: adhoc and adhoc-sibling share two,
+    // and the OCI archive, OCI layout and docker archive share diffs too.
+    let st = env.json(&["status", "--json"]);
+    let mut chains = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for img in st["images"].as_array().unwrap() {
+        for l in img["layers"].as_array().unwrap() {
+            chains.insert(l["chain_id"].as_str().unwrap().to_string());
+            total += 1;
+        }
+    }
+    let dirs = std::fs::read_dir(env.state().join("overlay/layers")).unwrap().count();
+    assert_eq!(dirs, chains.len(), "one layer directory per distinct chain");
+    assert!(total - chains.len() >= 2, "adhoc-sibling reuses adhoc's first two layers ({total} layers, {} distinct)", chains.len());
+
+    // The audit shape the CLI contract promises.
+    let audit = env.json(&["audit", "adhoc", "--json"]);
+    let names: Vec<&str> = audit["transitions"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["check-image-exists", "download", "classify", "parse-manifest", "check-unpacked", "unpack-layers", "create-snapshot", "update-tracking", "completed"]
+    );
+    for t in audit["transitions"].as_array().unwrap() {
+        assert_eq!(t["outcome"], "ok");
+        assert_eq!(t["version"].as_str().unwrap().len(), 26, "versions are ULIDs");
+    }
+    assert!(audit["decisions"].as_array().unwrap().iter().any(|d| d["rule"] == "max_layers" && d["verdict"] == "allow"));
+
+    // A second run over the unchanged bucket starts nothing.
+    let before = audit["transitions"].as_array().unwrap().len();
+    let out = env.run(&["run", "--once", "--source", src.to_str().unwrap()]);
+    assert!(out.status.success());
+    let after = env.json(&["audit", "adhoc", "--json"])["transitions"].as_array().unwrap().len();
+    assert_eq!(before, after, "an unchanged image is not processed again");
+}
+
+#[test]
+fn second_run_refuses_to_start_while_one_holds_the_state_dir() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.state()).unwrap();
+    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(env.state().join("run.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let out = env.run(&["run", "--once", "--source", example_bucket().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already using state directory"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}

@@ -1,0 +1,179 @@
+//! Shared helpers: a state directory per test, running the binary, reading
+//! its JSON, and listing a root filesystem in the format of
+//! `tests/fixtures/tree.py`.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tarpool");
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn example_bucket() -> PathBuf {
+    repo().join("tests/example-bucket")
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::Builder::new().prefix("tarpool-e2e-").tempdir().unwrap() }
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--state-dir").arg(self.state()).args(args);
+        c.env_remove("TARPOOL_FAILPOINTS");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("running tarpool")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(out.status.success(), "tarpool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tarpool {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn status(&self) -> BTreeMap<String, (String, Option<String>)> {
+        let v = self.json(&["status", "--json"]);
+        v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap().to_string(),
+                    (i["state"].as_str().unwrap().to_string(), i["error"].as_str().map(str::to_string)),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Unmount anything a failed test left below the temporary directory.
+        if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let mut mps: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| Path::new(m).starts_with(self.dir.path())).collect();
+            mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
+            for m in mps {
+                let _ = Command::new("umount").arg("-l").arg(m).status();
+            }
+        }
+    }
+}
+
+/// Copies a directory tree (the example bucket) so a test can change it.
+pub fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(st.success());
+}
+
+fn escape(p: &[u8]) -> String {
+    let mut s = Vec::new();
+    for &b in p {
+        match b {
+            b'\\' => s.extend_from_slice(b"\\\\"),
+            b'\n' => s.extend_from_slice(b"\\n"),
+            b => s.push(b),
+        }
+    }
+    String::from_utf8_lossy(&s).into_owned()
+}
+
+/// Lists `root` like `tests/fixtures/tree.py`.
+pub fn tree(root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    let mut lines: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<Vec<u8>>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let ft = m.file_type();
+            let mode = m.mode() & 0o7777;
+            let owner = format!("{}:{}", m.uid(), m.gid());
+            let r = escape(&rel);
+            let line = if ft.is_dir() {
+                stack.push(p.clone());
+                format!("d {mode:04o} {owner} {r}")
+            } else if ft.is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                format!("l {owner} {r} -> {}", escape(t.as_os_str().as_bytes()))
+            } else if ft.is_file() {
+                let data = std::fs::read(&p).unwrap();
+                if m.nlink() > 1 {
+                    inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
+                }
+                format!("f {mode:04o} {owner} {r} {} {}", data.len(), hex::encode(Sha256::digest(&data)))
+            } else if ft.is_char_device() || ft.is_block_device() {
+                let k = if ft.is_char_device() { 'c' } else { 'b' };
+                let rdev = m.rdev();
+                format!("{k} {mode:04o} {owner} {r} {}:{}", libc::major(rdev), libc::minor(rdev))
+            } else if ft.is_fifo() {
+                format!("p {mode:04o} {owner} {r} 0:0")
+            } else {
+                format!("s {mode:04o} {owner} {r}")
+            };
+            lines.push((rel, line));
+        }
+    }
+    lines.sort();
+    let mut out: Vec<String> = lines.into_iter().map(|(_, l)| l).collect();
+    let mut groups: Vec<Vec<Vec<u8>>> = inodes.into_values().filter(|g| g.len() > 1).collect();
+    for g in groups.iter_mut() {
+        g.sort();
+    }
+    groups.sort();
+    for g in groups {
+        out.push(format!("= {}", g.iter().map(|p| escape(p)).collect::<Vec<_>>().join(" ")));
+    }
+    out.join("\n") + "\n"
+}
+
+/// Mount points at or below `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Files below `dir`, recursively (for "no temporary files remain").
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

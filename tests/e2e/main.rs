@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `tarpool` binary, the repository's example
+//! bucket (made by GNU tar, umoci and skopeo), real overlay mounts, real
+//! SIGKILLs. Run as root (mounting needs it).
+
+mod harness;
+
+mod crash;
+mod example;
+mod hostile;
