@@ -45,7 +45,8 @@ const SCRUB: [&str; 16] = [
 
 fn main() {
     println!("cargo:rerun-if-env-changed=TARPOOL_WORKSPACE_ROOT");
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = match env::var_os("TARPOOL_WORKSPACE_ROOT") {
         Some(root) => PathBuf::from(root),
         None => manifest_dir.join(".."),
@@ -62,7 +63,10 @@ fn main() {
     build_guests(&root, &target_dir);
 
     for (krate, var) in GUESTS {
-        let wasm = target_dir.join(TARGET).join("release").join(format!("{krate}.wasm"));
+        let wasm = target_dir
+            .join(TARGET)
+            .join("release")
+            .join(format!("{krate}.wasm"));
         assert!(wasm.is_file(), "guest build produced no {}", wasm.display());
         println!("cargo:rustc-env={var}={}", wasm.display());
     }
@@ -111,7 +115,8 @@ fn build_guests(root: &Path, target_dir: &Path) {
     }
     // Nothing the nested cargo prints may be taken for a build-script
     // directive: send its stdout to our stderr.
-    cmd.stdout(Stdio::from(std::io::stderr())).stderr(Stdio::inherit());
+    cmd.stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit());
 
     let status = cmd
         .status()

@@ -44,7 +44,9 @@ pub fn index(file: &File) -> Result<Vec<IndexedMember>, StepFailure> {
     let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 16, file));
     let mut regular: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut links: Vec<(String, String)> = Vec::new();
-    let entries = ar.entries_with_seek().map_err(|e| bad(format!("unreadable tar: {e}")))?;
+    let entries = ar
+        .entries_with_seek()
+        .map_err(|e| bad(format!("unreadable tar: {e}")))?;
     for (i, entry) in entries.enumerate() {
         if i >= MAX_MEMBERS {
             return Err(bad(format!("more than {MAX_MEMBERS} members")));
@@ -53,11 +55,17 @@ pub fn index(file: &File) -> Result<Vec<IndexedMember>, StepFailure> {
         let raw = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|_| bad("member name is not UTF-8".into()))?;
         let Some(name) = normalize(&raw) else {
-            return Err(bad(format!("member `{}` climbs out of the archive", printable(&raw))));
+            return Err(bad(format!(
+                "member `{}` climbs out of the archive",
+                printable(&raw)
+            )));
         };
         let kind = entry.header().entry_type();
         if kind.is_file() {
-            if regular.insert(name.clone(), (entry.raw_file_position(), entry.size())).is_some() {
+            if regular
+                .insert(name.clone(), (entry.raw_file_position(), entry.size()))
+                .is_some()
+            {
                 return Err(bad(format!("member `{}` appears twice", printable(&name))));
             }
         } else if kind.is_symlink() || kind.is_hard_link() {
@@ -73,7 +81,12 @@ pub fn index(file: &File) -> Result<Vec<IndexedMember>, StepFailure> {
             };
             match resolved {
                 Some(t) => links.push((name, t)),
-                None => return Err(bad(format!("link `{}` points out of the archive", printable(&name)))),
+                None => {
+                    return Err(bad(format!(
+                        "link `{}` points out of the archive",
+                        printable(&name)
+                    )))
+                }
             }
         }
     }
@@ -95,18 +108,27 @@ pub fn index(file: &File) -> Result<Vec<IndexedMember>, StepFailure> {
             };
         }
     }
-    Ok(regular.into_iter().map(|(name, (offset, size))| IndexedMember { name, offset, size }).collect())
+    Ok(regular
+        .into_iter()
+        .map(|(name, (offset, size))| IndexedMember { name, offset, size })
+        .collect())
 }
 
 /// Reads a whole member of at most `cap` bytes.
 pub fn read_member(file: &File, m: &IndexedMember, cap: u64) -> Result<Vec<u8>, String> {
     if m.size > cap {
-        return Err(format!("member `{}` is {} bytes, over the {cap}-byte cap", m.name, m.size));
+        return Err(format!(
+            "member `{}` is {} bytes, over the {cap}-byte cap",
+            m.name, m.size
+        ));
     }
     let mut f = file;
-    f.seek(SeekFrom::Start(m.offset)).map_err(|e| e.to_string())?;
+    f.seek(SeekFrom::Start(m.offset))
+        .map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(m.size as usize);
-    f.take(m.size).read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    f.take(m.size)
+        .read_to_end(&mut buf)
+        .map_err(|e| e.to_string())?;
     if buf.len() as u64 != m.size {
         return Err(format!("member `{}` is cut short", m.name));
     }
@@ -144,11 +166,13 @@ mod tests {
         let mut h = tar::Header::new_ustar();
         h.set_size(3);
         h.set_cksum();
-        b.append_data(&mut h.clone(), "abc/layer.tar", &b"xyz"[..]).unwrap();
+        b.append_data(&mut h.clone(), "abc/layer.tar", &b"xyz"[..])
+            .unwrap();
         let mut l = tar::Header::new_ustar();
         l.set_entry_type(tar::EntryType::Symlink);
         l.set_size(0);
-        b.append_link(&mut l, "def/layer.tar", "../abc/layer.tar").unwrap();
+        b.append_link(&mut l, "def/layer.tar", "../abc/layer.tar")
+            .unwrap();
         b.finish().unwrap();
         drop(b);
         let f = File::open(&p).unwrap();

@@ -21,7 +21,11 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
     }
 
     pub fn count(&self) -> u64 {
@@ -31,7 +35,10 @@ impl<R: Read> HashingReader<R> {
     /// Reads what is left, then returns `sha256:<hex>` and the byte count.
     pub fn finish(mut self) -> io::Result<(String, u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((format!("sha256:{}", hex::encode(self.hasher.finalize())), self.count))
+        Ok((
+            format!("sha256:{}", hex::encode(self.hasher.finalize())),
+            self.count,
+        ))
     }
 }
 
@@ -76,17 +83,25 @@ impl BlobStore {
     /// Streams `reader` into the store. With `expected_size`, refuses to start
     /// when the disk lacks room, and rejects a stream of another length.
     /// Returns `sha256:<hex>` and the size.
-    pub fn ingest(&self, reader: impl Read, expected_size: Option<u64>) -> io::Result<(String, u64)> {
+    pub fn ingest(
+        &self,
+        reader: impl Read,
+        expected_size: Option<u64>,
+    ) -> io::Result<(String, u64)> {
         if let Some(size) = expected_size {
             let free = free_bytes(&self.dir)?;
             if free < size.saturating_add(64 << 20) {
                 return Err(io::Error::new(
                     io::ErrorKind::StorageFull,
-                    format!("not enough disk space: the object needs {size} bytes, {free} are free"),
+                    format!(
+                        "not enough disk space: the object needs {size} bytes, {free} are free"
+                    ),
                 ));
             }
         }
-        let mut tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(&self.tmp)?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&self.tmp)?;
         let mut r = HashingReader::new(reader);
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -125,13 +140,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = BlobStore::new(d.path()).unwrap();
         let (a, n) = s.ingest(&b"hello"[..], Some(5)).unwrap();
-        assert_eq!(a, "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            a,
+            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         assert_eq!(n, 5);
         assert!(s.has(&a, 5));
         let (b, _) = s.ingest(&b"hello"[..], None).unwrap();
         assert_eq!(a, b);
         let e = s.ingest(&b"hell"[..], Some(5)).unwrap_err();
         assert!(e.to_string().contains("expected 5 bytes, read 4"));
-        assert_eq!(fs::read_dir(d.path().join("tmp")).unwrap().count(), 0, "no temporary file is left");
+        assert_eq!(
+            fs::read_dir(d.path().join("tmp")).unwrap().count(),
+            0,
+            "no temporary file is left"
+        );
     }
 }

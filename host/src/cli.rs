@@ -17,7 +17,11 @@ use crate::store::{ActivationRow, Store};
 pub const EXAMPLE_BUCKET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/example-bucket");
 
 #[derive(Parser, Debug)]
-#[command(name = "tarpool", version, about = "Turns container images in a bucket into activated copy-on-write root filesystems")]
+#[command(
+    name = "tarpool",
+    version,
+    about = "Turns container images in a bucket into activated copy-on-write root filesystems"
+)]
 pub struct Args {
     /// Where the SQLite state, blobs and layers live.
     #[arg(long, global = true)]
@@ -107,17 +111,27 @@ struct Config {
     retry: RetryPolicy,
 }
 
-fn config(args: &Args, source: Option<&str>, backend: Option<&str>, jobs: Option<usize>) -> Result<Config> {
+fn config(
+    args: &Args,
+    source: Option<&str>,
+    backend: Option<&str>,
+    jobs: Option<usize>,
+) -> Result<Config> {
     let file: FileConfig = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), e.message()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), e.message()))?
         }
         None => FileConfig::default(),
     };
     let policy = match &file.policy {
-        Some(p) => Policy::from_toml(&std::fs::read_to_string(p).with_context(|| format!("reading policy {}", p.display()))?)
-            .map_err(anyhow::Error::msg)?,
+        Some(p) => Policy::from_toml(
+            &std::fs::read_to_string(p)
+                .with_context(|| format!("reading policy {}", p.display()))?,
+        )
+        .map_err(anyhow::Error::msg)?,
         None => Policy::default_policy(),
     };
     let mut retry = RetryPolicy::default();
@@ -135,9 +149,19 @@ fn config(args: &Args, source: Option<&str>, backend: Option<&str>, jobs: Option
         bail!("--jobs must be at least 1");
     }
     Ok(Config {
-        state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| PathBuf::from("/var/lib/tarpool")),
-        source: source.map(str::to_string).or(file.source).unwrap_or_else(|| EXAMPLE_BUCKET.to_string()),
-        backend: backend.map(str::to_string).or(file.backend).unwrap_or_else(|| "auto".into()),
+        state_dir: args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/tarpool")),
+        source: source
+            .map(str::to_string)
+            .or(file.source)
+            .unwrap_or_else(|| EXAMPLE_BUCKET.to_string()),
+        backend: backend
+            .map(str::to_string)
+            .or(file.backend)
+            .unwrap_or_else(|| "auto".into()),
         jobs,
         policy,
         retry,
@@ -145,7 +169,8 @@ fn config(args: &Args, source: Option<&str>, backend: Option<&str>, jobs: Option
 }
 
 fn open_store(state_dir: &Path) -> Result<Store> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
     Ok(Store::open(&state_dir.join("state.db"))?)
 }
 
@@ -155,7 +180,12 @@ struct RunLock(#[allow(dead_code)] std::fs::File);
 fn lock_state(state_dir: &Path) -> Result<RunLock> {
     use std::io::Write as _;
     let path = state_dir.join("run.lock");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {
             f.set_len(0)?;
@@ -177,7 +207,14 @@ fn lock_state(state_dir: &Path) -> Result<RunLock> {
 pub fn main() -> Result<u8> {
     let args = Args::parse();
     match &args.cmd {
-        Cmd::Run { once, source, backend, jobs, interval, json } => {
+        Cmd::Run {
+            once,
+            source,
+            backend,
+            jobs,
+            interval,
+            json,
+        } => {
             let cfg = config(&args, source.as_deref(), backend.as_deref(), *jobs)?;
             run(cfg, *once, *interval, *json)
         }
@@ -189,7 +226,12 @@ pub fn main() -> Result<u8> {
             let cfg = config(&args, None, None, None)?;
             audit(&open_store(&cfg.state_dir)?, name, *json)
         }
-        Cmd::Activate { name, as_, mount, backend } => {
+        Cmd::Activate {
+            name,
+            as_,
+            mount,
+            backend,
+        } => {
             let cfg = config(&args, None, backend.as_deref(), None)?;
             activate(&cfg, name, as_.as_deref(), mount.as_deref())
         }
@@ -211,7 +253,12 @@ pub fn main() -> Result<u8> {
 }
 
 fn backend(cfg: &Config) -> Result<Box<dyn crate::backend::Snapshotter>> {
-    crate::backend::open(&cfg.backend, &cfg.state_dir, Arc::new(crate::sys::LinuxMounts)).map_err(anyhow::Error::msg)
+    crate::backend::open(
+        &cfg.backend,
+        &cfg.state_dir,
+        Arc::new(crate::sys::LinuxMounts),
+    )
+    .map_err(anyhow::Error::msg)
 }
 
 fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
@@ -219,11 +266,23 @@ fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
     let _lock = lock_state(&cfg.state_dir)?;
     let source = crate::source::parse(&cfg.source)?;
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
-    let steps = crate::wasm::Steps::load(&cfg.state_dir.join("cache")).context("loading the format steps")?;
+    let steps = crate::wasm::Steps::load(&cfg.state_dir.join("cache"))
+        .context("loading the format steps")?;
     let backend = backend(&cfg)?;
-    let ctx = Arc::new(Ctx::new(cfg.state_dir.clone(), store, blobs, steps, backend, source, cfg.policy, cfg.retry));
+    let ctx = Arc::new(Ctx::new(
+        cfg.state_dir.clone(),
+        store,
+        blobs,
+        steps,
+        backend,
+        source,
+        cfg.policy,
+        cfg.retry,
+    ));
     ctx.recover()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let c = ctx.clone();
         tokio::spawn(async move {
@@ -259,7 +318,11 @@ fn report(ctx: &Ctx, names: &[String], summary: &engine::Summary, json: bool) ->
     for n in names {
         let img = images.iter().find(|i| &i.name == n);
         let state = img.map(|i| i.state.as_str()).unwrap_or("pending");
-        let state = if state == "cancelled" { "failed" } else { state };
+        let state = if state == "cancelled" {
+            "failed"
+        } else {
+            state
+        };
         all_ready &= state == "ready";
         rows.push(json!({
             "name": n,
@@ -269,12 +332,28 @@ fn report(ctx: &Ctx, names: &[String], summary: &engine::Summary, json: bool) ->
         }));
     }
     if json {
-        println!("{}", json!({ "images": rows, "rejected": summary.rejected.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>() }));
+        println!(
+            "{}",
+            json!({ "images": rows, "rejected": summary.rejected.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>() })
+        );
     } else {
         for r in &rows {
-            let err = r["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
-            let note = if r["unchanged"] == true { " (unchanged)" } else { "" };
-            println!("{:<24} {}{}{}", r["name"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""), note, err);
+            let err = r["error"]
+                .as_str()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default();
+            let note = if r["unchanged"] == true {
+                " (unchanged)"
+            } else {
+                ""
+            };
+            println!(
+                "{:<24} {}{}{}",
+                r["name"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                note,
+                err
+            );
         }
         println!(
             "{} ready, {} failed, {} not images",
@@ -321,7 +400,11 @@ fn status(store: &Store, json: bool) -> Result<u8> {
             "updated_at": img.map(|i| i.updated_at),
         }));
     }
-    let rejected: Vec<_> = store.rejected()?.into_iter().map(|(s, k, r)| json!({"source": s, "key": k, "reason": r})).collect();
+    let rejected: Vec<_> = store
+        .rejected()?
+        .into_iter()
+        .map(|(s, k, r)| json!({"source": s, "key": k, "reason": r}))
+        .collect();
     if json {
         println!("{}", json!({ "images": rows, "rejected": rejected }));
     } else {
@@ -329,11 +412,23 @@ fn status(store: &Store, json: bool) -> Result<u8> {
             println!("no images tracked");
         }
         for r in &rows {
-            let err = r["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
-            println!("{:<24} {}{}", r["name"].as_str().unwrap_or(""), r["state"].as_str().unwrap_or(""), err);
+            let err = r["error"]
+                .as_str()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default();
+            println!(
+                "{:<24} {}{}",
+                r["name"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                err
+            );
         }
         for r in &rejected {
-            println!("not an image: {}: {}", r["key"].as_str().unwrap_or(""), r["reason"].as_str().unwrap_or(""));
+            println!(
+                "not an image: {}: {}",
+                r["key"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            );
         }
     }
     Ok(0)
@@ -346,21 +441,38 @@ fn audit(store: &Store, name: &str, json: bool) -> Result<u8> {
         bail!("no image named {name} has been processed");
     }
     if json {
-        println!("{}", json!({ "image": name, "transitions": transitions, "decisions": decisions }));
+        println!(
+            "{}",
+            json!({ "image": name, "transitions": transitions, "decisions": decisions })
+        );
     } else {
         for t in &transitions {
-            let err = t.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
-            println!("{} {} {:<20} #{} {}{}", t.run, t.version, t.name, t.attempt, t.outcome, err);
+            let err = t
+                .error
+                .as_deref()
+                .map(|e| format!("  {e}"))
+                .unwrap_or_default();
+            println!(
+                "{} {} {:<20} #{} {}{}",
+                t.run, t.version, t.name, t.attempt, t.outcome, err
+            );
         }
         for d in &decisions {
-            println!("decision {} {:<18} {} {}", d.version, d.rule, d.verdict, d.detail);
+            println!(
+                "decision {} {:<18} {} {}",
+                d.version, d.rule, d.verdict, d.detail
+            );
         }
     }
     Ok(0)
 }
 
 fn valid_activation_name(s: &str) -> bool {
-    (1..=64).contains(&s.len()) && s != "." && s != ".." && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    (1..=64).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -> Result<u8> {
@@ -368,11 +480,15 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
         bail!("invalid image name {name:?}");
     }
     let store = open_store(&cfg.state_dir)?;
-    let img = store.image(name)?.with_context(|| format!("no image named {name}"))?;
+    let img = store
+        .image(name)?
+        .with_context(|| format!("no image named {name}"))?;
     if img.state != "ready" {
         bail!("image {name} is {}, not ready", img.state);
     }
-    let act = as_.map(str::to_string).unwrap_or_else(|| ulid::Ulid::new().to_string());
+    let act = as_
+        .map(str::to_string)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
     if !valid_activation_name(&act) {
         bail!("invalid activation name {act:?} (allowed: [A-Za-z0-9._-]{{1,64}})");
     }
@@ -396,13 +512,16 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
     }
     let mountpoint = match mount {
         Some(m) => {
-            std::fs::create_dir_all(m).with_context(|| format!("creating mount point {}", m.display()))?;
+            std::fs::create_dir_all(m)
+                .with_context(|| format!("creating mount point {}", m.display()))?;
             Some(std::fs::canonicalize(m)?)
         }
         None => None,
     };
     let b = backend(cfg)?;
-    let info = b.activate(&act, &ids, mountpoint.as_deref()).with_context(|| format!("activating {name}"))?;
+    let info = b
+        .activate(&act, &ids, mountpoint.as_deref())
+        .with_context(|| format!("activating {name}"))?;
     store.add_activation(&ActivationRow {
         id: act.clone(),
         image: name.to_string(),
@@ -425,9 +544,12 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
 
 fn deactivate(cfg: &Config, act: &str) -> Result<u8> {
     let store = open_store(&cfg.state_dir)?;
-    let row = store.activation(act)?.with_context(|| format!("no activation named {act}"))?;
+    let row = store
+        .activation(act)?
+        .with_context(|| format!("no activation named {act}"))?;
     let b = backend(cfg)?;
-    b.deactivate(act, row.mountpoint.as_deref().map(Path::new)).with_context(|| format!("deactivating {act}"))?;
+    b.deactivate(act, row.mountpoint.as_deref().map(Path::new))
+        .with_context(|| format!("deactivating {act}"))?;
     store.remove_activation(act)?;
     println!("{}", json!({ "deactivated": act }));
     Ok(0)

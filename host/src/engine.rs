@@ -73,7 +73,11 @@ impl Ctx {
 
     fn sanitize(&self, msg: &str) -> String {
         let state = self.state_dir.display().to_string();
-        let src = self.source.local_root().map(|p| p.display().to_string()).unwrap_or_default();
+        let src = self
+            .source
+            .local_root()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         sanitize(msg, &[(&state, "<state>"), (&src, "<source>")])
     }
 
@@ -93,16 +97,21 @@ impl Ctx {
         self.store.mark_interrupted()?;
         for l in self.store.layers()? {
             if !l.committed {
-                self.backend.discard_layer(l.id).context("discarding a half-applied layer")?;
+                self.backend
+                    .discard_layer(l.id)
+                    .context("discarding a half-applied layer")?;
                 self.store.discard_layer(l.id)?;
             }
         }
         let known: Vec<i64> = self.store.layers()?.iter().map(|l| l.id).collect();
-        self.backend.cleanup(&known).context("cleaning up the backend")?;
+        self.backend
+            .cleanup(&known)
+            .context("cleaning up the backend")?;
         let tmp = self.state_dir.join("tmp");
         if let Ok(rd) = std::fs::read_dir(&tmp) {
             for e in rd.flatten() {
-                let _ = std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
+                let _ =
+                    std::fs::remove_file(e.path()).or_else(|_| std::fs::remove_dir_all(e.path()));
             }
         }
         Ok(())
@@ -115,11 +124,25 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
     let listing = ctx.source.list()?;
     let found = names::discover(&listing.objects);
     let mut summary = Summary::default();
-    let mut rejected: Vec<(String, String)> = listing.rejected.iter().map(|r| (r.key.clone(), r.reason.clone())).collect();
-    rejected.extend(found.rejected.iter().map(|r| (r.key.clone(), r.reason.clone())));
+    let mut rejected: Vec<(String, String)> = listing
+        .rejected
+        .iter()
+        .map(|r| (r.key.clone(), r.reason.clone()))
+        .collect();
+    rejected.extend(
+        found
+            .rejected
+            .iter()
+            .map(|r| (r.key.clone(), r.reason.clone())),
+    );
     ctx.store.replace_rejected(&ctx.source.uri(), &rejected)?;
     summary.rejected = rejected;
-    let active: Vec<String> = ctx.store.active_runs()?.into_iter().map(|r| r.image).collect();
+    let active: Vec<String> = ctx
+        .store
+        .active_runs()?
+        .into_iter()
+        .map(|r| r.image)
+        .collect();
     let mut names_seen = Vec::new();
     for unit in found.units {
         names_seen.push(unit.name.clone());
@@ -129,20 +152,38 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
         let fingerprint = unit.fingerprint();
         if let Some(img) = ctx.store.image(&unit.name)? {
             let same = img.fingerprint.as_deref() == Some(fingerprint.as_str());
-            let settled = img.state == "ready" || (img.state == "failed" && img.failure_kind.as_deref() == Some("input"));
+            let settled = img.state == "ready"
+                || (img.state == "failed" && img.failure_kind.as_deref() == Some("input"));
             if same && settled {
                 summary.unchanged.push(unit.name.clone());
                 continue;
             }
         }
-        let data = RunData { source: ctx.source.uri(), fingerprint, unit: Some(unit.clone()), ..RunData::default() };
+        let data = RunData {
+            source: ctx.source.uri(),
+            fingerprint,
+            unit: Some(unit.clone()),
+            ..RunData::default()
+        };
         let id = ulid::Ulid::new().to_string();
-        ctx.store.create_run(&id, &unit.name, Step::first().name(), &serde_json::to_string(&data)?)?;
+        ctx.store.create_run(
+            &id,
+            &unit.name,
+            Step::first().name(),
+            &serde_json::to_string(&data)?,
+        )?;
     }
     Ok((names_seen, summary))
 }
 
-fn execute(ctx: &Ctx, step: Step, run: &str, version: &str, image: &str, data: &mut RunData) -> Result<Value, StepFailure> {
+fn execute(
+    ctx: &Ctx,
+    step: Step,
+    run: &str,
+    version: &str,
+    image: &str,
+    data: &mut RunData,
+) -> Result<Value, StepFailure> {
     let mut verdicts = Vec::new();
     let r = match step {
         Step::CheckImageExists => steps::check_image_exists(ctx, data, &mut verdicts),
@@ -152,11 +193,20 @@ fn execute(ctx: &Ctx, step: Step, run: &str, version: &str, image: &str, data: &
         Step::CheckUnpacked => steps::check_unpacked(ctx, data),
         Step::UnpackLayers => unpack_layers(ctx, run, data),
         Step::CreateSnapshot => create_snapshot(ctx, image, data),
-        Step::UpdateTracking => Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() })),
+        Step::UpdateTracking => {
+            Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() }))
+        }
         Step::Completed => Ok(Value::Null),
     };
     for v in &verdicts {
-        ctx.store.record_decision(run, version, image, &v.rule, v.allow, &ctx.sanitize(&v.detail))?;
+        ctx.store.record_decision(
+            run,
+            version,
+            image,
+            &v.rule,
+            v.allow,
+            &ctx.sanitize(&v.detail),
+        )?;
     }
     r
 }
@@ -173,8 +223,17 @@ fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
 }
 
 fn unpack_layers(ctx: &Ctx, run: &str, data: &mut RunData) -> Result<Value, StepFailure> {
-    let done: Vec<usize> = ctx.store.layer_progress(run)?.into_iter().map(|(i, _)| i).collect();
-    let chains: Vec<String> = data.layers.iter().map(|l| l.chain_id.clone().unwrap_or_default()).collect();
+    let done: Vec<usize> = ctx
+        .store
+        .layer_progress(run)?
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect();
+    let chains: Vec<String> = data
+        .layers
+        .iter()
+        .map(|l| l.chain_id.clone().unwrap_or_default())
+        .collect();
     let (mut applied, mut shared, mut resumed) = (0, 0, 0);
     let mut entries = 0u64;
     for (i, layer) in data.layers.iter().enumerate() {
@@ -198,39 +257,61 @@ fn unpack_layers(ctx: &Ctx, run: &str, data: &mut RunData) -> Result<Value, Step
                 continue;
             }
             Some(l) => {
-                ctx.backend.discard_layer(l.id).map_err(|e| StepFailure::io("discarding a stale layer", e))?;
+                ctx.backend
+                    .discard_layer(l.id)
+                    .map_err(|e| StepFailure::io("discarding a stale layer", e))?;
                 ctx.store.discard_layer(l.id)?;
             }
             None => {}
         }
         let parents = layer_ids(ctx, &chains[..i])?;
-        let parent_chain = if i == 0 { None } else { Some(chains[i - 1].as_str()) };
-        let id = ctx.store.begin_layer(chain, parent_chain, layer.diff_id.as_deref().unwrap_or_default())?;
-        let mut apply = |root: rustix::fd::BorrowedFd<'_>| steps::apply_one(ctx, i + 1, layer, root);
+        let parent_chain = if i == 0 {
+            None
+        } else {
+            Some(chains[i - 1].as_str())
+        };
+        let id = ctx.store.begin_layer(
+            chain,
+            parent_chain,
+            layer.diff_id.as_deref().unwrap_or_default(),
+        )?;
+        let mut apply =
+            |root: rustix::fd::BorrowedFd<'_>| steps::apply_one(ctx, i + 1, layer, root);
         let stats = match ctx.backend.apply_layer(id, &parents, &mut apply) {
             Ok(s) => s,
             Err(e) => {
                 if let Err(d) = ctx.backend.discard_layer(id) {
-                    return Err(StepFailure::Retry(format!("{e}; discarding the layer failed too: {d}")));
+                    return Err(StepFailure::Retry(format!(
+                        "{e}; discarding the layer failed too: {d}"
+                    )));
                 }
                 ctx.store.discard_layer(id)?;
                 return Err(e);
             }
         };
         ctx.failpoints.hit("mid-layer");
-        ctx.store.commit_layer(id, stats.entries, stats.bytes, run, i, chain)?;
+        ctx.store
+            .commit_layer(id, stats.entries, stats.bytes, run, i, chain)?;
         entries += stats.entries;
         applied += 1;
         ctx.failpoints.hit("after-layer");
     }
-    Ok(serde_json::json!({ "applied": applied, "shared": shared, "resumed": resumed, "entries": entries }))
+    Ok(
+        serde_json::json!({ "applied": applied, "shared": shared, "resumed": resumed, "entries": entries }),
+    )
 }
 
 fn create_snapshot(ctx: &Ctx, image: &str, data: &mut RunData) -> Result<Value, StepFailure> {
-    let chains: Vec<String> = data.layers.iter().map(|l| l.chain_id.clone().unwrap_or_default()).collect();
+    let chains: Vec<String> = data
+        .layers
+        .iter()
+        .map(|l| l.chain_id.clone().unwrap_or_default())
+        .collect();
     let ids = layer_ids(ctx, &chains)?;
     let info = ctx.backend.snapshot_image(image, &ids)?;
-    Ok(serde_json::json!({ "backend": ctx.backend.kind(), "layers": ids, "top_chain": data.top_chain, "fstype": info.fstype }))
+    Ok(
+        serde_json::json!({ "backend": ctx.backend.kind(), "layers": ids, "top_chain": data.top_chain, "fstype": info.fstype }),
+    )
 }
 
 fn layers_json(data: &RunData) -> String {
@@ -245,7 +326,9 @@ fn layers_json(data: &RunData) -> String {
 /// Drives one run until it ends, or until shutdown. Blocking.
 pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
     loop {
-        let Some(run) = ctx.store.run(run_id)? else { return Ok(()) };
+        let Some(run) = ctx.store.run(run_id)? else {
+            return Ok(());
+        };
         if run.status != "running" {
             return Ok(());
         }
@@ -256,21 +339,31 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
         let old: Result<RunData, _> = serde_json::from_str(&run.data);
         let version = ulid::Ulid::new().to_string();
         let step_name = step.map(|s| s.name()).unwrap_or("unknown");
-        ctx.store.begin_transition(&version, &run.id, &run.image, step_name, run.attempt)?;
+        ctx.store
+            .begin_transition(&version, &run.id, &run.image, step_name, run.attempt)?;
         ctx.failpoints.hit(&format!("before:{step_name}"));
         let mut data = old.as_ref().ok().cloned().unwrap_or_default();
         let result = match (step, &old) {
-            (None, _) => Err(StepFailure::Input(format!("unknown transition `{}`", printable(run.next_step.as_deref().unwrap_or("")))) ),
+            (None, _) => Err(StepFailure::Input(format!(
+                "unknown transition `{}`",
+                printable(run.next_step.as_deref().unwrap_or(""))
+            ))),
             (_, Err(e)) => Err(StepFailure::Input(format!("corrupt run data: {e}"))),
             (Some(_), _) if ctx.store.cancel_requested(&run.id)? => Err(StepFailure::Cancelled),
             (Some(_), _) if ctx.failpoints.fails(&format!("fail:{step_name}")) => {
                 Err(StepFailure::Retry("injected I/O failure".into()))
             }
             (Some(s), Ok(_)) => {
-                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(ctx, s, &run.id, &version, &run.image, &mut data))) {
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    execute(ctx, s, &run.id, &version, &run.image, &mut data)
+                })) {
                     Ok(r) => r,
                     Err(p) => {
-                        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default();
                         Err(StepFailure::Retry(format!("internal error: {msg}")))
                     }
                 }
@@ -293,7 +386,12 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
         };
         let new_data = serde_json::to_string(&data)?;
         let fingerprint = data.fingerprint.clone();
-        let format = data.format.map(|f| serde_json::to_value(f).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
+        let format = data.format.map(|f| {
+            serde_json::to_value(f)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        });
         let mut sleep = None;
         match decision {
             Decision::Advance(next) => {
@@ -311,38 +409,112 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                 });
                 ctx.store.finish_transition(
                     &run.id,
-                    &Finish { version: &version, outcome: "ok", output: output.as_deref(), error: None, status: "running", next_step: Some(next.name()), attempt: 1, data: &new_data, run_error: None },
+                    &Finish {
+                        version: &version,
+                        outcome: "ok",
+                        output: output.as_deref(),
+                        error: None,
+                        status: "running",
+                        next_step: Some(next.name()),
+                        attempt: 1,
+                        data: &new_data,
+                        run_error: None,
+                    },
                     tracking.as_ref(),
                 )?;
             }
             Decision::Complete => {
                 ctx.store.finish_transition(
                     &run.id,
-                    &Finish { version: &version, outcome: "ok", output: output.as_deref(), error: None, status: "completed", next_step: None, attempt: 1, data: &new_data, run_error: None },
+                    &Finish {
+                        version: &version,
+                        outcome: "ok",
+                        output: output.as_deref(),
+                        error: None,
+                        status: "completed",
+                        next_step: None,
+                        attempt: 1,
+                        data: &new_data,
+                        run_error: None,
+                    },
                     None,
                 )?;
             }
             Decision::Retry { after, attempt } => {
                 ctx.store.finish_transition(
                     &run.id,
-                    &Finish { version: &version, outcome: "retry", output: None, error: err_text.as_deref(), status: "running", next_step: Some(step.name()), attempt, data: &run.data, run_error: None },
+                    &Finish {
+                        version: &version,
+                        outcome: "retry",
+                        output: None,
+                        error: err_text.as_deref(),
+                        status: "running",
+                        next_step: Some(step.name()),
+                        attempt,
+                        data: &run.data,
+                        run_error: None,
+                    },
                     None,
                 )?;
                 sleep = Some(after);
             }
             Decision::Fail(reason) => {
-                let kind = if matches!(outcome, Outcome::Unrecoverable(_)) { "input" } else { "environment" };
+                let kind = if matches!(outcome, Outcome::Unrecoverable(_)) {
+                    "input"
+                } else {
+                    "environment"
+                };
                 ctx.store.finish_transition(
                     &run.id,
-                    &Finish { version: &version, outcome: "failed", output: None, error: err_text.as_deref(), status: "failed", next_step: Some(step.name()), attempt: run.attempt, data: &run.data, run_error: Some(&reason) },
-                    Some(&ImageUpdate { name: &run.image, state: "failed", error: Some(&reason), failure_kind: Some(kind), run: &run.id, fingerprint: Some(&fingerprint), format: None, top_chain: None, layers: None }),
+                    &Finish {
+                        version: &version,
+                        outcome: "failed",
+                        output: None,
+                        error: err_text.as_deref(),
+                        status: "failed",
+                        next_step: Some(step.name()),
+                        attempt: run.attempt,
+                        data: &run.data,
+                        run_error: Some(&reason),
+                    },
+                    Some(&ImageUpdate {
+                        name: &run.image,
+                        state: "failed",
+                        error: Some(&reason),
+                        failure_kind: Some(kind),
+                        run: &run.id,
+                        fingerprint: Some(&fingerprint),
+                        format: None,
+                        top_chain: None,
+                        layers: None,
+                    }),
                 )?;
             }
             Decision::Cancel => {
                 ctx.store.finish_transition(
                     &run.id,
-                    &Finish { version: &version, outcome: "cancelled", output: None, error: Some("cancelled"), status: "cancelled", next_step: Some(step.name()), attempt: run.attempt, data: &run.data, run_error: Some("cancelled") },
-                    Some(&ImageUpdate { name: &run.image, state: "cancelled", error: Some("cancelled by request"), failure_kind: Some("cancelled"), run: &run.id, fingerprint: Some(&fingerprint), format: None, top_chain: None, layers: None }),
+                    &Finish {
+                        version: &version,
+                        outcome: "cancelled",
+                        output: None,
+                        error: Some("cancelled"),
+                        status: "cancelled",
+                        next_step: Some(step.name()),
+                        attempt: run.attempt,
+                        data: &run.data,
+                        run_error: Some("cancelled"),
+                    },
+                    Some(&ImageUpdate {
+                        name: &run.image,
+                        state: "cancelled",
+                        error: Some("cancelled by request"),
+                        failure_kind: Some("cancelled"),
+                        run: &run.id,
+                        fingerprint: Some(&fingerprint),
+                        format: None,
+                        top_chain: None,
+                        layers: None,
+                    }),
                 )?;
             }
         }

@@ -38,7 +38,9 @@ impl From<crate::extract::ApplyError> for StepFailure {
 impl From<crate::wasm::StepError> for StepFailure {
     fn from(e: crate::wasm::StepError) -> Self {
         match e {
-            crate::wasm::StepError::Host(m) => StepFailure::Retry(format!("format step host error: {m}")),
+            crate::wasm::StepError::Host(m) => {
+                StepFailure::Retry(format!("format step host error: {m}"))
+            }
             e => StepFailure::Input(e.to_string()),
         }
     }

@@ -27,12 +27,17 @@ impl Failpoints {
                 None => (s.trim().to_string(), 1),
             })
             .collect();
-        Failpoints { armed, seen: Mutex::new(HashMap::new()) }
+        Failpoints {
+            armed,
+            seen: Mutex::new(HashMap::new()),
+        }
     }
 
     /// True when passing `name` now should kill the process.
     pub fn fires(&self, name: &str) -> bool {
-        let Some(&at) = self.armed.get(name) else { return false };
+        let Some(&at) = self.armed.get(name) else {
+            return false;
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let n = seen.entry(name.to_string()).or_insert(0);
         *n += 1;
@@ -42,7 +47,9 @@ impl Failpoints {
     /// For `fail:STEP#N` points: true for the first N passes (default 1),
     /// so a transition can be made to fail with an injected I/O error.
     pub fn fails(&self, name: &str) -> bool {
-        let Some(&upto) = self.armed.get(name) else { return false };
+        let Some(&upto) = self.armed.get(name) else {
+            return false;
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let n = seen.entry(name.to_string()).or_insert(0);
         *n += 1;
@@ -52,7 +59,10 @@ impl Failpoints {
     pub fn hit(&self, name: &str) {
         if self.fires(name) {
             eprintln!("tarpool: failpoint {name}: killing the process");
-            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
             // The signal is synchronous for the calling process, but make sure.
             std::process::abort();
         }

@@ -48,7 +48,9 @@ pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
     let root = std::fs::canonicalize(path)
         .map_err(|e| SourceError::Config(format!("source directory `{path}`: {e}")))?;
     if !root.is_dir() {
-        return Err(SourceError::Config(format!("source `{path}` is not a directory")));
+        return Err(SourceError::Config(format!(
+            "source `{path}` is not a directory"
+        )));
     }
     Ok(Box::new(DirSource { root }))
 }
@@ -85,33 +87,53 @@ impl Source for DirSource {
         }
         let mut stack = vec![(images, "images".to_string(), 0usize)];
         while let Some((dir, key, depth)) = stack.pop() {
-            let rd = std::fs::read_dir(&dir).map_err(|e| SourceError::Io(format!("listing `{key}`: {e}")))?;
+            let rd = std::fs::read_dir(&dir)
+                .map_err(|e| SourceError::Io(format!("listing `{key}`: {e}")))?;
             for ent in rd {
                 let ent = ent.map_err(|e| SourceError::Io(format!("listing `{key}`: {e}")))?;
                 let name = ent.file_name();
                 let Ok(name) = std::str::from_utf8(name.as_bytes()) else {
                     rejected.push(Rejected {
-                        key: printable(&format!("{key}/{}", String::from_utf8_lossy(name.as_bytes()))),
+                        key: printable(&format!(
+                            "{key}/{}",
+                            String::from_utf8_lossy(name.as_bytes())
+                        )),
                         reason: "key is not UTF-8".into(),
                     });
                     continue;
                 };
                 let child = format!("{key}/{name}");
-                let ft = ent.file_type().map_err(|e| SourceError::Io(format!("listing `{child}`: {e}")))?;
+                let ft = ent
+                    .file_type()
+                    .map_err(|e| SourceError::Io(format!("listing `{child}`: {e}")))?;
                 if ft.is_dir() {
                     if depth + 1 > MAX_DEPTH {
-                        rejected.push(Rejected { key: printable(&child), reason: "directory nested too deep".into() });
+                        rejected.push(Rejected {
+                            key: printable(&child),
+                            reason: "directory nested too deep".into(),
+                        });
                     } else {
                         stack.push((ent.path(), child, depth + 1));
                     }
                 } else if ft.is_file() {
-                    let m = ent.metadata().map_err(|e| SourceError::Io(format!("stat `{child}`: {e}")))?;
-                    objects.push(Listed { key: child, size: m.len(), stamp: Self::stamp(&m) });
+                    let m = ent
+                        .metadata()
+                        .map_err(|e| SourceError::Io(format!("stat `{child}`: {e}")))?;
+                    objects.push(Listed {
+                        key: child,
+                        size: m.len(),
+                        stamp: Self::stamp(&m),
+                    });
                     if objects.len() > MAX_OBJECTS {
-                        return Err(SourceError::Io(format!("more than {MAX_OBJECTS} objects under images/")));
+                        return Err(SourceError::Io(format!(
+                            "more than {MAX_OBJECTS} objects under images/"
+                        )));
                     }
                 } else {
-                    rejected.push(Rejected { key: printable(&child), reason: "not a regular file".into() });
+                    rejected.push(Rejected {
+                        key: printable(&child),
+                        reason: "not a regular file".into(),
+                    });
                 }
             }
         }
@@ -121,7 +143,8 @@ impl Source for DirSource {
 
     fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError> {
         use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
-        let root = File::open(&self.root).map_err(|e| SourceError::Io(format!("opening the source: {e}")))?;
+        let root = File::open(&self.root)
+            .map_err(|e| SourceError::Io(format!("opening the source: {e}")))?;
         let fd = openat2(
             &root,
             key,
@@ -134,11 +157,20 @@ impl Source for DirSource {
             e => SourceError::Io(format!("opening `{key}`: {e}")),
         })?;
         let file = File::from(fd);
-        let m = file.metadata().map_err(|e| SourceError::Io(format!("stat `{key}`: {e}")))?;
+        let m = file
+            .metadata()
+            .map_err(|e| SourceError::Io(format!("stat `{key}`: {e}")))?;
         if !m.is_file() {
             return Err(SourceError::NotFound(key.to_string()));
         }
-        Ok((Box::new(file), Listed { key: key.to_string(), size: m.len(), stamp: Self::stamp(&m) }))
+        Ok((
+            Box::new(file),
+            Listed {
+                key: key.to_string(),
+                size: m.len(),
+                stamp: Self::stamp(&m),
+            },
+        ))
     }
 }
 

@@ -67,7 +67,9 @@ fn input(m: impl Into<String>) -> StepFailure {
 }
 
 fn unit(data: &RunData) -> Result<&Unit, StepFailure> {
-    data.unit.as_ref().ok_or_else(|| StepFailure::Input("run has no image unit".into()))
+    data.unit
+        .as_ref()
+        .ok_or_else(|| StepFailure::Input("run has no image unit".into()))
 }
 
 fn deny_if(v: &Verdict) -> Result<(), StepFailure> {
@@ -80,18 +82,28 @@ fn deny_if(v: &Verdict) -> Result<(), StepFailure> {
 
 fn source_err(e: SourceError) -> StepFailure {
     match e {
-        SourceError::NotFound(k) => StepFailure::Input(format!("image is missing from the source: `{}` is gone", printable(&k))),
+        SourceError::NotFound(k) => StepFailure::Input(format!(
+            "image is missing from the source: `{}` is gone",
+            printable(&k)
+        )),
         e => StepFailure::Retry(e.to_string()),
     }
 }
 
-pub fn check_image_exists(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) -> Result<Value, StepFailure> {
+pub fn check_image_exists(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
     let u = unit(data)?.clone();
     let mut total = 0u64;
     for o in &u.objects {
         let (_, now) = ctx.source.open(&o.key).map_err(source_err)?;
         if now.size != o.size || now.stamp != o.stamp {
-            return Err(StepFailure::Retry(format!("object `{}` changed since it was listed", printable(&o.key))));
+            return Err(StepFailure::Retry(format!(
+                "object `{}` changed since it was listed",
+                printable(&o.key)
+            )));
         }
         let v = ctx.policy.check_object(&o.key, o.size);
         verdicts.push(v.clone());
@@ -120,7 +132,8 @@ pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
             .blobs
             .ingest(reader, Some(o.size))
             .map_err(|e| StepFailure::Retry(format!("downloading `{}`: {e}", printable(&o.key))))?;
-        ctx.store.put_object(&data.source, &o.key, size, &o.stamp, &digest)?;
+        ctx.store
+            .put_object(&data.source, &o.key, size, &o.stamp, &digest)?;
         data.blobs.insert(o.member.clone(), digest);
         fetched += 1;
         bytes += size;
@@ -136,15 +149,22 @@ fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, StepFailure> {
 }
 
 fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, StepFailure> {
-    ctx.blobs.open(digest).map_err(|e| StepFailure::io("opening a stored blob", e))
+    ctx.blobs
+        .open(digest)
+        .map_err(|e| StepFailure::io("opening a stored blob", e))
 }
 
 /// A decompressing reader for `kind`.
 fn decoder<'a, R: Read + 'a>(kind: BlobKind, r: R) -> Result<Box<dyn Read + 'a>, StepFailure> {
     Ok(match kind {
         BlobKind::Tar => Box::new(r),
-        BlobKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, r))),
-        BlobKind::Zstd => Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| StepFailure::io("zstd", e))?),
+        BlobKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+            1 << 20,
+            r,
+        ))),
+        BlobKind::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| StepFailure::io("zstd", e))?)
+        }
         k => return Err(input(format!("cannot decode a blob of kind {k:?}"))),
     })
 }
@@ -159,7 +179,10 @@ impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.left {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "decompressed size over the policy limit"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "decompressed size over the policy limit",
+            ));
         }
         self.left -= n as u64;
         Ok(n)
@@ -176,7 +199,11 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
     match u.kind {
         UnitKind::Prefix => {
             for o in &u.objects {
-                let digest = data.blobs.get(&o.member).ok_or_else(|| input("download did not record a blob"))?.clone();
+                let digest = data
+                    .blobs
+                    .get(&o.member)
+                    .ok_or_else(|| input("download did not record a blob"))?
+                    .clone();
                 let head = head_of(&mut open_blob(ctx, &digest)?)?;
                 let c = ctx.steps.classify(&head, o.size)?;
                 out.insert(o.member.clone(), json!(describe(c.kind, &c.detail)));
@@ -185,7 +212,11 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
         }
         UnitKind::Archive => {
             let o = &u.objects[0];
-            let digest = data.blobs.get("").ok_or_else(|| input("download did not record a blob"))?.clone();
+            let digest = data
+                .blobs
+                .get("")
+                .ok_or_else(|| input("download did not record a blob"))?
+                .clone();
             let head = head_of(&mut open_blob(ctx, &digest)?)?;
             let c = ctx.steps.classify(&head, o.size)?;
             out.insert("object".into(), json!(describe(c.kind, &c.detail)));
@@ -204,11 +235,14 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                         )));
                     }
                     let d = decoder(c.kind, open_blob(ctx, &digest)?)?;
-                    let capped = Capped { inner: d, left: ctx.policy.max_image_bytes };
+                    let capped = Capped {
+                        inner: d,
+                        left: ctx.policy.max_image_bytes,
+                    };
                     ctx.blobs.ingest(capped, None).map_err(|e| match e.kind() {
-                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
-                            input(format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)))
-                        }
+                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
+                            format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)),
+                        ),
                         _ => StepFailure::io("decompressing the archive", e),
                     })?
                 }
@@ -222,36 +256,90 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
             };
             let members = archive::index(&open_blob(ctx, &tar_digest)?)?;
             out.insert("members".into(), json!(members.len()));
-            data.archive = Some(ArchiveData { blob: tar_digest, size, compression: c.kind, members });
+            data.archive = Some(ArchiveData {
+                blob: tar_digest,
+                size,
+                compression: c.kind,
+                members,
+            });
         }
     }
     Ok(Value::Object(out))
 }
 
-pub fn parse_manifest(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) -> Result<Value, StepFailure> {
+/// Content-addressed members (`blobs/sha256/<hex>`) must hash to their name:
+/// the manifest step reads manifests and configs through this check.
+fn verify_addressed(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    use sha2::{Digest as _, Sha256};
+    if let Some(hex_name) = name.strip_prefix("blobs/sha256/") {
+        let got = hex::encode(Sha256::digest(&bytes));
+        if got != hex_name {
+            return Err(format!(
+                "`{}` does not match its digest (content is sha256:{got})",
+                printable(name)
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+pub fn parse_manifest(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
     let u = unit(data)?.clone();
     let layout = match u.kind {
         UnitKind::Prefix => {
-            let members: Vec<Member> = u.objects.iter().map(|o| Member { name: o.member.clone(), size: o.size }).collect();
+            let members: Vec<Member> = u
+                .objects
+                .iter()
+                .map(|o| Member {
+                    name: o.member.clone(),
+                    size: o.size,
+                })
+                .collect();
             let blobs = data.blobs.clone();
             let store = &ctx.blobs;
             let mut read = |name: &str| -> Result<Vec<u8>, String> {
-                let digest = blobs.get(name).ok_or_else(|| format!("no member `{name}`"))?;
+                let digest = blobs
+                    .get(name)
+                    .ok_or_else(|| format!("no member `{name}`"))?;
                 let f = store.open(digest).map_err(|e| e.to_string())?;
-                let m = IndexedMember { name: name.to_string(), offset: 0, size: f.metadata().map_err(|e| e.to_string())?.len() };
-                archive::read_member(&f, &m, MANIFEST_CAP)
+                let m = IndexedMember {
+                    name: name.to_string(),
+                    offset: 0,
+                    size: f.metadata().map_err(|e| e.to_string())?.len(),
+                };
+                archive::read_member(&f, &m, MANIFEST_CAP).and_then(|b| verify_addressed(name, b))
             };
-            ctx.steps.parse_manifest(UnitKind::Prefix, &members, &mut read)?
+            ctx.steps
+                .parse_manifest(UnitKind::Prefix, &members, &mut read)?
         }
         UnitKind::Archive => {
-            let a = data.archive.as_ref().ok_or_else(|| input("classify did not index the archive"))?;
-            let members: Vec<Member> = a.members.iter().map(|m| Member { name: m.name.clone(), size: m.size }).collect();
+            let a = data
+                .archive
+                .as_ref()
+                .ok_or_else(|| input("classify did not index the archive"))?;
+            let members: Vec<Member> = a
+                .members
+                .iter()
+                .map(|m| Member {
+                    name: m.name.clone(),
+                    size: m.size,
+                })
+                .collect();
             let f = open_blob(ctx, &a.blob)?;
             let mut read = |name: &str| -> Result<Vec<u8>, String> {
-                let m = a.members.iter().find(|m| m.name == name).ok_or_else(|| format!("no member `{name}`"))?;
-                archive::read_member(&f, m, MANIFEST_CAP)
+                let m = a
+                    .members
+                    .iter()
+                    .find(|m| m.name == name)
+                    .ok_or_else(|| format!("no member `{name}`"))?;
+                archive::read_member(&f, m, MANIFEST_CAP).and_then(|b| verify_addressed(name, b))
             };
-            ctx.steps.parse_manifest(UnitKind::Archive, &members, &mut read)?
+            ctx.steps
+                .parse_manifest(UnitKind::Archive, &members, &mut read)?
         }
     };
     let v = ctx.policy.check_format(layout.format);
@@ -266,25 +354,47 @@ pub fn parse_manifest(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) ->
         let n = i + 1;
         let (blob, offset, len, known_kind) = match u.kind {
             UnitKind::Prefix => {
-                let digest = data.blobs.get(&l.member).ok_or_else(|| input(format!("layer {n} names missing member `{}`", printable(&l.member))))?;
-                let size = u.objects.iter().find(|o| o.member == l.member).map(|o| o.size).unwrap_or(0);
+                let digest = data.blobs.get(&l.member).ok_or_else(|| {
+                    input(format!(
+                        "layer {n} names missing member `{}`",
+                        printable(&l.member)
+                    ))
+                })?;
+                let size = u
+                    .objects
+                    .iter()
+                    .find(|o| o.member == l.member)
+                    .map(|o| o.size)
+                    .unwrap_or(0);
                 (digest.clone(), 0, size, data.kinds.get(&l.member).copied())
             }
             UnitKind::Archive => {
-                let a = data.archive.as_ref().ok_or_else(|| input("classify did not index the archive"))?;
+                let a = data
+                    .archive
+                    .as_ref()
+                    .ok_or_else(|| input("classify did not index the archive"))?;
                 if l.member.is_empty() {
                     (a.blob.clone(), 0, a.size, Some(BlobKind::Tar))
                 } else {
-                    let m = a.members.iter().find(|m| m.name == l.member).ok_or_else(|| {
-                        input(format!("layer {n} names missing member `{}`", printable(&l.member)))
-                    })?;
+                    let m = a
+                        .members
+                        .iter()
+                        .find(|m| m.name == l.member)
+                        .ok_or_else(|| {
+                            input(format!(
+                                "layer {n} names missing member `{}`",
+                                printable(&l.member)
+                            ))
+                        })?;
                     (a.blob.clone(), m.offset, m.size, None)
                 }
             }
         };
         if let Some(declared) = l.size {
             if declared != len {
-                return Err(input(format!("layer {n}: manifest says {declared} bytes, the blob has {len}")));
+                return Err(input(format!(
+                    "layer {n}: manifest says {declared} bytes, the blob has {len}"
+                )));
             }
         }
         let kind = match (l.media, known_kind) {
@@ -294,10 +404,20 @@ pub fn parse_manifest(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) ->
             (LayerMedia::Detect, Some(k)) => k,
             (LayerMedia::Detect, None) => {
                 let f = open_blob(ctx, &blob)?;
-                let head = head_of(&mut archive::range(f, offset, len).map_err(|e| StepFailure::io("reading a layer", e))?)?;
+                let head = head_of(
+                    &mut archive::range(f, offset, len)
+                        .map_err(|e| StepFailure::io("reading a layer", e))?,
+                )?;
                 let c = ctx.steps.classify(&head, len)?;
-                if !matches!(c.kind, BlobKind::Tar | BlobKind::Gzip | BlobKind::Zstd | BlobKind::Empty) {
-                    return Err(input(format!("layer {n} (`{}`) is not a tar layer: {}", printable(&l.member), describe(c.kind, &c.detail))));
+                if !matches!(
+                    c.kind,
+                    BlobKind::Tar | BlobKind::Gzip | BlobKind::Zstd | BlobKind::Empty
+                ) {
+                    return Err(input(format!(
+                        "layer {n} (`{}`) is not a tar layer: {}",
+                        printable(&l.member),
+                        describe(c.kind, &c.detail)
+                    )));
                 }
                 c.kind
             }
@@ -307,12 +427,18 @@ pub fn parse_manifest(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) ->
             BlobKind::Gzip => LayerMedia::Gzip,
             BlobKind::Zstd => LayerMedia::Zstd,
             BlobKind::Unknown => {
-                return Err(input(format!("layer {n} (`{}`) is not a tar layer", printable(&l.member))))
+                return Err(input(format!(
+                    "layer {n} (`{}`) is not a tar layer",
+                    printable(&l.member)
+                )))
             }
         };
         for d in [&l.digest, &l.diff_id].into_iter().flatten() {
             if !chain::is_sha256_digest(d) {
-                return Err(input(format!("layer {n}: unsupported digest `{}`", printable(d))));
+                return Err(input(format!(
+                    "layer {n}: unsupported digest `{}`",
+                    printable(d)
+                )));
             }
         }
         planned.push(PlannedLayer {
@@ -328,7 +454,9 @@ pub fn parse_manifest(ctx: &Ctx, data: &mut RunData, verdicts: &mut Verdicts) ->
     }
     data.format = Some(layout.format);
     data.layers = planned;
-    Ok(json!({ "format": layout.format, "layers": data.layers.len(), "config": layout.config_digest }))
+    Ok(
+        json!({ "format": layout.format, "layers": data.layers.len(), "config": layout.config_digest }),
+    )
 }
 
 fn media_kind(m: LayerMedia) -> BlobKind {
@@ -351,16 +479,26 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
             continue;
         }
         let f = open_blob(ctx, &l.blob)?;
-        let r = archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+        let r = archive::range(f, l.offset, l.len)
+            .map_err(|e| StepFailure::io("reading a layer", e))?;
         let d = decoder(media_kind(l.media), BufReader::with_capacity(1 << 20, r))?;
-        let h = crate::blobs::HashingReader::new(Capped { inner: d, left: ctx.policy.max_layer_bytes.saturating_mul(2) });
+        let h = crate::blobs::HashingReader::new(Capped {
+            inner: d,
+            left: ctx.policy.max_layer_bytes.saturating_mul(2),
+        });
         let (diff, _) = h.finish().map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(format!("layer {}: corrupt compressed data: {e}", i + 1)),
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+                input(format!("layer {}: corrupt compressed data: {e}", i + 1))
+            }
             _ => StepFailure::io("hashing a layer", e),
         })?;
         l.diff_id = Some(diff);
     }
-    let diffs: Vec<String> = data.layers.iter().map(|l| l.diff_id.clone().unwrap_or_default()).collect();
+    let diffs: Vec<String> = data
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone().unwrap_or_default())
+        .collect();
     let chains = chain::chain_ids(&diffs);
     let mut present = 0;
     let mut report = Vec::new();
@@ -395,7 +533,10 @@ impl<R: Read> Read for Tap<R> {
 fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
     use sha2::Digest as _;
     let s = state.lock().unwrap_or_else(|p| p.into_inner());
-    (format!("sha256:{}", hex::encode(s.0.clone().finalize())), s.1)
+    (
+        format!("sha256:{}", hex::encode(s.0.clone().finalize())),
+        s.1,
+    )
 }
 
 pub fn apply_options(ctx: &Ctx) -> ApplyOptions {
@@ -412,33 +553,55 @@ pub fn apply_options(ctx: &Ctx) -> ApplyOptions {
 }
 
 /// Applies one layer through `root`, verifying its digests as it streams.
-pub fn apply_one(ctx: &Ctx, n: usize, l: &PlannedLayer, root: rustix::fd::BorrowedFd<'_>) -> Result<crate::extract::ApplyStats, StepFailure> {
+pub fn apply_one(
+    ctx: &Ctx,
+    n: usize,
+    l: &PlannedLayer,
+    root: rustix::fd::BorrowedFd<'_>,
+) -> Result<crate::extract::ApplyStats, StepFailure> {
     use sha2::Digest as _;
     let f = open_blob(ctx, &l.blob)?;
-    let r = archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+    let r =
+        archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
     let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let raw = Tap { inner: BufReader::with_capacity(1 << 20, r), state: raw_state.clone() };
+    let raw = Tap {
+        inner: BufReader::with_capacity(1 << 20, r),
+        state: raw_state.clone(),
+    };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let mut diff = Tap { inner: decoder(media_kind(l.media), raw)?, state: diff_state.clone() };
-    let stats = crate::extract::apply_layer(root, &mut diff, &apply_options(ctx)).map_err(|e| match StepFailure::from(e) {
-        StepFailure::Input(m) => StepFailure::Input(format!("layer {n}: {m}")),
-        other => other,
+    let mut diff = Tap {
+        inner: decoder(media_kind(l.media), raw)?,
+        state: diff_state.clone(),
+    };
+    let stats = crate::extract::apply_layer(root, &mut diff, &apply_options(ctx)).map_err(|e| {
+        match StepFailure::from(e) {
+            StepFailure::Input(m) => StepFailure::Input(format!("layer {n}: {m}")),
+            other => other,
+        }
     })?;
     // What follows the end-of-archive marker counts toward the digests too.
-    io::copy(&mut diff, &mut io::sink()).map_err(|e| input(format!("layer {n}: corrupt data after the tar: {e}")))?;
+    io::copy(&mut diff, &mut io::sink())
+        .map_err(|e| input(format!("layer {n}: corrupt data after the tar: {e}")))?;
     let (raw_digest, raw_len) = tap_digest(&raw_state);
     if raw_len != l.len {
-        return Err(input(format!("layer {n}: {} bytes follow the compressed stream", l.len - raw_len)));
+        return Err(input(format!(
+            "layer {n}: {} bytes follow the compressed stream",
+            l.len - raw_len
+        )));
     }
     if let Some(want) = &l.digest {
         if &raw_digest != want {
-            return Err(input(format!("layer {n}: digest mismatch: manifest says {want}, blob is {raw_digest}")));
+            return Err(input(format!(
+                "layer {n}: digest mismatch: manifest says {want}, blob is {raw_digest}"
+            )));
         }
     }
     let (diff_digest, _) = tap_digest(&diff_state);
     if let Some(want) = &l.diff_id {
         if &diff_digest != want {
-            return Err(input(format!("layer {n}: diff ID mismatch: expected {want}, unpacked {diff_digest}")));
+            return Err(input(format!(
+                "layer {n}: diff ID mismatch: expected {want}, unpacked {diff_digest}"
+            )));
         }
     }
     Ok(stats)

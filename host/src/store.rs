@@ -106,7 +106,10 @@ CREATE TABLE IF NOT EXISTS activations (
 "#;
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +203,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Store { conn: Mutex::new(conn) })
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -267,21 +272,35 @@ impl Store {
 
     pub fn request_cancel(&self, image: &str) -> Result<bool> {
         self.with(|c| {
-            c.execute("UPDATE runs SET cancel_requested = 1 WHERE image = ?1 AND status = 'running'", [image])
-                .map(|n| n > 0)
+            c.execute(
+                "UPDATE runs SET cancel_requested = 1 WHERE image = ?1 AND status = 'running'",
+                [image],
+            )
+            .map(|n| n > 0)
         })
     }
 
     pub fn cancel_requested(&self, run: &str) -> Result<bool> {
         self.with(|c| {
-            c.query_row("SELECT cancel_requested FROM runs WHERE id = ?1", [run], |r| r.get::<_, i64>(0))
-                .optional()
-                .map(|v| v.unwrap_or(0) != 0)
+            c.query_row(
+                "SELECT cancel_requested FROM runs WHERE id = ?1",
+                [run],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0) != 0)
         })
     }
 
     /// Records the start of a transition execution.
-    pub fn begin_transition(&self, version: &str, run: &str, image: &str, name: &str, attempt: u32) -> Result<()> {
+    pub fn begin_transition(
+        &self,
+        version: &str,
+        run: &str,
+        image: &str,
+        name: &str,
+        attempt: u32,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO transitions (version, run, image, name, attempt, outcome, started_at) VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
@@ -293,7 +312,12 @@ impl Store {
 
     /// Ends a transition execution and moves the run, atomically. `image`
     /// (when the run ends) is written in the same transaction.
-    pub fn finish_transition(&self, run: &str, f: &Finish<'_>, image: Option<&ImageUpdate<'_>>) -> Result<()> {
+    pub fn finish_transition(
+        &self,
+        run: &str,
+        f: &Finish<'_>,
+        image: Option<&ImageUpdate<'_>>,
+    ) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
             let t = now_ms();
@@ -312,7 +336,15 @@ impl Store {
         })
     }
 
-    pub fn record_decision(&self, run: &str, version: &str, image: &str, rule: &str, allow: bool, detail: &str) -> Result<()> {
+    pub fn record_decision(
+        &self,
+        run: &str,
+        version: &str,
+        image: &str,
+        rule: &str,
+        allow: bool,
+        detail: &str,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO decisions (run, version, image, rule, verdict, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -367,7 +399,14 @@ impl Store {
         })
     }
 
-    pub fn put_object(&self, source: &str, key: &str, size: u64, stamp: &str, sha256: &str) -> Result<()> {
+    pub fn put_object(
+        &self,
+        source: &str,
+        key: &str,
+        size: u64,
+        stamp: &str,
+        sha256: &str,
+    ) -> Result<()> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO objects (source, key, size, stamp, sha256, fetched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -394,8 +433,11 @@ impl Store {
 
     pub fn rejected(&self) -> Result<Vec<(String, String, String)>> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT source, key, reason FROM rejected ORDER BY source, key")?;
-            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect();
+            let mut s =
+                c.prepare("SELECT source, key, reason FROM rejected ORDER BY source, key")?;
+            let rows = s
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect();
             rows
         })
     }
@@ -425,7 +467,8 @@ impl Store {
 
     pub fn layers(&self) -> Result<Vec<LayerRow>> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT id, chain_id, parent, diff_id, state FROM layers ORDER BY id")?;
+            let mut s =
+                c.prepare("SELECT id, chain_id, parent, diff_id, state FROM layers ORDER BY id")?;
             let rows = s.query_map([], Self::layer_from_row)?.collect();
             rows
         })
@@ -443,11 +486,25 @@ impl Store {
     }
 
     pub fn discard_layer(&self, id: i64) -> Result<()> {
-        self.with(|c| c.execute("DELETE FROM layers WHERE id = ?1 AND state = 'applying'", [id]).map(|_| ()))
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM layers WHERE id = ?1 AND state = 'applying'",
+                [id],
+            )
+            .map(|_| ())
+        })
     }
 
     /// Marks the layer committed and the run's progress past it, atomically.
-    pub fn commit_layer(&self, id: i64, entries: u64, bytes: u64, run: &str, idx: usize, chain_id: &str) -> Result<()> {
+    pub fn commit_layer(
+        &self,
+        id: i64,
+        entries: u64,
+        bytes: u64,
+        run: &str,
+        idx: usize,
+        chain_id: &str,
+    ) -> Result<()> {
         self.with(|c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -474,8 +531,11 @@ impl Store {
 
     pub fn layer_progress(&self, run: &str) -> Result<Vec<(usize, String)>> {
         self.with(|c| {
-            let mut s = c.prepare("SELECT idx, chain_id FROM layer_progress WHERE run = ?1 ORDER BY idx")?;
-            let rows = s.query_map([run], |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)))?.collect();
+            let mut s =
+                c.prepare("SELECT idx, chain_id FROM layer_progress WHERE run = ?1 ORDER BY idx")?;
+            let rows = s
+                .query_map([run], |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)))?
+                .collect();
             rows
         })
     }
@@ -497,14 +557,24 @@ impl Store {
             c.query_row(
                 "SELECT id, image, top_chain, mountpoint FROM activations WHERE id = ?1",
                 [id],
-                |r| Ok(ActivationRow { id: r.get(0)?, image: r.get(1)?, top_chain: r.get(2)?, mountpoint: r.get(3)? }),
+                |r| {
+                    Ok(ActivationRow {
+                        id: r.get(0)?,
+                        image: r.get(1)?,
+                        top_chain: r.get(2)?,
+                        mountpoint: r.get(3)?,
+                    })
+                },
             )
             .optional()
         })
     }
 
     pub fn remove_activation(&self, id: &str) -> Result<()> {
-        self.with(|c| c.execute("DELETE FROM activations WHERE id = ?1", [id]).map(|_| ()))
+        self.with(|c| {
+            c.execute("DELETE FROM activations WHERE id = ?1", [id])
+                .map(|_| ())
+        })
     }
 
     // ---- audit ----
@@ -557,7 +627,11 @@ impl Store {
 
     pub fn has_image_history(&self, image: &str) -> Result<bool> {
         self.with(|c| {
-            c.query_row("SELECT EXISTS (SELECT 1 FROM runs WHERE image = ?1)", [image], |r| r.get::<_, bool>(0))
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE image = ?1)",
+                [image],
+                |r| r.get::<_, bool>(0),
+            )
         })
     }
 }
@@ -624,7 +698,8 @@ mod tests {
     fn finish_moves_run_and_audit_together() {
         let (_d, s) = store();
         s.create_run("01A", "img", "download", "{}").unwrap();
-        s.begin_transition("01V", "01A", "img", "download", 1).unwrap();
+        s.begin_transition("01V", "01A", "img", "download", 1)
+            .unwrap();
         s.finish_transition(
             "01A",
             &Finish {
@@ -653,7 +728,8 @@ mod tests {
     fn interrupted_executions_are_marked() {
         let (_d, s) = store();
         s.create_run("01A", "img", "download", "{}").unwrap();
-        s.begin_transition("01V", "01A", "img", "download", 1).unwrap();
+        s.begin_transition("01V", "01A", "img", "download", 1)
+            .unwrap();
         assert_eq!(s.mark_interrupted().unwrap(), 1);
         let t = s.transitions_for("img").unwrap();
         assert_eq!(t[0].outcome, "retry");

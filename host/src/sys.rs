@@ -9,7 +9,12 @@ use std::sync::Mutex;
 pub trait MountOps: Send + Sync {
     /// Mounts an overlay at `target`. `lower` is top first. Paths may be
     /// relative to the calling thread's working directory.
-    fn mount_overlay(&self, target: &Path, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> io::Result<()>;
+    fn mount_overlay(
+        &self,
+        target: &Path,
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+    ) -> io::Result<()>;
     fn unmount(&self, target: &Path, detach: bool) -> io::Result<()>;
     /// Moves the calling thread into a private mount namespace (and a private
     /// working directory): its mounts vanish when it exits, even on SIGKILL.
@@ -22,7 +27,11 @@ pub fn overlay_options(lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) ->
     let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
     let mut opts = format!("lowerdir={}", lower.join(":"));
     if let Some((u, w)) = upper_work {
-        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        ));
     }
     opts
 }
@@ -30,24 +39,43 @@ pub fn overlay_options(lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) ->
 pub struct LinuxMounts;
 
 fn cstr(s: &str) -> io::Result<CString> {
-    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"))
+    CString::new(s)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount argument"))
 }
 
 impl MountOps for LinuxMounts {
-    fn mount_overlay(&self, target: &Path, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> io::Result<()> {
+    fn mount_overlay(
+        &self,
+        target: &Path,
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+    ) -> io::Result<()> {
         let opts = overlay_options(lower, upper_work);
         // The kernel takes at most one page of options.
         if opts.len() >= 4000 {
-            return Err(io::Error::other(format!("overlay options are {} bytes, over a page", opts.len())));
+            return Err(io::Error::other(format!(
+                "overlay options are {} bytes, over a page",
+                opts.len()
+            )));
         }
         let target = cstr(&target.display().to_string())?;
         let data = cstr(&opts)?;
-        rustix::mount::mount("overlay", target.as_c_str(), "overlay", rustix::mount::MountFlags::empty(), data.as_c_str())
-            .map_err(io::Error::from)
+        rustix::mount::mount(
+            "overlay",
+            target.as_c_str(),
+            "overlay",
+            rustix::mount::MountFlags::empty(),
+            data.as_c_str(),
+        )
+        .map_err(io::Error::from)
     }
 
     fn unmount(&self, target: &Path, detach: bool) -> io::Result<()> {
-        let flags = if detach { rustix::mount::UnmountFlags::DETACH } else { rustix::mount::UnmountFlags::empty() };
+        let flags = if detach {
+            rustix::mount::UnmountFlags::DETACH
+        } else {
+            rustix::mount::UnmountFlags::empty()
+        };
         rustix::mount::unmount(target, flags).map_err(io::Error::from)
     }
 
@@ -59,7 +87,8 @@ impl MountOps for LinuxMounts {
         unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNS | UnshareFlags::FS) }?;
         rustix::mount::mount_change(
             "/",
-            rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+            rustix::mount::MountPropagationFlags::PRIVATE
+                | rustix::mount::MountPropagationFlags::REC,
         )?;
         Ok(())
     }
@@ -85,7 +114,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -105,12 +137,24 @@ pub struct RecordingMounts {
 }
 
 impl MountOps for RecordingMounts {
-    fn mount_overlay(&self, target: &Path, lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> io::Result<()> {
-        self.calls.lock().unwrap().push(format!("mount {} {}", target.display(), overlay_options(lower, upper_work)));
+    fn mount_overlay(
+        &self,
+        target: &Path,
+        lower: &[PathBuf],
+        upper_work: Option<(&Path, &Path)>,
+    ) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!(
+            "mount {} {}",
+            target.display(),
+            overlay_options(lower, upper_work)
+        ));
         Ok(())
     }
     fn unmount(&self, target: &Path, detach: bool) -> io::Result<()> {
-        self.calls.lock().unwrap().push(format!("umount {} detach={detach}", target.display()));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("umount {} detach={detach}", target.display()));
         Ok(())
     }
     fn private_namespace(&self) -> io::Result<()> {
@@ -136,7 +180,10 @@ mod tests {
 
     #[test]
     fn options() {
-        let o = overlay_options(&[PathBuf::from("2/fs"), PathBuf::from("1/fs")], Some((Path::new("3/fs"), Path::new("3/work"))));
+        let o = overlay_options(
+            &[PathBuf::from("2/fs"), PathBuf::from("1/fs")],
+            Some((Path::new("3/fs"), Path::new("3/work"))),
+        );
         assert_eq!(o, "lowerdir=2/fs:1/fs,upperdir=3/fs,workdir=3/work");
     }
 }

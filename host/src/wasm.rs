@@ -40,8 +40,11 @@ static MANIFEST_WASM: &[u8] = include_bytes!(env!("TARPOOL_MANIFEST_WASM"));
 /// key, besides the engine's own compatibility hash.
 const WASMTIME_VERSION: &str = "48.0.8";
 
-/// Linear memory one guest instance may use.
-const GUEST_MEMORY: usize = 64 << 20;
+/// Linear memory a `classify` instance may use.
+const CLASSIFY_MEMORY: usize = 64 << 20;
+/// Linear memory a `parse` instance may use: the member list of a flat
+/// rootfs archive can be large.
+const MANIFEST_MEMORY: usize = 256 << 20;
 /// Calls running at once; further callers wait for a slot.
 const MAX_CONCURRENT: u32 = 16;
 /// Fuel (roughly, wasm instructions) for one `classify` call.
@@ -176,11 +179,14 @@ impl Steps {
     pub fn load(cache_dir: &Path) -> Result<Steps, StepError> {
         let engine = new_engine()?;
         let mut warnings = Vec::new();
-        let classify = load_component(&engine, cache_dir, "classify", CLASSIFY_WASM, &mut warnings)?;
-        let manifest = load_component(&engine, cache_dir, "manifest", MANIFEST_WASM, &mut warnings)?;
+        let classify =
+            load_component(&engine, cache_dir, "classify", CLASSIFY_WASM, &mut warnings)?;
+        let manifest =
+            load_component(&engine, cache_dir, "manifest", MANIFEST_WASM, &mut warnings)?;
 
         let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| host_err("linking WASI", e))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| host_err("linking WASI", e))?;
         manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| host_err("linking the source interface", e))?;
         let classify = linker
@@ -218,7 +224,7 @@ impl Steps {
         use classify_bindings::tarpool::steps::types::BlobKind as K;
         let head = &head[..head.len().min(MAX_HEAD)];
         let _slot = self.slots.acquire();
-        let (mut store, stderr) = self.new_store(self.classify_fuel, None)?;
+        let (mut store, stderr) = self.new_store(self.classify_fuel, CLASSIFY_MEMORY, None)?;
         let step = self
             .classify
             .instantiate(&mut store)
@@ -272,7 +278,8 @@ impl Steps {
             )
         };
         let _slot = self.slots.acquire();
-        let (mut store, stderr) = self.new_store(self.manifest_fuel, Some(Reader(read)))?;
+        let (mut store, stderr) =
+            self.new_store(self.manifest_fuel, MANIFEST_MEMORY, Some(Reader(read)))?;
         let outcome = self
             .manifest
             .instantiate(&mut store)
@@ -281,6 +288,8 @@ impl Steps {
                 step.call_parse(&mut store, unit, &members)
                     .map_err(|e| trapped(e, &stderr))
             });
+        #[cfg(test)]
+        tests::FUEL_LEFT.set(store.get_fuel().unwrap_or(0));
         drop(store);
         let layout = outcome?.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?;
         Ok(model::ImageLayout {
@@ -314,6 +323,7 @@ impl Steps {
     fn new_store(
         &self,
         fuel: u64,
+        memory: usize,
         reader: Option<Reader>,
     ) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
@@ -325,7 +335,7 @@ impl Steps {
             .allow_ip_name_lookup(false)
             .build();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(GUEST_MEMORY)
+            .memory_size(memory)
             .trap_on_grow_failure(true)
             .build();
         let state = State {
@@ -337,7 +347,9 @@ impl Steps {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_fuel(fuel).map_err(|e| host_err("setting fuel", e))?;
+        store
+            .set_fuel(fuel)
+            .map_err(|e| host_err("setting fuel", e))?;
         Ok((store, stderr))
     }
 }
@@ -348,7 +360,7 @@ fn new_engine() -> Result<Engine, StepError> {
         .total_core_instances(MAX_CONCURRENT * 8)
         .total_memories(MAX_CONCURRENT * 2)
         .total_tables(MAX_CONCURRENT * 8)
-        .max_memory_size(GUEST_MEMORY);
+        .max_memory_size(MANIFEST_MEMORY);
     let mut config = Config::new();
     config
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
@@ -385,11 +397,15 @@ fn load_component(
             }
         }
     }
-    let component = Component::new(engine, wasm).map_err(|e| host_err(&format!("compiling the {name} step"), e))?;
+    let component = Component::new(engine, wasm)
+        .map_err(|e| host_err(&format!("compiling the {name} step"), e))?;
     match component.serialize() {
         Ok(cwasm) => {
             if let Err(e) = store_cache(cache_dir, &path, &cwasm) {
-                warnings.push(format!("cannot cache the {name} step in {}: {e}", cache_dir.display()));
+                warnings.push(format!(
+                    "cannot cache the {name} step in {}: {e}",
+                    cache_dir.display()
+                ));
             }
         }
         Err(e) => warnings.push(format!("cannot serialize the {name} step: {e}")),
@@ -430,7 +446,10 @@ fn store_cache(cache_dir: &Path, path: &Path, cwasm: &[u8]) -> std::io::Result<(
         path.file_name().and_then(|n| n.to_str()).unwrap_or("cwasm")
     ));
     let result = (|| {
-        let mut f = fs::File::options().write(true).create_new(true).open(&tmp)?;
+        let mut f = fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(&Sha256::digest(cwasm))?;
         f.write_all(cwasm)?;
         f.sync_all()?;
@@ -541,13 +560,20 @@ impl Drop for Slot<'_> {
 mod tests {
     use super::*;
     use model::{BlobKind, ImageFormat, LayerMedia, Member, UnitKind};
+    use std::cell::Cell;
     use std::sync::{Arc, OnceLock};
+
+    thread_local! {
+        /// Fuel left after this thread's last `parse_manifest`.
+        pub(super) static FUEL_LEFT: Cell<u64> = const { Cell::new(0) };
+    }
 
     /// One `Steps` for the tests that do not change its budgets.
     fn shared() -> &'static Steps {
         static STEPS: OnceLock<Steps> = OnceLock::new();
         STEPS.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("tarpool-wasm-test-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("tarpool-wasm-test-{}", std::process::id()));
             Steps::load(&dir).expect("load")
         })
     }
@@ -603,7 +629,14 @@ mod tests {
     #[test]
     fn parses_ad_hoc() {
         let l = shared()
-            .parse_manifest(UnitKind::Prefix, &members(&["2.tar", "10.tar", "1.tar", "3.tar", "4.tar", "5.tar", "6.tar", "7.tar", "8.tar", "9.tar"]), &mut no_read)
+            .parse_manifest(
+                UnitKind::Prefix,
+                &members(&[
+                    "2.tar", "10.tar", "1.tar", "3.tar", "4.tar", "5.tar", "6.tar", "7.tar",
+                    "8.tar", "9.tar",
+                ]),
+                &mut no_read,
+            )
             .unwrap();
         assert_eq!(l.format, ImageFormat::AdHoc);
         let names: Vec<&str> = l.layers.iter().map(|l| l.member.as_str()).collect();
@@ -617,9 +650,18 @@ mod tests {
         let manifest = br#"[{"Config":"c.json","Layers":["a/layer.tar"]}]"#.to_vec();
         let config = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:0000000000000000000000000000000000000000000000000000000000000001"]}}"#.to_vec();
         let ms = vec![
-            Member { name: "manifest.json".into(), size: manifest.len() as u64 },
-            Member { name: "c.json".into(), size: config.len() as u64 },
-            Member { name: "a/layer.tar".into(), size: 1024 },
+            Member {
+                name: "manifest.json".into(),
+                size: manifest.len() as u64,
+            },
+            Member {
+                name: "c.json".into(),
+                size: config.len() as u64,
+            },
+            Member {
+                name: "a/layer.tar".into(),
+                size: 1024,
+            },
         ];
         let mut reads = Vec::new();
         let mut read = |name: &str| {
@@ -630,7 +672,9 @@ mod tests {
                 _ => Err("nope".to_string()),
             }
         };
-        let l = shared().parse_manifest(UnitKind::Archive, &ms, &mut read).unwrap();
+        let l = shared()
+            .parse_manifest(UnitKind::Archive, &ms, &mut read)
+            .unwrap();
         assert_eq!(l.format, ImageFormat::DockerArchive);
         assert_eq!(l.layers[0].member, "a/layer.tar");
         assert!(l.layers[0].diff_id.as_deref().unwrap().ends_with("01"));
@@ -640,19 +684,33 @@ mod tests {
     #[test]
     fn guest_errors_are_rejections() {
         let steps = shared();
-        match steps.parse_manifest(UnitKind::Prefix, &members(&["1.tar", "3.tar"]), &mut no_read) {
-            Err(StepError::Rejected(e)) => assert_eq!(e, "layer 2.tar missing (the prefix has layers up to 3.tar)"),
+        match steps.parse_manifest(
+            UnitKind::Prefix,
+            &members(&["1.tar", "3.tar"]),
+            &mut no_read,
+        ) {
+            Err(StepError::Rejected(e)) => {
+                assert_eq!(e, "layer 2.tar missing (the prefix has layers up to 3.tar)")
+            }
             other => panic!("{other:?}"),
         }
         // A callback error reaches the guest and comes back as its error.
-        let ms = vec![Member { name: "manifest.json".into(), size: 5 }];
+        let ms = vec![Member {
+            name: "manifest.json".into(),
+            size: 5,
+        }];
         let mut read = |_: &str| Err::<Vec<u8>, _>("disk on fire\n".to_string());
         match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
-            Err(StepError::Rejected(e)) => assert_eq!(e, "manifest.json: cannot read: disk on fire?"),
+            Err(StepError::Rejected(e)) => {
+                assert_eq!(e, "manifest.json: cannot read: disk on fire?")
+            }
             other => panic!("{other:?}"),
         }
         // Enormous data from the callback is capped before it reaches the guest.
-        let ms = vec![Member { name: "manifest.json".into(), size: 5 << 20 }];
+        let ms = vec![Member {
+            name: "manifest.json".into(),
+            size: 5 << 20,
+        }];
         let mut read = |_: &str| Ok(vec![b' '; 5 << 20]);
         match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
             Err(StepError::Rejected(e)) => assert!(e.contains("over the 4 MiB read cap"), "{e}"),
@@ -665,22 +723,45 @@ mod tests {
         let dir = tempdir("trap");
         let mut steps = Steps::load(&dir).unwrap();
         steps.manifest_fuel = 20_000;
-        let ms = members(&["1.tar", "2.tar"]);
+        let names: Vec<String> = (1..=500).map(|n| format!("{n}.tar")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let ms = members(&refs);
         match steps.parse_manifest(UnitKind::Prefix, &ms, &mut no_read) {
-            Err(StepError::Trapped(e)) => assert!(e.contains("fuel"), "{e}"),
+            Err(StepError::Trapped(e)) => {
+                eprintln!("fuel trap: {e}");
+                assert!(e.contains("fuel"), "{e}");
+            }
             other => panic!("{other:?}"),
         }
         steps.manifest_fuel = MANIFEST_FUEL;
-        assert_eq!(steps.parse_manifest(UnitKind::Prefix, &ms, &mut no_read).unwrap().layers.len(), 2);
+        assert_eq!(
+            steps
+                .parse_manifest(UnitKind::Prefix, &ms, &mut no_read)
+                .unwrap()
+                .layers
+                .len(),
+            500
+        );
 
         // A member list that does not fit in guest memory traps too.
-        let name = "n".repeat(1000);
-        let huge: Vec<Member> = (0..80_000).map(|_| Member { name: name.clone(), size: 1 }).collect();
+        let name = "n".repeat(4000);
+        let huge: Vec<Member> = (0..70_000)
+            .map(|_| Member {
+                name: name.clone(),
+                size: 1,
+            })
+            .collect();
         match steps.parse_manifest(UnitKind::Archive, &huge, &mut no_read) {
-            Err(StepError::Trapped(e)) => assert!(!e.contains('\n'), "{e}"),
+            Err(StepError::Trapped(e)) => {
+                eprintln!("memory trap: {e}");
+                assert!(!e.contains('\n'), "{e}");
+            }
             other => panic!("{other:?}"),
         }
-        assert_eq!(steps.classify(&[0x28, 0xb5, 0x2f, 0xfd], 4).unwrap().kind, BlobKind::Zstd);
+        assert_eq!(
+            steps.classify(&[0x28, 0xb5, 0x2f, 0xfd], 4).unwrap().kind,
+            BlobKind::Zstd
+        );
         fs::remove_dir_all(&dir).ok();
     }
 
@@ -702,7 +783,10 @@ mod tests {
         let warm = Steps::load(&dir).unwrap();
         let warm_time = t.elapsed();
         let t = std::time::Instant::now();
-        assert_eq!(warm.classify(&[0x1f, 0x8b, 8], 3).unwrap().kind, BlobKind::Gzip);
+        assert_eq!(
+            warm.classify(&[0x1f, 0x8b, 8], 3).unwrap().kind,
+            BlobKind::Gzip
+        );
         let call_time = t.elapsed();
         eprintln!("Steps::load cold {cold_time:?}, warm {warm_time:?}, classify {call_time:?}");
 
@@ -713,7 +797,14 @@ mod tests {
         bytes[n / 2] ^= 0xff;
         fs::write(&path, &bytes).unwrap();
         let again = Steps::load(&dir).unwrap();
-        assert_eq!(again.parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read).unwrap().layers.len(), 1);
+        assert_eq!(
+            again
+                .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read)
+                .unwrap()
+                .layers
+                .len(),
+            1
+        );
         assert_ne!(fs::read(&path).unwrap(), bytes);
 
         // An unwritable cache is only a warning.
@@ -740,6 +831,73 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
+    }
+
+    /// Realistic worst cases stay well inside the fuel budget.
+    #[test]
+    fn big_inputs_fit_the_budget() {
+        let steps = shared();
+        // A docker archive of 30000 layers: ~2.5 MiB manifest.json and config.
+        let hex = |n: usize| format!("{n:064x}");
+        let layers: Vec<String> = (0..30_000)
+            .map(|i| format!("\"blobs/sha256/{}\"", hex(i)))
+            .collect();
+        let diff_ids: Vec<String> = (0..30_000)
+            .map(|i| format!("\"sha256:{}\"", hex(i + (1 << 20))))
+            .collect();
+        let manifest = format!(
+            r#"[{{"Config":"c.json","RepoTags":null,"Layers":[{}]}}]"#,
+            layers.join(",")
+        )
+        .into_bytes();
+        let config = format!(
+            r#"{{"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+            diff_ids.join(",")
+        )
+        .into_bytes();
+        let mut ms: Vec<Member> = (0..30_000)
+            .map(|i| Member {
+                name: format!("blobs/sha256/{}", hex(i)),
+                size: 1,
+            })
+            .collect();
+        ms.push(Member {
+            name: "manifest.json".into(),
+            size: manifest.len() as u64,
+        });
+        ms.push(Member {
+            name: "c.json".into(),
+            size: config.len() as u64,
+        });
+        let mut read = |name: &str| match name {
+            "manifest.json" => Ok(manifest.clone()),
+            "c.json" => Ok(config.clone()),
+            _ => Err("nope".to_string()),
+        };
+        let t = std::time::Instant::now();
+        let l = steps
+            .parse_manifest(UnitKind::Archive, &ms, &mut read)
+            .unwrap();
+        let used = MANIFEST_FUEL - FUEL_LEFT.get();
+        eprintln!("docker 30000 layers: {:?}, fuel {used}", t.elapsed());
+        assert_eq!(l.layers.len(), 30_000);
+        assert!(used < MANIFEST_FUEL / 4, "{used}");
+
+        // A flat rootfs of 400000 files.
+        let ms: Vec<Member> = (0..400_000)
+            .map(|i| Member {
+                name: format!("usr/share/doc/package-{i}/copyright"),
+                size: 1,
+            })
+            .collect();
+        let t = std::time::Instant::now();
+        let l = steps
+            .parse_manifest(UnitKind::Archive, &ms, &mut no_read)
+            .unwrap();
+        let used = MANIFEST_FUEL - FUEL_LEFT.get();
+        eprintln!("flat 400000 members: {:?}, fuel {used}", t.elapsed());
+        assert_eq!(l.format, ImageFormat::SingleLayer);
+        assert!(used < MANIFEST_FUEL / 4, "{used}");
     }
 
     fn tempdir(tag: &str) -> PathBuf {

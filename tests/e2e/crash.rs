@@ -41,7 +41,14 @@ fn trees(env: &Env, names: &[String]) -> BTreeMap<String, String> {
     for n in names {
         let mnt = env.dir.path().join(format!("m-{n}"));
         let act = format!("crash-{n}");
-        env.json(&["activate", n, "--as", &act, "--mount", mnt.to_str().unwrap()]);
+        env.json(&[
+            "activate",
+            n,
+            "--as",
+            &act,
+            "--mount",
+            mnt.to_str().unwrap(),
+        ]);
         out.insert(n.clone(), tree(&mnt));
         env.json(&["deactivate", &act]);
     }
@@ -55,7 +62,11 @@ fn sigkill_at_every_boundary_then_restart_equals_an_uninterrupted_run() {
 
     let clean = Env::new();
     let out = clean.run(&["run", "--once", "--jobs", "1", "--source", src]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = final_state(&clean);
     let names: Vec<String> = want.keys().cloned().collect();
     let want_trees = trees(&clean, &names);
@@ -74,17 +85,37 @@ fn sigkill_at_every_boundary_then_restart_equals_an_uninterrupted_run() {
     }
     let mut killed = 0;
     for p in &points {
-        let out = env.cmd(&["run", "--once", "--jobs", "1", "--source", src]).env("TARPOOL_FAILPOINTS", p).output().unwrap();
+        let out = env
+            .cmd(&["run", "--once", "--jobs", "1", "--source", src])
+            .env("TARPOOL_FAILPOINTS", p)
+            .output()
+            .unwrap();
         match out.status.signal() {
             Some(9) => killed += 1,
-            other => assert!(out.status.code().is_some(), "failpoint {p}: ended by {other:?}: {}", String::from_utf8_lossy(&out.stderr)),
+            other => assert!(
+                out.status.code().is_some(),
+                "failpoint {p}: ended by {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
-    assert!(killed >= STEPS.len() * 3, "only {killed} of {} failpoints fired", points.len());
+    assert!(
+        killed >= STEPS.len() * 3,
+        "only {killed} of {} failpoints fired",
+        points.len()
+    );
 
     let out = env.run(&["run", "--once", "--jobs", "1", "--source", src]);
-    assert!(out.status.success(), "restart after the crashes: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(final_state(&env), want, "state after crashes equals an uninterrupted run");
+    assert!(
+        out.status.success(),
+        "restart after the crashes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        final_state(&env),
+        want,
+        "state after crashes equals an uninterrupted run"
+    );
 
     for n in &names {
         let audit = env.json(&["audit", n, "--json"]);
@@ -92,42 +123,100 @@ fn sigkill_at_every_boundary_then_restart_equals_an_uninterrupted_run() {
         for t in audit["transitions"].as_array().unwrap() {
             assert_ne!(t["outcome"], "running");
             if t["outcome"] == "ok" {
-                *ok.entry(t["name"].as_str().unwrap().to_string()).or_default() += 1;
+                *ok.entry(t["name"].as_str().unwrap().to_string())
+                    .or_default() += 1;
             }
         }
         for s in STEPS {
-            assert_eq!(ok.get(s), Some(&1), "{n}: {s} completed exactly once ({ok:?})");
+            assert_eq!(
+                ok.get(s),
+                Some(&1),
+                "{n}: {s} completed exactly once ({ok:?})"
+            );
         }
     }
 
     // Nothing left behind: no mounts, no temporary files, no half layers.
     let state = env.state();
-    assert!(mounts_under(&state).is_empty(), "stray mounts: {:?}", mounts_under(&state));
-    assert!(files_under(&state.join("tmp")).is_empty(), "temporary files: {:?}", files_under(&state.join("tmp")));
+    assert!(
+        mounts_under(&state).is_empty(),
+        "stray mounts: {:?}",
+        mounts_under(&state)
+    );
+    assert!(
+        files_under(&state.join("tmp")).is_empty(),
+        "temporary files: {:?}",
+        files_under(&state.join("tmp"))
+    );
     assert!(files_under(&state.join("overlay/mnt")).is_empty());
-    let layer_dirs: Vec<_> = std::fs::read_dir(state.join("overlay/layers")).unwrap().flatten().collect();
+    let layer_dirs: Vec<_> = std::fs::read_dir(state.join("overlay/layers"))
+        .unwrap()
+        .flatten()
+        .collect();
     for d in &layer_dirs {
-        assert!(!d.path().join("work").exists(), "work dir left in {:?}", d.path());
+        assert!(
+            !d.path().join("work").exists(),
+            "work dir left in {:?}",
+            d.path()
+        );
     }
-    let distinct: std::collections::BTreeSet<String> =
-        want.values().flat_map(|v| v["chains"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string())).collect();
-    assert_eq!(layer_dirs.len(), distinct.len(), "one directory per distinct layer");
+    let distinct: std::collections::BTreeSet<String> = want
+        .values()
+        .flat_map(|v| {
+            v["chains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(
+        layer_dirs.len(),
+        distinct.len(),
+        "one directory per distinct layer"
+    );
 
-    assert_eq!(trees(&env, &names), want_trees, "activations show the same files");
+    assert_eq!(
+        trees(&env, &names),
+        want_trees,
+        "activations show the same files"
+    );
 }
 
 #[test]
 fn retryable_errors_retry_with_backoff_and_give_up_at_the_limit() {
     let env = Env::new();
     let cfg = env.dir.path().join("tarpool.toml");
-    std::fs::write(&cfg, "max_attempts = 3\nretry_base_ms = 10\nretry_cap_ms = 40\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "max_attempts = 3\nretry_base_ms = 10\nretry_cap_ms = 40\n",
+    )
+    .unwrap();
     let bucket = env.dir.path().join("bucket");
     std::fs::create_dir_all(bucket.join("images")).unwrap();
-    copy_tree(&example_bucket().join("images/many"), &bucket.join("images/many"));
-    let args = ["--config", cfg.to_str().unwrap(), "run", "--once", "--source", bucket.to_str().unwrap()];
+    copy_tree(
+        &example_bucket().join("images/many"),
+        &bucket.join("images/many"),
+    );
+    let args = [
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "--once",
+        "--source",
+        bucket.to_str().unwrap(),
+    ];
 
-    let out = env.cmd(&args).env("TARPOOL_FAILPOINTS", "fail:download#2").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env
+        .cmd(&args)
+        .env("TARPOOL_FAILPOINTS", "fail:download#2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let audit = env.json(&["audit", "many", "--json"]);
     let downloads: Vec<&str> = audit["transitions"]
         .as_array()
@@ -139,14 +228,24 @@ fn retryable_errors_retry_with_backoff_and_give_up_at_the_limit() {
     assert_eq!(downloads, ["retry", "retry", "ok"]);
 
     let env = Env::new();
-    let out = env.cmd(&args).env("TARPOOL_FAILPOINTS", "fail:classify#9").output().unwrap();
+    let out = env
+        .cmd(&args)
+        .env("TARPOOL_FAILPOINTS", "fail:classify#9")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let (state, err) = env.status()["many"].clone();
     assert_eq!(state, "failed");
-    assert!(err.unwrap().contains("classify: gave up after 3 attempts: injected I/O failure"));
+    assert!(err
+        .unwrap()
+        .contains("classify: gave up after 3 attempts: injected I/O failure"));
     // An environment failure is tried again by the next run.
     let out = env.cmd(&args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(env.status()["many"].0, "ready");
 }
 
@@ -155,9 +254,16 @@ fn cancelling_an_unfinished_run_ends_it_cancelled() {
     let env = Env::new();
     let bucket = env.dir.path().join("bucket");
     std::fs::create_dir_all(bucket.join("images")).unwrap();
-    copy_tree(&example_bucket().join("images/many"), &bucket.join("images/many"));
+    copy_tree(
+        &example_bucket().join("images/many"),
+        &bucket.join("images/many"),
+    );
     let src = bucket.to_str().unwrap();
-    let out = env.cmd(&["run", "--once", "--source", src]).env("TARPOOL_FAILPOINTS", "after-layer#3").output().unwrap();
+    let out = env
+        .cmd(&["run", "--once", "--source", src])
+        .env("TARPOOL_FAILPOINTS", "after-layer#3")
+        .output()
+        .unwrap();
     assert_eq!(out.status.signal(), Some(9));
     assert_eq!(env.status()["many"].0, "running");
     let out = env.run(&["cancel", "many"]);
@@ -165,7 +271,13 @@ fn cancelling_an_unfinished_run_ends_it_cancelled() {
     let out = env.run(&["run", "--once", "--source", src]);
     assert_eq!(out.status.code(), Some(1));
     let (state, err) = env.status()["many"].clone();
-    assert_eq!((state.as_str(), err.as_deref()), ("failed", Some("cancelled by request")));
+    assert_eq!(
+        (state.as_str(), err.as_deref()),
+        ("failed", Some("cancelled by request"))
+    );
     let audit = env.json(&["audit", "many", "--json"]);
-    assert_eq!(audit["transitions"].as_array().unwrap().last().unwrap()["outcome"], "cancelled");
+    assert_eq!(
+        audit["transitions"].as_array().unwrap().last().unwrap()["outcome"],
+        "cancelled"
+    );
 }

@@ -4,20 +4,39 @@
 
 use crate::harness::*;
 
-const IMAGES: [&str; 6] = ["adhoc", "adhoc-sibling", "dockersave", "many", "ociarchive", "ocilayout"];
+const IMAGES: [&str; 6] = [
+    "adhoc",
+    "adhoc-sibling",
+    "dockersave",
+    "many",
+    "ociarchive",
+    "ocilayout",
+];
 
 fn check_activation(env: &Env, image: &str) {
     let mnt = env.dir.path().join(format!("mnt-{image}"));
     let act = format!("act-{image}");
-    let v = env.json(&["activate", image, "--as", &act, "--mount", mnt.to_str().unwrap()]);
+    let v = env.json(&[
+        "activate",
+        image,
+        "--as",
+        &act,
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
     assert_eq!(v["activation"], act.as_str());
     assert_eq!(v["mount"]["type"], "overlay");
-    let expected = std::fs::read_to_string(example_bucket().join(format!("expected/{image}.tree"))).unwrap();
+    let expected =
+        std::fs::read_to_string(example_bucket().join(format!("expected/{image}.tree"))).unwrap();
     let got = tree(&mnt);
     // Writes go to the activation, not to the shared layers.
     std::fs::write(mnt.join("written-by-test"), b"x").unwrap();
     let out = env.run(&["deactivate", &act]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(mounts_under(&mnt).is_empty(), "deactivate unmounts");
     if got != expected {
         let diff = std::process::Command::new("diff")
@@ -42,10 +61,20 @@ fn example_bucket_ends_ready_and_activations_match_umoci() {
     let env = Env::new();
     let src = example_bucket();
     let out = env.run(&["run", "--once", "--source", src.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "run failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "run failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = env.status();
     for i in IMAGES {
-        assert_eq!(status.get(i).map(|s| s.0.as_str()), Some("ready"), "{i}: {:?}", status.get(i));
+        assert_eq!(
+            status.get(i).map(|s| s.0.as_str()),
+            Some("ready"),
+            "{i}: {:?}",
+            status.get(i)
+        );
     }
     for i in IMAGES {
         check_activation(&env, i);
@@ -62,28 +91,60 @@ fn example_bucket_ends_ready_and_activations_match_umoci() {
             total += 1;
         }
     }
-    let dirs = std::fs::read_dir(env.state().join("overlay/layers")).unwrap().count();
+    let dirs = std::fs::read_dir(env.state().join("overlay/layers"))
+        .unwrap()
+        .count();
     assert_eq!(dirs, chains.len(), "one layer directory per distinct chain");
-    assert!(total - chains.len() >= 2, "adhoc-sibling reuses adhoc's first two layers ({total} layers, {} distinct)", chains.len());
+    assert!(
+        total - chains.len() >= 2,
+        "adhoc-sibling reuses adhoc's first two layers ({total} layers, {} distinct)",
+        chains.len()
+    );
 
     // The audit shape the CLI contract promises.
     let audit = env.json(&["audit", "adhoc", "--json"]);
-    let names: Vec<&str> = audit["transitions"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = audit["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
     assert_eq!(
         names,
-        ["check-image-exists", "download", "classify", "parse-manifest", "check-unpacked", "unpack-layers", "create-snapshot", "update-tracking", "completed"]
+        [
+            "check-image-exists",
+            "download",
+            "classify",
+            "parse-manifest",
+            "check-unpacked",
+            "unpack-layers",
+            "create-snapshot",
+            "update-tracking",
+            "completed"
+        ]
     );
     for t in audit["transitions"].as_array().unwrap() {
         assert_eq!(t["outcome"], "ok");
-        assert_eq!(t["version"].as_str().unwrap().len(), 26, "versions are ULIDs");
+        assert_eq!(
+            t["version"].as_str().unwrap().len(),
+            26,
+            "versions are ULIDs"
+        );
     }
-    assert!(audit["decisions"].as_array().unwrap().iter().any(|d| d["rule"] == "max_layers" && d["verdict"] == "allow"));
+    assert!(audit["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["rule"] == "max_layers" && d["verdict"] == "allow"));
 
     // A second run over the unchanged bucket starts nothing.
     let before = audit["transitions"].as_array().unwrap().len();
     let out = env.run(&["run", "--once", "--source", src.to_str().unwrap()]);
     assert!(out.status.success());
-    let after = env.json(&["audit", "adhoc", "--json"])["transitions"].as_array().unwrap().len();
+    let after = env.json(&["audit", "adhoc", "--json"])["transitions"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(before, after, "an unchanged image is not processed again");
 }
 
@@ -91,9 +152,19 @@ fn example_bucket_ends_ready_and_activations_match_umoci() {
 fn second_run_refuses_to_start_while_one_holds_the_state_dir() {
     let env = Env::new();
     std::fs::create_dir_all(env.state()).unwrap();
-    let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(env.state().join("run.lock")).unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(env.state().join("run.lock"))
+        .unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
-    let out = env.run(&["run", "--once", "--source", example_bucket().to_str().unwrap()]);
+    let out = env.run(&[
+        "run",
+        "--once",
+        "--source",
+        example_bucket().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already using state directory"), "{err}");

@@ -11,7 +11,10 @@ use std::process::{Command, Output};
 pub const BIN: &str = env!("CARGO_BIN_EXE_tarpool");
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn example_bucket() -> PathBuf {
@@ -24,7 +27,12 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::Builder::new().prefix("tarpool-e2e-").tempdir().unwrap() }
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("tarpool-e2e-")
+                .tempdir()
+                .unwrap(),
+        }
     }
 
     pub fn state(&self) -> PathBuf {
@@ -44,8 +52,17 @@ impl Env {
 
     pub fn json(&self, args: &[&str]) -> Value {
         let out = self.run(args);
-        assert!(out.status.success(), "tarpool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("tarpool {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "tarpool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "tarpool {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     pub fn status(&self) -> BTreeMap<String, (String, Option<String>)> {
@@ -57,7 +74,10 @@ impl Env {
             .map(|i| {
                 (
                     i["name"].as_str().unwrap().to_string(),
-                    (i["state"].as_str().unwrap().to_string(), i["error"].as_str().map(str::to_string)),
+                    (
+                        i["state"].as_str().unwrap().to_string(),
+                        i["error"].as_str().map(str::to_string),
+                    ),
                 )
             })
             .collect()
@@ -68,7 +88,11 @@ impl Drop for Env {
     fn drop(&mut self) {
         // Unmount anything a failed test left below the temporary directory.
         if let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let mut mps: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| Path::new(m).starts_with(self.dir.path())).collect();
+            let mut mps: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split(' ').nth(4))
+                .filter(|m| Path::new(m).starts_with(self.dir.path()))
+                .collect();
             mps.sort_by_key(|m| std::cmp::Reverse(m.len()));
             for m in mps {
                 let _ = Command::new("umount").arg("-l").arg(m).status();
@@ -79,7 +103,12 @@ impl Drop for Env {
 
 /// Copies a directory tree (the example bucket) so a test can change it.
 pub fn copy_tree(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -106,7 +135,12 @@ pub fn tree(root: &Path) -> String {
         for e in std::fs::read_dir(&dir).unwrap() {
             let e = e.unwrap();
             let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+            let rel = p
+                .strip_prefix(root)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             let m = std::fs::symlink_metadata(&p).unwrap();
             let ft = m.file_type();
             let mode = m.mode() & 0o7777;
@@ -121,13 +155,24 @@ pub fn tree(root: &Path) -> String {
             } else if ft.is_file() {
                 let data = std::fs::read(&p).unwrap();
                 if m.nlink() > 1 {
-                    inodes.entry((m.dev(), m.ino())).or_default().push(rel.clone());
+                    inodes
+                        .entry((m.dev(), m.ino()))
+                        .or_default()
+                        .push(rel.clone());
                 }
-                format!("f {mode:04o} {owner} {r} {} {}", data.len(), hex::encode(Sha256::digest(&data)))
+                format!(
+                    "f {mode:04o} {owner} {r} {} {}",
+                    data.len(),
+                    hex::encode(Sha256::digest(&data))
+                )
             } else if ft.is_char_device() || ft.is_block_device() {
                 let k = if ft.is_char_device() { 'c' } else { 'b' };
                 let rdev = m.rdev();
-                format!("{k} {mode:04o} {owner} {r} {}:{}", libc::major(rdev), libc::minor(rdev))
+                format!(
+                    "{k} {mode:04o} {owner} {r} {}:{}",
+                    libc::major(rdev),
+                    libc::minor(rdev)
+                )
             } else if ft.is_fifo() {
                 format!("p {mode:04o} {owner} {r} 0:0")
             } else {
@@ -144,7 +189,10 @@ pub fn tree(root: &Path) -> String {
     }
     groups.sort();
     for g in groups {
-        out.push(format!("= {}", g.iter().map(|p| escape(p)).collect::<Vec<_>>().join(" ")));
+        out.push(format!(
+            "= {}",
+            g.iter().map(|p| escape(p)).collect::<Vec<_>>().join(" ")
+        ));
     }
     out.join("\n") + "\n"
 }
@@ -165,7 +213,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if e.file_type().is_ok_and(|t| t.is_dir()) {

@@ -66,19 +66,37 @@ fn put(bucket: &Path, key: &str, data: &[u8]) {
 /// image -> a fragment its error must contain.
 fn check(env: &Env, bucket: &Path, expected: &[(&str, &str)], good: &[&str]) {
     let out = env.run(&["run", "--once", "--source", bucket.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "a failed image makes the run exit 1: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed image makes the run exit 1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status = env.status();
     let tmp = env.dir.path().to_str().unwrap().to_string();
     for (image, fragment) in expected {
-        let (state, err) = status.get(*image).unwrap_or_else(|| panic!("{image} is not tracked: {status:?}"));
+        let (state, err) = status
+            .get(*image)
+            .unwrap_or_else(|| panic!("{image} is not tracked: {status:?}"));
         let err = err.as_deref().unwrap_or("");
         assert_eq!(state, "failed", "{image}: {err}");
-        assert!(err.contains(fragment), "{image}: error {err:?} lacks {fragment:?}");
+        assert!(
+            err.contains(fragment),
+            "{image}: error {err:?} lacks {fragment:?}"
+        );
         assert!(!err.contains('\n'), "{image}: one line");
-        assert!(!err.contains(&tmp), "{image}: error names a host path: {err}");
+        assert!(
+            !err.contains(&tmp),
+            "{image}: error names a host path: {err}"
+        );
     }
     for g in good {
-        assert_eq!(status.get(*g).map(|s| s.0.as_str()), Some("ready"), "{g}: {:?}", status.get(*g));
+        assert_eq!(
+            status.get(*g).map(|s| s.0.as_str()),
+            Some("ready"),
+            "{g}: {:?}",
+            status.get(*g)
+        );
     }
 }
 
@@ -86,28 +104,69 @@ fn check(env: &Env, bucket: &Path, expected: &[(&str, &str)], good: &[&str]) {
 fn bad_images_fail_with_one_line_and_the_rest_complete() {
     let env = Env::new();
     let bucket = env.dir.path().join("bucket");
-    put(&bucket, "images/good/1.tar", &layer(&[E::Dir(b"etc/"), E::File(b"etc/motd", b"hi\n")]));
+    put(
+        &bucket,
+        "images/good/1.tar",
+        &layer(&[E::Dir(b"etc/"), E::File(b"etc/motd", b"hi\n")]),
+    );
     // First the good image alone: it must survive the hostile run untouched.
     let out = env.run(&["run", "--once", "--source", bucket.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
-    put(&bucket, "images/dotdot/1.tar", &layer(&[E::File(b"../escape", b"x")]));
-    put(&bucket, "images/deep-dotdot/1.tar", &layer(&[E::Dir(b"a/"), E::File(b"a/../../escape", b"x")]));
+    put(
+        &bucket,
+        "images/dotdot/1.tar",
+        &layer(&[E::File(b"../escape", b"x")]),
+    );
+    put(
+        &bucket,
+        "images/deep-dotdot/1.tar",
+        &layer(&[E::Dir(b"a/"), E::File(b"a/../../escape", b"x")]),
+    );
     put(&bucket, "images/gap/1.tar", &layer(&[E::File(b"a", b"1")]));
     put(&bucket, "images/gap/3.tar", &layer(&[E::File(b"b", b"3")]));
     put(&bucket, "images/garbage.tar", &[0x42u8; 3000]);
-    put(&bucket, "images/badgz.tar.gz", &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    put(&bucket, "images/device/1.tar", &layer(&[E::CharDev(b"dev/mem")]));
+    put(
+        &bucket,
+        "images/badgz.tar.gz",
+        &[
+            0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+        ],
+    );
+    put(
+        &bucket,
+        "images/device/1.tar",
+        &layer(&[E::CharDev(b"dev/mem")]),
+    );
     let mut trunc = layer(&[E::File(b"big", &[7u8; 5000])]);
     trunc.truncate(2048);
     put(&bucket, "images/truncated/1.tar", &trunc);
     put(&bucket, "images/empty.tar", b"");
-    put(&bucket, "images/stray/1.tar", &layer(&[E::File(b"a", b"1")]));
+    put(
+        &bucket,
+        "images/stray/1.tar",
+        &layer(&[E::File(b"a", b"1")]),
+    );
     put(&bucket, "images/stray/notes.txt", b"hello");
-    put(&bucket, "images/bad name!/1.tar", &layer(&[E::File(b"a", b"1")]));
+    put(
+        &bucket,
+        "images/bad name!/1.tar",
+        &layer(&[E::File(b"a", b"1")]),
+    );
     let manifest = br#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["missing/layer.tar"]}]"#;
     let config = br#"{"rootfs":{"type":"layers","diff_ids":["sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"]}}"#;
-    put(&bucket, "images/docker-missing.tar", &layer(&[E::File(b"manifest.json", manifest), E::File(b"c.json", config)]));
+    put(
+        &bucket,
+        "images/docker-missing.tar",
+        &layer(&[
+            E::File(b"manifest.json", manifest),
+            E::File(b"c.json", config),
+        ]),
+    );
 
     check(
         &env,
@@ -127,20 +186,42 @@ fn bad_images_fail_with_one_line_and_the_rest_complete() {
         &["good"],
     );
     let st = env.json(&["status", "--json"]);
-    let rejected: Vec<&str> = st["rejected"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
-    assert_eq!(rejected, ["images/bad name!/1.tar"], "names outside [A-Za-z0-9._-] are reported, not processed");
+    let rejected: Vec<&str> = st["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rejected,
+        ["images/bad name!/1.tar"],
+        "names outside [A-Za-z0-9._-] are reported, not processed"
+    );
     assert!(!env.dir.path().join("escape").exists() && !bucket.join("escape").exists());
 
     // The good image is still whole.
     let mnt = env.dir.path().join("mnt");
-    env.json(&["activate", "good", "--as", "g", "--mount", mnt.to_str().unwrap()]);
+    env.json(&[
+        "activate",
+        "good",
+        "--as",
+        "g",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
     assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"hi\n");
     env.json(&["deactivate", "g"]);
 
     // Unchanged bad input is not retried; the decision is stable.
-    let audit_before = env.json(&["audit", "dotdot", "--json"])["transitions"].as_array().unwrap().len();
+    let audit_before = env.json(&["audit", "dotdot", "--json"])["transitions"]
+        .as_array()
+        .unwrap()
+        .len();
     let _ = env.run(&["run", "--once", "--source", bucket.to_str().unwrap()]);
-    let audit_after = env.json(&["audit", "dotdot", "--json"])["transitions"].as_array().unwrap().len();
+    let audit_after = env.json(&["audit", "dotdot", "--json"])["transitions"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(audit_before, audit_after);
 }
 
@@ -150,7 +231,12 @@ fn symlinks_are_resolved_inside_the_layer_root() {
     let bucket = env.dir.path().join("bucket");
     let outside = env.dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
-    let target = outside.to_str().unwrap().trim_start_matches('/').as_bytes().to_vec();
+    let target = outside
+        .to_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .as_bytes()
+        .to_vec();
     let through = [b"to-outside/".as_slice(), b"pwned"].concat();
     // An absolute symlink to a host directory, then a write through it: the
     // write must land inside the image, at the same path below its root.
@@ -158,19 +244,41 @@ fn symlinks_are_resolved_inside_the_layer_root() {
     put(
         &bucket,
         "images/abs/1.tar",
-        &layer(&[E::Symlink(b"to-outside", &abs), E::File(&through, b"x"), E::Symlink(b"up", b"../../../../../../"), E::File(b"up/also", b"y")]),
+        &layer(&[
+            E::Symlink(b"to-outside", &abs),
+            E::File(&through, b"x"),
+            E::Symlink(b"up", b"../../../../../../"),
+            E::File(b"up/also", b"y"),
+        ]),
     );
     let out = env.run(&["run", "--once", "--source", bucket.to_str().unwrap()]);
     let status = env.status();
-    assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing is written outside: {status:?} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "nothing is written outside: {status:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (state, err) = &status["abs"];
     if state == "ready" {
         let mnt = env.dir.path().join("mnt");
-        env.json(&["activate", "abs", "--as", "a", "--mount", mnt.to_str().unwrap()]);
-        assert!(mnt.join(Path::new(std::str::from_utf8(&target).unwrap())).join("pwned").exists());
+        env.json(&[
+            "activate",
+            "abs",
+            "--as",
+            "a",
+            "--mount",
+            mnt.to_str().unwrap(),
+        ]);
+        assert!(mnt
+            .join(Path::new(std::str::from_utf8(&target).unwrap()))
+            .join("pwned")
+            .exists());
         assert!(mnt.join("also").exists());
         env.json(&["deactivate", "a"]);
     } else {
-        assert!(err.as_deref().unwrap_or("").contains("to-outside"), "{err:?}");
+        assert!(
+            err.as_deref().unwrap_or("").contains("to-outside"),
+            "{err:?}"
+        );
     }
 }

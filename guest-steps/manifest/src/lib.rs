@@ -93,18 +93,24 @@ fn parse_inner(
     members: &[Member],
     read: &mut Read<'_>,
 ) -> Result<ImageLayout, String> {
-    let idx = Index::new(members);
-    let oci = idx.has("oci-layout") && idx.has("index.json");
+    // Look for the marker files without indexing every member: a flat
+    // rootfs archive may list hundreds of thousands.
+    let has = |marker: &str| {
+        members
+            .iter()
+            .any(|m| m.name.ends_with(marker) && normalize(&m.name).is_ok_and(|n| n == marker))
+    };
+    let oci = has("oci-layout") && has("index.json");
     match unit {
         UnitKind::Prefix => {
             if members.is_empty() {
                 return Err("prefix holds no members".into());
             }
             if oci {
-                return parse_oci(&idx, read, ImageFormat::OciLayout);
+                return parse_oci(&Index::new(members), read, ImageFormat::OciLayout);
             }
             for (have, lack) in [("oci-layout", "index.json"), ("index.json", "oci-layout")] {
-                if idx.has(have) {
+                if has(have) {
                     return Err(format!(
                         "prefix has `{have}` but no `{lack}`, so it is not an OCI layout"
                     ));
@@ -114,9 +120,9 @@ fn parse_inner(
         }
         UnitKind::Archive => {
             if oci {
-                parse_oci(&idx, read, ImageFormat::OciArchive)
-            } else if idx.has("manifest.json") {
-                parse_docker(&idx, read)
+                parse_oci(&Index::new(members), read, ImageFormat::OciArchive)
+            } else if has("manifest.json") {
+                parse_docker(&Index::new(members), read)
             } else {
                 Ok(ImageLayout {
                     format: ImageFormat::SingleLayer,
@@ -166,10 +172,6 @@ impl<'m> Index<'m> {
                 .or_insert(Slot::One(m));
         }
         Index { by_name }
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
     }
 
     /// Looks up a normalised name; `what` says who refers to it.

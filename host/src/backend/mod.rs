@@ -12,7 +12,8 @@ use std::path::Path;
 use crate::error::StepFailure;
 
 /// Applies one layer through the writable root it is handed.
-pub type ApplyFn<'a> = dyn FnMut(BorrowedFd<'_>) -> Result<crate::extract::ApplyStats, StepFailure> + Send + 'a;
+pub type ApplyFn<'a> =
+    dyn FnMut(BorrowedFd<'_>) -> Result<crate::extract::ApplyStats, StepFailure> + Send + 'a;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ActivationInfo {
@@ -52,7 +53,12 @@ pub trait Snapshotter: Send + Sync {
 
     /// A writable copy-on-write view of `chain` (top first), mounted at
     /// `mountpoint` when given.
-    fn activate(&self, act: &str, chain: &[i64], mountpoint: Option<&Path>) -> std::io::Result<ActivationInfo>;
+    fn activate(
+        &self,
+        act: &str,
+        chain: &[i64],
+        mountpoint: Option<&Path>,
+    ) -> std::io::Result<ActivationInfo>;
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> std::io::Result<()>;
 
@@ -72,15 +78,21 @@ pub fn open(
             if !overlay_supported() {
                 return Err("this kernel does not support overlayfs".into());
             }
-            overlay::Overlay::new(state_dir, mounts).map(|o| Box::new(o) as Box<dyn Snapshotter>).map_err(|e| {
-                format!("overlay backend: {e}")
-            })
+            overlay::Overlay::new(state_dir, mounts)
+                .map(|o| Box::new(o) as Box<dyn Snapshotter>)
+                .map_err(|e| format!("overlay backend: {e}"))
         }
-        "thinpool" => Err("the devicemapper thin-pool backend is not implemented yet; use --backend overlay".into()),
-        other => Err(format!("unknown backend `{other}` (expected auto, overlay or thinpool)")),
+        "thinpool" => Err(
+            "the devicemapper thin-pool backend is not implemented yet; use --backend overlay"
+                .into(),
+        ),
+        other => Err(format!(
+            "unknown backend `{other}` (expected auto, overlay or thinpool)"
+        )),
     }
 }
 
 fn overlay_supported() -> bool {
-    std::fs::read_to_string("/proc/filesystems").is_ok_and(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
+    std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|s| s.lines().any(|l| l.trim_end().ends_with("\toverlay")))
 }

@@ -40,7 +40,10 @@ impl Overlay {
 
     /// Lower dirs relative to `layers/`, so a deep chain fits in one page.
     fn relative_lowers(chain: &[i64]) -> Vec<PathBuf> {
-        chain.iter().map(|id| PathBuf::from(format!("{id}/fs"))).collect()
+        chain
+            .iter()
+            .map(|id| PathBuf::from(format!("{id}/fs")))
+            .collect()
     }
 }
 
@@ -60,14 +63,21 @@ impl Snapshotter for Overlay {
         "overlay"
     }
 
-    fn apply_layer(&self, id: i64, parents: &[i64], apply: &mut ApplyFn<'_>) -> Result<crate::extract::ApplyStats, StepFailure> {
+    fn apply_layer(
+        &self,
+        id: i64,
+        parents: &[i64],
+        apply: &mut ApplyFn<'_>,
+    ) -> Result<crate::extract::ApplyStats, StepFailure> {
         let dir = self.layer_dir(id);
         remove_all(&dir).map_err(io_fail("removing a stale layer directory"))?;
         fs::create_dir_all(dir.join("fs")).map_err(io_fail("creating the layer directory"))?;
         let stats = if parents.is_empty() {
-            let fs_dir = File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
+            let fs_dir =
+                File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
             let stats = apply(fs_dir.as_fd())?;
-            rustix::fs::syncfs(&fs_dir).map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+            rustix::fs::syncfs(&fs_dir)
+                .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
             stats
         } else {
             fs::create_dir_all(dir.join("work")).map_err(io_fail("creating the work directory"))?;
@@ -77,8 +87,11 @@ impl Snapshotter for Overlay {
             let mounts = self.mounts.clone();
             let result = std::thread::scope(|s| {
                 s.spawn(|| -> Result<_, StepFailure> {
-                    mounts.private_namespace().map_err(io_fail("entering a private mount namespace"))?;
-                    std::env::set_current_dir(&layers).map_err(io_fail("entering the layers directory"))?;
+                    mounts
+                        .private_namespace()
+                        .map_err(io_fail("entering a private mount namespace"))?;
+                    std::env::set_current_dir(&layers)
+                        .map_err(io_fail("entering the layers directory"))?;
                     let upper = PathBuf::from(format!("{id}/fs"));
                     let work = PathBuf::from(format!("{id}/work"));
                     mounts
@@ -87,7 +100,8 @@ impl Snapshotter for Overlay {
                     let r = (|| {
                         let root = File::open(&mnt).map_err(io_fail("opening the mounted view"))?;
                         let stats = apply(root.as_fd())?;
-                        rustix::fs::syncfs(&root).map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+                        rustix::fs::syncfs(&root)
+                            .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
                         Ok(stats)
                     })();
                     let _ = mounts.unmount(&mnt, false);
@@ -101,8 +115,12 @@ impl Snapshotter for Overlay {
             remove_all(&dir.join("work")).map_err(io_fail("removing the work directory"))?;
             stats
         };
-        File::open(&dir).and_then(|f| f.sync_all()).map_err(io_fail("syncing the layer directory"))?;
-        File::open(self.layers()).and_then(|f| f.sync_all()).map_err(io_fail("syncing the layers directory"))?;
+        File::open(&dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io_fail("syncing the layer directory"))?;
+        File::open(self.layers())
+            .and_then(|f| f.sync_all())
+            .map_err(io_fail("syncing the layers directory"))?;
         Ok(stats)
     }
 
@@ -113,19 +131,36 @@ impl Snapshotter for Overlay {
     fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure> {
         for id in chain {
             if !self.layer_dir(*id).join("fs").is_dir() {
-                return Err(StepFailure::Retry(format!("image `{name}`: layer {id} is missing from the overlay store")));
+                return Err(StepFailure::Retry(format!(
+                    "image `{name}`: layer {id} is missing from the overlay store"
+                )));
             }
         }
-        let lowers: Vec<PathBuf> = chain.iter().map(|id| self.layer_dir(*id).join("fs")).collect();
+        let lowers: Vec<PathBuf> = chain
+            .iter()
+            .map(|id| self.layer_dir(*id).join("fs"))
+            .collect();
         // A single layer cannot be a read-only overlay on its own; the view is then the directory itself.
-        Ok(ActivationInfo { fstype: "overlay".into(), options: overlay_options(&lowers, None), mountpoint: None })
+        Ok(ActivationInfo {
+            fstype: "overlay".into(),
+            options: overlay_options(&lowers, None),
+            mountpoint: None,
+        })
     }
 
-    fn activate(&self, act: &str, chain: &[i64], mountpoint: Option<&Path>) -> io::Result<ActivationInfo> {
+    fn activate(
+        &self,
+        act: &str,
+        chain: &[i64],
+        mountpoint: Option<&Path>,
+    ) -> io::Result<ActivationInfo> {
         let dir = self.root.join("activations").join(act);
         fs::create_dir_all(dir.join("upper"))?;
         fs::create_dir_all(dir.join("work"))?;
-        let lowers: Vec<PathBuf> = chain.iter().map(|id| self.layer_dir(*id).join("fs")).collect();
+        let lowers: Vec<PathBuf> = chain
+            .iter()
+            .map(|id| self.layer_dir(*id).join("fs"))
+            .collect();
         let upper = dir.join("upper");
         let work = dir.join("work");
         let options = overlay_options(&lowers, Some((&upper, &work)));
@@ -135,7 +170,11 @@ impl Snapshotter for Overlay {
             std::env::set_current_dir(self.layers())?;
             let rel_upper = PathBuf::from(format!("../activations/{act}/upper"));
             let rel_work = PathBuf::from(format!("../activations/{act}/work"));
-            let r = self.mounts.mount_overlay(mp, &Self::relative_lowers(chain), Some((&rel_upper, &rel_work)));
+            let r = self.mounts.mount_overlay(
+                mp,
+                &Self::relative_lowers(chain),
+                Some((&rel_upper, &rel_work)),
+            );
             std::env::set_current_dir(cwd)?;
             if let Err(e) = r {
                 let _ = remove_all(&dir);
@@ -172,7 +211,11 @@ impl Snapshotter for Overlay {
         }
         for ent in fs::read_dir(self.layers())? {
             let ent = ent?;
-            let keep = ent.file_name().to_str().and_then(|n| n.parse::<i64>().ok()).is_some_and(|id| known.contains(&id));
+            let keep = ent
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok())
+                .is_some_and(|id| known.contains(&id));
             if !keep {
                 remove_all(&ent.path())?;
                 report.removed += 1;
@@ -181,5 +224,86 @@ impl Snapshotter for Overlay {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::RecordingMounts;
+
+    fn overlay() -> (tempfile::TempDir, Arc<RecordingMounts>, Overlay) {
+        let d = tempfile::tempdir().unwrap();
+        let rec = Arc::new(RecordingMounts::default());
+        let o = Overlay::new(d.path(), rec.clone()).unwrap();
+        (d, rec, o)
+    }
+
+    fn calls(rec: &RecordingMounts) -> Vec<String> {
+        std::mem::take(&mut *rec.calls.lock().unwrap())
+    }
+
+    #[test]
+    fn base_layer_is_written_directly_and_upper_layers_through_a_private_mount() {
+        let (d, rec, o) = overlay();
+        let mut apply =
+            |_root: rustix::fd::BorrowedFd<'_>| Ok(crate::extract::ApplyStats::default());
+        o.apply_layer(1, &[], &mut apply).unwrap();
+        assert!(calls(&rec).is_empty(), "the base layer needs no mount");
+        // The fake mounts nothing: the closure sees the empty mount point.
+        o.apply_layer(3, &[2, 1], &mut apply).unwrap();
+        let got = calls(&rec);
+        let mnt = d.path().join("overlay/mnt/3");
+        assert_eq!(
+            got,
+            [
+                "unshare".to_string(),
+                format!(
+                    "mount {} lowerdir=2/fs:1/fs,upperdir=3/fs,workdir=3/work",
+                    mnt.display()
+                ),
+                format!("umount {} detach=false", mnt.display()),
+            ]
+        );
+        assert!(!mnt.exists(), "the mount point is removed");
+        assert!(d.path().join("overlay/layers/3/fs").is_dir());
+        assert!(
+            !d.path().join("overlay/layers/3/work").exists(),
+            "the work dir goes once the layer is done"
+        );
+    }
+
+    #[test]
+    fn cleanup_removes_unknown_layers_and_stray_mount_points() {
+        let (d, _rec, o) = overlay();
+        for id in [1, 2, 3] {
+            std::fs::create_dir_all(d.path().join(format!("overlay/layers/{id}/fs"))).unwrap();
+        }
+        std::fs::create_dir_all(d.path().join("overlay/layers/2/work")).unwrap();
+        std::fs::create_dir_all(d.path().join("overlay/mnt/9")).unwrap();
+        let r = o.cleanup(&[1, 2]).unwrap();
+        assert_eq!(r.removed, 2);
+        assert!(d.path().join("overlay/layers/1/fs").exists());
+        assert!(!d.path().join("overlay/layers/2/work").exists());
+        assert!(!d.path().join("overlay/layers/3").exists());
+        assert!(!d.path().join("overlay/mnt/9").exists());
+    }
+
+    #[test]
+    fn activation_mounts_relative_lowers_and_deactivation_removes_it() {
+        let (d, rec, o) = overlay();
+        let mp = d.path().join("mp");
+        std::fs::create_dir_all(&mp).unwrap();
+        let info = o.activate("a1", &[5, 4], Some(&mp)).unwrap();
+        assert!(info.options.starts_with(&format!(
+            "lowerdir={}",
+            d.path().join("overlay/layers/5/fs").display()
+        )));
+        assert_eq!(
+            calls(&rec),
+            [format!("mount {} lowerdir=5/fs:4/fs,upperdir=../activations/a1/upper,workdir=../activations/a1/work", mp.display())]
+        );
+        o.deactivate("a1", Some(&mp)).unwrap();
+        assert!(!d.path().join("overlay/activations/a1").exists());
     }
 }

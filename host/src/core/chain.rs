@@ -53,10 +53,19 @@ mod tests {
     #[test]
     fn digest_form() {
         for (s, ok) in [
-            ("sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4", true),
-            ("sha256:A3ED95CAEB02FFE68CDD9FD84406680AE93D633CB16422D00E8A7C22955B46D4", false),
+            (
+                "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4",
+                true,
+            ),
+            (
+                "sha256:A3ED95CAEB02FFE68CDD9FD84406680AE93D633CB16422D00E8A7C22955B46D4",
+                false,
+            ),
             ("sha256:a3ed", false),
-            ("sha512:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4", false),
+            (
+                "sha512:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4",
+                false,
+            ),
             ("", false),
         ] {
             assert_eq!(is_sha256_digest(s), ok, "{s}");

@@ -108,7 +108,10 @@ pub enum Decision {
     /// The last transition succeeded: the run is completed.
     Complete,
     /// Run the same transition again after the delay.
-    Retry { after: Duration, attempt: u32 },
+    Retry {
+        after: Duration,
+        attempt: u32,
+    },
     /// End the run as failed with this reason.
     Fail(String),
     Cancel,
@@ -145,7 +148,11 @@ mod tests {
             cap: Duration::from_millis(1000),
             max_attempts: 3,
         };
-        assert_eq!(decide(step, attempt, &outcome, &policy), expected, "{step:?} {outcome:?}");
+        assert_eq!(
+            decide(step, attempt, &outcome, &policy),
+            expected,
+            "{step:?} {outcome:?}"
+        );
     }
 
     #[test]
@@ -159,13 +166,19 @@ mod tests {
             Download,
             1,
             Retryable("eio".into()),
-            Decision::Retry { after: Duration::from_millis(100), attempt: 2 },
+            Decision::Retry {
+                after: Duration::from_millis(100),
+                attempt: 2,
+            },
         );
         check(
             Download,
             2,
             Retryable("eio".into()),
-            Decision::Retry { after: Duration::from_millis(200), attempt: 3 },
+            Decision::Retry {
+                after: Duration::from_millis(200),
+                attempt: 3,
+            },
         );
         check(
             Download,
@@ -184,7 +197,11 @@ mod tests {
 
     #[test]
     fn backoff_is_capped() {
-        let p = RetryPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(1), max_attempts: 99 };
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+            max_attempts: 99,
+        };
         let got: Vec<u128> = (1..=7).map(|a| p.backoff(a).as_millis()).collect();
         assert_eq!(got, [100, 200, 400, 800, 1000, 1000, 1000]);
         assert_eq!(p.backoff(1000), Duration::from_secs(1));

@@ -71,7 +71,9 @@ pub fn valid_image_name(name: &str) -> bool {
     (1..=200).contains(&name.len())
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Escapes control characters and caps the length, for messages.
@@ -120,11 +122,18 @@ pub fn discover(listing: &[Listed]) -> Discovery {
     let mut prefixes: BTreeMap<String, Vec<UnitObject>> = BTreeMap::new();
     let mut archives: BTreeMap<String, UnitObject> = BTreeMap::new();
     let mut reject = |key: &str, reason: String| {
-        rejected.push(Rejected { key: printable(key), reason })
+        rejected.push(Rejected {
+            key: printable(key),
+            reason,
+        })
     };
     for l in listing {
-        let Some(rest) = l.key.strip_prefix(IMAGES_PREFIX) else { continue };
-        if rest.is_empty() || rest.ends_with('/') && !rest[..rest.len() - 1].contains('/') && l.size == 0 {
+        let Some(rest) = l.key.strip_prefix(IMAGES_PREFIX) else {
+            continue;
+        };
+        if rest.is_empty()
+            || rest.ends_with('/') && !rest[..rest.len() - 1].contains('/') && l.size == 0
+        {
             // `images/` itself or a zero-byte "folder" marker object.
             continue;
         }
@@ -135,35 +144,61 @@ pub fn discover(listing: &[Listed]) -> Discovery {
         match rest.split_once('/') {
             Some((name, member)) => {
                 if !valid_image_name(name) {
-                    reject(&l.key, "invalid image name (allowed: [A-Za-z0-9._-]{1,200})".into());
+                    reject(
+                        &l.key,
+                        "invalid image name (allowed: [A-Za-z0-9._-]{1,200})".into(),
+                    );
                     continue;
                 }
                 if member.split('/').count() > MAX_MEMBER_DEPTH {
-                    reject(&l.key, format!("more than {MAX_MEMBER_DEPTH} levels below the image"));
+                    reject(
+                        &l.key,
+                        format!("more than {MAX_MEMBER_DEPTH} levels below the image"),
+                    );
                     continue;
                 }
-                prefixes.entry(name.to_string()).or_default().push(UnitObject {
-                    key: l.key.clone(),
-                    member: member.to_string(),
-                    size: l.size,
-                    stamp: l.stamp.clone(),
-                });
+                prefixes
+                    .entry(name.to_string())
+                    .or_default()
+                    .push(UnitObject {
+                        key: l.key.clone(),
+                        member: member.to_string(),
+                        size: l.size,
+                        stamp: l.stamp.clone(),
+                    });
             }
             None => {
                 let Some(name) = ARCHIVE_SUFFIXES.iter().find_map(|s| rest.strip_suffix(s)) else {
-                    reject(&l.key, "not an image (expected images/NAME.tar[.gz|.zst] or images/NAME/)".into());
+                    reject(
+                        &l.key,
+                        "not an image (expected images/NAME.tar[.gz|.zst] or images/NAME/)".into(),
+                    );
                     continue;
                 };
                 if !valid_image_name(name) {
-                    reject(&l.key, "invalid image name (allowed: [A-Za-z0-9._-]{1,200})".into());
+                    reject(
+                        &l.key,
+                        "invalid image name (allowed: [A-Za-z0-9._-]{1,200})".into(),
+                    );
                     continue;
                 }
                 if let Some(prev) = archives.insert(
                     name.to_string(),
-                    UnitObject { key: l.key.clone(), member: String::new(), size: l.size, stamp: l.stamp.clone() },
+                    UnitObject {
+                        key: l.key.clone(),
+                        member: String::new(),
+                        size: l.size,
+                        stamp: l.stamp.clone(),
+                    },
                 ) {
-                    reject(&prev.key, format!("image `{name}` has more than one archive object"));
-                    reject(&l.key, format!("image `{name}` has more than one archive object"));
+                    reject(
+                        &prev.key,
+                        format!("image `{name}` has more than one archive object"),
+                    );
+                    reject(
+                        &l.key,
+                        format!("image `{name}` has more than one archive object"),
+                    );
                     archives.remove(name);
                 }
             }
@@ -172,17 +207,31 @@ pub fn discover(listing: &[Listed]) -> Discovery {
     let mut units = Vec::new();
     for (name, mut objects) in prefixes {
         if let Some(a) = archives.remove(&name) {
-            reject(&a.key, format!("image `{name}` is both an archive object and a prefix"));
+            reject(
+                &a.key,
+                format!("image `{name}` is both an archive object and a prefix"),
+            );
             for o in &objects {
-                reject(&o.key, format!("image `{name}` is both an archive object and a prefix"));
+                reject(
+                    &o.key,
+                    format!("image `{name}` is both an archive object and a prefix"),
+                );
             }
             continue;
         }
         objects.sort_by(|a, b| a.member.cmp(&b.member));
-        units.push(Unit { name, kind: UnitKind::Prefix, objects });
+        units.push(Unit {
+            name,
+            kind: UnitKind::Prefix,
+            objects,
+        });
     }
     for (name, object) in archives {
-        units.push(Unit { name, kind: UnitKind::Archive, objects: vec![object] });
+        units.push(Unit {
+            name,
+            kind: UnitKind::Archive,
+            objects: vec![object],
+        });
     }
     units.sort_by(|a, b| a.name.cmp(&b.name));
     Discovery { units, rejected }
@@ -193,7 +242,13 @@ mod tests {
     use super::*;
 
     fn listing(keys: &[&str]) -> Vec<Listed> {
-        keys.iter().map(|k| Listed { key: k.to_string(), size: 1, stamp: "1".into() }).collect()
+        keys.iter()
+            .map(|k| Listed {
+                key: k.to_string(),
+                size: 1,
+                stamp: "1".into(),
+            })
+            .collect()
     }
 
     /// `expected` is `NAME:kind:members` per unit and `key => reason-fragment` per rejection.
@@ -208,27 +263,51 @@ mod tests {
             })
             .collect();
         assert_eq!(got, units, "units for {keys:?}");
-        assert_eq!(d.rejected.len(), rejected.len(), "rejections for {keys:?}: {:?}", d.rejected);
+        assert_eq!(
+            d.rejected.len(),
+            rejected.len(),
+            "rejections for {keys:?}: {:?}",
+            d.rejected
+        );
         for (r, (key, frag)) in d.rejected.iter().zip(rejected) {
             assert_eq!(r.key, *key);
-            assert!(r.reason.contains(frag), "{} does not contain {frag}", r.reason);
+            assert!(
+                r.reason.contains(frag),
+                "{} does not contain {frag}",
+                r.reason
+            );
         }
     }
 
     #[test]
     fn units() {
         check(
-            &["images/golang/1.tar", "images/golang/2.tar", "images/node/10.tar", "images/node/9.tar"],
+            &[
+                "images/golang/1.tar",
+                "images/golang/2.tar",
+                "images/node/10.tar",
+                "images/node/9.tar",
+            ],
             &["golang:Prefix:1.tar,2.tar", "node:Prefix:10.tar,9.tar"],
             &[],
         );
         check(
-            &["images/a.tar", "images/b.tar.gz", "images/c.tar.zst", "other/x.tar", "README"],
+            &[
+                "images/a.tar",
+                "images/b.tar.gz",
+                "images/c.tar.zst",
+                "other/x.tar",
+                "README",
+            ],
             &["a:Archive:", "b:Archive:", "c:Archive:"],
             &[],
         );
         check(&["images/"], &[], &[]);
-        check(&["images/lay/oci-layout", "images/lay/blobs/sha256/ab"], &["lay:Prefix:blobs/sha256/ab,oci-layout"], &[]);
+        check(
+            &["images/lay/oci-layout", "images/lay/blobs/sha256/ab"],
+            &["lay:Prefix:blobs/sha256/ab,oci-layout"],
+            &[],
+        );
     }
 
     #[test]
@@ -277,7 +356,10 @@ mod tests {
         check(
             &["images/a.tar", "images/a.tar.gz", "images/b.tar"],
             &["b:Archive:"],
-            &[("images/a.tar", "more than one"), ("images/a.tar.gz", "more than one")],
+            &[
+                ("images/a.tar", "more than one"),
+                ("images/a.tar.gz", "more than one"),
+            ],
         );
     }
 

@@ -57,7 +57,11 @@ pub struct Verdict {
 
 impl Verdict {
     fn new(rule: &str, allow: bool, detail: String) -> Verdict {
-        Verdict { rule: rule.to_string(), allow, detail }
+        Verdict {
+            rule: rule.to_string(),
+            allow,
+            detail,
+        }
     }
 }
 
@@ -65,13 +69,22 @@ fn size_rule(rule: &str, what: &str, got: u64, max: u64) -> Verdict {
     if got <= max {
         Verdict::new(rule, true, format!("{what} {got} bytes <= {max}"))
     } else {
-        Verdict::new(rule, false, format!("{what} is {got} bytes, over the limit of {max}"))
+        Verdict::new(
+            rule,
+            false,
+            format!("{what} is {got} bytes, over the limit of {max}"),
+        )
     }
 }
 
 impl Policy {
     pub fn check_object(&self, key: &str, size: u64) -> Verdict {
-        size_rule("max_object_bytes", &format!("object `{key}`"), size, self.max_object_bytes)
+        size_rule(
+            "max_object_bytes",
+            &format!("object `{key}`"),
+            size,
+            self.max_object_bytes,
+        )
     }
 
     pub fn check_image_size(&self, total: u64) -> Verdict {
@@ -79,11 +92,18 @@ impl Policy {
     }
 
     pub fn check_format(&self, format: ImageFormat) -> Verdict {
-        let name = serde_json::to_value(format).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let name = serde_json::to_value(format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         if self.formats.contains(&format) {
             Verdict::new("formats", true, format!("format {name} is allowed"))
         } else {
-            Verdict::new("formats", false, format!("format {name} is not allowed by the policy"))
+            Verdict::new(
+                "formats",
+                false,
+                format!("format {name} is not allowed by the policy"),
+            )
         }
     }
 
@@ -91,9 +111,20 @@ impl Policy {
         if n == 0 {
             Verdict::new("max_layers", false, "image has no layers".into())
         } else if n <= self.max_layers {
-            Verdict::new("max_layers", true, format!("{n} layers <= {}", self.max_layers))
+            Verdict::new(
+                "max_layers",
+                true,
+                format!("{n} layers <= {}", self.max_layers),
+            )
         } else {
-            Verdict::new("max_layers", false, format!("image has {n} layers, over the limit of {}", self.max_layers))
+            Verdict::new(
+                "max_layers",
+                false,
+                format!(
+                    "image has {n} layers, over the limit of {}",
+                    self.max_layers
+                ),
+            )
         }
     }
 }
@@ -124,9 +155,21 @@ mod tests {
         check(p.check_layers(4), false, "over the limit of 3");
         check(p.check_layers(0), false, "no layers");
         check(p.check_object("images/a/1.tar", 10), true, "10 bytes");
-        check(p.check_object("images/a/1.tar", 11), false, "over the limit of 10");
-        check(p.check_format(ImageFormat::AdHoc), true, "ad-hoc is allowed");
-        check(p.check_format(ImageFormat::DockerArchive), false, "docker-archive is not allowed");
+        check(
+            p.check_object("images/a/1.tar", 11),
+            false,
+            "over the limit of 10",
+        );
+        check(
+            p.check_format(ImageFormat::AdHoc),
+            true,
+            "ad-hoc is allowed",
+        );
+        check(
+            p.check_format(ImageFormat::DockerArchive),
+            false,
+            "docker-archive is not allowed",
+        );
     }
 
     #[test]

@@ -29,15 +29,27 @@ mod tests {
     use super::*;
 
     fn check(msg: &str, expected: &str) {
-        assert_eq!(sanitize(msg, &[("/var/lib/tarpool", "<state>"), ("/srv/bucket", "<source>")]), expected);
+        assert_eq!(
+            sanitize(
+                msg,
+                &[("/var/lib/tarpool", "<state>"), ("/srv/bucket", "<source>")]
+            ),
+            expected
+        );
     }
 
     #[test]
     fn one_line_no_paths() {
-        check("open /var/lib/tarpool/blobs/x: ENOENT", "open <state>/blobs/x: ENOENT");
+        check(
+            "open /var/lib/tarpool/blobs/x: ENOENT",
+            "open <state>/blobs/x: ENOENT",
+        );
         check("a\nb\r\tc", "a b  c");
         check("bell\u{7}", "bell\\u{7}");
-        check("/srv/bucket/images/a/1.tar truncated", "<source>/images/a/1.tar truncated");
+        check(
+            "/srv/bucket/images/a/1.tar truncated",
+            "<source>/images/a/1.tar truncated",
+        );
         assert!(sanitize(&"x".repeat(1000), &[]).chars().count() <= 401);
     }
 }

@@ -96,6 +96,8 @@ pub enum ApplyError {
 
 /// Copy buffer for regular-file data.
 const COPY_BUF: usize = 1 << 20;
+/// Memory for deferred directory mtimes before they are applied early.
+const DIR_TIMES_MAX_BYTES: usize = 64 << 20;
 /// Lines kept in `ApplyStats::skipped`.
 const SKIPPED_CAP: usize = 100;
 /// Symlinks followed while creating one entry's missing parents (as the
@@ -186,6 +188,7 @@ struct Applier<'r, 'o> {
     hash: (RandomState, RandomState),
     /// Directory mtimes, applied at the end (children change them).
     dir_times: Vec<(Vec<u8>, Timespec)>,
+    dir_times_bytes: usize,
     /// The last resolved parent directory: (path, fd).
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
     buf: Vec<u8>,
@@ -238,6 +241,16 @@ fn walk_err(disp: &str, what: &str, e: WalkError) -> ApplyError {
     }
 }
 
+/// A numeric header field left empty (all NUL or spaces) reads as 0, as in
+/// Go's archive/tar; otherwise the `tar` crate's parser decides.
+fn or_zero(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
+    if field.iter().all(|b| *b == 0 || *b == b' ') {
+        Ok(0)
+    } else {
+        parse()
+    }
+}
+
 fn cstr(disp: &str, b: &[u8]) -> Result<CString, ApplyError> {
     CString::new(b).map_err(|_| input(disp, "name contains a NUL byte"))
 }
@@ -255,6 +268,7 @@ impl<'r, 'o> Applier<'r, 'o> {
             opaque_done: HashSet::new(),
             hash: (RandomState::new(), RandomState::new()),
             dir_times: Vec::new(),
+            dir_times_bytes: 0,
             cache: None,
             buf: vec![0u8; COPY_BUF],
             last: String::from("<start of layer>"),
@@ -506,13 +520,17 @@ impl<'r, 'o> Applier<'r, 'o> {
                 _ => Err(input(disp, format!("{what} {v} is out of range"))),
             }
         };
-        let uid = id(h.uid(), "uid")?;
-        let gid = id(h.gid(), "gid")?;
-        let mode = h.mode().map_err(|_| input(disp, "invalid mode field"))? & 0o7777;
+        let o = h.as_old();
+        let uid = id(or_zero(&o.uid, || h.uid()), "uid")?;
+        let gid = id(or_zero(&o.gid, || h.gid()), "gid")?;
+        let mode = or_zero(&o.mode, || h.mode().map(u64::from))
+            .map_err(|_| input(disp, "invalid mode field"))? as u32
+            & 0o7777;
         let mtime = match pax.mtime {
             Some(t) => t,
             None => {
-                let secs = h.mtime().map_err(|_| input(disp, "invalid mtime field"))?;
+                let secs = or_zero(&o.mtime, || h.mtime())
+                    .map_err(|_| input(disp, "invalid mtime field"))?;
                 Timespec {
                     tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
                     tv_nsec: 0,
@@ -683,6 +701,26 @@ impl<'r, 'o> Applier<'r, 'o> {
         fsops::remove_existing(pfd, name).map_err(|e| walk_err(disp, "removing existing entry", e))
     }
 
+    /// Runs `create` (an exclusive, no-follow creation of `name`); if the
+    /// name is taken, removes what is there (recursively, unfollowed) and
+    /// runs it once more.
+    fn create_fresh<T>(
+        &self,
+        pfd: BorrowedFd<'_>,
+        name: &CStr,
+        disp: &str,
+        what: &str,
+        create: impl Fn() -> Result<T, Errno>,
+    ) -> Result<T, ApplyError> {
+        match create() {
+            Err(Errno::EXIST) => {
+                self.remove_existing(pfd, name, disp)?;
+                create().map_err(|e| os_err(disp, what, e))
+            }
+            r => r.map_err(|e| os_err(disp, what, e)),
+        }
+    }
+
     fn set_owner_mode(
         &self,
         fd: BorrowedFd<'_>,
@@ -749,21 +787,21 @@ impl<'r, 'o> Applier<'r, 'o> {
         }
         self.mark_written(path);
         let pfd = self.parent_fd(split_last(path).0, disp)?;
-        self.remove_existing(pfd.as_fd(), name, disp)?;
         // O_EXCL|O_NOFOLLOW: always a fresh inode (never truncate one that
         // another name still links to), never through a symlink.
-        let fd = rfs::openat(
-            pfd.as_fd(),
-            name,
-            OFlags::WRONLY
-                | OFlags::CREATE
-                | OFlags::EXCL
-                | OFlags::NOFOLLOW
-                | OFlags::CLOEXEC
-                | OFlags::NOCTTY,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| os_err(disp, "creating file", e))?;
+        let fd = self.create_fresh(pfd.as_fd(), name, disp, "creating file", || {
+            rfs::openat(
+                pfd.as_fd(),
+                name,
+                OFlags::WRONLY
+                    | OFlags::CREATE
+                    | OFlags::EXCL
+                    | OFlags::NOFOLLOW
+                    | OFlags::CLOEXEC
+                    | OFlags::NOCTTY,
+                Mode::from_raw_mode(0o600),
+            )
+        })?;
         let mut file = std::fs::File::from(fd);
         let mut buf = std::mem::take(&mut self.buf);
         let mut got = 0u64;
@@ -829,7 +867,7 @@ impl<'r, 'o> Applier<'r, 'o> {
             self.set_owner_mode(fd.as_fd(), meta, disp)?;
         }
         self.set_xattrs(fd.as_fd(), pax, disp)?;
-        self.dir_times.push((path.to_vec(), meta.mtime));
+        self.defer_dir_time(path, meta.mtime)?;
         self.stats.dirs += 1;
         Ok(())
     }
@@ -845,9 +883,9 @@ impl<'r, 'o> Applier<'r, 'o> {
     ) -> Result<(), ApplyError> {
         self.mark_written(path);
         let pfd = self.parent_fd(split_last(path).0, disp)?;
-        self.remove_existing(pfd.as_fd(), name, disp)?;
-        rfs::symlinkat(target, pfd.as_fd(), name)
-            .map_err(|e| os_err(disp, "creating symlink", e))?;
+        self.create_fresh(pfd.as_fd(), name, disp, "creating symlink", || {
+            rfs::symlinkat(target, pfd.as_fd(), name)
+        })?;
         rfs::chownat(
             pfd.as_fd(),
             name,
@@ -950,9 +988,9 @@ impl<'r, 'o> Applier<'r, 'o> {
         }
         self.mark_written(path);
         let pfd = self.parent_fd(split_last(path).0, disp)?;
-        self.remove_existing(pfd.as_fd(), name, disp)?;
-        rfs::mknodat(pfd.as_fd(), name, ftype, Mode::from_raw_mode(0o600), dev)
-            .map_err(|e| os_err(disp, "creating special file", e))?;
+        self.create_fresh(pfd.as_fd(), name, disp, "creating special file", || {
+            rfs::mknodat(pfd.as_fd(), name, ftype, Mode::from_raw_mode(0o600), dev)
+        })?;
         rfs::chownat(
             pfd.as_fd(),
             name,
@@ -1117,11 +1155,36 @@ impl<'r, 'o> Applier<'r, 'o> {
         Ok(())
     }
 
-    /// Applies directory mtimes, deepest first, without following symlinks.
     fn finish(mut self) -> Result<ApplyStats, ApplyError> {
+        self.apply_dir_times()?;
+        Ok(self.stats)
+    }
+
+    /// Remembers a directory's mtime for the end of the layer. Should a
+    /// hostile layer make the list huge, it is applied early to bound memory
+    /// (those mtimes may then be bumped by later children).
+    fn defer_dir_time(&mut self, path: &[u8], mtime: Timespec) -> Result<(), ApplyError> {
+        self.dir_times_bytes += path.len() + 48;
+        self.dir_times.push((path.to_vec(), mtime));
+        if self.dir_times_bytes > DIR_TIMES_MAX_BYTES {
+            self.apply_dir_times()?;
+        }
+        Ok(())
+    }
+
+    /// Applies directory mtimes, deepest first, without following symlinks.
+    fn apply_dir_times(&mut self) -> Result<(), ApplyError> {
         self.cache = None;
+        self.dir_times_bytes = 0;
         let mut times = std::mem::take(&mut self.dir_times);
-        times.sort_by_key(|(p, _)| std::cmp::Reverse(p.iter().filter(|b| **b == b'/').count()));
+        // Deepest first; siblings adjacent so the parent fd is reused. The
+        // sort is stable, so of duplicates the later entry wins.
+        times.sort_by(|(a, _), (b, _)| {
+            let depth = |p: &[u8]| p.iter().filter(|c| **c == b'/').count();
+            depth(b)
+                .cmp(&depth(a))
+                .then_with(|| split_last(a).0.cmp(split_last(b).0))
+        });
         let mut cache: Option<(Vec<u8>, OwnedFd)> = None;
         for (path, mtime) in times {
             let (parent, name) = split_last(&path);
@@ -1147,6 +1210,6 @@ impl<'r, 'o> Applier<'r, 'o> {
             rfs::utimensat(pfd, &cname, &ts, AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(|e| os_err(&disp, "setting directory mtime", e))?;
         }
-        Ok(self.stats)
+        Ok(())
     }
 }

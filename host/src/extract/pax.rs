@@ -86,7 +86,11 @@ fn parse_time(v: &[u8]) -> Option<Timespec> {
         Some(i) => (&v[..i], Some(&v[i + 1..])),
         None => (v, None),
     };
-    let secs = parse_u64(secs)?;
+    if secs.is_empty() || !secs.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Far-future times are clamped, not rejected (catalogue E74).
+    let secs = parse_u64(secs).unwrap_or(u64::MAX);
     let mut nsec = 0i64;
     if let Some(frac) = frac {
         if frac.is_empty() || !frac.iter().all(u8::is_ascii_digit) {
@@ -171,6 +175,10 @@ mod tests {
         assert!(parse_time(b"1e9").is_none());
         assert!(parse_time(b"").is_none());
         assert!(parse_time(b"1.").is_none());
+        assert_eq!(
+            parse_time(b"99999999999999999999999").map(|t| t.tv_sec),
+            Some(i64::MAX)
+        );
     }
 
     #[test]

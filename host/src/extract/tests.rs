@@ -1463,6 +1463,21 @@ fn g_special_and_metadata() {
             Ok(&[X::Mtime("m", 1234567890), X::Mtime("n", 0)]),
         ),
         (
+            "G74 huge mtimes clamped",
+            vec![
+                Raw({
+                    let mut b = tar::Builder::new(Vec::new());
+                    let mut h = header(b"far", EntryType::Regular, 0, 0o644);
+                    h.set_mtime(u64::MAX);
+                    append(&mut b, h, &[]);
+                    b.into_inner().unwrap()[..512].to_vec()
+                }),
+                pax(&[("mtime", b"99999999999999999999.1")], D("fard")),
+            ],
+            &dflt,
+            Ok(&[X::Stats(|s| s.files == 1 && s.dirs == 1)]),
+        ),
+        (
             "G75 uid 2^32-1 rejected",
             vec![Fm("x", b"", 0o644, u32::MAX as u64, 0)],
             &dflt,
@@ -1534,6 +1549,59 @@ fn g_special_and_metadata() {
     for (n, layer, opts, want) in cases {
         check_opts(n, &[], &layer, opts, want);
     }
+}
+
+#[test]
+fn gnu_long_names_and_links() {
+    let long_dir = "l".repeat(150);
+    let long_path = format!("{long_dir}/file");
+    let long_target = format!("/{}/target", "t".repeat(150));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = Header::new_gnu();
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(EntryType::Regular);
+    b.append_data(&mut h, &long_path, &b"long"[..]).unwrap();
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    b.append_link(&mut h, "sym", &long_target).unwrap();
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::Link);
+    h.set_size(0);
+    b.append_link(&mut h, format!("{long_dir}/hard"), &long_path)
+        .unwrap();
+    let bytes = b.into_inner().unwrap();
+    let sb = Sandbox::new();
+    let s = sb.apply(&bytes, &ApplyOptions::default()).unwrap();
+    assert_eq!((s.files, s.symlinks, s.hardlinks), (1, 1, 1));
+    assert_eq!(fs::read(sb.p(&long_path)).unwrap(), b"long");
+    assert_eq!(fs::read_link(sb.p("sym")).unwrap(), Path::new(&long_target));
+    let ino = |p: &str| fs::metadata(sb.p(p)).unwrap().ino();
+    assert_eq!(ino(&long_path), ino(&format!("{long_dir}/hard")));
+}
+
+/// A GNU long name of more than 1 MiB is refused before it is buffered.
+#[test]
+fn huge_gnu_long_name_refused() {
+    let mut bytes = Vec::new();
+    let name = vec![b'a'; 3 << 20];
+    let mut g = Header::new_gnu();
+    g.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    g.set_entry_type(EntryType::GNULongName);
+    g.set_size(name.len() as u64);
+    g.set_mode(0o644);
+    g.set_uid(0);
+    g.set_gid(0);
+    g.set_mtime(0);
+    g.set_cksum();
+    bytes.extend_from_slice(g.as_bytes());
+    bytes.extend_from_slice(&name);
+    bytes.extend_from_slice(&[0u8; 1024]);
+    let sb = Sandbox::new();
+    let e = sb.apply(&bytes, &ApplyOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("larger than 1 MiB"), "{e}");
 }
 
 #[test]
