@@ -191,7 +191,7 @@ fn execute(
         Step::Classify => steps::classify(ctx, data),
         Step::ParseManifest => steps::parse_manifest(ctx, data, &mut verdicts),
         Step::CheckUnpacked => steps::check_unpacked(ctx, data),
-        Step::UnpackLayers => unpack_layers(ctx, run, data),
+        Step::UnpackLayers => unpack_layers(ctx, run, data, &mut verdicts),
         Step::CreateSnapshot => create_snapshot(ctx, image, data),
         Step::UpdateTracking => {
             Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() }))
@@ -222,7 +222,12 @@ fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
     Ok(ids)
 }
 
-fn unpack_layers(ctx: &Ctx, run: &str, data: &mut RunData) -> Result<Value, StepFailure> {
+fn unpack_layers(
+    ctx: &Ctx,
+    run: &str,
+    data: &mut RunData,
+    verdicts: &mut steps::Verdicts,
+) -> Result<Value, StepFailure> {
     let done: Vec<usize> = ctx
         .store
         .layer_progress(run)?
@@ -289,6 +294,14 @@ fn unpack_layers(ctx: &Ctx, run: &str, data: &mut RunData) -> Result<Value, Step
                 return Err(e);
             }
         };
+        if !stats.skipped.is_empty() {
+            // Entries the policy or the filesystem made us leave out, on the record.
+            verdicts.push(crate::core::policy::Verdict {
+                rule: "skipped_entries".into(),
+                allow: false,
+                detail: format!("layer {}: {}", i + 1, stats.skipped.join("; ")),
+            });
+        }
         ctx.failpoints.hit("mid-layer");
         ctx.store
             .commit_layer(id, stats.entries, stats.bytes, run, i, chain)?;

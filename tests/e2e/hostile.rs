@@ -177,13 +177,23 @@ fn bad_images_fail_with_one_line_and_the_rest_complete() {
             ("gap", "2.tar"),
             ("garbage", "not a tar"),
             ("badgz", "corrupt"),
-            ("device", "dev/mem"),
             ("truncated", "big"),
             ("empty", "empty"),
             ("stray", "notes.txt"),
             ("docker-missing", "missing/layer.tar"),
         ],
-        &["good"],
+        &["good", "device"],
+    );
+    // Device nodes are skipped by the default policy, on the record.
+    let audit = env.json(&["audit", "device", "--json"]);
+    assert!(
+        audit["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["rule"] == "skipped_entries"
+                && d["detail"].as_str().unwrap().contains("dev/mem")),
+        "{audit}"
     );
     let st = env.json(&["status", "--json"]);
     let rejected: Vec<&str> = st["rejected"]
@@ -281,4 +291,54 @@ fn symlinks_are_resolved_inside_the_layer_root() {
             "{err:?}"
         );
     }
+}
+
+#[test]
+fn a_stricter_policy_rejects_device_nodes_and_formats() {
+    let env = Env::new();
+    let bucket = env.dir.path().join("bucket");
+    put(
+        &bucket,
+        "images/device/1.tar",
+        &layer(&[E::CharDev(b"dev/mem")]),
+    );
+    put(&bucket, "images/flat.tar", &layer(&[E::File(b"a", b"1")]));
+    put(&bucket, "images/ok/1.tar", &layer(&[E::File(b"a", b"1")]));
+    let policy = env.dir.path().join("policy.toml");
+    let text = std::fs::read_to_string(repo().join("policies/default.toml"))
+        .unwrap()
+        .replace("device_nodes = \"skip\"", "device_nodes = \"reject\"")
+        .replace("\"oci-layout\", \"single-layer\"]", "\"oci-layout\"]");
+    std::fs::write(&policy, text).unwrap();
+    let cfg = env.dir.path().join("tarpool.toml");
+    std::fs::write(&cfg, format!("policy = {:?}\n", policy.to_str().unwrap())).unwrap();
+    let out = env.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "--once",
+        "--source",
+        bucket.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let st = env.status();
+    assert_eq!(st["ok"].0, "ready");
+    assert_eq!(st["device"].0, "failed");
+    assert!(st["device"].1.as_deref().unwrap().contains("dev/mem"));
+    assert_eq!(st["flat"].0, "failed");
+    assert!(
+        st["flat"]
+            .1
+            .as_deref()
+            .unwrap()
+            .contains("single-layer is not allowed"),
+        "{:?}",
+        st["flat"]
+    );
+    let audit = env.json(&["audit", "flat", "--json"]);
+    assert!(audit["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["rule"] == "formats" && d["verdict"] == "deny"));
 }

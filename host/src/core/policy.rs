@@ -137,7 +137,7 @@ mod tests {
     fn default_policy_parses() {
         let p = Policy::default_policy();
         assert!(p.formats.contains(&ImageFormat::AdHoc));
-        assert_eq!(p.device_nodes, DeviceNodes::Reject);
+        assert_eq!(p.device_nodes, DeviceNodes::Skip);
     }
 
     fn check(v: Verdict, allow: bool, detail: &str) {

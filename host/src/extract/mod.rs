@@ -493,6 +493,7 @@ impl<'r, 'o> Applier<'r, 'o> {
             Kind::Hardlink => {
                 let target = self.link_target(&entry, &disp)?;
                 self.drain(&mut entry, &disp)?;
+                self.note_unapplied_xattrs(&pax, &disp, "hardlink");
                 self.hardlink(&path, &cname, &target, &disp)
             }
             Kind::Char | Kind::Block | Kind::Fifo => {
@@ -646,6 +647,9 @@ impl<'r, 'o> Applier<'r, 'o> {
                     continue;
                 }
                 _ => {}
+            }
+            if stack.len() >= fsops::MAX_WALK_DEPTH {
+                return Err(input(disp, "parent directories are nested too deeply"));
             }
             let cur = stack.last().unwrap_or(&root).as_fd();
             let c = cstr(disp, &comp)?;
