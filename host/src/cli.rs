@@ -268,6 +268,9 @@ fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
     let steps = crate::wasm::Steps::load(&cfg.state_dir.join("cache"))
         .context("loading the format steps")?;
+    if let Some(w) = steps.cache_warning() {
+        eprintln!("tarpool: warning: {w}");
+    }
     let backend = backend(&cfg)?;
     let ctx = Arc::new(Ctx::new(
         cfg.state_dir.clone(),
