@@ -7,17 +7,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
-const STEPS: [&str; 9] = [
-    "check-image-exists",
-    "download",
-    "classify",
-    "parse-manifest",
-    "check-unpacked",
-    "unpack-layers",
-    "create-snapshot",
-    "update-tracking",
-    "completed",
-];
 
 /// What must match between runs: each image's state, format, chain.
 fn final_state(env: &Env) -> BTreeMap<String, Value> {

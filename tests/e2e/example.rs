@@ -109,20 +109,7 @@ fn example_bucket_ends_ready_and_activations_match_umoci() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "check-image-exists",
-            "download",
-            "classify",
-            "parse-manifest",
-            "check-unpacked",
-            "unpack-layers",
-            "create-snapshot",
-            "update-tracking",
-            "completed"
-        ]
-    );
+    assert_eq!(names, STEPS);
     for t in audit["transitions"].as_array().unwrap() {
         assert_eq!(t["outcome"], "ok");
         assert_eq!(

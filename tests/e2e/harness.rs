@@ -10,6 +10,19 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tarpool");
 
+/// The transitions, in registration order (the CLI contract's names).
+pub const STEPS: [&str; 9] = [
+    "check-image-exists",
+    "download",
+    "classify",
+    "parse-manifest",
+    "check-unpacked",
+    "unpack-layers",
+    "create-snapshot",
+    "update-tracking",
+    "completed",
+];
+
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
