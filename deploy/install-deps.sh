@@ -48,4 +48,19 @@ else
     rustup target add "$WASM_TARGET" || die "rustup target add $WASM_TARGET failed"
 fi
 
+# tests/e2e/s3.rs: a real S3-compatible server (moto) on loopback, and boto3
+# for the benchmark's reference client; from PyPI, only when missing.
+if python3 -c 'import moto.server, boto3' 2>/dev/null; then
+    echo "install-deps: moto[server] already installed"
+else
+    echo "install-deps: installing moto[server] from PyPI"
+    python3 -m pip --version >/dev/null 2>&1 || {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update && apt-get install -y --no-install-recommends python3-pip python3-venv
+    } || die "installing pip failed"
+    python3 -m pip install --quiet 'moto[server]>=5,<6' boto3 \
+        || python3 -m pip install --quiet --break-system-packages 'moto[server]>=5,<6' boto3 \
+        || die "pip install moto[server] failed"
+fi
+
 echo "install-deps: done"

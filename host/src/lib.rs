@@ -11,6 +11,7 @@ pub mod error;
 pub mod extract;
 pub mod failpoint;
 pub mod model;
+pub mod s3;
 pub mod source;
 pub mod steps;
 pub mod store;

@@ -7,7 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::core::names::{printable, Listed, Rejected};
+use crate::blobs::BlobStore;
+use crate::core::names::{printable, Listed, Rejected, UnitObject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -16,6 +17,9 @@ pub enum SourceError {
     NotFound(String),
     #[error("source I/O: {0}")]
     Io(String),
+    /// Access denied or a request the source refuses: not retried.
+    #[error("{0}")]
+    Denied(String),
     #[error("{0}")]
     Config(String),
 }
@@ -31,18 +35,24 @@ pub trait Source: Send + Sync {
     fn uri(&self) -> String;
     fn list(&self) -> Result<Listing, SourceError>;
     fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError>;
+    /// Downloads `obj` into `blobs`, checked against its listed size, and
+    /// returns its digest and size. By default: `open`, then stream it in.
+    fn fetch(&self, obj: &UnitObject, blobs: &BlobStore) -> Result<(String, u64), SourceError> {
+        let (reader, _) = self.open(&obj.key)?;
+        blobs
+            .ingest(reader, Some(obj.size))
+            .map_err(|e| SourceError::Io(format!("downloading `{}`: {e}", printable(&obj.key))))
+    }
     /// The host directory to hide from stored messages, if any.
     fn local_root(&self) -> Option<&Path> {
         None
     }
 }
 
-/// Parses `dir:PATH`, a plain path, or (later) `s3://BUCKET/PREFIX`.
+/// Parses `dir:PATH`, a plain path, or `s3://BUCKET[/PREFIX][?OPTIONS]`.
 pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
     if spec.starts_with("s3://") {
-        return Err(SourceError::Config(
-            "S3 sources are not supported by this build yet; use dir:PATH".into(),
-        ));
+        return Ok(Box::new(crate::s3::S3Source::new(spec)?));
     }
     let path = spec.strip_prefix("dir:").unwrap_or(spec);
     let root = std::fs::canonicalize(path)

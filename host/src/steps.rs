@@ -86,6 +86,7 @@ fn source_err(e: SourceError) -> StepFailure {
             "image is missing from the source: `{}` is gone",
             printable(&k)
         )),
+        SourceError::Denied(m) => StepFailure::Input(m),
         e => StepFailure::Retry(e.to_string()),
     }
 }
@@ -127,11 +128,7 @@ pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                 continue;
             }
         }
-        let (reader, _) = ctx.source.open(&o.key).map_err(source_err)?;
-        let (digest, size) = ctx
-            .blobs
-            .ingest(reader, Some(o.size))
-            .map_err(|e| StepFailure::Retry(format!("downloading `{}`: {e}", printable(&o.key))))?;
+        let (digest, size) = ctx.source.fetch(o, &ctx.blobs).map_err(source_err)?;
         ctx.store
             .put_object(&data.source, &o.key, size, &o.stamp, &digest)?;
         data.blobs.insert(o.member.clone(), digest);

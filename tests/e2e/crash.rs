@@ -7,7 +7,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 
-
 /// What must match between runs: each image's state, format, chain.
 fn final_state(env: &Env) -> BTreeMap<String, Value> {
     let v = env.json(&["status", "--json"]);

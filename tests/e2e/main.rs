@@ -7,3 +7,4 @@ mod harness;
 mod crash;
 mod example;
 mod hostile;
+mod s3;
