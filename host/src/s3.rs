@@ -303,6 +303,10 @@ impl S3Source {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             stamp: out.e_tag().unwrap_or_default().to_string(),
+            modified: out
+                .last_modified()
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
         })
     }
 }
@@ -389,6 +393,7 @@ impl Source for S3Source {
                     key: rel.to_string(),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     stamp: o.e_tag().unwrap_or_default().to_string(),
+                    modified: o.last_modified().map(|t| t.to_string()).unwrap_or_default(),
                 });
                 if objects.len() > MAX_OBJECTS {
                     return Err(SourceError::Io(format!(

@@ -74,6 +74,10 @@ const MAX_DEPTH: usize = 12;
 const MAX_OBJECTS: usize = 1_000_000;
 
 impl DirSource {
+    fn modified(m: &std::fs::Metadata) -> String {
+        format!("unix:{}", m.mtime())
+    }
+
     fn stamp(m: &std::fs::Metadata) -> String {
         format!("mtime:{}.{:09}:ino:{}", m.mtime(), m.mtime_nsec(), m.ino())
     }
@@ -133,6 +137,7 @@ impl Source for DirSource {
                         key: child,
                         size: m.len(),
                         stamp: Self::stamp(&m),
+                        modified: Self::modified(&m),
                     });
                     if objects.len() > MAX_OBJECTS {
                         return Err(SourceError::Io(format!(
@@ -179,6 +184,7 @@ impl Source for DirSource {
                 key: key.to_string(),
                 size: m.len(),
                 stamp: Self::stamp(&m),
+                modified: Self::modified(&m),
             },
         ))
     }

@@ -130,7 +130,7 @@ pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
         }
         let (digest, size) = ctx.source.fetch(o, &ctx.blobs).map_err(source_err)?;
         ctx.store
-            .put_object(&data.source, &o.key, size, &o.stamp, &digest)?;
+            .put_object(&data.source, &o.key, size, &o.stamp, &o.modified, &digest)?;
         data.blobs.insert(o.member.clone(), digest);
         fetched += 1;
         bytes += size;

@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS objects (
     key TEXT NOT NULL,
     size INTEGER NOT NULL,
     stamp TEXT NOT NULL,
+    modified TEXT NOT NULL DEFAULT '',
     sha256 TEXT NOT NULL,
     fetched_at INTEGER NOT NULL,
     PRIMARY KEY (source, key)
@@ -405,13 +406,14 @@ impl Store {
         key: &str,
         size: u64,
         stamp: &str,
+        modified: &str,
         sha256: &str,
     ) -> Result<()> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO objects (source, key, size, stamp, sha256, fetched_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (source, key) DO UPDATE SET size = excluded.size, stamp = excluded.stamp, sha256 = excluded.sha256, fetched_at = excluded.fetched_at",
-                params![source, key, size as i64, stamp, sha256, now_ms()],
+                "INSERT INTO objects (source, key, size, stamp, sha256, fetched_at, modified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (source, key) DO UPDATE SET size = excluded.size, stamp = excluded.stamp, sha256 = excluded.sha256, modified = excluded.modified, fetched_at = excluded.fetched_at",
+                params![source, key, size as i64, stamp, sha256, now_ms(), modified],
             )
             .map(|_| ())
         })

@@ -320,6 +320,23 @@ fn s3_example_bucket_ends_ready_and_a_second_run_gets_no_bodies() {
     assert!(distinct.len() < keys.len(), "the example shares objects");
     let blobs = blob_count(&env);
     no_partials(&env);
+    // Each object's key, size, ETag and last-modified are on the record.
+    let db = rusqlite::Connection::open(env.state().join("state.db")).unwrap();
+    let recorded: Vec<(String, i64, String, String)> = db
+        .prepare("SELECT key, size, stamp, modified FROM objects")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(recorded.len(), keys.len());
+    for (key, size, etag, modified) in &recorded {
+        assert!(*size >= 0 && etag.starts_with('"'), "{key}: etag {etag}");
+        assert!(
+            modified.len() >= 19 && modified.contains('T'),
+            "{key}: last-modified {modified:?}"
+        );
+    }
 
     s3.clear_requests();
     let out = run_s3(&env, &s3, &src);

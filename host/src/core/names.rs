@@ -11,13 +11,16 @@ pub const MAX_KEY_LEN: usize = 1024;
 pub const MAX_MEMBER_DEPTH: usize = 8;
 
 /// One object as a source lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
     pub key: String,
     pub size: u64,
     /// ETag, or for a directory source the modification time: whatever tells
     /// that an object under the same key changed.
     pub stamp: String,
+    /// Last-modified time as the source reports it (recorded, not compared).
+    #[serde(default)]
+    pub modified: String,
 }
 
 /// An object of a unit: its key and its name inside the unit.
@@ -28,6 +31,8 @@ pub struct UnitObject {
     pub member: String,
     pub size: u64,
     pub stamp: String,
+    #[serde(default)]
+    pub modified: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +170,7 @@ pub fn discover(listing: &[Listed]) -> Discovery {
                         member: member.to_string(),
                         size: l.size,
                         stamp: l.stamp.clone(),
+                        modified: l.modified.clone(),
                     });
             }
             None => {
@@ -189,6 +195,7 @@ pub fn discover(listing: &[Listed]) -> Discovery {
                         member: String::new(),
                         size: l.size,
                         stamp: l.stamp.clone(),
+                        modified: l.modified.clone(),
                     },
                 ) {
                     reject(
@@ -247,6 +254,7 @@ mod tests {
                 key: k.to_string(),
                 size: 1,
                 stamp: "1".into(),
+                ..Listed::default()
             })
             .collect()
     }

@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
             key: k.to_string(),
             size: k.len() as u64,
             stamp: String::new(),
+            modified: String::new(),
         })
         .collect();
     let d = discover(&listing);
