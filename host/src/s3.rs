@@ -278,7 +278,7 @@ impl S3Source {
             Fail::Denied(m) => {
                 SourceError::Denied(format!("S3 refused {what} `{}`: {m}", self.show(key)))
             }
-            Fail::Changed => SourceError::Io(format!(
+            Fail::Changed => SourceError::Changed(format!(
                 "`{}` changed during the download; starting over",
                 printable(key)
             )),

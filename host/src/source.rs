@@ -17,6 +17,9 @@ pub enum SourceError {
     NotFound(String),
     #[error("source I/O: {0}")]
     Io(String),
+    /// The object changed while it was read (another ETag or size).
+    #[error("{0}")]
+    Changed(String),
     /// Access denied or a request the source refuses: not retried.
     #[error("{0}")]
     Denied(String),

@@ -96,16 +96,11 @@ pub fn check_image_exists(
     data: &mut RunData,
     verdicts: &mut Verdicts,
 ) -> Result<Value, StepFailure> {
-    let u = unit(data)?.clone();
     let mut total = 0u64;
-    for o in &u.objects {
-        let (_, now) = ctx.source.open(&o.key).map_err(source_err)?;
-        if now.size != o.size || now.stamp != o.stamp {
-            return Err(StepFailure::Retry(format!(
-                "object `{}` changed since it was listed",
-                printable(&o.key)
-            )));
-        }
+    let mut changed = 0;
+    for i in 0..unit(data)?.objects.len() {
+        changed += usize::from(refresh(ctx, data, i)?);
+        let o = &unit(data)?.objects[i];
         let v = ctx.policy.check_object(&o.key, o.size);
         verdicts.push(v.clone());
         deny_if(&v)?;
@@ -114,13 +109,36 @@ pub fn check_image_exists(
     let v = ctx.policy.check_image_size(total);
     verdicts.push(v.clone());
     deny_if(&v)?;
-    Ok(json!({ "objects": u.objects.len(), "bytes": total }))
+    Ok(
+        json!({ "objects": unit(data)?.objects.len(), "bytes": total, "changed_since_listing": changed }),
+    )
+}
+
+/// Takes the current version of object `i` of the unit: a changed object
+/// (new ETag or size) is processed as it is now, not failed. Returns whether
+/// it had changed.
+fn refresh(ctx: &Ctx, data: &mut RunData, i: usize) -> Result<bool, StepFailure> {
+    let key = unit(data)?.objects[i].key.clone();
+    let (_, now) = ctx.source.open(&key).map_err(source_err)?;
+    let u = data
+        .unit
+        .as_mut()
+        .ok_or_else(|| input("run has no image unit"))?;
+    let o = &mut u.objects[i];
+    if now.size == o.size && now.stamp == o.stamp {
+        return Ok(false);
+    }
+    o.size = now.size;
+    o.stamp = now.stamp;
+    o.modified = now.modified;
+    data.fingerprint = u.fingerprint();
+    Ok(true)
 }
 
 pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
-    let u = unit(data)?.clone();
-    let (mut fetched, mut reused, mut bytes) = (0, 0, 0u64);
-    for o in &u.objects {
+    let (mut fetched, mut reused, mut bytes, mut restarted) = (0, 0, 0u64, 0);
+    for i in 0..unit(data)?.objects.len() {
+        let o = unit(data)?.objects[i].clone();
         if let Some((size, stamp, digest)) = ctx.store.object(&data.source, &o.key)? {
             if size == o.size && stamp == o.stamp && ctx.blobs.has(&digest, size) {
                 data.blobs.insert(o.member.clone(), digest);
@@ -128,14 +146,28 @@ pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                 continue;
             }
         }
-        let (digest, size) = ctx.source.fetch(o, &ctx.blobs).map_err(source_err)?;
+        let mut o = o;
+        let mut attempts = 0;
+        let (digest, size) = loop {
+            match ctx.source.fetch(&o, &ctx.blobs) {
+                // The object changed while it was downloaded: start over with
+                // its new version (a few times; then the step retries).
+                Err(SourceError::Changed(_)) if attempts < 3 => {
+                    attempts += 1;
+                    restarted += 1;
+                    refresh(ctx, data, i)?;
+                    o = unit(data)?.objects[i].clone();
+                }
+                r => break r.map_err(source_err)?,
+            }
+        };
         ctx.store
             .put_object(&data.source, &o.key, size, &o.stamp, &o.modified, &digest)?;
         data.blobs.insert(o.member.clone(), digest);
         fetched += 1;
         bytes += size;
     }
-    Ok(json!({ "fetched": fetched, "reused": reused, "bytes": bytes }))
+    Ok(json!({ "fetched": fetched, "reused": reused, "bytes": bytes, "restarted": restarted }))
 }
 
 fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, StepFailure> {

@@ -269,3 +269,66 @@ fn cancelling_an_unfinished_run_ends_it_cancelled() {
         "cancelled"
     );
 }
+
+#[test]
+fn an_object_changed_after_listing_is_processed_as_it_is_now() {
+    let env = Env::new();
+    let bucket = env.dir.path().join("bucket");
+    std::fs::create_dir_all(bucket.join("images")).unwrap();
+    copy_tree(
+        &example_bucket().join("images/many"),
+        &bucket.join("images/many"),
+    );
+    let src = bucket.to_str().unwrap();
+    // The run is created from the listing, then the process dies.
+    let out = env
+        .cmd(&["run", "--once", "--source", src])
+        .env("TARPOOL_FAILPOINTS", "before:check-image-exists")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9));
+    // The top layer is replaced before the run resumes.
+    std::fs::copy(
+        bucket.join("images/many/1.tar"),
+        bucket.join("images/many/11.tar"),
+    )
+    .unwrap();
+    let out = env.run(&["run", "--once", "--source", src]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = env.json(&["audit", "many", "--json"]);
+    let check = audit["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "check-image-exists" && t["outcome"] == "ok")
+        .unwrap();
+    assert_eq!(check["output"]["changed_since_listing"], 1);
+    let mnt = env.dir.path().join("m");
+    env.json(&[
+        "activate",
+        "many",
+        "--as",
+        "a",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    let layer = std::fs::read_to_string(mnt.join("layer")).unwrap();
+    env.json(&["deactivate", "a"]);
+    assert_eq!(
+        layer.trim(),
+        "1",
+        "the new 11.tar (a copy of 1.tar) is on top"
+    );
+    // The next run sees nothing new.
+    let before = audit["transitions"].as_array().unwrap().len();
+    env.run(&["run", "--once", "--source", src]);
+    let after = env.json(&["audit", "many", "--json"])["transitions"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after);
+}
