@@ -6,6 +6,8 @@
 //! input, and every message it returns is one bounded line without control
 //! characters.
 
+use guest_text::one_line;
+
 /// What a blob's leading bytes say it is (mirrors `blob-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobKind {
@@ -26,8 +28,6 @@ pub struct Classification {
 
 /// Longest entry name quoted in a `detail`, in characters.
 const MAX_NAME_CHARS: usize = 100;
-/// Longest `detail` or error, in characters.
-const MAX_LINE_CHARS: usize = 200;
 const BLOCK: usize = 512;
 
 /// Classifies a blob from `head` (its first bytes, at most 64 KiB) and its
@@ -170,7 +170,7 @@ fn classify_tar(head: &[u8], total_size: u64) -> Option<Classification> {
                 Some(long) if !long.is_empty() => {
                     return Some(done(
                         BlobKind::Tar,
-                        format!("{flavour} header, first entry {}", quote(&long)),
+                        format!("{flavour} header, first entry {}", quote_name(&long)),
                     ))
                 }
                 _ => "GNU long-name record",
@@ -181,11 +181,11 @@ fn classify_tar(head: &[u8], total_size: u64) -> Option<Classification> {
         _ => "",
     };
     let detail = if what.is_empty() {
-        format!("{flavour} header, first entry {}", quote(&name))
+        format!("{flavour} header, first entry {}", quote_name(&name))
     } else {
         format!(
             "{flavour} header, first entry is a {what} ({})",
-            quote(&name)
+            quote_name(&name)
         )
     };
     Some(done(BlobKind::Tar, detail))
@@ -243,45 +243,6 @@ fn field_str(field: &[u8]) -> String {
     String::from_utf8_lossy(&field[..end]).into_owned()
 }
 
-/// Quotes a name for a detail line: backticks, control characters and
-/// backticks inside escaped, at most [`MAX_NAME_CHARS`] characters.
-fn quote(name: &str) -> String {
-    let mut out = String::from("`");
-    for (i, c) in name.chars().enumerate() {
-        if i == MAX_NAME_CHARS {
-            out.push_str("...");
-            break;
-        }
-        match c {
-            '`' => out.push('\''),
-            c if unsafe_char(c) => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out.push('`');
-    out
-}
-
-/// Makes any text one bounded line without control characters.
-fn one_line(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_LINE_CHARS {
-            out.push_str("...");
-            break;
-        }
-        out.push(if unsafe_char(c) { '?' } else { c });
-    }
-    out
-}
-
-/// Control characters, and format characters that reorder or hide text or
-/// break lines in log viewers (bidi overrides, zero-width, line separators).
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
-}
-
 #[cfg(target_arch = "wasm32")]
 mod component {
     wit_bindgen::generate!({ path: "../../wit", world: "classify-step" });
@@ -308,6 +269,11 @@ mod component {
     }
 
     export!(Step);
+}
+
+/// Quotes a name for a message (see [`guest_text::quote`]).
+fn quote_name(name: &str) -> String {
+    guest_text::quote(name, MAX_NAME_CHARS)
 }
 
 #[cfg(test)]
@@ -367,7 +333,7 @@ mod tests {
 
     fn assert_one_line(s: &str) {
         assert!(!s.chars().any(char::is_control), "{s:?}");
-        assert!(s.chars().count() <= MAX_LINE_CHARS + 3, "{s:?}");
+        assert!(s.chars().count() <= guest_text::MAX_LINE_CHARS + 3, "{s:?}");
     }
 
     fn padded(mut v: Vec<u8>, len: usize) -> Vec<u8> {

@@ -8,6 +8,7 @@
 //! and every error is one bounded line without control characters that
 //! blames the input.
 
+use guest_text::one_line;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -66,8 +67,6 @@ pub struct ImageLayout {
 /// Reads a member of the unit, whole.
 pub type Read<'a> = dyn FnMut(&str) -> Result<Vec<u8>, String> + 'a;
 
-/// Longest error, in characters.
-const MAX_LINE_CHARS: usize = 200;
 /// Longest name quoted in an error, in characters.
 const MAX_NAME_CHARS: usize = 80;
 
@@ -178,8 +177,11 @@ impl<'m> Index<'m> {
     fn get(&self, what: &str, norm: &str) -> Result<&'m Member, String> {
         match self.by_name.get(norm) {
             Some(Slot::One(m)) => Ok(m),
-            Some(Slot::Many(n)) => Err(format!("{what}: member {} appears {n} times", q(norm))),
-            None => Err(format!("{what} names missing member {}", q(norm))),
+            Some(Slot::Many(n)) => Err(format!(
+                "{what}: member {} appears {n} times",
+                quote_name(norm)
+            )),
+            None => Err(format!("{what} names missing member {}", quote_name(norm))),
         }
     }
 }
@@ -188,21 +190,21 @@ impl<'m> Index<'m> {
 /// separated, no `..`, with `.` and empty components dropped.
 fn normalize(path: &str) -> Result<String, String> {
     if path.starts_with('/') {
-        return Err(format!("path {} is absolute", q(path)));
+        return Err(format!("path {} is absolute", quote_name(path)));
     }
     if path.contains('\0') {
-        return Err(format!("path {} contains NUL", q(path)));
+        return Err(format!("path {} contains NUL", quote_name(path)));
     }
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {
             "" | "." => {}
-            ".." => return Err(format!("path {} leaves the image", q(path))),
+            ".." => return Err(format!("path {} leaves the image", quote_name(path))),
             p => parts.push(p),
         }
     }
     if parts.is_empty() {
-        return Err(format!("path {} names no member", q(path)));
+        return Err(format!("path {} names no member", quote_name(path)));
     }
     Ok(parts.join("/"))
 }
@@ -271,7 +273,7 @@ fn layer_number(name: &str) -> Result<u64, String> {
     let not_layer = || {
         format!(
             "prefix member {} is not a layer `N.tar` (an ad-hoc image holds only 1.tar, 2.tar, ...)",
-            q(name)
+            quote_name(name)
         )
     };
     let digits = name.strip_suffix(".tar").ok_or_else(not_layer)?;
@@ -281,12 +283,12 @@ fn layer_number(name: &str) -> Result<u64, String> {
     if digits.starts_with('0') {
         return Err(format!(
             "prefix member {} is not a layer name: layers are numbered from 1 without leading zeros",
-            q(name)
+            quote_name(name)
         ));
     }
     digits
         .parse::<u64>()
-        .map_err(|_| format!("prefix member {}: layer number too large", q(name)))
+        .map_err(|_| format!("prefix member {}: layer number too large", quote_name(name)))
 }
 
 // -------------------------------------------------------------------- OCI
@@ -352,7 +354,7 @@ fn parse_oci(
     if layout.image_layout_version != "1.0.0" {
         return Err(format!(
             "oci-layout: unsupported imageLayoutVersion {}",
-            q(&layout.image_layout_version)
+            quote_name(&layout.image_layout_version)
         ));
     }
     let index: OciIndex = read_json(read, idx.get("index.json", "index.json")?, "index.json")?;
@@ -376,20 +378,23 @@ fn parse_oci(
         return Err(format!(
             "{label}: entry {} has unsupported media type {}",
             short(&chosen.digest),
-            q(&chosen.media_type)
+            quote_name(&chosen.media_type)
         ));
     }
     let manifest: OciManifest = read_blob(idx, read, &chosen, &label, "manifest")?;
     check_schema("manifest", manifest.schema_version)?;
     if let Some(mt) = &manifest.media_type {
         if !is_manifest(mt) {
-            return Err(format!("manifest: unsupported mediaType {}", q(mt)));
+            return Err(format!(
+                "manifest: unsupported mediaType {}",
+                quote_name(mt)
+            ));
         }
     }
     if manifest.config.media_type != OCI_CONFIG && manifest.config.media_type != DOCKER_CONFIG {
         return Err(format!(
             "manifest: config media type {} is not a container image config",
-            q(&manifest.config.media_type)
+            quote_name(&manifest.config.media_type)
         ));
     }
     let config_digest = manifest.config.digest.clone();
@@ -399,8 +404,12 @@ fn parse_oci(
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (i, (desc, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
         let what = format!("manifest: layer {}", i + 1);
-        let media = layer_media(&desc.media_type)
-            .ok_or_else(|| format!("{what} has unsupported media type {}", q(&desc.media_type)))?;
+        let media = layer_media(&desc.media_type).ok_or_else(|| {
+            format!(
+                "{what} has unsupported media type {}",
+                quote_name(&desc.media_type)
+            )
+        })?;
         let member = blob_member(idx, desc, &what)?;
         layers.push(LayerRef {
             member: member.name.clone(),
@@ -464,7 +473,7 @@ fn choose(label: &str, entries: &[Descriptor]) -> Result<Descriptor, String> {
             return Err(format!(
                 "{label}: none of its {} entries is an image manifest or index (first has media type {})",
                 entries.len(),
-                q(&entries[0].media_type)
+                quote_name(&entries[0].media_type)
             ))
         }
         [one] => return Ok((*one).clone()),
@@ -512,17 +521,20 @@ fn sha256_hex<'d>(what: &str, digest: &'d str) -> Result<&'d str, String> {
     let Some((alg, hex)) = digest.split_once(':') else {
         return Err(format!(
             "{what}: digest {} is not `algorithm:hex`",
-            q(digest)
+            quote_name(digest)
         ));
     };
     if alg != "sha256" {
         return Err(format!(
             "{what}: digest algorithm {} is not supported (only sha256)",
-            q(alg)
+            quote_name(alg)
         ));
     }
     if !is_hex64(hex) {
-        return Err(format!("{what}: malformed sha256 digest {}", q(digest)));
+        return Err(format!(
+            "{what}: malformed sha256 digest {}",
+            quote_name(digest)
+        ));
     }
     Ok(hex)
 }
@@ -540,7 +552,7 @@ fn blob_member<'m>(idx: &Index<'m>, desc: &Descriptor, what: &str) -> Result<&'m
     if member.size != desc.size {
         return Err(format!(
             "{what}: member {} is {} bytes but its descriptor says {}",
-            q(&path),
+            quote_name(&path),
             member.size,
             desc.size
         ));
@@ -563,7 +575,7 @@ fn diff_ids(rootfs: RootFs, layers: usize, manifest: &str) -> Result<Vec<String>
     if rootfs.kind != "layers" {
         return Err(format!(
             "config: unsupported rootfs type {}",
-            q(&rootfs.kind)
+            quote_name(&rootfs.kind)
         ));
     }
     if rootfs.diff_ids.len() != layers {
@@ -581,7 +593,7 @@ fn diff_ids(rootfs: RootFs, layers: usize, manifest: &str) -> Result<Vec<String>
 /// A digest shortened for messages.
 fn short(digest: &str) -> String {
     let cut: String = digest.chars().take(19).collect();
-    q(&cut)
+    quote_name(&cut)
 }
 
 // ----------------------------------------------------------------- docker
@@ -646,45 +658,6 @@ fn parse_docker(idx: &Index<'_>, read: &mut Read<'_>) -> Result<ImageLayout, Str
 
 // ------------------------------------------------------------------- text
 
-/// Quotes a name for an error: backticks, control characters replaced, at
-/// most [`MAX_NAME_CHARS`] characters.
-fn q(name: &str) -> String {
-    let mut out = String::from("`");
-    for (i, c) in name.chars().enumerate() {
-        if i == MAX_NAME_CHARS {
-            out.push_str("...");
-            break;
-        }
-        match c {
-            '`' => out.push('\''),
-            c if unsafe_char(c) => out.push('?'),
-            c => out.push(c),
-        }
-    }
-    out.push('`');
-    out
-}
-
-/// Makes any text one bounded line without control characters.
-fn one_line(text: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == MAX_LINE_CHARS {
-            out.push_str("...");
-            break;
-        }
-        out.push(if unsafe_char(c) { '?' } else { c });
-    }
-    out
-}
-
-/// Control characters, and format characters that reorder or hide text or
-/// break lines in log viewers (bidi overrides, zero-width, line separators).
-fn unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}')
-}
-
 // ------------------------------------------------------------- component
 
 #[cfg(target_arch = "wasm32")]
@@ -743,6 +716,11 @@ mod component {
     }
 
     export!(Step);
+}
+
+/// Quotes a name for a message (see [`guest_text::quote`]).
+fn quote_name(name: &str) -> String {
+    guest_text::quote(name, MAX_NAME_CHARS)
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ impl Unit {
 
 fn assert_one_line(s: &str) {
     assert!(!s.chars().any(char::is_control), "{s:?}");
-    assert!(s.chars().count() <= MAX_LINE_CHARS + 3, "{s:?}");
+    assert!(s.chars().count() <= guest_text::MAX_LINE_CHARS + 3, "{s:?}");
 }
 
 /// Data-driven check: `Ok(n)` wants `n` layers, `Err(s)` an error containing `s`.
