@@ -180,12 +180,7 @@ fn retryable_errors_retry_with_backoff_and_give_up_at_the_limit() {
         "max_attempts = 3\nretry_base_ms = 10\nretry_cap_ms = 40\n",
     )
     .unwrap();
-    let bucket = env.dir.path().join("bucket");
-    std::fs::create_dir_all(bucket.join("images")).unwrap();
-    copy_tree(
-        &example_bucket().join("images/many"),
-        &bucket.join("images/many"),
-    );
+    let bucket = bucket_with(&env, &["many"]);
     let args = [
         "--config",
         cfg.to_str().unwrap(),
@@ -240,12 +235,7 @@ fn retryable_errors_retry_with_backoff_and_give_up_at_the_limit() {
 #[test]
 fn cancelling_an_unfinished_run_ends_it_cancelled() {
     let env = Env::new();
-    let bucket = env.dir.path().join("bucket");
-    std::fs::create_dir_all(bucket.join("images")).unwrap();
-    copy_tree(
-        &example_bucket().join("images/many"),
-        &bucket.join("images/many"),
-    );
+    let bucket = bucket_with(&env, &["many"]);
     let src = bucket.to_str().unwrap();
     let out = env
         .cmd(&["run", "--once", "--source", src])
@@ -273,12 +263,7 @@ fn cancelling_an_unfinished_run_ends_it_cancelled() {
 #[test]
 fn an_object_changed_after_listing_is_processed_as_it_is_now() {
     let env = Env::new();
-    let bucket = env.dir.path().join("bucket");
-    std::fs::create_dir_all(bucket.join("images")).unwrap();
-    copy_tree(
-        &example_bucket().join("images/many"),
-        &bucket.join("images/many"),
-    );
+    let bucket = bucket_with(&env, &["many"]);
     let src = bucket.to_str().unwrap();
     // The run is created from the listing, then the process dies.
     let out = env

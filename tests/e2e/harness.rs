@@ -240,3 +240,71 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The images of the example bucket.
+pub const IMAGES: [&str; 6] = [
+    "adhoc",
+    "adhoc-sibling",
+    "dockersave",
+    "many",
+    "ociarchive",
+    "ocilayout",
+];
+
+/// Activates `image` at a mount point, checks that it shows exactly
+/// `tests/example-bucket/expected/IMAGE.tree`, and deactivates it.
+pub fn check_activation(env: &Env, image: &str) {
+    let mnt = env.dir.path().join(format!("mnt-{image}"));
+    let act = format!("act-{image}");
+    let v = env.json(&[
+        "activate",
+        image,
+        "--as",
+        &act,
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(v["activation"], act.as_str());
+    assert_eq!(v["mount"]["type"], "overlay");
+    let expected =
+        std::fs::read_to_string(example_bucket().join(format!("expected/{image}.tree"))).unwrap();
+    let got = tree(&mnt);
+    // Writes go to the activation, not to the shared layers.
+    std::fs::write(mnt.join("written-by-test"), b"x").unwrap();
+    let out = env.run(&["deactivate", &act]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mounts_under(&mnt).is_empty(), "deactivate unmounts");
+    if got != expected {
+        let diff = std::process::Command::new("diff")
+            .arg(example_bucket().join(format!("expected/{image}.tree")))
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(got.as_bytes())?;
+                c.wait_with_output()
+            })
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        panic!("activation of {image} differs from expected/{image}.tree:\n{diff}");
+    }
+}
+
+/// A bucket of the test's own holding copies of some example images.
+pub fn bucket_with(env: &Env, images: &[&str]) -> PathBuf {
+    let bucket = env.dir.path().join("bucket");
+    std::fs::create_dir_all(bucket.join("images")).unwrap();
+    for i in images {
+        copy_tree(
+            &example_bucket().join("images").join(i),
+            &bucket.join("images").join(i),
+        );
+    }
+    bucket
+}

@@ -12,15 +12,6 @@ use std::time::{Duration, Instant};
 
 const BUCKET: &str = "tarpool-test";
 
-const IMAGES: [&str; 6] = [
-    "adhoc",
-    "adhoc-sibling",
-    "dockersave",
-    "many",
-    "ociarchive",
-    "ocilayout",
-];
-
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -248,28 +239,6 @@ fn assert_ready(env: &Env, images: &[&str]) {
             status.get(*i)
         );
     }
-}
-
-fn check_activation(env: &Env, image: &str) {
-    let mnt = env.dir.path().join(format!("mnt-{image}"));
-    let act = format!("act-{image}");
-    env.json(&[
-        "activate",
-        image,
-        "--as",
-        &act,
-        "--mount",
-        mnt.to_str().unwrap(),
-    ]);
-    let got = tree(&mnt);
-    let out = env.run(&["deactivate", &act]);
-    assert!(out.status.success());
-    let expected =
-        std::fs::read_to_string(example_bucket().join(format!("expected/{image}.tree"))).unwrap();
-    assert!(
-        got == expected,
-        "activation of {image} differs from expected/{image}.tree"
-    );
 }
 
 /// No partial download is left, and none was taken for a blob.
