@@ -1,6 +1,6 @@
 //! Builds the WebAssembly format steps (`guest-steps/*`) for
 //! `wasm32-wasip2` and tells the host crate where the components are, as
-//! `TARPOOL_CLASSIFY_WASM` and `TARPOOL_MANIFEST_WASM` (for
+//! `TARPOOL_*_WASM` (see `GUESTS`; for
 //! `include_bytes!(env!(..))` in `src/wasm.rs`).
 //!
 //! The guests are built by a nested `cargo build` of this workspace into a
@@ -17,9 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const TARGET: &str = "wasm32-wasip2";
-const GUESTS: [(&str, &str); 2] = [
+/// (package, variable naming its `.wasm`).
+const GUESTS: [(&str, &str); 4] = [
     ("classify", "TARPOOL_CLASSIFY_WASM"),
     ("manifest", "TARPOOL_MANIFEST_WASM"),
+    ("rootfs-dir", "TARPOOL_ROOTFS_DIR_WASM"),
+    ("tarcheck", "TARPOOL_TARCHECK_WASM"),
 ];
 
 /// Variables the outer build sets (or a developer's shell may) that would
@@ -66,7 +69,7 @@ fn main() {
         let wasm = target_dir
             .join(TARGET)
             .join("release")
-            .join(format!("{krate}.wasm"));
+            .join(format!("{}.wasm", krate.replace('-', "_")));
         assert!(wasm.is_file(), "guest build produced no {}", wasm.display());
         println!("cargo:rustc-env={var}={}", wasm.display());
     }

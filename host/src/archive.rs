@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::names::printable;
 use crate::error::StepFailure;
+use crate::extract::view::{CheckError, Entry, EntryKind, TarCheck};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexedMember {
@@ -39,57 +40,86 @@ pub fn normalize(name: &str) -> Option<String> {
 /// Indexes the regular files of the tar in `file`. Symlinks and hard links
 /// between members (docker save deduplicates layers that way) resolve to
 /// the member they name.
-pub fn index(file: &File) -> Result<Vec<IndexedMember>, StepFailure> {
+pub fn index(file: &File, check: &mut dyn TarCheck) -> Result<Vec<IndexedMember>, StepFailure> {
     let bad = |m: String| StepFailure::Input(format!("archive: {m}"));
-    let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 16, file));
     let mut regular: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut links: Vec<(String, String)> = Vec::new();
-    let entries = ar
-        .entries_with_seek()
-        .map_err(|e| bad(format!("unreadable tar: {e}")))?;
-    for (i, entry) in entries.enumerate() {
-        if i >= MAX_MEMBERS {
-            return Err(bad(format!("more than {MAX_MEMBERS} members")));
-        }
-        let entry = entry.map_err(|e| bad(format!("unreadable tar header: {e}")))?;
-        let raw = String::from_utf8(entry.path_bytes().into_owned())
-            .map_err(|_| bad("member name is not UTF-8".into()))?;
-        let Some(name) = normalize(&raw) else {
-            return Err(bad(format!(
-                "member `{}` climbs out of the archive",
-                printable(&raw)
-            )));
-        };
-        let kind = entry.header().entry_type();
-        if kind.is_file() {
-            if regular
-                .insert(name.clone(), (entry.raw_file_position(), entry.size()))
-                .is_some()
-            {
-                return Err(bad(format!("member `{}` appears twice", printable(&name))));
+    let mut count = 0usize;
+    let mut take = |entries: Vec<Entry>| -> Result<(), StepFailure> {
+        for e in entries {
+            count += 1;
+            if count > MAX_MEMBERS {
+                return Err(bad(format!("more than {MAX_MEMBERS} members")));
             }
-        } else if kind.is_symlink() || kind.is_hard_link() {
-            let target = entry
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
-            let resolved = if kind.is_symlink() {
-                let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                normalize(&format!("{dir}/{target}"))
-            } else {
-                normalize(&target)
-            };
-            match resolved {
-                Some(t) => links.push((name, t)),
-                None => {
-                    return Err(bad(format!(
-                        "link `{}` points out of the archive",
-                        printable(&name)
-                    )))
+            let name =
+                String::from_utf8(e.path).map_err(|_| bad("member name is not UTF-8".into()))?;
+            if e.kind == EntryKind::Regular {
+                let first = regular
+                    .insert(name.clone(), (e.data_offset, e.data_size))
+                    .is_none();
+                if !first {
+                    return Err(bad(format!("member `{}` appears twice", printable(&name))));
+                }
+                continue;
+            }
+            if matches!(e.kind, EntryKind::Symlink | EntryKind::Hardlink) {
+                let target =
+                    String::from_utf8_lossy(e.link.as_deref().unwrap_or_default()).into_owned();
+                let resolved = if e.kind == EntryKind::Symlink {
+                    let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                    normalize(&format!("{dir}/{target}"))
+                } else {
+                    normalize(&target)
+                };
+                match resolved {
+                    Some(t) => links.push((name, t)),
+                    None => {
+                        return Err(bad(format!(
+                            "link `{}` points out of the archive",
+                            printable(&name)
+                        )))
+                    }
                 }
             }
         }
+        Ok(())
+    };
+    let checked = |r: Result<crate::extract::view::Progress, CheckError>| {
+        r.map_err(|e| match e {
+            CheckError::Host(m) => StepFailure::Retry(format!("archive: tar check: {m}")),
+            e => bad(e.to_string()),
+        })
+    };
+    // Only the headers are fed: the check says where the next one is, and
+    // member data is skipped with a seek.
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut pos = 0u64;
+    loop {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| StepFailure::io("reading the archive", e))?;
+        if n == 0 {
+            break;
+        }
+        let p = checked(check.feed(pos, &buf[..n]))?;
+        take(p.entries)?;
+        pos += n as u64;
+        if p.want > pos {
+            r.seek(SeekFrom::Start(p.want))
+                .map_err(|e| StepFailure::io("reading the archive", e))?;
+            pos = p.want;
+        }
     }
+    let end = file
+        .metadata()
+        .map_err(|e| StepFailure::io("reading the archive", e))?
+        .len();
+    if pos > end {
+        return Err(bad("the archive ends inside a member".into()));
+    }
+    let p = checked(check.finish(pos))?;
+    take(p.entries)?;
     for (name, mut target) in links {
         let mut hops = 0;
         loop {
@@ -145,6 +175,15 @@ pub fn range(mut file: File, offset: u64, len: u64) -> io::Result<io::Take<File>
 mod tests {
     use super::*;
 
+    fn session() -> crate::wasm::TarSession<'static> {
+        crate::wasm::test_steps()
+            .tar_check(
+                crate::extract::view::Mode::Archive,
+                &crate::core::policy::Policy::default_policy(),
+            )
+            .unwrap()
+    }
+
     #[test]
     fn normalize_names() {
         for (n, want) in [
@@ -176,7 +215,7 @@ mod tests {
         b.finish().unwrap();
         drop(b);
         let f = File::open(&p).unwrap();
-        let idx = index(&f).unwrap();
+        let idx = index(&f, &mut session()).unwrap();
         let names: Vec<&str> = idx.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["abc/layer.tar", "def/layer.tar"]);
         assert_eq!(read_member(&f, &idx[1], 10).unwrap(), b"xyz");
@@ -187,7 +226,7 @@ mod tests {
         b.append_data(&mut h.clone(), "./x", &b"xyz"[..]).unwrap();
         b.finish().unwrap();
         drop(b);
-        let e = index(&File::open(&p).unwrap()).unwrap_err();
-        assert!(e.to_string().contains("appears twice"), "{e}");
+        let e = index(&File::open(&p).unwrap(), &mut session()).unwrap_err();
+        assert!(e.to_string().contains("twice"), "{e}");
     }
 }

@@ -95,7 +95,9 @@ struct FileConfig {
     source: Option<String>,
     backend: Option<String>,
     jobs: Option<usize>,
-    policy: Option<PathBuf>,
+    /// `default`, `strict`, or a policy file.
+    policy: Option<String>,
+    steps: Option<crate::wasm::StepsConfig>,
     max_attempts: Option<u32>,
     retry_base_ms: Option<u64>,
     retry_cap_ms: Option<u64>,
@@ -108,6 +110,7 @@ struct Config {
     backend: String,
     jobs: usize,
     policy: Policy,
+    steps: crate::wasm::StepsConfig,
     retry: RetryPolicy,
 }
 
@@ -126,14 +129,18 @@ fn config(
         }
         None => FileConfig::default(),
     };
-    let policy = match &file.policy {
-        Some(p) => Policy::from_toml(
-            &std::fs::read_to_string(p)
-                .with_context(|| format!("reading policy {}", p.display()))?,
-        )
-        .map_err(anyhow::Error::msg)?,
+    let policy = match file.policy.as_deref() {
         None => Policy::default_policy(),
+        Some(name) => match Policy::builtin(name) {
+            Some(text) => Policy::from_toml(text).map_err(anyhow::Error::msg)?,
+            None => Policy::from_toml(
+                &std::fs::read_to_string(name).with_context(|| format!("reading policy {name}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+        },
     };
+    let mut steps = file.steps.clone().unwrap_or_default();
+    steps.max_member_read = usize::try_from(policy.max_json_bytes.limit).ok();
     let mut retry = RetryPolicy::default();
     if let Some(n) = file.max_attempts {
         retry.max_attempts = n.max(1);
@@ -164,6 +171,7 @@ fn config(
             .unwrap_or_else(|| "auto".into()),
         jobs,
         policy,
+        steps,
         retry,
     })
 }
@@ -266,7 +274,7 @@ fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
     let _lock = lock_state(&cfg.state_dir)?;
     let source = crate::source::parse(&cfg.source)?;
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
-    let steps = crate::wasm::Steps::load(&cfg.state_dir.join("cache"))
+    let steps = crate::wasm::Steps::load_with(&cfg.state_dir.join("cache"), &cfg.steps)
         .context("loading the format steps")?;
     if let Some(w) = steps.cache_warning() {
         eprintln!("tarpool: warning: {w}");
@@ -400,6 +408,7 @@ fn status(store: &Store, json: bool) -> Result<u8> {
             "format": img.and_then(|i| i.format.clone()),
             "top_chain": img.and_then(|i| i.top_chain.clone()),
             "layers": img.and_then(|i| i.layers.clone()),
+            "config": img.and_then(|i| i.config.clone()),
             "updated_at": img.map(|i| i.updated_at),
         }));
     }
@@ -443,12 +452,28 @@ fn audit(store: &Store, name: &str, json: bool) -> Result<u8> {
     if transitions.is_empty() && !store.has_image_history(name)? {
         bail!("no image named {name} has been processed");
     }
+    let mut runs: Vec<&str> = transitions.iter().map(|t| t.run.as_str()).collect();
+    runs.dedup();
+    let mut policies = Vec::new();
+    for r in runs {
+        if let Some((sha, pname)) = store.run_policy(r)? {
+            policies.push(json!({ "run": r, "policy": pname, "policy_sha256": sha }));
+        }
+    }
     if json {
         println!(
             "{}",
-            json!({ "image": name, "transitions": transitions, "decisions": decisions })
+            json!({ "image": name, "runs": policies, "transitions": transitions, "decisions": decisions })
         );
     } else {
+        for p in &policies {
+            println!(
+                "run {} policy {} sha256:{}",
+                p["run"].as_str().unwrap_or(""),
+                p["policy"].as_str().unwrap_or(""),
+                p["policy_sha256"].as_str().unwrap_or("")
+            );
+        }
         for t in &transitions {
             let err = t
                 .error
@@ -461,9 +486,20 @@ fn audit(store: &Store, name: &str, json: bool) -> Result<u8> {
             );
         }
         for d in &decisions {
+            let at = match (d.layer, &d.path) {
+                (Some(l), Some(p)) => format!(" layer {l} `{p}`:"),
+                (Some(l), None) => format!(" layer {l}:"),
+                (None, Some(p)) => format!(" `{p}`:"),
+                (None, None) => String::new(),
+            };
+            let action = if d.action.is_empty() {
+                &d.verdict
+            } else {
+                &d.action
+            };
             println!(
-                "decision {} {:<18} {} {}",
-                d.version, d.rule, d.verdict, d.detail
+                "decision {} {:<18} {:<6}{at} {} (why: {})",
+                d.version, d.rule, action, d.detail, d.reason
             );
         }
     }

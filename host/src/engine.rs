@@ -29,6 +29,9 @@ pub struct Ctx {
     pub backend: Box<dyn Snapshotter>,
     pub source: Box<dyn Source>,
     pub policy: Policy,
+    /// sha256 of the effective policy (its canonical TOML), recorded with
+    /// each run.
+    pub policy_sha256: String,
     pub retry: RetryPolicy,
     pub failpoints: Failpoints,
     pub shutdown: AtomicBool,
@@ -56,6 +59,11 @@ impl Ctx {
         policy: Policy,
         retry: RetryPolicy,
     ) -> Ctx {
+        let canonical = toml::to_string(&policy).unwrap_or_default();
+        let policy_sha256 = crate::core::policy::policy_hash(&canonical);
+        // Remembered so audits can show the exact policy a run used; a
+        // failure here only loses that copy.
+        let _ = store.record_policy(&policy_sha256, &policy.name, &canonical);
         Ctx {
             state_dir,
             store,
@@ -64,6 +72,7 @@ impl Ctx {
             backend,
             source,
             policy,
+            policy_sha256,
             retry,
             failpoints: Failpoints::from_env(),
             shutdown: AtomicBool::new(false),
@@ -171,6 +180,7 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
             &unit.name,
             Step::first().name(),
             &serde_json::to_string(&data)?,
+            &ctx.policy_sha256,
         )?;
     }
     Ok((names_seen, summary))
@@ -185,6 +195,7 @@ fn execute(
     data: &mut RunData,
 ) -> Result<Value, StepFailure> {
     let mut verdicts = Vec::new();
+    crate::wasm::take_guest_time();
     let r = match step {
         Step::CheckImageExists => steps::check_image_exists(ctx, data, &mut verdicts),
         Step::Download => steps::download(ctx, data),
@@ -198,17 +209,28 @@ fn execute(
         }
         Step::Completed => Ok(Value::Null),
     };
-    for v in &verdicts {
-        ctx.store.record_decision(
-            run,
-            version,
-            image,
-            &v.rule,
-            v.allow,
-            &ctx.sanitize(&v.detail),
-        )?;
-    }
-    r
+    let details: Vec<String> = verdicts.iter().map(|v| ctx.sanitize(&v.detail)).collect();
+    let rows: Vec<crate::store::NewDecision<'_>> = verdicts
+        .iter()
+        .zip(&details)
+        .map(|(v, detail)| crate::store::NewDecision {
+            rule: &v.rule,
+            action: &v.action,
+            layer: v.layer,
+            path: v.path.as_deref(),
+            detail,
+            reason: ctx.policy.reason(&v.rule),
+        })
+        .collect();
+    ctx.store.record_decisions(run, version, image, &rows)?;
+    // The classify and manifest guests' share of this transition.
+    let guest = crate::wasm::take_guest_time();
+    r.map(|mut v| {
+        if let (Value::Object(o), false) = (&mut v, guest.is_zero()) {
+            o.insert("guest_ms".into(), Value::from(guest.as_secs_f64() * 1e3));
+        }
+        v
+    })
 }
 
 fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
@@ -241,6 +263,7 @@ fn unpack_layers(
         .collect();
     let (mut applied, mut shared, mut resumed) = (0, 0, 0);
     let mut entries = 0u64;
+    let mut check_ns = 0u64;
     for (i, layer) in data.layers.iter().enumerate() {
         if done.contains(&i) {
             resumed += 1;
@@ -281,7 +304,7 @@ fn unpack_layers(
             layer.diff_id.as_deref().unwrap_or_default(),
         )?;
         let mut apply =
-            |root: rustix::fd::BorrowedFd<'_>| steps::apply_one(ctx, i + 1, layer, root);
+            |root: rustix::fd::BorrowedFd<'_>| steps::apply_one(ctx, i + 1, layer, root, verdicts);
         let stats = match ctx.backend.apply_layer(id, &parents, &mut apply) {
             Ok(s) => s,
             Err(e) => {
@@ -294,23 +317,37 @@ fn unpack_layers(
                 return Err(e);
             }
         };
-        if !stats.skipped.is_empty() {
-            // Entries the policy or the filesystem made us leave out, on the record.
+        // What the policy or the filesystem made us skip, strip, clamp or
+        // note, entry by entry, on the record.
+        let layer_no = u32::try_from(i + 1).ok();
+        for d in &stats.decisions {
             verdicts.push(crate::core::policy::Verdict {
-                rule: "skipped_entries".into(),
-                allow: false,
-                detail: format!("layer {}: {}", i + 1, stats.skipped.join("; ")),
+                rule: d.rule.clone(),
+                action: d.action.into(),
+                layer: layer_no,
+                path: Some(d.path.clone()),
+                detail: d.detail.clone(),
+            });
+        }
+        for (rule, n) in &stats.decisions_dropped {
+            verdicts.push(crate::core::policy::Verdict {
+                rule: rule.clone(),
+                action: "note".into(),
+                layer: layer_no,
+                path: None,
+                detail: format!("{n} more decisions under this rule, not listed one by one"),
             });
         }
         ctx.failpoints.hit("mid-layer");
         ctx.store
             .commit_layer(id, stats.entries, stats.bytes, run, i, chain)?;
+        check_ns += stats.check_ns;
         entries += stats.entries;
         applied += 1;
         ctx.failpoints.hit("after-layer");
     }
     Ok(
-        serde_json::json!({ "applied": applied, "shared": shared, "resumed": resumed, "entries": entries }),
+        serde_json::json!({ "applied": applied, "shared": shared, "resumed": resumed, "entries": entries, "tar_check_ms": check_ns as f64 / 1e6 }),
     )
 }
 
@@ -399,12 +436,11 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
         };
         let new_data = serde_json::to_string(&data)?;
         let fingerprint = data.fingerprint.clone();
-        let format = data.format.map(|f| {
-            serde_json::to_value(f)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        });
+        let format = data.format.clone();
+        let config = data
+            .config
+            .as_ref()
+            .and_then(|c| serde_json::to_string(c).ok());
         let mut sleep = None;
         match decision {
             Decision::Advance(next) => {
@@ -419,6 +455,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     format: format.as_deref(),
                     top_chain: data.top_chain.as_deref(),
                     layers: Some(&layers),
+                    config: config.as_deref(),
                 });
                 ctx.store.finish_transition(
                     &run.id,
@@ -500,6 +537,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                         format: None,
                         top_chain: None,
                         layers: None,
+                        config: None,
                     }),
                 )?;
             }
@@ -527,6 +565,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                         format: None,
                         top_chain: None,
                         layers: None,
+                        config: None,
                     }),
                 )?;
             }

@@ -28,9 +28,15 @@ impl From<crate::store::StoreError> for StepFailure {
 
 impl From<crate::extract::ApplyError> for StepFailure {
     fn from(e: crate::extract::ApplyError) -> Self {
+        use crate::extract::{view::CheckError, ApplyError};
         match e {
-            crate::extract::ApplyError::Input(m) => StepFailure::Input(m),
-            e @ crate::extract::ApplyError::Io { .. } => StepFailure::Retry(e.to_string()),
+            ApplyError::Input(m) => StepFailure::Input(m),
+            ApplyError::Check(e @ (CheckError::Rejected { .. } | CheckError::Trapped(_))) => {
+                StepFailure::Input(e.to_string())
+            }
+            e @ (ApplyError::Check(CheckError::Host(_)) | ApplyError::Io { .. }) => {
+                StepFailure::Retry(e.to_string())
+            }
         }
     }
 }

@@ -32,14 +32,19 @@ pub struct Member {
     pub size: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ImageFormat {
-    AdHoc,
-    DockerArchive,
-    OciArchive,
-    OciLayout,
-    SingleLayer,
+/// An image format's name (`ad-hoc`, `docker-archive`, ... or whatever a
+/// configured manifest component recognises).
+pub type ImageFormat = String;
+
+/// The image's runtime configuration (from its config blob, or the format's
+/// conventions).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,4 +70,5 @@ pub struct ImageLayout {
     pub format: ImageFormat,
     pub layers: Vec<LayerRef>,
     pub config_digest: Option<String>,
+    pub config: Option<RuntimeConfig>,
 }

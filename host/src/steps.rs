@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex};
 use crate::archive::{self, IndexedMember};
 use crate::core::chain;
 use crate::core::names::{printable, Unit};
-use crate::core::policy::{DeviceNodes, Verdict};
+use crate::core::policy::Verdict;
 use crate::engine::Ctx;
 use crate::error::StepFailure;
-use crate::extract::{ApplyOptions, DevicePolicy};
-use crate::model::{BlobKind, ImageFormat, LayerMedia, Member, UnitKind};
+use crate::extract::view::{CheckError, Mode};
+use crate::model::{BlobKind, ImageFormat, LayerMedia, Member, RuntimeConfig, UnitKind};
 use crate::source::{read_up_to, SourceError};
 
-/// Cap on a manifest, index or config read by the manifest step.
-pub const MANIFEST_CAP: u64 = 4 << 20;
+/// Leading bytes of a blob the classify step is given.
 const HEAD: usize = 64 << 10;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +32,9 @@ pub struct RunData {
     pub kinds: BTreeMap<String, BlobKind>,
     pub archive: Option<ArchiveData>,
     pub format: Option<ImageFormat>,
+    /// The runtime config the manifest step found.
+    #[serde(default)]
+    pub config: Option<RuntimeConfig>,
     pub layers: Vec<PlannedLayer>,
     pub top_chain: Option<String>,
 }
@@ -73,7 +75,7 @@ fn unit(data: &RunData) -> Result<&Unit, StepFailure> {
 }
 
 fn deny_if(v: &Verdict) -> Result<(), StepFailure> {
-    if v.allow {
+    if v.allowed() {
         Ok(())
     } else {
         Err(StepFailure::Input(format!("policy: {}", v.detail)))
@@ -202,16 +204,14 @@ fn decoder<'a, R: Read + 'a>(kind: BlobKind, r: R) -> Result<Box<dyn Read + 'a>,
 struct Capped<R> {
     inner: R,
     left: u64,
+    what: &'static str,
 }
 
 impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if n as u64 > self.left {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "decompressed size over the policy limit",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, self.what));
         }
         self.left -= n as u64;
         Ok(n)
@@ -266,7 +266,11 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                     let d = decoder(c.kind, open_blob(ctx, &digest)?)?;
                     let capped = Capped {
                         inner: d,
-                        left: ctx.policy.max_image_bytes,
+                        left: ctx
+                            .policy
+                            .decompressed_cap(o.size)
+                            .min(ctx.policy.max_image_bytes.limit),
+                        what: "decompressed archive is over the policy's limits (rules max-compression-ratio, max-image-bytes)",
                     };
                     ctx.blobs.ingest(capped, None).map_err(|e| match e.kind() {
                         io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
@@ -283,7 +287,9 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                     )))
                 }
             };
-            let members = archive::index(&open_blob(ctx, &tar_digest)?)?;
+            let mut check = ctx.steps.tar_check(Mode::Archive, &ctx.policy)?;
+            let members = archive::index(&open_blob(ctx, &tar_digest)?, &mut check)?;
+            drop(check);
             out.insert("members".into(), json!(members.len()));
             data.archive = Some(ArchiveData {
                 blob: tar_digest,
@@ -340,7 +346,8 @@ pub fn parse_manifest(
                     offset: 0,
                     size: f.metadata().map_err(|e| e.to_string())?.len(),
                 };
-                archive::read_member(&f, &m, MANIFEST_CAP).and_then(|b| verify_addressed(name, b))
+                archive::read_member(&f, &m, ctx.policy.max_json_bytes.limit)
+                    .and_then(|b| verify_addressed(name, b))
             };
             ctx.steps
                 .parse_manifest(UnitKind::Prefix, &members, &mut read)?
@@ -365,17 +372,30 @@ pub fn parse_manifest(
                     .iter()
                     .find(|m| m.name == name)
                     .ok_or_else(|| format!("no member `{name}`"))?;
-                archive::read_member(&f, m, MANIFEST_CAP).and_then(|b| verify_addressed(name, b))
+                archive::read_member(&f, m, ctx.policy.max_json_bytes.limit)
+                    .and_then(|b| verify_addressed(name, b))
             };
             ctx.steps
                 .parse_manifest(UnitKind::Archive, &members, &mut read)?
         }
     };
-    let v = ctx.policy.check_format(layout.format);
+    let (layout, answered) = layout;
+    let v = ctx.policy.check_format(&layout.format);
     verdicts.push(v.clone());
     deny_if(&v)?;
     let v = ctx.policy.check_layers(layout.layers.len());
     verdicts.push(v.clone());
+    deny_if(&v)?;
+    let mut times: BTreeMap<(&str, Option<&str>), usize> = BTreeMap::new();
+    for l in &layout.layers {
+        *times.entry((&l.member, l.digest.as_deref())).or_default() += 1;
+    }
+    let v = ctx
+        .policy
+        .check_layer_repeats(times.values().copied().max().unwrap_or(0));
+    if !v.allowed() {
+        verdicts.push(v.clone());
+    }
     deny_if(&v)?;
 
     let mut planned = Vec::new();
@@ -426,12 +446,11 @@ pub fn parse_manifest(
                 )));
             }
         }
-        let kind = match (l.media, known_kind) {
-            (LayerMedia::Tar, _) => BlobKind::Tar,
-            (LayerMedia::Gzip, _) => BlobKind::Gzip,
-            (LayerMedia::Zstd, _) => BlobKind::Zstd,
-            (LayerMedia::Detect, Some(k)) => k,
-            (LayerMedia::Detect, None) => {
+        // The magic bytes decide how a layer is decoded; a declared media
+        // type must agree with them (catalogue F57).
+        let kind = match known_kind {
+            Some(k) => k,
+            None => {
                 let f = open_blob(ctx, &blob)?;
                 let head = head_of(
                     &mut archive::range(f, offset, len)
@@ -451,6 +470,35 @@ pub fn parse_manifest(
                 c.kind
             }
         };
+        let declared = match l.media {
+            LayerMedia::Tar => Some(BlobKind::Tar),
+            LayerMedia::Gzip => Some(BlobKind::Gzip),
+            LayerMedia::Zstd => Some(BlobKind::Zstd),
+            LayerMedia::Detect => None,
+        };
+        if let Some(d) = declared {
+            let agrees = d == kind || (d == BlobKind::Tar && kind == BlobKind::Empty);
+            if !agrees {
+                let v = Verdict {
+                    rule: "media-types".into(),
+                    action: "reject".into(),
+                    layer: u32::try_from(n).ok(),
+                    path: Some(printable(&l.member)),
+                    detail: format!(
+                        "declared {} but its bytes are {}",
+                        format!("{d:?}").to_lowercase(),
+                        format!("{kind:?}").to_lowercase()
+                    ),
+                };
+                verdicts.push(v);
+                return Err(input(format!(
+                    "layer {n} (`{}`): the manifest declares {} but the bytes are {}",
+                    printable(&l.member),
+                    format!("{d:?}").to_lowercase(),
+                    format!("{kind:?}").to_lowercase()
+                )));
+            }
+        }
         let media = match kind {
             BlobKind::Tar | BlobKind::Empty => LayerMedia::Tar,
             BlobKind::Gzip => LayerMedia::Gzip,
@@ -481,11 +529,17 @@ pub fn parse_manifest(
             chain_id: None,
         });
     }
-    data.format = Some(layout.format);
+    data.format = Some(layout.format.clone());
+    data.config = layout.config.clone();
     data.layers = planned;
-    Ok(
-        json!({ "format": layout.format, "layers": data.layers.len(), "config": layout.config_digest }),
-    )
+    Ok(json!({
+        "format": layout.format,
+        "layers": data.layers.len(),
+        "config_digest": layout.config_digest,
+        "config": layout.config,
+        "component": answered.component,
+        "component_sha256": answered.sha256,
+    }))
 }
 
 fn media_kind(m: LayerMedia) -> BlobKind {
@@ -513,7 +567,8 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
         let d = decoder(media_kind(l.media), BufReader::with_capacity(1 << 20, r))?;
         let h = crate::blobs::HashingReader::new(Capped {
             inner: d,
-            left: ctx.policy.max_layer_bytes.saturating_mul(2),
+            left: ctx.policy.decompressed_cap(l.len),
+            what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
         });
         let (diff, _) = h.finish().map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
@@ -568,25 +623,15 @@ fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
     )
 }
 
-pub fn apply_options(ctx: &Ctx) -> ApplyOptions {
-    ApplyOptions {
-        max_entries: ctx.policy.max_layer_entries,
-        max_bytes: ctx.policy.max_layer_bytes,
-        device_nodes: match ctx.policy.device_nodes {
-            DeviceNodes::Reject => DevicePolicy::Reject,
-            DeviceNodes::Skip => DevicePolicy::Skip,
-            DeviceNodes::Allow => DevicePolicy::Allow,
-        },
-        ..ApplyOptions::default()
-    }
-}
-
 /// Applies one layer through `root`, verifying its digests as it streams.
+///
+/// A rejection by the tar check is also pushed to `verdicts`, with its rule.
 pub fn apply_one(
     ctx: &Ctx,
     n: usize,
     l: &PlannedLayer,
     root: rustix::fd::BorrowedFd<'_>,
+    verdicts: &mut Verdicts,
 ) -> Result<crate::extract::ApplyStats, StepFailure> {
     use sha2::Digest as _;
     let f = open_blob(ctx, &l.blob)?;
@@ -599,15 +644,36 @@ pub fn apply_one(
     };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let mut diff = Tap {
-        inner: decoder(media_kind(l.media), raw)?,
+        inner: Capped {
+            inner: decoder(media_kind(l.media), raw)?,
+            left: if l.media == LayerMedia::Tar {
+                u64::MAX
+            } else {
+                ctx.policy.decompressed_cap(l.len)
+            },
+            what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
+        },
         state: diff_state.clone(),
     };
-    let stats = crate::extract::apply_layer(root, &mut diff, &apply_options(ctx)).map_err(|e| {
+    let mut check = ctx
+        .steps
+        .tar_check(crate::extract::view::Mode::Layer, &ctx.policy)?;
+    let stats = crate::extract::apply_layer(root, &mut diff, &mut check).map_err(|e| {
+        if let crate::extract::ApplyError::Check(CheckError::Rejected { path, rule, reason }) = &e {
+            verdicts.push(Verdict {
+                rule: rule.clone(),
+                action: "reject".into(),
+                layer: u32::try_from(n).ok(),
+                path: Some(path.clone()),
+                detail: reason.clone(),
+            });
+        }
         match StepFailure::from(e) {
             StepFailure::Input(m) => StepFailure::Input(format!("layer {n}: {m}")),
             other => other,
         }
     })?;
+    drop(check);
     // What follows the end-of-archive marker counts toward the digests too.
     io::copy(&mut diff, &mut io::sink())
         .map_err(|e| input(format!("layer {n}: corrupt data after the tar: {e}")))?;

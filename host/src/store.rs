@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_by_image ON decisions(image, id);
+CREATE TABLE IF NOT EXISTS policies (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL,
+    first_used_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS images (
     name TEXT PRIMARY KEY,
     state TEXT NOT NULL CHECK (state IN ('ready', 'failed', 'cancelled')),
@@ -142,9 +148,26 @@ pub struct DecisionRow {
     pub run: String,
     pub version: String,
     pub rule: String,
+    /// `allow` or `deny` (the image's fate).
     pub verdict: String,
+    /// `allow`, `reject`, `skip`, `strip`, `clamp` or `note`.
+    pub action: String,
+    pub layer: Option<u32>,
+    pub path: Option<String>,
     pub detail: String,
+    /// The policy's reason for the rule.
+    pub reason: String,
     pub at: i64,
+}
+
+/// A decision to record (see [`Store::record_decisions`]).
+pub struct NewDecision<'a> {
+    pub rule: &'a str,
+    pub action: &'a str,
+    pub layer: Option<u32>,
+    pub path: Option<&'a str>,
+    pub detail: &'a str,
+    pub reason: &'a str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +182,8 @@ pub struct ImageRow {
     pub top_chain: Option<String>,
     pub layers: Option<serde_json::Value>,
     pub updated_at: i64,
+    /// The runtime config (env, entrypoint, cmd, working dir, user).
+    pub config: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +229,27 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        // Columns added since the first schema; added in place to older
+        // state databases.
+        for (table, column, decl) in [
+            ("decisions", "layer", "INTEGER"),
+            ("decisions", "path", "TEXT"),
+            ("decisions", "action", "TEXT NOT NULL DEFAULT ''"),
+            ("decisions", "reason", "TEXT NOT NULL DEFAULT ''"),
+            ("runs", "policy_sha256", "TEXT"),
+            ("images", "config", "TEXT"),
+        ] {
+            let has: bool = conn.query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
+                ),
+                [column],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            }
+        }
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -227,12 +273,30 @@ impl Store {
 
     // ---- runs ----
 
-    pub fn create_run(&self, id: &str, image: &str, first_step: &str, data: &str) -> Result<()> {
+    /// Remembers a policy's text by its sha256 (runs refer to it).
+    pub fn record_policy(&self, sha256: &str, name: &str, text: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO policies (sha256, name, text, first_used_at) VALUES (?1, ?2, ?3, ?4)",
+                params![sha256, name, text, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    pub fn create_run(
+        &self,
+        id: &str,
+        image: &str,
+        first_step: &str,
+        data: &str,
+        policy_sha256: &str,
+    ) -> Result<()> {
         self.with(|c| {
             let t = now_ms();
             c.execute(
-                "INSERT INTO runs (id, image, status, next_step, attempt, data, created_at, updated_at) VALUES (?1, ?2, 'running', ?3, 1, ?4, ?5, ?5)",
-                params![id, image, first_step, data, t],
+                "INSERT INTO runs (id, image, status, next_step, attempt, data, created_at, updated_at, policy_sha256) VALUES (?1, ?2, 'running', ?3, 1, ?4, ?5, ?5, ?6)",
+                params![id, image, first_step, data, t, policy_sha256],
             )
             .map(|_| ())
         })
@@ -337,21 +401,46 @@ impl Store {
         })
     }
 
-    pub fn record_decision(
+    /// Records policy decisions of one transition execution, in one
+    /// SQLite transaction.
+    pub fn record_decisions(
         &self,
         run: &str,
         version: &str,
         image: &str,
-        rule: &str,
-        allow: bool,
-        detail: &str,
+        decisions: &[NewDecision<'_>],
     ) -> Result<()> {
+        if decisions.is_empty() {
+            return Ok(());
+        }
         self.with(|c| {
-            c.execute(
-                "INSERT INTO decisions (run, version, image, rule, verdict, detail, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![run, version, image, rule, if allow { "allow" } else { "deny" }, detail, now_ms()],
+            let tx = c.transaction()?;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO decisions (run, version, image, rule, verdict, detail, at, layer, path, action, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                let t = now_ms();
+                for d in decisions {
+                    let verdict = if d.action == "reject" { "deny" } else { "allow" };
+                    ins.execute(params![
+                        run, version, image, d.rule, verdict, d.detail, t, d.layer, d.path,
+                        d.action, d.reason
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// A run's policy: its sha256, and the policy's name.
+    pub fn run_policy(&self, run: &str) -> Result<Option<(String, String)>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT r.policy_sha256, COALESCE(p.name, '') FROM runs r LEFT JOIN policies p ON p.sha256 = r.policy_sha256 WHERE r.id = ?1 AND r.policy_sha256 IS NOT NULL",
+                [run],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .map(|_| ())
+            .optional()
         })
     }
 
@@ -364,7 +453,7 @@ impl Store {
     pub fn images(&self) -> Result<Vec<ImageRow>> {
         self.with(|c| {
             let mut s = c.prepare(
-                "SELECT name, state, error, failure_kind, last_run, fingerprint, format, top_chain, layers, updated_at FROM images ORDER BY name",
+                "SELECT name, state, error, failure_kind, last_run, fingerprint, format, top_chain, layers, updated_at, config FROM images ORDER BY name",
             )?;
             let rows = s
                 .query_map([], |r| {
@@ -380,6 +469,9 @@ impl Store {
                         top_chain: r.get(7)?,
                         layers: layers.and_then(|l| serde_json::from_str(&l).ok()),
                         updated_at: r.get(9)?,
+                        config: r
+                            .get::<_, Option<String>>(10)?
+                            .and_then(|c| serde_json::from_str(&c).ok()),
                     })
                 })?
                 .collect();
@@ -609,7 +701,7 @@ impl Store {
     pub fn decisions_for(&self, image: &str) -> Result<Vec<DecisionRow>> {
         self.with(|c| {
             let mut s = c.prepare(
-                "SELECT run, version, rule, verdict, detail, at FROM decisions WHERE image = ?1 ORDER BY id",
+                "SELECT run, version, rule, verdict, detail, at, action, layer, path, reason FROM decisions WHERE image = ?1 ORDER BY id",
             )?;
             let rows = s
                 .query_map([image], |r| {
@@ -620,6 +712,10 @@ impl Store {
                         verdict: r.get(3)?,
                         detail: r.get(4)?,
                         at: r.get(5)?,
+                        action: r.get(6)?,
+                        layer: r.get(7)?,
+                        path: r.get(8)?,
+                        reason: r.get(9)?,
                     })
                 })?
                 .collect();
@@ -649,17 +745,20 @@ pub struct ImageUpdate<'a> {
     pub format: Option<&'a str>,
     pub top_chain: Option<&'a str>,
     pub layers: Option<&'a str>,
+    /// The runtime config (JSON), when known.
+    pub config: Option<&'a str>,
 }
 
 impl ImageUpdate<'_> {
     fn write(&self, c: &Connection, t: i64) -> rusqlite::Result<()> {
         c.execute(
-            "INSERT INTO images (name, state, error, failure_kind, last_run, fingerprint, format, top_chain, layers, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO images (name, state, error, failure_kind, last_run, fingerprint, format, top_chain, layers, updated_at, config)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (name) DO UPDATE SET state = excluded.state, error = excluded.error, failure_kind = excluded.failure_kind,
                last_run = excluded.last_run, fingerprint = excluded.fingerprint,
                format = COALESCE(excluded.format, images.format), top_chain = COALESCE(excluded.top_chain, images.top_chain),
-               layers = COALESCE(excluded.layers, images.layers), updated_at = excluded.updated_at",
+               layers = COALESCE(excluded.layers, images.layers), updated_at = excluded.updated_at,
+               config = COALESCE(excluded.config, images.config)",
             params![
                 self.name,
                 self.state,
@@ -670,7 +769,8 @@ impl ImageUpdate<'_> {
                 self.format,
                 self.top_chain,
                 self.layers,
-                t
+                t,
+                self.config
             ],
         )
         .map(|_| ())
@@ -690,16 +790,21 @@ mod tests {
     #[test]
     fn one_active_run_per_image() {
         let (_d, s) = store();
-        s.create_run("01A", "img", "download", "{}").unwrap();
-        assert!(s.create_run("01B", "img", "download", "{}").is_err());
-        s.create_run("01C", "other", "download", "{}").unwrap();
+        s.create_run("01A", "img", "download", "{}", "policy")
+            .unwrap();
+        assert!(s
+            .create_run("01B", "img", "download", "{}", "policy")
+            .is_err());
+        s.create_run("01C", "other", "download", "{}", "policy")
+            .unwrap();
         assert_eq!(s.active_runs().unwrap().len(), 2);
     }
 
     #[test]
     fn finish_moves_run_and_audit_together() {
         let (_d, s) = store();
-        s.create_run("01A", "img", "download", "{}").unwrap();
+        s.create_run("01A", "img", "download", "{}", "policy")
+            .unwrap();
         s.begin_transition("01V", "01A", "img", "download", 1)
             .unwrap();
         s.finish_transition(
@@ -729,7 +834,8 @@ mod tests {
     #[test]
     fn interrupted_executions_are_marked() {
         let (_d, s) = store();
-        s.create_run("01A", "img", "download", "{}").unwrap();
+        s.create_run("01A", "img", "download", "{}", "policy")
+            .unwrap();
         s.begin_transition("01V", "01A", "img", "download", 1)
             .unwrap();
         assert_eq!(s.mark_interrupted().unwrap(), 1);

@@ -1,6 +1,11 @@
 //! Runs the format steps: the WebAssembly components that read untrusted
-//! bytes (`guest-steps/classify`, `guest-steps/manifest`, built by
-//! `build.rs` and embedded here).
+//! bytes (`guest-steps/*`, built by `build.rs` and embedded here, or
+//! components named in the config, each pinned by sha256).
+//!
+//! Steps are swappable per format: the config lists, in order, the
+//! components for `classify` (the first whose answer is not `unknown` wins)
+//! and for `manifest` (the first that recognises the image wins); `tar-check`
+//! is one component, the only tar parser.
 //!
 //! Each call gets a fresh [`Store`] with a WASI context that grants nothing
 //! (no preopens, environment, arguments, network or inherited stdio), a
@@ -30,11 +35,38 @@ mod manifest_bindings {
     wasmtime::component::bindgen!({ path: "../wit", world: "manifest-step" });
 }
 
+mod tar_bindings {
+    wasmtime::component::bindgen!({ path: "../wit", world: "tar-check-step" });
+}
+
 use classify_bindings::ClassifyStepPre;
 use manifest_bindings::ManifestStepPre;
+use tar_bindings::exports::tarpool::steps::tar_check as tc;
+use tar_bindings::TarCheckStepPre;
 
-static CLASSIFY_WASM: &[u8] = include_bytes!(env!("TARPOOL_CLASSIFY_WASM"));
-static MANIFEST_WASM: &[u8] = include_bytes!(env!("TARPOOL_MANIFEST_WASM"));
+use crate::core::policy::{Action as PolicyAction, Policy};
+use crate::extract::view;
+
+/// The components built from `guest-steps/` into this binary, by the name
+/// the config uses for them.
+static BUILTINS: [(&str, &[u8]); 4] = [
+    (
+        "builtin:classify",
+        include_bytes!(env!("TARPOOL_CLASSIFY_WASM")),
+    ),
+    (
+        "builtin:manifest",
+        include_bytes!(env!("TARPOOL_MANIFEST_WASM")),
+    ),
+    (
+        "builtin:rootfs-dir",
+        include_bytes!(env!("TARPOOL_ROOTFS_DIR_WASM")),
+    ),
+    (
+        "builtin:tarcheck",
+        include_bytes!(env!("TARPOOL_TARCHECK_WASM")),
+    ),
+];
 
 /// The wasmtime release the workspace pins (`=48.0.8`); part of the cache
 /// key, besides the engine's own compatibility hash.
@@ -45,13 +77,20 @@ const CLASSIFY_MEMORY: usize = 64 << 20;
 /// Linear memory a `parse` instance may use: the member list of a flat
 /// rootfs archive can be large.
 const MANIFEST_MEMORY: usize = 256 << 20;
+/// Linear memory of a tar check instance (it keeps 16 bytes and a flag per
+/// distinct path of the stream, to find duplicates).
+const TAR_MEMORY: usize = 256 << 20;
+/// Fuel for one tar check call: a fixed part, and a part per byte fed.
+const TAR_FUEL_BASE: u64 = 50_000_000;
+const TAR_FUEL_PER_BYTE: u64 = 1_000;
 /// Calls running at once; further callers wait for a slot.
 const MAX_CONCURRENT: u32 = 16;
 /// Fuel (roughly, wasm instructions) for one `classify` call.
 const CLASSIFY_FUEL: u64 = 200_000_000;
 /// Fuel for one `parse` call: enough to decode several 4 MiB JSON members.
 const MANIFEST_FUEL: u64 = 4_000_000_000;
-/// Largest member the manifest step may read.
+/// Largest member the manifest step may read, unless the policy says
+/// otherwise (`max-json-bytes`).
 const MAX_MEMBER_READ: usize = 4 << 20;
 /// Bytes the manifest step may read in one call, all members together.
 const MAX_TOTAL_READ: usize = 32 << 20;
@@ -61,6 +100,24 @@ const MAX_HEAD: usize = 64 << 10;
 const STDERR_CAP: usize = 4096;
 /// Longest message taken from a guest.
 const MAX_MESSAGE_CHARS: usize = 300;
+
+thread_local! {
+    /// Time this thread spent in `classify` and `parse_manifest` calls since
+    /// the last [`take_guest_time`], in nanoseconds.
+    static GUEST_NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Time this thread spent in classify and manifest guests since the last
+/// call (the engine reports it per transition).
+pub fn take_guest_time() -> std::time::Duration {
+    std::time::Duration::from_nanos(GUEST_NS.replace(0))
+}
+
+/// Adds the time since `t` to this thread's guest time.
+fn count_guest_time(t: std::time::Instant) {
+    let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    GUEST_NS.set(GUEST_NS.get().saturating_add(ns));
+}
 
 /// A step failed; see the variants for whom it blames.
 #[derive(Debug, thiserror::Error)]
@@ -85,12 +142,93 @@ fn host_err(what: &str, e: impl std::fmt::Display) -> StepError {
 /// an `Arc` and call from any thread.
 pub struct Steps {
     engine: Engine,
-    classify: ClassifyStepPre<State>,
-    manifest: ManifestStepPre<State>,
+    classify: Vec<Loaded<ClassifyStepPre<State>>>,
+    manifest: Vec<Loaded<ManifestStepPre<State>>>,
+    tar: Loaded<TarCheckStepPre<State>>,
+    options: ManifestOptions,
+    max_member_read: usize,
     slots: Slots,
     classify_fuel: u64,
     manifest_fuel: u64,
     cache_warning: Option<String>,
+}
+
+/// A component ready to instantiate, and what it is.
+struct Loaded<P> {
+    /// `builtin:NAME` or the file's path.
+    label: String,
+    /// sha256 (hex) of the component's bytes.
+    sha256: String,
+    pre: P,
+}
+
+/// Which component runs a step: one built into the binary, or a file
+/// pinned by the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum ComponentSpec {
+    /// `builtin:classify`, `builtin:manifest`, `builtin:rootfs-dir`,
+    /// `builtin:tarcheck`.
+    Builtin(String),
+    File {
+        path: PathBuf,
+        sha256: String,
+    },
+}
+
+/// The platform the manifest step picks from an index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManifestOptions {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub max_index_depth: u32,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        ManifestOptions {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            max_index_depth: 4,
+        }
+    }
+}
+
+/// Which components run each step, in order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StepsConfig {
+    pub classify: Vec<ComponentSpec>,
+    pub manifest: Vec<ComponentSpec>,
+    pub tar_check: ComponentSpec,
+    /// Largest manifest, index or config the manifest step may read (the
+    /// policy's `max-json-bytes`).
+    #[serde(skip)]
+    pub max_member_read: Option<usize>,
+    pub platform: ManifestOptions,
+}
+
+impl Default for StepsConfig {
+    fn default() -> Self {
+        let b = |n: &str| ComponentSpec::Builtin(format!("builtin:{n}"));
+        StepsConfig {
+            classify: vec![b("classify")],
+            manifest: vec![b("manifest"), b("rootfs-dir")],
+            tar_check: b("tarcheck"),
+            max_member_read: None,
+            platform: ManifestOptions::default(),
+        }
+    }
+}
+
+/// Which component answered a step, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Answered {
+    pub component: String,
+    pub sha256: String,
 }
 
 // The engine shares `Steps` across threads.
@@ -123,6 +261,7 @@ struct State {
     limits: StoreLimits,
     reader: Option<Reader>,
     read_total: usize,
+    max_member_read: usize,
 }
 
 impl WasiView for State {
@@ -138,6 +277,7 @@ impl manifest_bindings::tarpool::steps::types::Host for State {}
 
 impl manifest_bindings::tarpool::steps::source::Host for State {
     fn read_member(&mut self, name: String) -> Result<Vec<u8>, String> {
+        let cap = self.max_member_read;
         let Some(reader) = &self.reader else {
             return Err("no member reader".into());
         };
@@ -148,12 +288,11 @@ impl manifest_bindings::tarpool::steps::source::Host for State {
         // time, so this is the only live reference to the callback.
         let read = unsafe { &mut *reader.0 };
         let bytes = read(&name)?;
-        if bytes.len() > MAX_MEMBER_READ {
+        if bytes.len() > cap {
             return Err(format!(
-                "member `{}` is {} bytes, over the {} MiB read cap",
+                "member `{}` is {} bytes, over the {cap}-byte cap (policy rule max-json-bytes)",
                 one_line(&name, 100),
                 bytes.len(),
-                MAX_MEMBER_READ >> 20
             ));
         }
         self.read_total = self.read_total.saturating_add(bytes.len());
@@ -177,35 +316,89 @@ impl Steps {
     /// it runs as native code. A cache that cannot be written is not an
     /// error (see [`Steps::cache_warning`]).
     pub fn load(cache_dir: &Path) -> Result<Steps, StepError> {
+        Steps::load_with(cache_dir, &StepsConfig::default())
+    }
+
+    /// [`Steps::load`] with the components and options of `config`.
+    pub fn load_with(cache_dir: &Path, config: &StepsConfig) -> Result<Steps, StepError> {
         let engine = new_engine()?;
         let mut warnings = Vec::new();
-        let classify =
-            load_component(&engine, cache_dir, "classify", CLASSIFY_WASM, &mut warnings)?;
-        let manifest =
-            load_component(&engine, cache_dir, "manifest", MANIFEST_WASM, &mut warnings)?;
-
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| host_err("linking WASI", e))?;
         manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
             .map_err(|e| host_err("linking the source interface", e))?;
-        let classify = linker
-            .instantiate_pre(&classify)
-            .and_then(ClassifyStepPre::new)
-            .map_err(|e| host_err("preparing the classify step", e))?;
-        let manifest = linker
-            .instantiate_pre(&manifest)
-            .and_then(ManifestStepPre::new)
-            .map_err(|e| host_err("preparing the manifest step", e))?;
+        let mut prepare = |step: &str, spec: &ComponentSpec| {
+            let (label, wasm) = component_bytes(spec)?;
+            let sha256 = hex::encode(Sha256::digest(&wasm));
+            // Cache files are named after the component (`classify-<key>`).
+            let name = match spec {
+                ComponentSpec::Builtin(n) => n.trim_start_matches("builtin:"),
+                ComponentSpec::File { .. } => "component",
+            };
+            let component = load_component(&engine, cache_dir, name, &wasm, &mut warnings)?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|e| host_err(&format!("preparing the {step} step {label}"), e))?;
+            Ok::<_, StepError>((label, sha256, pre))
+        };
+        let mut classify = Vec::new();
+        for spec in &config.classify {
+            let (label, sha256, pre) = prepare("classify", spec)?;
+            let pre = ClassifyStepPre::new(pre)
+                .map_err(|e| host_err(&format!("{label} is not a classify-step component"), e))?;
+            classify.push(Loaded { label, sha256, pre });
+        }
+        let mut manifest = Vec::new();
+        for spec in &config.manifest {
+            let (label, sha256, pre) = prepare("manifest", spec)?;
+            let pre = ManifestStepPre::new(pre)
+                .map_err(|e| host_err(&format!("{label} is not a manifest-step component"), e))?;
+            manifest.push(Loaded { label, sha256, pre });
+        }
+        if classify.is_empty() || manifest.is_empty() {
+            return Err(StepError::Host(
+                "the config lists no classify or no manifest component".into(),
+            ));
+        }
+        let (label, sha256, pre) = prepare("tar-check", &config.tar_check)?;
+        let pre = TarCheckStepPre::new(pre)
+            .map_err(|e| host_err(&format!("{label} is not a tar-check-step component"), e))?;
+        let tar = Loaded { label, sha256, pre };
         Ok(Steps {
             engine,
             classify,
             manifest,
+            tar,
+            options: config.platform.clone(),
+            max_member_read: config.max_member_read.unwrap_or(MAX_MEMBER_READ),
             slots: Slots::new(MAX_CONCURRENT),
             classify_fuel: CLASSIFY_FUEL,
             manifest_fuel: MANIFEST_FUEL,
             cache_warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
         })
+    }
+
+    /// The components in use, per step, for `tarpool config show` and the
+    /// audit log.
+    pub fn components(&self) -> Vec<(&'static str, Answered)> {
+        let a = |l: &str, s: &str| Answered {
+            component: l.to_string(),
+            sha256: s.to_string(),
+        };
+        let mut v: Vec<(&'static str, Answered)> = Vec::new();
+        v.extend(
+            self.classify
+                .iter()
+                .map(|c| ("classify", a(&c.label, &c.sha256))),
+        );
+        v.extend(
+            self.manifest
+                .iter()
+                .map(|c| ("manifest", a(&c.label, &c.sha256))),
+        );
+        v.push(("tar-check", a(&self.tar.label, &self.tar.sha256)));
+        v
     }
 
     /// Why the compiled-component cache could not be written during
@@ -215,7 +408,8 @@ impl Steps {
     }
 
     /// Tells what a blob is from its first bytes (at most 64 KiB are used)
-    /// and its full length.
+    /// and its full length: the first classify component whose answer is
+    /// not `unknown` decides.
     pub fn classify(
         &self,
         head: &[u8],
@@ -223,37 +417,48 @@ impl Steps {
     ) -> Result<model::Classification, StepError> {
         use classify_bindings::tarpool::steps::types::BlobKind as K;
         let head = &head[..head.len().min(MAX_HEAD)];
-        let _slot = self.slots.acquire();
-        let (mut store, stderr) = self.new_store(self.classify_fuel, CLASSIFY_MEMORY, None)?;
-        let step = self
-            .classify
-            .instantiate(&mut store)
-            .map_err(|e| instantiate_err("classify", e, &stderr))?;
-        let result = step
-            .call_classify(&mut store, head, total_size)
-            .map_err(|e| trapped(e, &stderr))?;
-        drop(store);
-        let c = result.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?;
-        Ok(model::Classification {
-            kind: match c.kind {
-                K::Tar => model::BlobKind::Tar,
-                K::Gzip => model::BlobKind::Gzip,
-                K::Zstd => model::BlobKind::Zstd,
-                K::Empty => model::BlobKind::Empty,
-                K::Unknown => model::BlobKind::Unknown,
-            },
-            detail: one_line(&c.detail, MAX_MESSAGE_CHARS),
-        })
+        let mut first_unknown = None;
+        let t = std::time::Instant::now();
+        let _count = Finally(|| count_guest_time(t));
+        for c in &self.classify {
+            let _slot = self.slots.acquire();
+            let (mut store, stderr) = self.new_store(self.classify_fuel, CLASSIFY_MEMORY, None)?;
+            let step = c
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| instantiate_err("classify", e, &stderr))?;
+            let result = step
+                .call_classify(&mut store, head, total_size)
+                .map_err(|e| trapped(e, &stderr))?;
+            drop(store);
+            let c = result.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?;
+            let out = model::Classification {
+                kind: match c.kind {
+                    K::Tar => model::BlobKind::Tar,
+                    K::Gzip => model::BlobKind::Gzip,
+                    K::Zstd => model::BlobKind::Zstd,
+                    K::Empty => model::BlobKind::Empty,
+                    K::Unknown => model::BlobKind::Unknown,
+                },
+                detail: one_line(&c.detail, MAX_MESSAGE_CHARS),
+            };
+            if out.kind != model::BlobKind::Unknown {
+                return Ok(out);
+            }
+            first_unknown.get_or_insert(out);
+        }
+        Ok(first_unknown.expect("at least one classify component"))
     }
 
     /// Works out an image's layers from its unit's members, reading the
-    /// members the guest asks for through `read` (each capped at 4 MiB).
+    /// members the guest asks for through `read` (each capped at 4 MiB):
+    /// the first manifest component that recognises the format answers.
     pub fn parse_manifest(
         &self,
         unit: model::UnitKind,
         members: &[model::Member],
         read: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
-    ) -> Result<model::ImageLayout, StepError> {
+    ) -> Result<(model::ImageLayout, Answered), StepError> {
         use manifest_bindings::tarpool::steps::types as w;
         let unit = match unit {
             model::UnitKind::Prefix => w::UnitKind::Prefix,
@@ -266,10 +471,16 @@ impl Steps {
                 size: m.size,
             })
             .collect();
+        let options = w::ManifestOptions {
+            os: self.options.os.clone(),
+            architecture: self.options.architecture.clone(),
+            arch_variant: self.options.variant.clone(),
+            max_index_depth: self.options.max_index_depth,
+        };
         let read: *mut (dyn FnMut(&str) -> Result<Vec<u8>, String> + '_) = read;
         // SAFETY: this only erases the callback's lifetime so it fits in the
         // `'static` store data. The pointer is used only by `read_member`
-        // while the store below is alive, and the store is dropped before
+        // while a store below is alive, and every store is dropped before
         // this function returns (and so before the borrow of `read` ends);
         // see `State::read_member`.
         let read: *mut ReadFn = unsafe {
@@ -277,46 +488,74 @@ impl Steps {
                 read,
             )
         };
-        let _slot = self.slots.acquire();
-        let (mut store, stderr) =
-            self.new_store(self.manifest_fuel, MANIFEST_MEMORY, Some(Reader(read)))?;
-        let outcome = self
-            .manifest
+        let t = std::time::Instant::now();
+        let _count = Finally(|| count_guest_time(t));
+        for c in &self.manifest {
+            let _slot = self.slots.acquire();
+            let (mut store, stderr) =
+                self.new_store(self.manifest_fuel, MANIFEST_MEMORY, Some(Reader(read)))?;
+            let outcome = c
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| instantiate_err("manifest", e, &stderr))
+                .and_then(|step| {
+                    step.call_parse(&mut store, unit, &members, &options)
+                        .map_err(|e| trapped(e, &stderr))
+                });
+            #[cfg(test)]
+            tests::FUEL_LEFT.set(store.get_fuel().unwrap_or(0));
+            drop(store);
+            let Some(layout) =
+                outcome?.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?
+            else {
+                continue;
+            };
+            let answered = Answered {
+                component: c.label.clone(),
+                sha256: c.sha256.clone(),
+            };
+            return Ok((convert_layout(layout), answered));
+        }
+        Err(StepError::Rejected(format!(
+            "no manifest component recognises this image (tried {})",
+            self.manifest
+                .iter()
+                .map(|c| c.label.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    /// Starts a tar check session over one stream (a layer, or an image
+    /// archive's member index), with its own store: a trap ends the session
+    /// and harms nothing else.
+    pub fn tar_check(
+        &self,
+        mode: view::Mode,
+        policy: &Policy,
+    ) -> Result<TarSession<'_>, StepError> {
+        let slot = self.slots.acquire();
+        let (mut store, stderr) = self.new_store(TAR_FUEL_BASE, TAR_MEMORY, None)?;
+        let step = self
+            .tar
+            .pre
             .instantiate(&mut store)
-            .map_err(|e| instantiate_err("manifest", e, &stderr))
-            .and_then(|step| {
-                step.call_parse(&mut store, unit, &members)
-                    .map_err(|e| trapped(e, &stderr))
-            });
-        #[cfg(test)]
-        tests::FUEL_LEFT.set(store.get_fuel().unwrap_or(0));
-        drop(store);
-        let layout = outcome?.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?;
-        Ok(model::ImageLayout {
-            format: match layout.format {
-                w::ImageFormat::AdHoc => model::ImageFormat::AdHoc,
-                w::ImageFormat::DockerArchive => model::ImageFormat::DockerArchive,
-                w::ImageFormat::OciArchive => model::ImageFormat::OciArchive,
-                w::ImageFormat::OciLayout => model::ImageFormat::OciLayout,
-                w::ImageFormat::SingleLayer => model::ImageFormat::SingleLayer,
-            },
-            layers: layout
-                .layers
-                .into_iter()
-                .map(|l| model::LayerRef {
-                    member: l.member,
-                    media: match l.media {
-                        w::LayerMedia::Tar => model::LayerMedia::Tar,
-                        w::LayerMedia::Gzip => model::LayerMedia::Gzip,
-                        w::LayerMedia::Zstd => model::LayerMedia::Zstd,
-                        w::LayerMedia::Detect => model::LayerMedia::Detect,
-                    },
-                    digest: l.digest,
-                    diff_id: l.diff_id,
-                    size: l.size,
-                })
-                .collect(),
-            config_digest: layout.config_digest,
+            .map_err(|e| instantiate_err("tar-check", e, &stderr))?;
+        let mode = match mode {
+            view::Mode::Layer => tc::Mode::Layer,
+            view::Mode::Archive => tc::Mode::Archive,
+        };
+        let checker = step
+            .tarpool_steps_tar_check()
+            .checker()
+            .call_constructor(&mut store, mode, &tar_policy(policy))
+            .map_err(|e| trapped(e, &stderr))?;
+        Ok(TarSession {
+            store,
+            step,
+            checker,
+            stderr,
+            _slot: slot,
         })
     }
 
@@ -344,6 +583,7 @@ impl Steps {
             limits,
             reader,
             read_total: 0,
+            max_member_read: self.max_member_read,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -351,6 +591,216 @@ impl Steps {
             .set_fuel(fuel)
             .map_err(|e| host_err("setting fuel", e))?;
         Ok((store, stderr))
+    }
+}
+
+/// Runs a closure when dropped.
+struct Finally<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finally<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn convert_layout(
+    layout: manifest_bindings::tarpool::steps::types::ImageLayout,
+) -> model::ImageLayout {
+    use manifest_bindings::tarpool::steps::types as w;
+    model::ImageLayout {
+        format: one_line(&layout.format, 64),
+        layers: layout
+            .layers
+            .into_iter()
+            .map(|l| model::LayerRef {
+                member: l.member,
+                media: match l.media {
+                    w::LayerMedia::Tar => model::LayerMedia::Tar,
+                    w::LayerMedia::Gzip => model::LayerMedia::Gzip,
+                    w::LayerMedia::Zstd => model::LayerMedia::Zstd,
+                    w::LayerMedia::Detect => model::LayerMedia::Detect,
+                },
+                digest: l.digest,
+                diff_id: l.diff_id,
+                size: l.size,
+            })
+            .collect(),
+        config_digest: layout.config_digest,
+        config: layout.config.map(|c| model::RuntimeConfig {
+            env: c.env,
+            entrypoint: c.entrypoint,
+            cmd: c.cmd,
+            working_dir: c.working_dir,
+            user: c.user,
+        }),
+    }
+}
+
+/// The per-entry rules of the policy, as the tar check takes them.
+fn tar_policy(p: &Policy) -> tc::TarPolicy {
+    let v = |a: PolicyAction| match a {
+        PolicyAction::Allow => tc::Verdict::Allow,
+        PolicyAction::Skip => tc::Verdict::Skip,
+        PolicyAction::Strip => tc::Verdict::Strip,
+        PolicyAction::Reject => tc::Verdict::Reject,
+    };
+    let u32_of = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
+    tc::TarPolicy {
+        max_entries: p.max_layer_entries.limit,
+        max_bytes: p.max_layer_bytes.limit,
+        max_path_bytes: u32_of(p.max_path_bytes.limit),
+        max_name_bytes: u32_of(p.max_name_bytes.limit),
+        max_depth: u32_of(p.max_depth.limit),
+        max_ext_header_bytes: u32_of(p.max_ext_header_bytes.limit),
+        device_nodes: v(p.device_nodes.action),
+        fifos: v(p.fifos.action),
+        setid: v(p.setid.action),
+        xattr_allow: p.xattrs.allow.clone(),
+        other_xattrs: v(p.xattrs.others),
+        absolute_symlinks: v(p.absolute_symlinks.action),
+        duplicates: v(p.duplicates.action),
+        max_id: u32_of(p.max_id.limit),
+        min_mtime: p.mtime.min,
+        max_mtime: p.mtime.max,
+    }
+}
+
+/// One tar check over one stream (see [`Steps::tar_check`]).
+pub struct TarSession<'s> {
+    store: Store<State>,
+    step: tar_bindings::TarCheckStep,
+    checker: wasmtime::component::ResourceAny,
+    stderr: MemoryOutputPipe,
+    _slot: Slot<'s>,
+}
+
+impl TarSession<'_> {
+    fn progress(
+        &mut self,
+        r: wasmtime::Result<Result<tc::Progress, tc::Rejection>>,
+    ) -> Result<view::Progress, view::CheckError> {
+        let p = r
+            .map_err(|e| match trapped(e, &self.stderr) {
+                StepError::Trapped(m) => view::CheckError::Trapped(m),
+                other => view::CheckError::Host(other.to_string()),
+            })?
+            .map_err(|r| view::CheckError::Rejected {
+                path: one_line(&r.path, MAX_MESSAGE_CHARS),
+                rule: one_line(&r.rule, 40),
+                reason: one_line(&r.reason, MAX_MESSAGE_CHARS),
+            })?;
+        Ok(view::Progress {
+            entries: p.entries.into_iter().map(convert_entry).collect(),
+            decisions: p
+                .decisions
+                .into_iter()
+                .map(|d| view::Decision {
+                    path: one_line(&d.path, MAX_MESSAGE_CHARS),
+                    rule: one_line(&d.rule, 40),
+                    action: match d.action {
+                        tc::Action::Skip => "skip",
+                        tc::Action::Strip => "strip",
+                        tc::Action::Clamp => "clamp",
+                        tc::Action::Note => "note",
+                    },
+                    detail: one_line(&d.detail, MAX_MESSAGE_CHARS),
+                })
+                .collect(),
+            want: p.want,
+        })
+    }
+
+    fn refuel(&mut self, bytes: usize) -> Result<(), view::CheckError> {
+        let fuel = TAR_FUEL_BASE.saturating_add(TAR_FUEL_PER_BYTE.saturating_mul(bytes as u64));
+        self.store
+            .set_fuel(fuel)
+            .map_err(|e| view::CheckError::Host(e.to_string()))
+    }
+}
+
+impl view::TarCheck for TarSession<'_> {
+    fn feed(&mut self, offset: u64, bytes: &[u8]) -> Result<view::Progress, view::CheckError> {
+        self.refuel(bytes.len())?;
+        let r = self.step.tarpool_steps_tar_check().checker().call_feed(
+            &mut self.store,
+            self.checker,
+            offset,
+            bytes,
+        );
+        self.progress(r)
+    }
+
+    fn finish(&mut self, total: u64) -> Result<view::Progress, view::CheckError> {
+        self.refuel(0)?;
+        let r = self.step.tarpool_steps_tar_check().checker().call_finish(
+            &mut self.store,
+            self.checker,
+            total,
+        );
+        self.progress(r)
+    }
+}
+
+fn convert_entry(e: tc::Entry) -> view::Entry {
+    view::Entry {
+        path: e.path,
+        kind: match e.kind {
+            tc::EntryKind::Regular => view::EntryKind::Regular,
+            tc::EntryKind::Directory => view::EntryKind::Directory,
+            tc::EntryKind::Symlink => view::EntryKind::Symlink,
+            tc::EntryKind::Hardlink => view::EntryKind::Hardlink,
+            tc::EntryKind::CharDevice => view::EntryKind::CharDevice,
+            tc::EntryKind::BlockDevice => view::EntryKind::BlockDevice,
+            tc::EntryKind::Fifo => view::EntryKind::Fifo,
+            tc::EntryKind::Whiteout => view::EntryKind::Whiteout,
+            tc::EntryKind::Opaque => view::EntryKind::Opaque,
+        },
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime_sec: e.mtime_sec,
+        mtime_nsec: e.mtime_nsec,
+        link: e.link,
+        dev_major: e.dev_major,
+        dev_minor: e.dev_minor,
+        xattrs: e.xattrs.into_iter().map(|x| (x.name, x.value)).collect(),
+        data_offset: e.data_offset,
+        data_size: e.data_size,
+    }
+}
+
+/// The bytes of a configured component: built in, or read from its file and
+/// checked against its pin.
+fn component_bytes(spec: &ComponentSpec) -> Result<(String, Vec<u8>), StepError> {
+    match spec {
+        ComponentSpec::Builtin(name) => BUILTINS
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(n, w)| (n.to_string(), w.to_vec()))
+            .ok_or_else(|| {
+                StepError::Host(format!(
+                    "unknown component `{}` (built in: {})",
+                    one_line(name, 80),
+                    BUILTINS
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }),
+        ComponentSpec::File { path, sha256 } => {
+            let wasm = fs::read(path)
+                .map_err(|e| host_err(&format!("reading component {}", path.display()), e))?;
+            let got = hex::encode(Sha256::digest(&wasm));
+            if !got.eq_ignore_ascii_case(sha256) {
+                return Err(StepError::Host(format!(
+                    "component {} has sha256 {got}, but the config pins {}",
+                    path.display(),
+                    one_line(sha256, 80)
+                )));
+            }
+            Ok((path.display().to_string(), wasm))
+        }
     }
 }
 
@@ -556,12 +1006,23 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// One `Steps` for the unit tests of every module (compiled once per test
+/// binary).
+#[cfg(test)]
+pub fn test_steps() -> &'static Steps {
+    static STEPS: std::sync::OnceLock<Steps> = std::sync::OnceLock::new();
+    STEPS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tarpool-wasm-test-{}", std::process::id()));
+        Steps::load(&dir).expect("load the format steps")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model::{BlobKind, ImageFormat, LayerMedia, Member, UnitKind};
+    use model::{BlobKind, LayerMedia, Member, UnitKind};
     use std::cell::Cell;
-    use std::sync::{Arc, OnceLock};
+    use std::sync::Arc;
 
     thread_local! {
         /// Fuel left after this thread's last `parse_manifest`.
@@ -570,12 +1031,7 @@ mod tests {
 
     /// One `Steps` for the tests that do not change its budgets.
     fn shared() -> &'static Steps {
-        static STEPS: OnceLock<Steps> = OnceLock::new();
-        STEPS.get_or_init(|| {
-            let dir =
-                std::env::temp_dir().join(format!("tarpool-wasm-test-{}", std::process::id()));
-            Steps::load(&dir).expect("load")
-        })
+        test_steps()
     }
 
     fn tar_head(name: &str) -> Vec<u8> {
@@ -637,8 +1093,9 @@ mod tests {
                 ]),
                 &mut no_read,
             )
-            .unwrap();
-        assert_eq!(l.format, ImageFormat::AdHoc);
+            .unwrap()
+            .0;
+        assert_eq!(l.format, "ad-hoc");
         let names: Vec<&str> = l.layers.iter().map(|l| l.member.as_str()).collect();
         assert_eq!(names[0], "1.tar");
         assert_eq!(names[9], "10.tar");
@@ -674,8 +1131,9 @@ mod tests {
         };
         let l = shared()
             .parse_manifest(UnitKind::Archive, &ms, &mut read)
-            .unwrap();
-        assert_eq!(l.format, ImageFormat::DockerArchive);
+            .unwrap()
+            .0;
+        assert_eq!(l.format, "docker-archive");
         assert_eq!(l.layers[0].member, "a/layer.tar");
         assert!(l.layers[0].diff_id.as_deref().unwrap().ends_with("01"));
         assert_eq!(reads, ["manifest.json", "c.json"]);
@@ -713,7 +1171,7 @@ mod tests {
         }];
         let mut read = |_: &str| Ok(vec![b' '; 5 << 20]);
         match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
-            Err(StepError::Rejected(e)) => assert!(e.contains("over the 4 MiB read cap"), "{e}"),
+            Err(StepError::Rejected(e)) => assert!(e.contains("over the 4194304-byte cap"), "{e}"),
             other => panic!("{other:?}"),
         }
     }
@@ -738,6 +1196,7 @@ mod tests {
             steps
                 .parse_manifest(UnitKind::Prefix, &ms, &mut no_read)
                 .unwrap()
+                .0
                 .layers
                 .len(),
             500
@@ -777,8 +1236,13 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         files.sort();
-        assert_eq!(files.len(), 2, "{files:?}");
-        assert!(files[0].starts_with("classify-") && files[0].ends_with(".cwasm"));
+        assert_eq!(files.len(), 4, "{files:?}");
+        for (f, name) in files
+            .iter()
+            .zip(["classify-", "manifest-", "rootfs-dir-", "tarcheck-"])
+        {
+            assert!(f.starts_with(name) && f.ends_with(".cwasm"), "{files:?}");
+        }
         let t = std::time::Instant::now();
         let warm = Steps::load(&dir).unwrap();
         let warm_time = t.elapsed();
@@ -801,6 +1265,7 @@ mod tests {
             again
                 .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read)
                 .unwrap()
+                .0
                 .layers
                 .len(),
             1
@@ -877,7 +1342,8 @@ mod tests {
         let t = std::time::Instant::now();
         let l = steps
             .parse_manifest(UnitKind::Archive, &ms, &mut read)
-            .unwrap();
+            .unwrap()
+            .0;
         let used = MANIFEST_FUEL - FUEL_LEFT.get();
         eprintln!("docker 30000 layers: {:?}, fuel {used}", t.elapsed());
         assert_eq!(l.layers.len(), 30_000);
@@ -893,10 +1359,11 @@ mod tests {
         let t = std::time::Instant::now();
         let l = steps
             .parse_manifest(UnitKind::Archive, &ms, &mut no_read)
-            .unwrap();
+            .unwrap()
+            .0;
         let used = MANIFEST_FUEL - FUEL_LEFT.get();
         eprintln!("flat 400000 members: {:?}, fuel {used}", t.elapsed());
-        assert_eq!(l.format, ImageFormat::SingleLayer);
+        assert_eq!(l.format, "single-layer");
         assert!(used < MANIFEST_FUEL / 4, "{used}");
     }
 

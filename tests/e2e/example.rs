@@ -70,7 +70,7 @@ fn example_bucket_ends_ready_and_activations_match_umoci() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|d| d["rule"] == "max_layers" && d["verdict"] == "allow"));
+        .any(|d| d["rule"] == "max-layers" && d["verdict"] == "allow"));
 
     // A second run over the unchanged bucket starts nothing.
     let before = audit["transitions"].as_array().unwrap().len();

@@ -11,6 +11,8 @@ enum E<'a> {
     Dir(&'a [u8]),
     Symlink(&'a [u8], &'a [u8]),
     CharDev(&'a [u8]),
+    /// A setuid-root executable.
+    Suid(&'a [u8]),
 }
 
 fn raw_header(name: &[u8], kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
@@ -33,6 +35,11 @@ fn layer(entries: &[E<'_>]) -> Vec<u8> {
                 let mut h = raw_header(n, tar::EntryType::Regular, d.len() as u64, 0o644);
                 h.set_cksum();
                 b.append(&h, *d).unwrap();
+            }
+            E::Suid(n) => {
+                let mut h = raw_header(n, tar::EntryType::Regular, 2, 0o4755);
+                h.set_cksum();
+                b.append(&h, &b"#!"[..]).unwrap();
             }
             E::Dir(n) => {
                 let mut h = raw_header(n, tar::EntryType::Directory, 0, 0o755);
@@ -191,8 +198,11 @@ fn bad_images_fail_with_one_line_and_the_rest_complete() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["rule"] == "skipped_entries"
-                && d["detail"].as_str().unwrap().contains("dev/mem")),
+            .any(|d| d["rule"] == "device-nodes"
+                && d["action"] == "skip"
+                && d["layer"] == 1
+                && d["path"].as_str().unwrap().contains("dev/mem")
+                && !d["reason"].as_str().unwrap().is_empty()),
         "{audit}"
     );
     let st = env.json(&["status", "--json"]);
@@ -294,7 +304,7 @@ fn symlinks_are_resolved_inside_the_layer_root() {
 }
 
 #[test]
-fn a_stricter_policy_rejects_device_nodes_and_formats() {
+fn the_strict_policy_rejects_device_nodes_and_formats() {
     let env = Env::new();
     let bucket = env.dir.path().join("bucket");
     put(
@@ -304,11 +314,16 @@ fn a_stricter_policy_rejects_device_nodes_and_formats() {
     );
     put(&bucket, "images/flat.tar", &layer(&[E::File(b"a", b"1")]));
     put(&bucket, "images/ok/1.tar", &layer(&[E::File(b"a", b"1")]));
+    put(&bucket, "images/suid/1.tar", &layer(&[E::Suid(b"bin/su")]));
+    // The strict policy, with ad-hoc images allowed so the bucket can stay
+    // simple.
     let policy = env.dir.path().join("policy.toml");
-    let text = std::fs::read_to_string(repo().join("policies/default.toml"))
-        .unwrap()
-        .replace("device_nodes = \"skip\"", "device_nodes = \"reject\"")
-        .replace("\"oci-layout\", \"single-layer\"]", "\"oci-layout\"]");
+    let strict = std::fs::read_to_string(repo().join("policies/strict.toml")).unwrap();
+    let text = strict.replace(
+        "allow = [\"docker-archive\",",
+        "allow = [\"ad-hoc\", \"docker-archive\",",
+    );
+    assert_ne!(text, strict);
     std::fs::write(&policy, text).unwrap();
     let cfg = env.dir.path().join("tarpool.toml");
     std::fs::write(&cfg, format!("policy = {:?}\n", policy.to_str().unwrap())).unwrap();
@@ -341,4 +356,49 @@ fn a_stricter_policy_rejects_device_nodes_and_formats() {
         .unwrap()
         .iter()
         .any(|d| d["rule"] == "formats" && d["verdict"] == "deny"));
+    // The device node is a rejection on the record, with its rule.
+    let audit = env.json(&["audit", "device", "--json"]);
+    assert!(
+        audit["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["rule"] == "device-nodes"
+                && d["action"] == "reject"
+                && d["path"].as_str().unwrap().contains("dev/mem")),
+        "{audit}"
+    );
+    // The setuid bit is stripped, on the record; the run names its policy.
+    assert_eq!(st["suid"].0, "ready");
+    let audit = env.json(&["audit", "suid", "--json"]);
+    assert!(
+        audit["decisions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["rule"] == "setid"
+                && d["action"] == "strip"
+                && d["path"].as_str().unwrap().contains("bin/su")),
+        "{audit}"
+    );
+    assert_eq!(audit["runs"][0]["policy"], "strict");
+    assert_eq!(
+        audit["runs"][0]["policy_sha256"].as_str().unwrap().len(),
+        64
+    );
+    let act = env.dir.path().join("suid-act");
+    let out = env.run(&[
+        "activate",
+        "suid",
+        "--as",
+        "suid-act",
+        "--mount",
+        act.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(act.join("bin/su")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o755, "setuid stripped");
+    env.run(&["deactivate", "suid-act"]);
 }

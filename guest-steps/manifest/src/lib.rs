@@ -1,6 +1,16 @@
 //! Format step `manifest`: works out an image's layers from the member list
 //! of its unit and the manifest files it reads.
 //!
+//! The built-in manifest component. It knows `ad-hoc` (a prefix of `1.tar`,
+//! `2.tar`, ...), `oci-layout` (a prefix with `oci-layout` and
+//! `index.json`), `oci-archive`, `docker-archive` and `single-layer` (any
+//! other archive); for a prefix that is none of these (no OCI markers and
+//! no member named like a layer) it answers `none`, and the host asks the
+//! next manifest component. Every JSON document passes the `strict`
+//! pre-pass (no duplicate or case-variant keys) before it is decoded; the
+//! image config gives the runtime config; an index is followed down to
+//! the options' platform, `max_index_depth` nested indexes deep.
+//!
 //! The logic is a plain function ([`parse`]) so it can be unit-tested
 //! natively; on `wasm32` the crate also exports the `manifest-step` world of
 //! `wit/tarpool.wit`, reading members through the imported `source`
@@ -10,8 +20,11 @@
 
 use guest_text::one_line;
 use serde::de::{DeserializeOwned, IgnoredAny};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+mod strict;
+use strict::Shape;
 
 /// Whether the unit is a prefix of objects or one archive (mirrors `unit-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +40,8 @@ pub struct Member {
     pub size: u64,
 }
 
-/// Mirrors `image-format`.
+/// The formats this component knows; `image-layout.format` carries
+/// [`ImageFormat::name`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
     AdHoc,
@@ -35,6 +49,19 @@ pub enum ImageFormat {
     OciArchive,
     OciLayout,
     SingleLayer,
+}
+
+impl ImageFormat {
+    /// The format's name in `image-layout.format` and the policy's `formats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::AdHoc => "ad-hoc",
+            ImageFormat::DockerArchive => "docker-archive",
+            ImageFormat::OciArchive => "oci-archive",
+            ImageFormat::OciLayout => "oci-layout",
+            ImageFormat::SingleLayer => "single-layer",
+        }
+    }
 }
 
 /// Mirrors `layer-media`.
@@ -56,12 +83,51 @@ pub struct LayerRef {
     pub size: Option<u64>,
 }
 
+/// Mirrors `runtime-config`: the image config's `Env`, `Entrypoint`, `Cmd`,
+/// `WorkingDir` and `User` (empty when absent or null).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
 /// Mirrors `image-layout`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageLayout {
     pub format: ImageFormat,
+    /// Bottom layer first.
     pub layers: Vec<LayerRef>,
     pub config_digest: Option<String>,
+    /// From the image config (docker and OCI images); `None` for ad-hoc and
+    /// single-layer images, which have no config.
+    pub config: Option<RuntimeConfig>,
+}
+
+/// Mirrors `manifest-options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestOptions {
+    pub os: String,
+    pub architecture: String,
+    /// `None`: an entry without a variant (or `""`, or `v1` on amd64) is
+    /// preferred; `Some(v)`: only entries with variant `v` are taken.
+    pub arch_variant: Option<String>,
+    /// Indexes followed below `index.json`.
+    pub max_index_depth: u32,
+}
+
+impl Default for ManifestOptions {
+    /// linux/amd64, no variant, one nested index (the host's defaults).
+    fn default() -> Self {
+        ManifestOptions {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            arch_variant: None,
+            max_index_depth: 1,
+        }
+    }
 }
 
 /// Reads a member of the unit, whole.
@@ -70,6 +136,11 @@ pub type Read<'a> = dyn FnMut(&str) -> Result<Vec<u8>, String> + 'a;
 /// Longest name quoted in an error, in characters.
 const MAX_NAME_CHARS: usize = 80;
 
+/// Most entries of a runtime-config list (`Env`, `Entrypoint`, `Cmd`).
+pub const MAX_CONFIG_ENTRIES: usize = 1000;
+/// Longest runtime-config string (an `Env` entry, `WorkingDir`...), in bytes.
+pub const MAX_CONFIG_STRING: usize = 64 * 1024;
+
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -77,21 +148,25 @@ const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
-/// Works out the image's layers. An `Err` blames the input; it is one line
+/// Works out the image's layers. `Ok(None)`: the unit is not in a format
+/// this component knows (a prefix with neither an OCI layout nor a member
+/// named like an ad-hoc layer). An `Err` blames the input; it is one line
 /// of at most about 200 characters with no control characters.
 pub fn parse(
     unit: UnitKind,
     members: &[Member],
+    options: &ManifestOptions,
     read: &mut Read<'_>,
-) -> Result<ImageLayout, String> {
-    parse_inner(unit, members, read).map_err(|e| one_line(&e))
+) -> Result<Option<ImageLayout>, String> {
+    parse_inner(unit, members, options, read).map_err(|e| one_line(&e))
 }
 
 fn parse_inner(
     unit: UnitKind,
     members: &[Member],
+    opts: &ManifestOptions,
     read: &mut Read<'_>,
-) -> Result<ImageLayout, String> {
+) -> Result<Option<ImageLayout>, String> {
     // Look for the marker files without indexing every member: a flat
     // rootfs archive may list hundreds of thousands.
     let has = |marker: &str| {
@@ -100,13 +175,16 @@ fn parse_inner(
             .any(|m| m.name.ends_with(marker) && normalize(&m.name).is_ok_and(|n| n == marker))
     };
     let oci = has("oci-layout") && has("index.json");
+    let docker = has("manifest.json");
     match unit {
         UnitKind::Prefix => {
             if members.is_empty() {
                 return Err("prefix holds no members".into());
             }
             if oci {
-                return parse_oci(&Index::new(members), read, ImageFormat::OciLayout);
+                let idx = Index::new(members);
+                return parse_oci_unit(&idx, read, opts, ImageFormat::OciLayout, docker, false)
+                    .map(Some);
             }
             for (have, lack) in [("oci-layout", "index.json"), ("index.json", "oci-layout")] {
                 if has(have) {
@@ -115,15 +193,21 @@ fn parse_inner(
                     ));
                 }
             }
-            parse_ad_hoc(members)
+            if !members.iter().any(|m| looks_like_layer(&m.name)) {
+                return Ok(None);
+            }
+            parse_ad_hoc(members).map(Some)
         }
         UnitKind::Archive => {
-            if oci {
-                parse_oci(&Index::new(members), read, ImageFormat::OciArchive)
-            } else if has("manifest.json") {
-                parse_docker(&Index::new(members), read)
+            let layout = if oci {
+                let idx = Index::new(members);
+                parse_oci_unit(&idx, read, opts, ImageFormat::OciArchive, docker, true)?
+            } else if docker {
+                parse_docker(&Index::new(members), read, opts)?
+            } else if has("repositories") && legacy_v1(members) {
+                return Err("legacy docker image format (v1.0) is not supported".into());
             } else {
-                Ok(ImageLayout {
+                ImageLayout {
                     format: ImageFormat::SingleLayer,
                     layers: vec![LayerRef {
                         member: String::new(),
@@ -133,10 +217,33 @@ fn parse_inner(
                         size: None,
                     }],
                     config_digest: None,
-                })
-            }
+                    config: None,
+                }
+            };
+            Ok(Some(layout))
         }
     }
+}
+
+/// Whether a prefix member is named like an ad-hoc layer, rightly or not:
+/// a number, then `.tar` or `.tgz` in any case (`1.tar`, `01.tar`,
+/// `2.TAR`, `3.tar.gz`). A prefix with none is not an ad-hoc image.
+fn looks_like_layer(name: &str) -> bool {
+    let digits = name.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = name.as_bytes().get(digits..).unwrap_or_default();
+    digits > 0
+        && rest.get(..4).is_some_and(|ext| {
+            ext.eq_ignore_ascii_case(b".tar") || ext.eq_ignore_ascii_case(b".tgz")
+        })
+}
+
+/// Whether an archive has the `<id>/json` members of docker's v1.0 save
+/// format (together with `repositories`, and without `manifest.json`).
+fn legacy_v1(members: &[Member]) -> bool {
+    members.iter().any(|m| {
+        m.name.ends_with("/json")
+            && normalize(&m.name).is_ok_and(|n| n.strip_suffix("/json").is_some_and(is_hex64))
+    })
 }
 
 // ---------------------------------------------------------------- members
@@ -184,6 +291,10 @@ impl<'m> Index<'m> {
             None => Err(format!("{what} names missing member {}", quote_name(norm))),
         }
     }
+
+    fn contains(&self, norm: &str) -> bool {
+        self.by_name.contains_key(norm)
+    }
 }
 
 /// Normalises a member name or a path from a manifest: relative, `/`
@@ -214,9 +325,16 @@ fn read_json<T: DeserializeOwned>(
     read: &mut Read<'_>,
     member: &Member,
     label: &str,
+    shape: &Shape,
 ) -> Result<T, String> {
     let bytes = read_bytes(read, member, label)?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{label}: {e}"))
+    decode(&bytes, label, shape)
+}
+
+/// Decodes a JSON document after the [`strict`] pre-pass.
+fn decode<T: DeserializeOwned>(bytes: &[u8], label: &str, shape: &Shape) -> Result<T, String> {
+    strict::check(bytes, shape).map_err(|e| format!("{label}: {e}"))?;
+    serde_json::from_slice(bytes).map_err(|e| format!("{label}: {e}"))
 }
 
 /// Reads a member whole, checking it has the size it is listed with.
@@ -230,6 +348,16 @@ fn read_bytes(read: &mut Read<'_>, member: &Member, label: &str) -> Result<Vec<u
         ));
     }
     Ok(bytes)
+}
+
+/// A field that is there (with any value, `null` included) or not.
+#[derive(Default)]
+struct Seen(bool);
+
+impl<'de> Deserialize<'de> for Seen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| Seen(true))
+    }
 }
 
 // ----------------------------------------------------------------- ad hoc
@@ -265,6 +393,7 @@ fn parse_ad_hoc(members: &[Member]) -> Result<ImageLayout, String> {
             })
             .collect(),
         config_digest: None,
+        config: None,
     })
 }
 
@@ -299,11 +428,36 @@ struct OciLayoutFile {
     image_layout_version: String,
 }
 
+/// An index (`index.json` or a nested one). The fields of a manifest and
+/// of schema 1 are decoded only to reject a document that has them.
 #[derive(Deserialize)]
-struct OciIndex {
+struct IndexDoc {
     #[serde(rename = "schemaVersion")]
     schema_version: Option<u64>,
-    manifests: Vec<Descriptor>,
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    config: Seen,
+    #[serde(default)]
+    layers: Seen,
+    #[serde(rename = "fsLayers", default)]
+    fs_layers: Seen,
+}
+
+/// An image manifest; `manifests` and `fsLayers` only to reject them.
+#[derive(Deserialize)]
+struct ManifestDoc {
+    #[serde(rename = "schemaVersion")]
+    schema_version: Option<u64>,
+    #[serde(rename = "mediaType")]
+    media_type: Option<String>,
+    config: Option<Descriptor>,
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Seen,
+    #[serde(rename = "fsLayers", default)]
+    fs_layers: Seen,
 }
 
 #[derive(Deserialize, Clone)]
@@ -313,6 +467,8 @@ struct Descriptor {
     digest: String,
     size: u64,
     platform: Option<Platform>,
+    /// Where a foreign layer may be fetched from; tarpool never does.
+    urls: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -322,56 +478,123 @@ struct Platform {
     variant: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct OciManifest {
-    #[serde(rename = "schemaVersion")]
-    schema_version: Option<u64>,
-    #[serde(rename = "mediaType")]
-    media_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
+/// The parts of an image config (OCI or docker) tarpool reads.
 #[derive(Deserialize)]
 struct ImageConfig {
     rootfs: RootFs,
+    os: Option<String>,
+    architecture: Option<String>,
+    config: Option<RunConfig>,
 }
 
 #[derive(Deserialize)]
 struct RootFs {
     #[serde(rename = "type")]
     kind: String,
+    /// Docker omits it for an image of no layers.
+    #[serde(default)]
     diff_ids: Vec<String>,
 }
 
+#[derive(Deserialize)]
+struct RunConfig {
+    #[serde(rename = "Env")]
+    env: Option<Vec<String>>,
+    #[serde(rename = "Entrypoint")]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd")]
+    cmd: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir")]
+    working_dir: Option<String>,
+    #[serde(rename = "User")]
+    user: Option<String>,
+}
+
+/// An OCI layout or archive; with `docker` (a `manifest.json` too, as
+/// Docker 25+ `docker save` writes) the docker description is parsed as
+/// well and must agree with the OCI one (catalogue F62).
+fn parse_oci_unit(
+    idx: &Index<'_>,
+    read: &mut Read<'_>,
+    opts: &ManifestOptions,
+    format: ImageFormat,
+    docker: bool,
+    archive: bool,
+) -> Result<ImageLayout, String> {
+    // `docker save IMAGE@DIGEST` (Docker 25) writes `"manifests": null`:
+    // then manifest.json alone describes the image.
+    let Some(oci) = parse_oci(idx, read, opts, format, docker && archive)? else {
+        return parse_docker(idx, read, opts);
+    };
+    if docker {
+        let other = parse_docker(idx, read, opts)?;
+        agree(&oci, &other)?;
+    }
+    Ok(oci)
+}
+
+/// `Ok(None)` only with `docker_fallback`, when `index.json` lists no
+/// manifests.
 fn parse_oci(
     idx: &Index<'_>,
     read: &mut Read<'_>,
+    opts: &ManifestOptions,
     format: ImageFormat,
-) -> Result<ImageLayout, String> {
-    let layout: OciLayoutFile =
-        read_json(read, idx.get("oci-layout", "oci-layout")?, "oci-layout")?;
+    docker_fallback: bool,
+) -> Result<Option<ImageLayout>, String> {
+    let layout: OciLayoutFile = read_json(
+        read,
+        idx.get("oci-layout", "oci-layout")?,
+        "oci-layout",
+        &strict::OCI_LAYOUT,
+    )?;
     if layout.image_layout_version != "1.0.0" {
         return Err(format!(
             "oci-layout: unsupported imageLayoutVersion {}",
             quote_name(&layout.image_layout_version)
         ));
     }
-    let index: OciIndex = read_json(read, idx.get("index.json", "index.json")?, "index.json")?;
-    check_schema("index.json", index.schema_version)?;
+    let index: IndexDoc = read_json(
+        read,
+        idx.get("index.json", "index.json")?,
+        "index.json",
+        &strict::INDEX_OR_MANIFEST,
+    )?;
+    let entries = match check_index("index.json", &index, None)? {
+        Some(e) if !e.is_empty() => e,
+        _ if docker_fallback => return Ok(None),
+        Some(_) => return Err("index.json lists no manifests".into()),
+        None => return Err("index.json: `manifests` is missing or null".into()),
+    };
 
-    let mut chosen = choose("index.json", &index.manifests)?;
+    let mut chosen = choose("index.json", entries, opts)?;
     let mut label = String::from("index.json");
-    if is_index(&chosen.media_type) {
-        let nested_label = format!("nested index {}", short(&chosen.digest));
-        let nested: OciIndex = read_blob(idx, read, &chosen, &label, &nested_label)?;
-        check_schema(&nested_label, nested.schema_version)?;
-        chosen = choose(&nested_label, &nested.manifests)?;
-        if is_index(&chosen.media_type) {
+    // Digests of the nested indexes followed, outermost first.
+    let mut path: Vec<String> = Vec::new();
+    let max_depth = usize::try_from(opts.max_index_depth).unwrap_or(usize::MAX);
+    while is_index(&chosen.media_type) {
+        sha256_hex(&label, &chosen.digest)?;
+        if path.contains(&chosen.digest) {
+            return Err(format!("{label}: index cycle at {}", chosen.digest));
+        }
+        if path.len() >= max_depth {
             return Err(format!(
-                "{nested_label} points to a further index; only one level of nesting is followed"
+                "{label} points to a further index; at most {max_depth} nested indexes are followed"
             ));
         }
+        path.push(chosen.digest.clone());
+        let nested_label = format!("nested index {}", short(&chosen.digest));
+        let nested: IndexDoc = read_blob(
+            idx,
+            read,
+            &chosen,
+            &label,
+            &nested_label,
+            &strict::INDEX_OR_MANIFEST,
+        )?;
+        let entries = check_index(&nested_label, &nested, Some(&chosen.media_type))?
+            .ok_or_else(|| format!("{nested_label}: `manifests` is missing or null"))?;
+        chosen = choose(&nested_label, entries, opts)?;
         label = nested_label;
     }
     if !is_manifest(&chosen.media_type) {
@@ -381,28 +604,35 @@ fn parse_oci(
             quote_name(&chosen.media_type)
         ));
     }
-    let manifest: OciManifest = read_blob(idx, read, &chosen, &label, "manifest")?;
-    check_schema("manifest", manifest.schema_version)?;
-    if let Some(mt) = &manifest.media_type {
-        if !is_manifest(mt) {
-            return Err(format!(
-                "manifest: unsupported mediaType {}",
-                quote_name(mt)
-            ));
-        }
-    }
-    if manifest.config.media_type != OCI_CONFIG && manifest.config.media_type != DOCKER_CONFIG {
+    let manifest: ManifestDoc = read_blob(
+        idx,
+        read,
+        &chosen,
+        &label,
+        "manifest",
+        &strict::INDEX_OR_MANIFEST,
+    )?;
+    let (config_desc, layer_descs) = check_manifest(&manifest, &chosen.media_type)?;
+    if config_desc.media_type != OCI_CONFIG && config_desc.media_type != DOCKER_CONFIG {
         return Err(format!(
             "manifest: config media type {} is not a container image config",
-            quote_name(&manifest.config.media_type)
+            quote_name(&config_desc.media_type)
         ));
     }
-    let config_digest = manifest.config.digest.clone();
-    let config: ImageConfig = read_blob(idx, read, &manifest.config, "manifest", "config")?;
-    let diff_ids = diff_ids(config.rootfs, manifest.layers.len(), "manifest")?;
+    let config: ImageConfig = read_blob(
+        idx,
+        read,
+        config_desc,
+        "manifest",
+        "config",
+        &strict::IMAGE_CONFIG,
+    )?;
+    check_platform(&config, opts)?;
+    let runtime = runtime_config(config.config)?;
+    let diff_ids = diff_ids(config.rootfs, layer_descs.len(), "manifest")?;
 
-    let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (i, (desc, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+    let mut layers = Vec::with_capacity(layer_descs.len());
+    for (i, (desc, diff_id)) in layer_descs.iter().zip(diff_ids).enumerate() {
         let what = format!("manifest: layer {}", i + 1);
         let media = layer_media(&desc.media_type).ok_or_else(|| {
             format!(
@@ -410,6 +640,13 @@ fn parse_oci(
                 quote_name(&desc.media_type)
             )
         })?;
+        let hex = sha256_hex(&what, &desc.digest)?;
+        let foreign = desc.urls.as_ref().is_some_and(|u| !u.is_empty());
+        if foreign && !idx.contains(&format!("blobs/sha256/{hex}")) {
+            return Err(format!(
+                "{what} is a foreign layer (it has `urls`) whose blob is not in the image; layers are never fetched"
+            ));
+        }
         let member = blob_member(idx, desc, &what)?;
         layers.push(LayerRef {
             member: member.name.clone(),
@@ -419,11 +656,87 @@ fn parse_oci(
             size: Some(desc.size),
         });
     }
-    Ok(ImageLayout {
+    Ok(Some(ImageLayout {
         format,
         layers,
-        config_digest: Some(config_digest),
-    })
+        config_digest: Some(config_desc.digest.clone()),
+        config: Some(runtime),
+    }))
+}
+
+/// Checks an index document is one (catalogue F49, F50) and returns its
+/// entries (`None`: `manifests` missing or null). `expected`: the media
+/// type of the descriptor that led to it (none for `index.json`).
+fn check_index<'d>(
+    label: &str,
+    doc: &'d IndexDoc,
+    expected: Option<&str>,
+) -> Result<Option<&'d [Descriptor]>, String> {
+    if doc.fs_layers.0 {
+        return Err(format!(
+            "{label}: schema 1 manifest (`fsLayers`) is not supported"
+        ));
+    }
+    check_schema(label, doc.schema_version)?;
+    for (seen, field) in [(&doc.config, "config"), (&doc.layers, "layers")] {
+        if seen.0 {
+            return Err(format!(
+                "{label} has `{field}`, as a manifest does: not a valid index"
+            ));
+        }
+    }
+    if let Some(mt) = &doc.media_type {
+        match expected {
+            Some(want) if mt != want => {
+                return Err(format!(
+                    "{label}: mediaType {} differs from its descriptor's {}",
+                    quote_name(mt),
+                    quote_name(want)
+                ))
+            }
+            None if !is_index(mt) => {
+                return Err(format!(
+                    "{label}: mediaType {} is not an image index",
+                    quote_name(mt)
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(doc.manifests.as_deref())
+}
+
+/// Checks a manifest document is one (catalogue F49, F50) and returns its
+/// config and layer descriptors.
+fn check_manifest<'d>(
+    doc: &'d ManifestDoc,
+    expected: &str,
+) -> Result<(&'d Descriptor, &'d [Descriptor]), String> {
+    if doc.fs_layers.0 {
+        return Err("manifest: schema 1 manifest (`fsLayers`) is not supported".into());
+    }
+    check_schema("manifest", doc.schema_version)?;
+    if doc.manifests.0 {
+        return Err("manifest has `manifests`, as an index does: not a valid manifest".into());
+    }
+    if let Some(mt) = &doc.media_type {
+        if mt != expected {
+            return Err(format!(
+                "manifest: mediaType {} differs from its descriptor's {}",
+                quote_name(mt),
+                quote_name(expected)
+            ));
+        }
+    }
+    let config = doc
+        .config
+        .as_ref()
+        .ok_or("manifest: `config` is missing or null")?;
+    let layers = doc
+        .layers
+        .as_deref()
+        .ok_or("manifest: `layers` is missing or null")?;
+    Ok((config, layers))
 }
 
 fn check_schema(label: &str, version: Option<u64>) -> Result<(), String> {
@@ -441,6 +754,10 @@ fn is_index(media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST
 }
 
+fn is_schema1(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.distribution.manifest.v1+")
+}
+
 fn layer_media(media_type: &str) -> Option<LayerMedia> {
     Some(match media_type {
         "application/vnd.oci.image.layer.v1.tar"
@@ -456,12 +773,40 @@ fn layer_media(media_type: &str) -> Option<LayerMedia> {
     })
 }
 
-/// Picks the one image out of an index: the only (distinct) manifest, or
-/// else the linux/amd64 one.
-fn choose(label: &str, entries: &[Descriptor]) -> Result<Descriptor, String> {
-    if entries.is_empty() {
-        return Err(format!("{label} lists no manifests"));
+/// `os/architecture[/variant]` of the options, for messages.
+fn platform_name(opts: &ManifestOptions) -> String {
+    let mut name = format!("{}/{}", opts.os, opts.architecture);
+    if let Some(v) = &opts.arch_variant {
+        name.push('/');
+        name.push_str(v);
     }
+    name
+}
+
+/// Whether an index entry's variant is the one the options ask for.
+fn variant_matches(variant: Option<&str>, opts: &ManifestOptions) -> bool {
+    match &opts.arch_variant {
+        Some(want) => variant == Some(want.as_str()),
+        None => {
+            matches!(variant, None | Some(""))
+                || (opts.architecture == "amd64" && variant == Some("v1"))
+        }
+    }
+}
+
+/// Picks the one image out of an index: the only (distinct) manifest, or
+/// else the one for the options' platform. Without a variant in the
+/// options, the only entry for the os/architecture is taken whatever its
+/// variant, else the only one without a variant (or `v1` on amd64); with a
+/// variant, exactly that variant.
+fn choose(
+    label: &str,
+    entries: &[Descriptor],
+    opts: &ManifestOptions,
+) -> Result<Descriptor, String> {
+    let Some(first) = entries.first() else {
+        return Err(format!("{label} lists no manifests"));
+    };
     let mut seen = HashSet::new();
     let distinct: Vec<&Descriptor> = entries
         .iter()
@@ -469,11 +814,14 @@ fn choose(label: &str, entries: &[Descriptor]) -> Result<Descriptor, String> {
         .filter(|d| seen.insert(d.digest.as_str()))
         .collect();
     match distinct.as_slice() {
+        [] if entries.iter().any(|d| is_schema1(&d.media_type)) => {
+            return Err(format!("{label}: schema 1 manifests are not supported"))
+        }
         [] => {
             return Err(format!(
                 "{label}: none of its {} entries is an image manifest or index (first has media type {})",
                 entries.len(),
-                quote_name(&entries[0].media_type)
+                quote_name(&first.media_type)
             ))
         }
         [one] => return Ok((*one).clone()),
@@ -485,38 +833,48 @@ fn choose(label: &str, entries: &[Descriptor]) -> Result<Descriptor, String> {
             distinct.len()
         ));
     }
-    let amd64: Vec<&Descriptor> = distinct
+    let want = platform_name(opts);
+    let matching: Vec<&Descriptor> = distinct
         .iter()
         .copied()
         .filter(|d| {
             d.platform
                 .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+                .is_some_and(|p| p.os == opts.os && p.architecture == opts.architecture)
         })
         .collect();
-    let plain: Vec<&Descriptor> = amd64
+    let exact: Vec<&Descriptor> = matching
         .iter()
         .copied()
         .filter(|d| {
             d.platform
                 .as_ref()
-                .is_some_and(|p| matches!(p.variant.as_deref(), None | Some("") | Some("v1")))
+                .is_some_and(|p| variant_matches(p.variant.as_deref(), opts))
         })
         .collect();
-    match (amd64.as_slice(), plain.as_slice()) {
-        ([], _) => Err(format!(
-            "{label} has no linux/amd64 image among its {} entries",
+    // Without a variant asked for, the os/architecture decides unless it
+    // is ambiguous and exactly one entry has no variant.
+    let candidates = if opts.arch_variant.is_some() || (matching.len() > 1 && exact.len() == 1) {
+        &exact
+    } else {
+        &matching
+    };
+    match candidates.as_slice() {
+        [] => Err(format!(
+            "{label} has no {want} image among its {} entries",
             distinct.len()
         )),
-        ([one], _) | (_, [one]) => Ok((*one).clone()),
-        (many, _) => Err(format!(
-            "{label} lists {} linux/amd64 images; cannot choose one",
+        [one] => Ok((*one).clone()),
+        many => Err(format!(
+            "{label} lists {} {want} images; cannot choose one",
             many.len()
         )),
     }
 }
 
-/// Checks a descriptor's digest and returns its hex part.
+/// Checks a descriptor's digest and returns its hex part (catalogue F51:
+/// only `sha256:` and 64 lowercase hex digits, so a digest can name a blob
+/// path).
 fn sha256_hex<'d>(what: &str, digest: &'d str) -> Result<&'d str, String> {
     let Some((alg, hex)) = digest.split_once(':') else {
         return Err(format!(
@@ -566,9 +924,10 @@ fn read_blob<T: DeserializeOwned>(
     desc: &Descriptor,
     referrer: &str,
     label: &str,
+    shape: &Shape,
 ) -> Result<T, String> {
     let member = blob_member(idx, desc, referrer)?;
-    read_json(read, member, label)
+    read_json(read, member, label, shape)
 }
 
 fn diff_ids(rootfs: RootFs, layers: usize, manifest: &str) -> Result<Vec<String>, String> {
@@ -590,6 +949,70 @@ fn diff_ids(rootfs: RootFs, layers: usize, manifest: &str) -> Result<Vec<String>
     Ok(rootfs.diff_ids)
 }
 
+/// Rejects an image whose config names another os or architecture than
+/// the options' (catalogue F60 "foreign OS"); absent or empty fields pass.
+fn check_platform(config: &ImageConfig, opts: &ManifestOptions) -> Result<(), String> {
+    let os = config.os.as_deref().filter(|s| !s.is_empty());
+    let arch = config.architecture.as_deref().filter(|s| !s.is_empty());
+    if os.is_none_or(|o| o == opts.os) && arch.is_none_or(|a| a == opts.architecture) {
+        return Ok(());
+    }
+    let image = format!(
+        "{}/{}",
+        os.unwrap_or(&opts.os),
+        arch.unwrap_or(&opts.architecture)
+    );
+    Err(format!(
+        "config: image is for {}, not {}/{}",
+        quote_name(&image),
+        opts.os,
+        opts.architecture
+    ))
+}
+
+/// The runtime config, each list at most [`MAX_CONFIG_ENTRIES`] long and
+/// each string at most [`MAX_CONFIG_STRING`] bytes without NUL.
+fn runtime_config(config: Option<RunConfig>) -> Result<RuntimeConfig, String> {
+    let Some(c) = config else {
+        return Ok(RuntimeConfig::default());
+    };
+    Ok(RuntimeConfig {
+        env: config_list("Env", c.env)?,
+        entrypoint: config_list("Entrypoint", c.entrypoint)?,
+        cmd: config_list("Cmd", c.cmd)?,
+        working_dir: config_string("WorkingDir", c.working_dir)?,
+        user: config_string("User", c.user)?,
+    })
+}
+
+fn config_list(what: &str, list: Option<Vec<String>>) -> Result<Vec<String>, String> {
+    let list = list.unwrap_or_default();
+    if list.len() > MAX_CONFIG_ENTRIES {
+        return Err(format!(
+            "config: {what} has {} entries (at most {MAX_CONFIG_ENTRIES})",
+            list.len()
+        ));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, s)| config_string(&format!("{what} entry {}", i + 1), Some(s)))
+        .collect()
+}
+
+fn config_string(what: &str, s: Option<String>) -> Result<String, String> {
+    let s = s.unwrap_or_default();
+    if s.len() > MAX_CONFIG_STRING {
+        return Err(format!(
+            "config: {what} is {} bytes (at most {MAX_CONFIG_STRING})",
+            s.len()
+        ));
+    }
+    if s.contains('\0') {
+        return Err(format!("config: {what} contains NUL"));
+    }
+    Ok(s)
+}
+
 /// A digest shortened for messages.
 fn short(digest: &str) -> String {
     let cut: String = digest.chars().take(19).collect();
@@ -606,14 +1029,19 @@ struct DockerEntry {
     layers: Vec<String>,
 }
 
-fn parse_docker(idx: &Index<'_>, read: &mut Read<'_>) -> Result<ImageLayout, String> {
+fn parse_docker(
+    idx: &Index<'_>,
+    read: &mut Read<'_>,
+    opts: &ManifestOptions,
+) -> Result<ImageLayout, String> {
     let member = idx.get("manifest.json", "manifest.json")?;
     let bytes = read_bytes(read, member, "manifest.json")?;
     // Count the entries before decoding them, so that an archive of many
     // images is named as such (and costs no memory per entry).
-    let count = serde_json::from_slice::<Vec<IgnoredAny>>(&bytes)
-        .map_err(|e| format!("manifest.json: {e}"))?
-        .len();
+    let count =
+        decode::<Option<Vec<IgnoredAny>>>(&bytes, "manifest.json", &strict::DOCKER_MANIFEST)?
+            .ok_or("manifest.json is null instead of a list of images")?
+            .len();
     if count != 1 {
         return Err(format!(
             "manifest.json: archive holds {count} images, expected 1"
@@ -624,7 +1052,9 @@ fn parse_docker(idx: &Index<'_>, read: &mut Read<'_>) -> Result<ImageLayout, Str
 
     let config_path = normalize(&entry.config).map_err(|e| format!("manifest.json: Config {e}"))?;
     let config_member = idx.get("manifest.json: Config", &config_path)?;
-    let config: ImageConfig = read_json(read, config_member, "config")?;
+    let config: ImageConfig = read_json(read, config_member, "config", &strict::IMAGE_CONFIG)?;
+    check_platform(&config, opts)?;
+    let runtime = runtime_config(config.config)?;
     let diff_ids = diff_ids(config.rootfs, entry.layers.len(), "manifest.json")?;
 
     let mut layers = Vec::with_capacity(entry.layers.len());
@@ -653,14 +1083,49 @@ fn parse_docker(idx: &Index<'_>, read: &mut Read<'_>) -> Result<ImageLayout, Str
         format: ImageFormat::DockerArchive,
         layers,
         config_digest,
+        config: Some(runtime),
     })
 }
 
-// ------------------------------------------------------------------- text
+/// Checks the OCI and the docker descriptions of a dual-layout archive
+/// describe the same image: the same layer members in the same order, the
+/// same diff_ids, the same config.
+fn agree(oci: &ImageLayout, docker: &ImageLayout) -> Result<(), String> {
+    const WHAT: &str = "index.json and manifest.json disagree";
+    if oci.layers.len() != docker.layers.len() {
+        return Err(format!(
+            "{WHAT}: {} layers against {}",
+            oci.layers.len(),
+            docker.layers.len()
+        ));
+    }
+    for (i, (o, d)) in oci.layers.iter().zip(&docker.layers).enumerate() {
+        if normalize(&o.member).ok() != normalize(&d.member).ok() {
+            return Err(format!(
+                "{WHAT} on layer {}: {} against {}",
+                i + 1,
+                quote_name(&o.member),
+                quote_name(&d.member)
+            ));
+        }
+        if o.diff_id != d.diff_id {
+            return Err(format!("{WHAT} on the diff_id of layer {}", i + 1));
+        }
+    }
+    if oci.config_digest != docker.config_digest {
+        return Err(format!("{WHAT} on the image config"));
+    }
+    if oci.config != docker.config {
+        return Err(format!("{WHAT} on the runtime config"));
+    }
+    Ok(())
+}
 
 // ------------------------------------------------------------- component
 
 #[cfg(target_arch = "wasm32")]
+// The generated export glue takes the flattened parameters.
+#[allow(clippy::too_many_arguments)]
 mod component {
     wit_bindgen::generate!({ path: "../../wit", world: "manifest-step" });
 
@@ -673,7 +1138,8 @@ mod component {
         fn parse(
             unit: wit::UnitKind,
             members: Vec<wit::Member>,
-        ) -> Result<wit::ImageLayout, String> {
+            options: wit::ManifestOptions,
+        ) -> Result<Option<wit::ImageLayout>, String> {
             let unit = match unit {
                 wit::UnitKind::Prefix => super::UnitKind::Prefix,
                 wit::UnitKind::Archive => super::UnitKind::Archive,
@@ -685,15 +1151,20 @@ mod component {
                     size: m.size,
                 })
                 .collect();
-            let layout = super::parse(unit, &members, &mut |name: &str| read_member(name))?;
-            Ok(wit::ImageLayout {
-                format: match layout.format {
-                    super::ImageFormat::AdHoc => wit::ImageFormat::AdHoc,
-                    super::ImageFormat::DockerArchive => wit::ImageFormat::DockerArchive,
-                    super::ImageFormat::OciArchive => wit::ImageFormat::OciArchive,
-                    super::ImageFormat::OciLayout => wit::ImageFormat::OciLayout,
-                    super::ImageFormat::SingleLayer => wit::ImageFormat::SingleLayer,
-                },
+            let options = super::ManifestOptions {
+                os: options.os,
+                architecture: options.architecture,
+                arch_variant: options.arch_variant,
+                max_index_depth: options.max_index_depth,
+            };
+            let Some(layout) = super::parse(unit, &members, &options, &mut |name: &str| {
+                read_member(name)
+            })?
+            else {
+                return Ok(None);
+            };
+            Ok(Some(wit::ImageLayout {
+                format: layout.format.name().to_string(),
                 layers: layout
                     .layers
                     .into_iter()
@@ -711,7 +1182,14 @@ mod component {
                     })
                     .collect(),
                 config_digest: layout.config_digest,
-            })
+                config: layout.config.map(|c| wit::RuntimeConfig {
+                    env: c.env,
+                    entrypoint: c.entrypoint,
+                    cmd: c.cmd,
+                    working_dir: c.working_dir,
+                    user: c.user,
+                }),
+            }))
         }
     }
 

@@ -28,17 +28,34 @@ impl Unit {
             })
             .collect()
     }
+    /// Parses with the default options; `none` is a test failure here.
     fn run(&self, unit: UnitKind) -> Result<ImageLayout, String> {
         self.run_members(unit, &self.members())
     }
     fn run_members(&self, unit: UnitKind, members: &[Member]) -> Result<ImageLayout, String> {
+        self.run_full(unit, members, &ManifestOptions::default())
+            .map(|l| l.expect("the component should know this format"))
+    }
+    fn run_opts(
+        &self,
+        unit: UnitKind,
+        opts: &ManifestOptions,
+    ) -> Result<Option<ImageLayout>, String> {
+        self.run_full(unit, &self.members(), opts)
+    }
+    fn run_full(
+        &self,
+        unit: UnitKind,
+        members: &[Member],
+        opts: &ManifestOptions,
+    ) -> Result<Option<ImageLayout>, String> {
         let mut read = |name: &str| {
             self.files
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("no member {name}"))
         };
-        let got = parse(unit, members, &mut read);
+        let got = parse(unit, members, opts, &mut read);
         if let Err(e) = &got {
             assert_one_line(e);
         }
@@ -53,10 +70,23 @@ fn assert_one_line(s: &str) {
 
 /// Data-driven check: `Ok(n)` wants `n` layers, `Err(s)` an error containing `s`.
 fn check(unit: &Unit, kind: UnitKind, expected: Result<usize, &str>) {
-    match (unit.run(kind), expected) {
-        (Ok(l), Ok(n)) => assert_eq!(l.layers.len(), n, "{l:?}"),
+    check_opts(unit, kind, &ManifestOptions::default(), expected);
+}
+
+/// [`check`] with options.
+fn check_opts(unit: &Unit, kind: UnitKind, opts: &ManifestOptions, expected: Result<usize, &str>) {
+    match (unit.run_opts(kind, opts), expected) {
+        (Ok(Some(l)), Ok(n)) => assert_eq!(l.layers.len(), n, "{l:?}"),
         (Err(e), Err(sub)) => assert!(e.contains(sub), "error {e:?} lacks {sub:?}"),
         (got, want) => panic!("got {got:?}, want {want:?}"),
+    }
+}
+
+/// Data-driven check that the unit is not a format this component knows.
+fn check_none(unit: &Unit, kind: UnitKind) {
+    match unit.run_opts(kind, &ManifestOptions::default()) {
+        Ok(None) => {}
+        got => panic!("got {got:?}, want none"),
     }
 }
 
@@ -175,9 +205,17 @@ fn ad_hoc_rejections() {
     check(&adhoc(&["0.tar"]), p, Err("numbered from 1"));
     check(&adhoc(&["1.tar", "01.tar"]), p, Err("`01.tar`"));
     check(&adhoc(&["1.TAR"]), p, Err("`1.TAR`"));
-    check(&adhoc(&["+1.tar"]), p, Err("`+1.tar`"));
+    check(&adhoc(&["1.tar", "+1.tar"]), p, Err("`+1.tar`"));
     check(&adhoc(&["1.tar.gz"]), p, Err("`1.tar.gz`"));
-    check(&adhoc(&[".tar"]), p, Err("`.tar`"));
+    check(&adhoc(&["7.tgz"]), p, Err("`7.tgz`"));
+    check(&adhoc(&["1.tar", ".tar"]), p, Err("`.tar`"));
+    // No member named like a layer: not an ad-hoc image, not this
+    // component's format at all.
+    check_none(&adhoc(&["+1.tar"]), p);
+    check_none(&adhoc(&[".tar"]), p);
+    check_none(&adhoc(&["README"]), p);
+    check_none(&adhoc(&["x1.tar", "tar.1"]), p);
+    check_none(&adhoc(&["metadata.yaml", "rootfs.tar.gz"]), p);
     check(
         &adhoc(&["manifest.json", "1.tar"]),
         p,
@@ -349,7 +387,7 @@ fn oci_rejections() {
             Ok(files[name].clone())
         }
     };
-    let e = parse(a, &u.members(), &mut read).unwrap_err();
+    let e = parse(a, &u.members(), &ManifestOptions::default(), &mut read).unwrap_err();
     assert_eq!(e, "config: cannot read: disk?full?");
 }
 
@@ -451,7 +489,7 @@ fn oci_index_selection() {
     let twice = with_index(&u, &[desc(OCI_INDEX, 400, deeper.len())])
         .with(&blob(400), deeper)
         .with(&blob(401), "{}");
-    check(&twice, a, Err("only one level of nesting"));
+    check(&twice, a, Err("at most 1 nested indexes are followed"));
     let missing = with_index(&u, &[desc(OCI_INDEX, 402, 10)]);
     check(
         &missing,
@@ -504,15 +542,16 @@ fn docker_archives() {
     assert_eq!(l.layers[1].digest, Some(format!("sha256:{}", hex(2))));
     assert_eq!(l.config_digest, Some(format!("sha256:{}", hex(9))));
 
-    // Both markers: OCI wins only with oci-layout and index.json.
-    let both = oci(&[GZ]).with("manifest.json", new.files["manifest.json"].clone());
-    assert_eq!(both.run(a).unwrap().format, ImageFormat::OciArchive);
+    // Both markers: see `dual_layout`. oci-layout without index.json is
+    // not an OCI archive.
     let half = new
         .clone()
         .with("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#);
     assert_eq!(half.run(a).unwrap().format, ImageFormat::DockerArchive);
-    // docker-archive must be one object; as a prefix its manifest.json is junk.
-    check(&new, UnitKind::Prefix, Err("prefix member `blobs/sha256/"));
+    // docker-archive must be one object: as a prefix it is no format this
+    // component knows.
+    check_none(&new, UnitKind::Prefix);
+    check_none(&old, UnitKind::Prefix);
 }
 
 #[test]
@@ -588,7 +627,7 @@ fn docker_rejections() {
             r#"[{"Config":"c.json","Config":"c.json","Layers":[]}]"#,
         ),
         a,
-        Err("duplicate field `Config`"),
+        Err("manifest.json: duplicate key `Config`"),
     );
     check(
         &u.clone()
@@ -634,13 +673,18 @@ fn hostile_json() {
     check(
         &d.clone().with("manifest.json", deep.clone()),
         a,
+        Err("manifest.json: invalid type: sequence, expected an object"),
+    );
+    check(
+        &d.clone().with("manifest.json", "[{\"Config\":["),
+        a,
         Err("manifest.json: EOF"),
     );
     let closed = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
     check(
         &d.clone().with("manifest.json", closed),
         a,
-        Err("manifest.json: invalid type: sequence"),
+        Err("manifest.json: invalid type: sequence, expected an object"),
     );
     let wide = format!(
         "[{{\"Config\":\"c.json\",\"Layers\":[],\"x\":{}1{}}}]",
@@ -649,6 +693,17 @@ fn hostile_json() {
     );
     check(
         &d.clone().with("manifest.json", wide),
+        a,
+        Err("manifest.json: recursion limit exceeded"),
+    );
+    // 127 levels below the top one are fine.
+    let ok_deep = format!(
+        "[{{\"Config\":\"c.json\",\"Layers\":[],\"x\":{}1{}}}]",
+        "[".repeat(125),
+        "]".repeat(125)
+    );
+    check(
+        &d.clone().with("manifest.json", ok_deep),
         a,
         Err("rootfs lists 1 diff_ids but the manifest.json has 0 layers"),
     );
@@ -662,6 +717,19 @@ fn hostile_json() {
     );
     check(
         &o.clone().with("index.json", deep),
+        a,
+        Err("index.json: invalid type: sequence, expected an object"),
+    );
+    check(
+        &o.clone().with(
+            "index.json",
+            format!("{{\"annotations\":{}", "{\"a\":".repeat(100_000)),
+        ),
+        a,
+        Err("index.json: recursion limit exceeded"),
+    );
+    check(
+        &o.clone().with("index.json", "[]"),
         a,
         Err("index.json: invalid type: sequence"),
     );
@@ -730,6 +798,7 @@ fn hostile_json() {
             name: "manifest.json".into(),
             size: 1,
         }],
+        &ManifestOptions::default(),
         &mut read,
     );
     assert!(e
@@ -745,9 +814,930 @@ fn hostile_json() {
             size: 1,
         },
     ];
-    let e = parse(a, &members, &mut read).unwrap_err();
+    let e = parse(a, &members, &ManifestOptions::default(), &mut read).unwrap_err();
     assert!(
         e.contains("oci-layout: read 3 bytes but the member is listed as 1 bytes"),
         "{e}"
     );
+}
+
+// ------------------------------------------------- runtime config, options
+
+/// Replaces the manifest blob with `text` (keeping index.json's size right).
+fn set_manifest(u: &Unit, text: &str) -> Unit {
+    let old = String::from_utf8(u.files[&blob(200)].clone()).unwrap();
+    edit_manifest(u, &old, text)
+}
+
+/// The OCI image `u` with a `config` object `run` in its image config.
+fn with_run_config(u: &Unit, run: &str) -> Unit {
+    edit_config(
+        u,
+        "\"os\":\"linux\"",
+        &format!("\"os\":\"linux\",\"config\":{run}"),
+    )
+}
+
+#[test]
+fn runtime_config() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ]);
+    // No `config` object: an empty runtime config.
+    assert_eq!(u.run(a).unwrap().config, Some(RuntimeConfig::default()));
+    let full = with_run_config(
+        &u,
+        r#"{"Env":["A=1","PATH=/bin"],"Entrypoint":null,"Cmd":["/bin/sh","-c","x"],"WorkingDir":"/w","User":"1000:1000","Labels":{"a":"b"},"ExposedPorts":{"80/tcp":{}}}"#,
+    );
+    let want = RuntimeConfig {
+        env: vec!["A=1".into(), "PATH=/bin".into()],
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into(), "-c".into(), "x".into()],
+        working_dir: "/w".into(),
+        user: "1000:1000".into(),
+    };
+    assert_eq!(full.run(a).unwrap().config, Some(want.clone()));
+    // The docker config's `config` the same way.
+    let d = docker(&["l.tar"], "c.json");
+    assert_eq!(d.run(a).unwrap().config, Some(RuntimeConfig::default()));
+    let text = String::from_utf8(d.files["c.json"].clone()).unwrap();
+    let d = d.clone().with(
+        "c.json",
+        text.replacen(
+            '{',
+            r#"{"config":{"Env":["A=1","PATH=/bin"],"Cmd":["/bin/sh","-c","x"],"WorkingDir":"/w","User":"1000:1000"},"#,
+            1,
+        ),
+    );
+    assert_eq!(d.run(a).unwrap().config, Some(want));
+    // Formats without a config have none.
+    assert_eq!(
+        adhoc(&["1.tar"]).run(UnitKind::Prefix).unwrap().config,
+        None
+    );
+    assert_eq!(adhoc(&["x"]).run(a).unwrap().config, None);
+
+    let env = |n: usize, len: usize| {
+        let entries: Vec<String> = (0..n).map(|_| format!("\"{}\"", "e".repeat(len))).collect();
+        format!("{{\"Env\":[{}]}}", entries.join(","))
+    };
+    let long = format!("\"{}\"", "w".repeat(MAX_CONFIG_STRING + 1));
+    let cases: Vec<(String, Result<usize, &str>)> = vec![
+        (env(MAX_CONFIG_ENTRIES, 1), Ok(1)),
+        (
+            env(MAX_CONFIG_ENTRIES + 1, 1),
+            Err("config: Env has 1001 entries (at most 1000)"),
+        ),
+        (env(1, MAX_CONFIG_STRING), Ok(1)),
+        (
+            env(2, MAX_CONFIG_STRING + 1),
+            Err("config: Env entry 1 is 65537 bytes (at most 65536)"),
+        ),
+        (
+            format!("{{\"WorkingDir\":{long}}}"),
+            Err("config: WorkingDir is 65537 bytes"),
+        ),
+        (
+            format!("{{\"User\":{long}}}"),
+            Err("config: User is 65537 bytes"),
+        ),
+        (
+            r#"{"Cmd":["a","b\u0000c"]}"#.into(),
+            Err("config: Cmd entry 2 contains NUL"),
+        ),
+        (
+            r#"{"WorkingDir":"/\u0000"}"#.into(),
+            Err("config: WorkingDir contains NUL"),
+        ),
+        (
+            r#"{"Cmd":"/bin/sh"}"#.into(),
+            Err("config: invalid type: string"),
+        ),
+        (
+            r#"{"Env":[1]}"#.into(),
+            Err("config: invalid type: integer"),
+        ),
+        ("null".into(), Ok(1)),
+        (r#"{"Env":null,"Cmd":null,"User":null}"#.into(), Ok(1)),
+        (
+            r#"[["x"]]"#.into(),
+            Err("config: invalid type: sequence, expected an object"),
+        ),
+    ];
+    for (run, want) in cases {
+        check(&with_run_config(&u, &run), a, want);
+    }
+}
+
+/// Descriptor of an index blob `n` listing `entries` in unit `u`, and the
+/// unit with that blob.
+fn nest(u: &Unit, n: u64, entries: &[String]) -> (Unit, String) {
+    let text = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    let d = desc(OCI_INDEX, n, text.len());
+    (u.clone().with(&blob(n), text), d)
+}
+
+fn depth(n: u32) -> ManifestOptions {
+    ManifestOptions {
+        max_index_depth: n,
+        ..ManifestOptions::default()
+    }
+}
+
+#[test]
+fn nested_indexes() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ, TAR]);
+    let m = desc(OCI_MANIFEST, 200, u.files[&blob(200)].len());
+    // index.json -> 401 -> 402 -> 403 -> manifest.
+    let (u3, d3) = nest(&u, 403, std::slice::from_ref(&m));
+    let (u2, d2) = nest(&u3, 402, &[d3]);
+    let (u1, d1) = nest(&u2, 401, &[d2]);
+    let chain = with_index(&u1, &[d1]);
+    for (max, want) in [
+        (
+            0,
+            Err("index.json points to a further index; at most 0 nested indexes"),
+        ),
+        (
+            1,
+            Err("nested index `sha256:000000000000` points to a further index; at most 1"),
+        ),
+        (2, Err("at most 2 nested indexes are followed")),
+        (3, Ok(2)),
+        (8, Ok(2)),
+        (u32::MAX, Ok(2)),
+    ] {
+        check_opts(&chain, a, &depth(max), want);
+    }
+    check(&with_index(&u, &[m]), a, Ok(2));
+
+    // A cycle: 410 lists itself (its descriptor carries its own size).
+    let mut size = 0;
+    let mut cyc = u.clone();
+    for _ in 0..4 {
+        let (c, d) = nest(&u, 410, &[desc(OCI_INDEX, 410, size)]);
+        size = c.files[&blob(410)].len();
+        cyc = with_index(&c, &[d]);
+    }
+    let want = format!(
+        "nested index `sha256:000000000000`: index cycle at sha256:{}",
+        hex(410)
+    );
+    check_opts(&cyc, a, &depth(8), Err(&want));
+    check_opts(&cyc, a, &depth(u32::MAX), Err("index cycle at sha256:"));
+    // 411 -> 412 -> 411: the second visit of 411 is the cycle.
+    let sizes = (0..4).fold((0, 0), |(s411, s412), _| {
+        let (c, _) = nest(&u, 412, &[desc(OCI_INDEX, 411, s411)]);
+        let (c, _) = nest(&c, 411, &[desc(OCI_INDEX, 412, s412)]);
+        (c.files[&blob(411)].len(), c.files[&blob(412)].len())
+    });
+    let (c, _) = nest(&u, 412, &[desc(OCI_INDEX, 411, sizes.0)]);
+    let (c, d411) = nest(&c, 411, &[desc(OCI_INDEX, 412, sizes.1)]);
+    check_opts(
+        &with_index(&c, &[d411]),
+        a,
+        &depth(8),
+        Err(&format!("index cycle at sha256:{}", hex(411))),
+    );
+    // A nested index with a malformed digest is rejected before it is read.
+    let bad =
+        format!(r#"{{"mediaType":"{OCI_INDEX}","digest":"sha256:../../etc/passwd","size":1}}"#);
+    check(
+        &with_index(&u, &[bad]),
+        a,
+        Err("index.json: malformed sha256 digest"),
+    );
+}
+
+fn arm64() -> ManifestOptions {
+    ManifestOptions {
+        architecture: "arm64".into(),
+        ..ManifestOptions::default()
+    }
+}
+
+fn with_variant(opts: ManifestOptions, v: &str) -> ManifestOptions {
+    ManifestOptions {
+        arch_variant: Some(v.into()),
+        ..opts
+    }
+}
+
+#[test]
+fn platform_options() {
+    let a = UnitKind::Archive;
+    let u = edit_config(&oci(&[GZ]), "\"amd64\"", "\"arm64\"");
+    // Blob 200 (the image) is arm64/v8; 300 and 301 are absent, so choosing
+    // them fails with `names missing member` and the blob's number.
+    let idx = |entries: &[(u64, &str, Option<&str>)]| {
+        let entries: Vec<String> = entries
+            .iter()
+            .map(|&(n, arch, v)| platform_desc(&u, n, "linux", arch, v))
+            .collect();
+        with_index(&u, &entries)
+    };
+    let missing = |n: u64| format!("names missing member `{}`", blob(n));
+    let cases: Vec<(Unit, ManifestOptions, Result<usize, String>)> = vec![
+        (
+            idx(&[(300, "amd64", None), (200, "arm64", Some("v8"))]),
+            arm64(),
+            Ok(1),
+        ),
+        (
+            idx(&[(300, "amd64", None), (200, "arm64", Some("v8"))]),
+            ManifestOptions::default(),
+            Err(missing(300)),
+        ),
+        // No variant asked: the entry without one is preferred.
+        (
+            idx(&[(300, "arm64", None), (200, "arm64", Some("v8"))]),
+            arm64(),
+            Err(missing(300)),
+        ),
+        (
+            idx(&[(300, "arm64", None), (200, "arm64", Some("v8"))]),
+            with_variant(arm64(), "v8"),
+            Ok(1),
+        ),
+        (
+            idx(&[(300, "arm64", Some("")), (200, "arm64", Some("v8"))]),
+            arm64(),
+            Err(missing(300)),
+        ),
+        // `v1` counts as no variant on amd64 only.
+        (
+            idx(&[(300, "arm64", Some("v1")), (301, "arm64", Some("v8"))]),
+            arm64(),
+            Err("lists 2 linux/arm64 images".into()),
+        ),
+        (
+            idx(&[(300, "arm64", Some("v8")), (301, "amd64", None)]),
+            with_variant(arm64(), "v7"),
+            Err("has no linux/arm64/v7 image among its 2 entries".into()),
+        ),
+        (
+            idx(&[(300, "arm64", Some("v8")), (301, "arm64", Some("v8"))]),
+            with_variant(arm64(), "v8"),
+            Err("lists 2 linux/arm64/v8 images".into()),
+        ),
+        (
+            idx(&[(300, "amd64", None), (301, "arm", Some("v7"))]),
+            ManifestOptions {
+                os: "freebsd".into(),
+                ..ManifestOptions::default()
+            },
+            Err("has no freebsd/amd64 image".into()),
+        ),
+    ];
+    for (unit, opts, want) in cases {
+        check_opts(
+            &unit,
+            a,
+            &opts,
+            want.as_ref().map(|n| *n).map_err(String::as_str),
+        );
+    }
+    // amd64 variants: v3 asked for explicitly.
+    let amd = oci(&[GZ]);
+    let v3 = with_index(
+        &amd,
+        &[
+            platform_desc(&amd, 300, "linux", "amd64", None),
+            platform_desc(&amd, 200, "linux", "amd64", Some("v3")),
+        ],
+    );
+    check_opts(
+        &v3,
+        a,
+        &with_variant(ManifestOptions::default(), "v3"),
+        Ok(1),
+    );
+    check(&v3, a, Err(&missing(300)));
+}
+
+// ------------------------------------------------ hostile catalogue F
+
+#[test]
+fn f49_index_and_manifest_confusion() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ, TAR]);
+    let m = u.files[&blob(200)].clone();
+    let cases: Vec<(Unit, &str)> = vec![
+        (
+            edit_manifest(&u, "\"layers\"", "\"manifests\":[],\"layers\""),
+            "manifest has `manifests`, as an index does",
+        ),
+        (
+            edit_manifest(&u, "\"layers\"", "\"manifests\":null,\"layers\""),
+            "manifest has `manifests`",
+        ),
+        (
+            replace(&u, "index.json", "\"manifests\"", "\"layers\":[],\"manifests\""),
+            "index.json has `layers`, as a manifest does",
+        ),
+        (
+            replace(&u, "index.json", "\"manifests\"", "\"config\":{},\"manifests\""),
+            "index.json has `config`",
+        ),
+        (
+            replace(
+                &u,
+                "index.json",
+                "{\"schemaVersion\":2,",
+                &format!("{{\"schemaVersion\":2,\"mediaType\":\"{OCI_MANIFEST}\","),
+            ),
+            "index.json: mediaType `application/vnd.oci.image.manifest.v1+json` is not an image index",
+        ),
+        (
+            edit_manifest(&u, OCI_MANIFEST, DOCKER_MANIFEST),
+            "manifest: mediaType `application/vnd.docker.distribution.manifest.v2+json` differs from its descriptor's",
+        ),
+        // The index calls the manifest an index.
+        (
+            with_index(&u, &[desc(OCI_INDEX, 200, m.len())]),
+            "nested index `sha256:000000000000` has `config`, as a manifest does: not a valid index",
+        ),
+        // ... or a manifest without mediaType an index: it has `layers`.
+        (
+            with_index(
+                &edit_manifest(&u, &format!("\"mediaType\":\"{OCI_MANIFEST}\","), ""),
+                &[desc(OCI_INDEX, 200, m.len() - OCI_MANIFEST.len() - 15)],
+            ),
+            "has `config`, as a manifest does",
+        ),
+        (
+            edit_manifest(&u, GZ, OCI_MANIFEST),
+            "manifest: layer 1 has unsupported media type `application/vnd.oci.image.manifest.v1+json`",
+        ),
+        (
+            edit_manifest(&u, OCI_CONFIG, OCI_MANIFEST),
+            "config media type `application/vnd.oci.image.manifest.v1+json` is not a container image config",
+        ),
+        (edit_manifest(&u, "\"layers\":[", "\"layers\":null,\"x\":["), "`layers` is missing or null"),
+        (edit_manifest(&u, "\"config\":", "\"x\":"), "`config` is missing or null"),
+        (
+            replace(&u, "index.json", "\"manifests\":[", "\"manifests\":null,\"x\":["),
+            "index.json: `manifests` is missing or null",
+        ),
+    ];
+    for (unit, want) in cases {
+        check(&unit, a, Err(want));
+    }
+    // An index entry that points at an index whose mediaType says manifest.
+    let text = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","manifests":[{}]}}"#,
+        desc(OCI_MANIFEST, 200, m.len())
+    );
+    let bad = with_index(&u, &[desc(OCI_INDEX, 400, text.len())]).with(&blob(400), text);
+    check(&bad, a, Err("mediaType `application/vnd.oci.image.manifest.v1+json` differs from its descriptor's `application/vnd.oci.image.index.v1+json`"));
+}
+
+#[test]
+fn f50_schema1() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ]);
+    let s1 = format!(
+        r#"{{"schemaVersion":1,"name":"x","tag":"latest","architecture":"amd64","fsLayers":[{{"blobSum":"sha256:{}"}}],"history":[]}}"#,
+        hex(1)
+    );
+    check(
+        &set_manifest(&u, &s1),
+        a,
+        Err("manifest: schema 1 manifest (`fsLayers`) is not supported"),
+    );
+    for media in [
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        "application/vnd.docker.distribution.manifest.v1+json",
+    ] {
+        check(
+            &replace(&u, "index.json", OCI_MANIFEST, media),
+            a,
+            Err("index.json: schema 1 manifests are not supported"),
+        );
+    }
+    check(
+        &replace(
+            &u,
+            "index.json",
+            "\"manifests\"",
+            "\"fsLayers\":[],\"manifests\"",
+        ),
+        a,
+        Err("index.json: schema 1 manifest"),
+    );
+}
+
+#[test]
+fn f51_digests() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ, TAR]);
+    let l2 = format!("sha256:{}", hex(2));
+    let cfg = format!("sha256:{}", hex(100));
+    let mfst = format!("sha256:{}", hex(200));
+    let upper = format!("sha256:{}", hex(2).to_uppercase().replace('0', "A"));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            &l2,
+            "sha256:../../etc/passwd".into(),
+            "layer 2: malformed sha256 digest `sha256:../../etc/passwd`",
+        ),
+        (
+            &l2,
+            "sha256:../../../../../../../../../../../../../../../../../../etc/pass".into(),
+            "layer 2: malformed",
+        ),
+        (&l2, upper, "layer 2: malformed sha256 digest"),
+        (
+            &l2,
+            format!("sha256:{}", &hex(2)[1..]),
+            "layer 2: malformed",
+        ),
+        (&l2, format!("sha256:{}0", hex(2)), "layer 2: malformed"),
+        (&l2, "sha256:abc".into(), "layer 2: malformed"),
+        (
+            &l2,
+            "md5:d41d8cd98f00b204e9800998ecf8427e".into(),
+            "layer 2: digest algorithm `md5` is not supported",
+        ),
+        (
+            &l2,
+            format!("blake3:{}", hex(2)),
+            "digest algorithm `blake3`",
+        ),
+        (
+            &l2,
+            format!("SHA256:{}", hex(2)),
+            "digest algorithm `SHA256`",
+        ),
+        (
+            &l2,
+            format!("sha512:{}{}", hex(2), hex(2)),
+            "digest algorithm `sha512`",
+        ),
+        (
+            &l2,
+            String::new(),
+            "layer 2: digest `` is not `algorithm:hex`",
+        ),
+        (&l2, format!("sha256:{}\\n", hex(2)), "layer 2: malformed"),
+        (
+            &cfg,
+            "sha256:/etc/passwd".into(),
+            "manifest: malformed sha256 digest `sha256:/etc/passwd`",
+        ),
+        (
+            &cfg,
+            format!("md5:{}", hex(100)),
+            "manifest: digest algorithm `md5`",
+        ),
+    ];
+    for (from, to, want) in &cases {
+        check(&edit_manifest(&u, from, to), a, Err(want));
+    }
+    for (to, want) in [
+        (
+            "sha256:../blobs/sha256/x",
+            "index.json: malformed sha256 digest",
+        ),
+        ("md5:x", "index.json: digest algorithm `md5`"),
+    ] {
+        check(&replace(&u, "index.json", &mfst, to), a, Err(want));
+    }
+}
+
+#[test]
+fn f56_foreign_layers() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ, TAR]);
+    let from = format!("\"digest\":\"sha256:{}\"", hex(1));
+    let to = format!("\"urls\":[\"https://example.com/l\"],{from}");
+    let foreign = edit_manifest(
+        &u,
+        &format!("\"mediaType\":\"{GZ}\",{from}"),
+        &format!(
+            "\"mediaType\":\"application/vnd.oci.image.layer.nondistributable.v1.tar+gzip\",{to}"
+        ),
+    );
+    // The blob is in the image: used like any other, never fetched.
+    let l = foreign.run(a).unwrap();
+    assert_eq!(l.layers[0].member, blob(1));
+    assert_eq!(l.layers[0].media, LayerMedia::Gzip);
+    check(
+        &foreign.clone().without(&blob(1)),
+        a,
+        Err("manifest: layer 1 is a foreign layer (it has `urls`) whose blob is not in the image; layers are never fetched"),
+    );
+    check(
+        &edit_manifest(&u, &from, &format!("\"urls\":[],{from}")).without(&blob(1)),
+        a,
+        Err("manifest: layer 1 names missing member"),
+    );
+    check(
+        &edit_manifest(&u, &from, &format!("\"urls\":\"http://x\",{from}")),
+        a,
+        Err("manifest: invalid type: string"),
+    );
+}
+
+#[test]
+fn f60_docker_manifest_and_foreign_os() {
+    let a = UnitKind::Archive;
+    let d = docker(&["aaa/layer.tar", "bbb/layer.tar"], "c.json");
+    let cfg = String::from_utf8(d.files["c.json"].clone()).unwrap();
+    let with_cfg = |extra: &str| {
+        d.clone()
+            .with("c.json", cfg.replacen('{', &format!("{{{extra}"), 1))
+    };
+    let cases: Vec<(Unit, Result<usize, &str>)> = vec![
+        (
+            d.clone().with("manifest.json", "null"),
+            Err("manifest.json is null instead of a list of images"),
+        ),
+        (
+            d.clone().with("manifest.json", " null "),
+            Err("manifest.json is null"),
+        ),
+        (
+            replace(&d, "manifest.json", ",\"bbb/layer.tar\"", ""),
+            Err("rootfs lists 2 diff_ids but the manifest.json has 1 layers"),
+        ),
+        (
+            replace(
+                &d,
+                "manifest.json",
+                "\"Layers\":[",
+                "\"Layers\":[\"aaa/layer.tar\",",
+            ),
+            Err("rootfs lists 2 diff_ids but the manifest.json has 3 layers"),
+        ),
+        (
+            replace(
+                &d,
+                "manifest.json",
+                "[\"aaa/layer.tar\",\"bbb/layer.tar\"]",
+                "null",
+            ),
+            Err("manifest.json: invalid type: null"),
+        ),
+        (
+            with_cfg(r#""os":"windows","#),
+            Err("config: image is for `windows/amd64`, not linux/amd64"),
+        ),
+        (
+            with_cfg(r#""os":"linux","architecture":"arm64","#),
+            Err("config: image is for `linux/arm64`, not linux/amd64"),
+        ),
+        (with_cfg(r#""os":"linux","architecture":"amd64","#), Ok(2)),
+        (with_cfg(r#""os":"","architecture":"","#), Ok(2)),
+        (
+            with_cfg(r#""os":7,"#),
+            Err("config: invalid type: integer `7`"),
+        ),
+    ];
+    for (unit, want) in cases {
+        check(&unit, a, want);
+    }
+    // Zero layers: docker omits `diff_ids`.
+    let empty = docker(&[], "c.json").with("c.json", r#"{"rootfs":{"type":"layers"}}"#);
+    check(&empty, a, Ok(0));
+    // An OCI image's config is checked the same way.
+    let arm = edit_config(&oci(&[GZ]), "\"amd64\"", "\"arm64\"");
+    check(
+        &arm,
+        a,
+        Err("config: image is for `linux/arm64`, not linux/amd64"),
+    );
+    check_opts(&arm, a, &arm64(), Ok(1));
+}
+
+/// A Docker 25+ `docker save`: an OCI archive whose manifest.json lists
+/// the same blobs (uncompressed layers) and config.
+fn docker25(layers: usize) -> Unit {
+    let u = oci(&vec![TAR; layers]);
+    let list: Vec<String> = (1..=layers as u64)
+        .map(|n| format!("\"{}\"", blob(n)))
+        .collect();
+    u.with(
+        "manifest.json",
+        format!(
+            r#"[{{"Config":"{}","RepoTags":["x:latest"],"Layers":[{}]}}]"#,
+            blob(100),
+            list.join(",")
+        ),
+    )
+    .with("repositories", "{}")
+}
+
+#[test]
+fn f62_dual_layout() {
+    let a = UnitKind::Archive;
+    let u = docker25(2);
+    let l = u.run(a).unwrap();
+    assert_eq!(l.format, ImageFormat::OciArchive);
+    assert_eq!(l.layers[1].digest, Some(format!("sha256:{}", hex(2))));
+    assert_eq!(l.layers[1].media, LayerMedia::Tar);
+    // The same as a prefix: an OCI layout, checked against manifest.json.
+    assert_eq!(
+        u.run(UnitKind::Prefix).unwrap().format,
+        ImageFormat::OciLayout
+    );
+
+    // A second config (101) for manifest.json: same diff_ids, other Env.
+    let cfg = String::from_utf8(u.files[&blob(100)].clone()).unwrap();
+    let other_cfg = cfg.replacen('{', r#"{"config":{"Env":["X=1"]},"#, 1);
+    let one_layer_cfg = cfg.replace(&format!(",\"sha256:{}\"", hex(1002)), "");
+    let cases: Vec<(Unit, Result<usize, &str>)> = vec![
+        (
+            replace(
+                &u,
+                "manifest.json",
+                &format!("\"{}\",\"{}\"", blob(1), blob(2)),
+                &format!("\"{}\",\"{}\"", blob(2), blob(1)),
+            ),
+            Err("index.json and manifest.json disagree on layer 1: `blobs/sha256/0000"),
+        ),
+        (
+            replace(&u, "manifest.json", &format!(",\"{}\"", blob(2)), "")
+                .with(&blob(101), one_layer_cfg.clone()),
+            // manifest.json's own config still lists 2 diff_ids.
+            Err("config: rootfs lists 2 diff_ids but the manifest.json has 1 layers"),
+        ),
+        (
+            replace(&u, "manifest.json", &format!(",\"{}\"", blob(2)), "")
+                .with(&blob(101), one_layer_cfg)
+                .with("manifest.json", {
+                    let t = String::from_utf8(u.files["manifest.json"].clone()).unwrap();
+                    t.replace(&format!(",\"{}\"", blob(2)), "")
+                        .replace(&blob(100), &blob(101))
+                }),
+            Err("index.json and manifest.json disagree: 2 layers against 1"),
+        ),
+        (
+            replace(&u, "manifest.json", &blob(100), &blob(101))
+                .with(&blob(101), other_cfg.clone()),
+            Err("index.json and manifest.json disagree on the image config"),
+        ),
+        (
+            replace(
+                &u,
+                "manifest.json",
+                &blob(100),
+                &format!("{}.json", hex(100)),
+            )
+            .with(&format!("{}.json", hex(100)), other_cfg),
+            Err("index.json and manifest.json disagree on the runtime config"),
+        ),
+        (
+            replace(
+                &u,
+                "manifest.json",
+                &format!("\"{}\"]", blob(2)),
+                "\"./blobs//sha256/x/../x\"]",
+            ),
+            Err("path `./blobs//sha256/x/../x` leaves the image"),
+        ),
+        (
+            replace(
+                &u,
+                "manifest.json",
+                &format!("\"{}\"]", blob(2)),
+                &format!("\"./{}\"]", blob(2)),
+            ),
+            Ok(2),
+        ),
+        (
+            u.clone().with("manifest.json", "null"),
+            Err("manifest.json is null"),
+        ),
+        // The OCI side is checked in full too.
+        (
+            edit_manifest(&u, TAR, "application/x-foo"),
+            Err("manifest: layer 1 has unsupported media type"),
+        ),
+    ];
+    for (unit, want) in cases {
+        check(&unit, a, want);
+    }
+    // `docker save IMAGE@DIGEST` (Docker 25) writes `"manifests": null`;
+    // manifest.json alone then describes the image.
+    for list in ["null", "[]"] {
+        let u = replace(
+            &u,
+            "index.json",
+            &format!("[{}]", desc(OCI_MANIFEST, 200, u.files[&blob(200)].len())),
+            list,
+        );
+        let l = u.run(a).unwrap();
+        assert_eq!(l.format, ImageFormat::DockerArchive);
+        assert_eq!(l.layers.len(), 2);
+        // Only in an archive: a prefix is an OCI layout.
+        check(&u, UnitKind::Prefix, Err("index.json"));
+    }
+}
+
+#[test]
+fn f63_legacy_v1() {
+    let a = UnitKind::Archive;
+    let id = hex(5);
+    let legacy = Unit::default()
+        .with("repositories", format!(r#"{{"x":{{"latest":"{id}"}}}}"#))
+        .with(&format!("{id}/json"), "{}")
+        .with(&format!("{id}/layer.tar"), vec![0u8; 7])
+        .with(&format!("{id}/VERSION"), "1.0");
+    check(
+        &legacy,
+        a,
+        Err("legacy docker image format (v1.0) is not supported"),
+    );
+    check(
+        &legacy.clone().with(&format!("./{}/json", hex(6)), "{}"),
+        a,
+        Err("legacy docker image format"),
+    );
+    // Docker < 25 writes the v1.0 members next to manifest.json: docker-archive.
+    let both = docker(&[&format!("{id}/layer.tar")], "c.json")
+        .with(&format!("{id}/json"), "{}")
+        .with(&format!("{id}/VERSION"), "1.0");
+    check(&both, a, Ok(1));
+    // A flat rootfs with a `repositories` file, or `<id>/json` alone: single layer.
+    for u in [
+        adhoc(&["repositories", "etc/json", "x/json"]),
+        adhoc(&[&format!("{id}/json"), "etc/passwd"]),
+    ] {
+        assert_eq!(u.run(a).unwrap().format, ImageFormat::SingleLayer);
+    }
+    // As a prefix: no format this component knows.
+    check_none(&legacy, UnitKind::Prefix);
+}
+
+#[test]
+fn f64_layout_version() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ]);
+    for (text, want) in [
+        (
+            r#"{"imageLayoutVersion":"1.0.1"}"#,
+            Err("unsupported imageLayoutVersion `1.0.1`"),
+        ),
+        (
+            r#"{"imageLayoutVersion":"1.0"}"#,
+            Err("unsupported imageLayoutVersion `1.0`"),
+        ),
+        (
+            r#"{"imageLayoutVersion":"1.0.0 "}"#,
+            Err("unsupported imageLayoutVersion"),
+        ),
+        (
+            r#"{"imageLayoutVersion":1}"#,
+            Err("oci-layout: invalid type: integer"),
+        ),
+        (
+            r#"{"imageLayoutVersion":null}"#,
+            Err("oci-layout: invalid type: null"),
+        ),
+        (
+            r#"["1.0.0"]"#,
+            Err("oci-layout: invalid type: sequence, expected an object"),
+        ),
+        (r#"{"imageLayoutVersion":"1.0.0","x":[]}"#, Ok(1)),
+    ] {
+        check(&u.clone().with("oci-layout", text), a, want);
+    }
+}
+
+#[test]
+fn f66_duplicate_and_case_variant_keys() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ, TAR]);
+    let l1 = format!("\"digest\":\"sha256:{}\"", hex(1));
+    let cases: Vec<(Unit, Result<usize, &str>)> = vec![
+        (
+            edit_manifest(&u, "\"layers\":[", "\"Layers\":[],\"layers\":["),
+            Err("manifest: key `Layers` differs from `layers` only in case"),
+        ),
+        (
+            edit_manifest(&u, "\"layers\":[", "\"LAYERS\":[],\"layers\":["),
+            Err("key `LAYERS` differs from `layers`"),
+        ),
+        (
+            edit_manifest(&u, "\"layers\":[", "\"layers\":[],\"layers\":["),
+            Err("manifest: duplicate key `layers`"),
+        ),
+        (
+            edit_manifest(&u, &l1, &format!("\"Digest\":\"sha256:{}\",{l1}", hex(3))),
+            Err("key `Digest` differs from `digest` only in case"),
+        ),
+        (
+            edit_manifest(&u, &l1, &format!("{l1},{l1}")),
+            Err("duplicate key `digest`"),
+        ),
+        (
+            edit_manifest(
+                &u,
+                "\"schemaVersion\":2",
+                "\"schemaVersion\":2,\"SchemaVersion\":1",
+            ),
+            Err("key `SchemaVersion` differs"),
+        ),
+        (
+            replace(
+                &u,
+                "index.json",
+                "\"manifests\":[",
+                "\"Manifests\":[],\"manifests\":[",
+            ),
+            Err("index.json: key `Manifests` differs from `manifests`"),
+        ),
+        (
+            replace(&u, "oci-layout", "{", "{\"ImageLayoutVersion\":\"2.0.0\","),
+            Err("oci-layout: key `ImageLayoutVersion` differs"),
+        ),
+        (
+            edit_config(&u, "\"diff_ids\"", "\"Diff_IDs\":[],\"diff_ids\""),
+            Err("config: key `Diff_IDs` differs from `diff_ids`"),
+        ),
+        (
+            with_run_config(&u, r#"{"Env":["A=1"],"env":["A=2"]}"#),
+            Err("config: key `env` differs from `Env` only in case"),
+        ),
+        (
+            with_run_config(&u, r#"{"CMD":["x"]}"#),
+            Err("key `CMD` differs from `Cmd`"),
+        ),
+        (
+            with_run_config(&u, r#"{"Env":["A=1"],"Env":["A=2"]}"#),
+            Err("config: duplicate key `Env`"),
+        ),
+        // Duplicates anywhere are ambiguous, even in free-form maps.
+        (
+            edit_manifest(
+                &u,
+                &l1,
+                &format!("\"annotations\":{{\"a\":\"1\",\"a\":\"2\"}},{l1}"),
+            ),
+            Err("manifest: duplicate key `a`"),
+        ),
+        (
+            with_run_config(&u, r#"{"Labels":{"x":{"y":1,"y":2}}}"#),
+            Err("config: duplicate key `y`"),
+        ),
+        // Keys differing in case are fine where no field is expected.
+        (
+            edit_manifest(
+                &u,
+                &l1,
+                &format!("\"annotations\":{{\"a\":\"1\",\"A\":\"2\"}},{l1}"),
+            ),
+            Ok(2),
+        ),
+        (
+            with_run_config(&u, r#"{"Labels":{"env":"1","Env":"2"}}"#),
+            Ok(2),
+        ),
+        (
+            edit_manifest(&u, "\"layers\":[", "\"Layer\":[],\"layers\":["),
+            Ok(2),
+        ),
+    ];
+    for (unit, want) in cases {
+        check(&unit, a, want);
+    }
+    // Platforms in index entries.
+    let p = with_index(
+        &u,
+        &[
+            platform_desc(&u, 300, "linux", "arm64", None),
+            platform_desc(&u, 200, "linux", "amd64", None)
+                .replace("\"os\"", "\"OS\":\"windows\",\"os\""),
+        ],
+    );
+    check(
+        &p,
+        a,
+        Err("index.json: key `OS` differs from `os` only in case"),
+    );
+
+    let d = docker(&["aaa/layer.tar"], "c.json");
+    for (from, to, want) in [
+        (
+            "\"Config\"",
+            "\"config\":\"x.json\",\"Config\"",
+            "manifest.json: key `config` differs from `Config` only in case",
+        ),
+        (
+            "\"Layers\":[",
+            "\"layers\":[],\"Layers\":[",
+            "key `layers` differs from `Layers`",
+        ),
+        (
+            "\"Layers\":[",
+            "\"Layers\":[],\"Layers\":[",
+            "manifest.json: duplicate key `Layers`",
+        ),
+    ] {
+        check(&replace(&d, "manifest.json", from, to), a, Err(want));
+    }
 }

@@ -1,57 +1,249 @@
-//! The policy: limits and rules an image must satisfy, loaded from TOML
-//! (`policies/default.toml` is compiled in) and evaluated without I/O. Every
-//! evaluation yields a [`Verdict`] that the engine records in the audit log.
+//! The policy: limits and rules an image must satisfy, as data (TOML in
+//! `policies/`; `default` and `strict` are compiled in). Each rule has a name
+//! (its table's name) and a reason. Evaluation does no I/O: it yields
+//! [`Verdict`]s that the engine records in the audit log, and the per-entry
+//! rules are handed to the tar check guest as its policy.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::model::ImageFormat;
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
+pub const STRICT_POLICY: &str = include_str!("../../../policies/strict.toml");
 
+/// What to do with a kind of content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeviceNodes {
-    Reject,
-    Skip,
+pub enum Action {
     Allow,
+    Skip,
+    Strip,
+    Reject,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Policy {
-    /// Image formats accepted.
-    pub formats: Vec<ImageFormat>,
-    pub max_layers: usize,
-    /// Largest object accepted from the source, in bytes.
-    pub max_object_bytes: u64,
-    /// Largest sum of objects of one image, in bytes.
-    pub max_image_bytes: u64,
-    /// Entries in one layer.
-    pub max_layer_entries: u64,
-    /// Regular-file bytes in one layer, uncompressed.
-    pub max_layer_bytes: u64,
-    pub device_nodes: DeviceNodes,
+pub struct Limit {
+    pub limit: u64,
+    pub reason: String,
 }
 
-pub const DEFAULT_POLICY: &str = include_str!("/work/main/policies/default.toml");
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRule {
+    pub action: Action,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Formats {
+    pub allow: Vec<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Xattrs {
+    /// Exact names, or prefixes ending in `.`.
+    pub allow: Vec<String>,
+    /// The others: `strip` or `reject`.
+    pub others: Action,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeRange {
+    pub min: i64,
+    pub max: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Policy {
+    pub name: String,
+    pub formats: Formats,
+    pub max_layers: Limit,
+    pub max_layer_repeats: Limit,
+    pub max_object_bytes: Limit,
+    pub max_image_bytes: Limit,
+    pub max_layer_bytes: Limit,
+    pub max_compression_ratio: Limit,
+    pub max_layer_entries: Limit,
+    pub max_path_bytes: Limit,
+    pub max_name_bytes: Limit,
+    pub max_depth: Limit,
+    pub max_ext_header_bytes: Limit,
+    pub max_json_bytes: Limit,
+    pub max_id: Limit,
+    pub device_nodes: ActionRule,
+    pub fifos: ActionRule,
+    pub setid: ActionRule,
+    pub xattrs: Xattrs,
+    pub absolute_symlinks: ActionRule,
+    pub duplicates: ActionRule,
+    pub mtime: TimeRange,
+}
+
+/// Reasons of the rules that are not configurable (they always reject).
+const FIXED_RULES: [(&str, &str); 10] = [
+    ("paths", "entry paths must stay inside the root: `..` and Windows absolute or climbing forms (drive letters, leading or `..` backslash parts) are refused, absolute paths are confined"),
+    ("whiteouts", "whiteouts must be empty regular files named `.wh.NAME` in a real directory (OCI image spec)"),
+    ("malformed", "a tar stream that parsers could read differently is refused"),
+    ("sparse", "GNU sparse files let the name and the content differ between parsers"),
+    ("entry-types", "only the tar entry types a root filesystem needs are applied"),
+    ("trailer", "data hidden after the end of the archive could be read by other tools"),
+    ("hardlinks", "hardlinks must name a file inside the root that is not a directory"),
+    ("digests", "every blob is verified against the digest that names it"),
+    ("media-types", "a layer's bytes must be what its media type declares"),
+    ("pax-global", "PAX global headers carry nothing tarpool applies"),
+];
 
 impl Policy {
+    /// Parses and checks a policy.
     pub fn from_toml(text: &str) -> Result<Policy, String> {
         let p: Policy = toml::from_str(text).map_err(|e| format!("policy: {}", e.message()))?;
-        if p.max_layers == 0 {
-            return Err("policy: max_layers must be at least 1".into());
-        }
+        p.validate()?;
         Ok(p)
+    }
+
+    /// A policy by built-in name (`default`, `strict`).
+    pub fn builtin(name: &str) -> Option<&'static str> {
+        match name {
+            "default" => Some(DEFAULT_POLICY),
+            "strict" => Some(STRICT_POLICY),
+            _ => None,
+        }
     }
 
     pub fn default_policy() -> Policy {
         Policy::from_toml(DEFAULT_POLICY).expect("the compiled-in default policy parses")
     }
+
+    fn validate(&self) -> Result<(), String> {
+        let bad = |rule: &str, m: &str| Err(format!("policy: rule `{rule}`: {m}"));
+        for (rule, l) in [
+            ("max-layers", &self.max_layers),
+            ("max-layer-repeats", &self.max_layer_repeats),
+            ("max-compression-ratio", &self.max_compression_ratio),
+            ("max-path-bytes", &self.max_path_bytes),
+            ("max-name-bytes", &self.max_name_bytes),
+            ("max-depth", &self.max_depth),
+            ("max-json-bytes", &self.max_json_bytes),
+        ] {
+            if l.limit == 0 {
+                return bad(rule, "limit must be at least 1");
+            }
+        }
+        for (rule, l) in [
+            ("max-path-bytes", &self.max_path_bytes),
+            ("max-name-bytes", &self.max_name_bytes),
+            ("max-depth", &self.max_depth),
+            ("max-ext-header-bytes", &self.max_ext_header_bytes),
+            ("max-json-bytes", &self.max_json_bytes),
+            ("max-id", &self.max_id),
+        ] {
+            if l.limit > u64::from(u32::MAX) {
+                return bad(rule, "limit does not fit in 32 bits");
+            }
+        }
+        if self.max_id.limit >= u64::from(u32::MAX) {
+            return bad("max-id", "4294967295 is (uid_t)-1, which chown(2) ignores");
+        }
+        if self.max_json_bytes.limit > 64 << 20 {
+            return bad("max-json-bytes", "above 64 MiB");
+        }
+        let allowed = |rule: &str, a: Action, ok: &[Action]| {
+            if ok.contains(&a) {
+                Ok(())
+            } else {
+                bad(rule, &format!("action must be one of {ok:?}"))
+            }
+        };
+        use Action::*;
+        allowed(
+            "device-nodes",
+            self.device_nodes.action,
+            &[Allow, Skip, Reject],
+        )?;
+        allowed("fifos", self.fifos.action, &[Allow, Skip, Reject])?;
+        allowed("setid", self.setid.action, &[Allow, Strip, Reject])?;
+        allowed("xattrs", self.xattrs.others, &[Strip, Reject])?;
+        allowed(
+            "absolute-symlinks",
+            self.absolute_symlinks.action,
+            &[Allow, Reject],
+        )?;
+        allowed("duplicates", self.duplicates.action, &[Allow, Reject])?;
+        for x in &self.xattrs.allow {
+            if x.is_empty() || x.starts_with("trusted.") || x == "trusted" || x.contains("overlay")
+            {
+                return bad(
+                    "xattrs",
+                    &format!("`{x}` may not be allowed: overlayfs and the host use it"),
+                );
+            }
+        }
+        if self.mtime.min > self.mtime.max {
+            return bad("mtime", "min is after max");
+        }
+        if self.formats.allow.is_empty() {
+            return bad("formats", "no format allowed");
+        }
+        Ok(())
+    }
+
+    /// The reason recorded with decisions under `rule`.
+    pub fn reason(&self, rule: &str) -> &str {
+        let r = match rule {
+            "formats" => &self.formats.reason,
+            "max-layers" => &self.max_layers.reason,
+            "max-layer-repeats" => &self.max_layer_repeats.reason,
+            "max-object-bytes" => &self.max_object_bytes.reason,
+            "max-image-bytes" => &self.max_image_bytes.reason,
+            "max-layer-bytes" | "max-bytes" => &self.max_layer_bytes.reason,
+            "max-compression-ratio" => &self.max_compression_ratio.reason,
+            "max-layer-entries" | "max-entries" => &self.max_layer_entries.reason,
+            "max-path-bytes" => &self.max_path_bytes.reason,
+            "max-name-bytes" => &self.max_name_bytes.reason,
+            "max-depth" => &self.max_depth.reason,
+            "max-ext-header-bytes" => &self.max_ext_header_bytes.reason,
+            "max-json-bytes" => &self.max_json_bytes.reason,
+            "max-id" => &self.max_id.reason,
+            "device-nodes" => &self.device_nodes.reason,
+            "fifos" => &self.fifos.reason,
+            "setid" => &self.setid.reason,
+            "xattrs" => &self.xattrs.reason,
+            "absolute-symlinks" => &self.absolute_symlinks.reason,
+            "duplicates" => &self.duplicates.reason,
+            "mtime" => &self.mtime.reason,
+            other => {
+                return FIXED_RULES
+                    .iter()
+                    .find(|(n, _)| *n == other)
+                    .map_or("", |(_, r)| r)
+            }
+        };
+        r
+    }
+}
+
+/// The sha256 (hex) of a policy's text, recorded with each run.
+pub fn policy_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
 }
 
 /// One policy decision, as recorded in the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub rule: String,
-    pub allow: bool,
+    /// `allow`, `reject`, `skip`, `strip`, `clamp` or `note`.
+    pub action: String,
+    /// Layer number (1 = bottom) for per-entry decisions.
+    pub layer: Option<u32>,
+    /// Display form of the entry path for per-entry decisions.
+    pub path: Option<String>,
     pub detail: String,
 }
 
@@ -59,9 +251,15 @@ impl Verdict {
     fn new(rule: &str, allow: bool, detail: String) -> Verdict {
         Verdict {
             rule: rule.to_string(),
-            allow,
+            action: if allow { "allow" } else { "reject" }.into(),
+            layer: None,
+            path: None,
             detail,
         }
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.action != "reject"
     }
 }
 
@@ -80,52 +278,68 @@ fn size_rule(rule: &str, what: &str, got: u64, max: u64) -> Verdict {
 impl Policy {
     pub fn check_object(&self, key: &str, size: u64) -> Verdict {
         size_rule(
-            "max_object_bytes",
+            "max-object-bytes",
             &format!("object `{key}`"),
             size,
-            self.max_object_bytes,
+            self.max_object_bytes.limit,
         )
     }
 
     pub fn check_image_size(&self, total: u64) -> Verdict {
-        size_rule("max_image_bytes", "image", total, self.max_image_bytes)
+        size_rule(
+            "max-image-bytes",
+            "image",
+            total,
+            self.max_image_bytes.limit,
+        )
     }
 
-    pub fn check_format(&self, format: ImageFormat) -> Verdict {
-        let name = serde_json::to_value(format)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        if self.formats.contains(&format) {
-            Verdict::new("formats", true, format!("format {name} is allowed"))
+    pub fn check_format(&self, format: &str) -> Verdict {
+        if self.formats.allow.iter().any(|f| f == format) {
+            Verdict::new("formats", true, format!("format {format} is allowed"))
         } else {
             Verdict::new(
                 "formats",
                 false,
-                format!("format {name} is not allowed by the policy"),
+                format!("format {format} is not allowed by the policy"),
             )
         }
     }
 
     pub fn check_layers(&self, n: usize) -> Verdict {
+        let max = self.max_layers.limit;
         if n == 0 {
-            Verdict::new("max_layers", false, "image has no layers".into())
-        } else if n <= self.max_layers {
-            Verdict::new(
-                "max_layers",
-                true,
-                format!("{n} layers <= {}", self.max_layers),
-            )
+            Verdict::new("max-layers", false, "image has no layers".into())
+        } else if n as u64 <= max {
+            Verdict::new("max-layers", true, format!("{n} layers <= {max}"))
         } else {
             Verdict::new(
-                "max_layers",
+                "max-layers",
                 false,
-                format!(
-                    "image has {n} layers, over the limit of {}",
-                    self.max_layers
-                ),
+                format!("image has {n} layers, over the limit of {max}"),
             )
         }
+    }
+
+    /// `repeats`: the most times one layer (by digest or member) is listed.
+    pub fn check_layer_repeats(&self, repeats: usize) -> Verdict {
+        let max = self.max_layer_repeats.limit;
+        Verdict::new(
+            "max-layer-repeats",
+            repeats as u64 <= max,
+            if repeats as u64 <= max {
+                format!("no layer listed more than {repeats} times")
+            } else {
+                format!("a layer is listed {repeats} times, over the limit of {max}")
+            },
+        )
+    }
+
+    /// Bound on a layer's decompressed size given its compressed size.
+    pub fn decompressed_cap(&self, compressed: u64) -> u64 {
+        compressed
+            .saturating_mul(self.max_compression_ratio.limit)
+            .saturating_add(1 << 20)
     }
 }
 
@@ -134,23 +348,71 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_policy_parses() {
-        let p = Policy::default_policy();
-        assert!(p.formats.contains(&ImageFormat::AdHoc));
-        assert_eq!(p.device_nodes, DeviceNodes::Skip);
+    fn builtin_policies_parse_and_differ() {
+        let d = Policy::default_policy();
+        assert_eq!(d.name, "default");
+        assert_eq!(d.device_nodes.action, Action::Skip);
+        let s = Policy::from_toml(STRICT_POLICY).unwrap();
+        assert_eq!(s.name, "strict");
+        assert_eq!(s.device_nodes.action, Action::Reject);
+        assert_eq!(s.duplicates.action, Action::Reject);
+        assert_ne!(policy_hash(DEFAULT_POLICY), policy_hash(STRICT_POLICY));
+        // Every rule has a reason.
+        for p in [&d, &s] {
+            for rule in [
+                "formats",
+                "max-layers",
+                "max-layer-repeats",
+                "max-object-bytes",
+                "max-image-bytes",
+                "max-layer-bytes",
+                "max-compression-ratio",
+                "max-layer-entries",
+                "max-path-bytes",
+                "max-name-bytes",
+                "max-depth",
+                "max-ext-header-bytes",
+                "max-json-bytes",
+                "max-id",
+                "device-nodes",
+                "fifos",
+                "setid",
+                "xattrs",
+                "absolute-symlinks",
+                "duplicates",
+                "mtime",
+                "paths",
+                "whiteouts",
+                "malformed",
+                "sparse",
+                "entry-types",
+                "trailer",
+                "hardlinks",
+                "digests",
+                "media-types",
+                "pax-global",
+            ] {
+                assert!(
+                    !p.reason(rule).is_empty(),
+                    "{} lacks a reason for {rule}",
+                    p.name
+                );
+            }
+        }
     }
 
     fn check(v: Verdict, allow: bool, detail: &str) {
-        assert_eq!(v.allow, allow, "{v:?}");
+        assert_eq!(v.allowed(), allow, "{v:?}");
         assert!(v.detail.contains(detail), "{:?} lacks {detail}", v.detail);
     }
 
     #[test]
     fn verdicts() {
         let mut p = Policy::default_policy();
-        p.max_layers = 3;
-        p.max_object_bytes = 10;
-        p.formats = vec![ImageFormat::AdHoc];
+        p.max_layers.limit = 3;
+        p.max_object_bytes.limit = 10;
+        p.max_layer_repeats.limit = 2;
+        p.formats.allow = vec!["ad-hoc".into()];
         check(p.check_layers(3), true, "3 layers");
         check(p.check_layers(4), false, "over the limit of 3");
         check(p.check_layers(0), false, "no layers");
@@ -160,27 +422,48 @@ mod tests {
             false,
             "over the limit of 10",
         );
+        check(p.check_format("ad-hoc"), true, "ad-hoc is allowed");
         check(
-            p.check_format(ImageFormat::AdHoc),
-            true,
-            "ad-hoc is allowed",
-        );
-        check(
-            p.check_format(ImageFormat::DockerArchive),
+            p.check_format("docker-archive"),
             false,
             "docker-archive is not allowed",
         );
+        check(p.check_layer_repeats(2), true, "2 times");
+        check(p.check_layer_repeats(3), false, "listed 3 times");
+        assert_eq!(p.decompressed_cap(10), 10 * 1000 + (1 << 20));
+        assert_eq!(p.decompressed_cap(u64::MAX), u64::MAX);
     }
 
     #[test]
     fn bad_policies_are_reported() {
+        let swap = |from: &str, to: &str| DEFAULT_POLICY.replacen(from, to, 1);
         for (text, frag) in [
-            ("formats = []\nmax_layers = 0\nmax_object_bytes=1\nmax_image_bytes=1\nmax_layer_entries=1\nmax_layer_bytes=1\ndevice_nodes=\"skip\"", "max_layers"),
-            ("bogus = 1", "unknown field"),
-            ("formats = [\"tarball\"]", "unknown variant"),
+            (
+                swap("limit = 125", "limit = 0"),
+                "`max-layers`: limit must be at least 1",
+            ),
+            (
+                format!("{DEFAULT_POLICY}\n[bogus]\nlimit = 1\n"),
+                "unknown field",
+            ),
+            (
+                swap("others = \"strip\"", "others = \"allow\""),
+                "`xattrs`: action must be one of",
+            ),
+            (
+                swap("action = \"skip\"", "action = \"strip\""),
+                "`device-nodes`",
+            ),
+            (
+                swap("allow = [\"user.\", ", "allow = [\"trusted.\", "),
+                "may not be allowed",
+            ),
+            (swap("limit = 4294967294", "limit = 4294967295"), "`max-id`"),
+            (swap("min = 0", "min = 253402300800"), "min is after max"),
+            (swap("reason = \"FIFOs", "why = \"FIFOs"), "unknown field"),
         ] {
-            let e = Policy::from_toml(text).unwrap_err();
-            assert!(e.contains(frag), "{e}");
+            let e = Policy::from_toml(&text).unwrap_err();
+            assert!(e.contains(frag), "{e} lacks {frag}");
         }
     }
 }

@@ -1,10 +1,14 @@
-//! Applies one container-image layer tar (attacker-controlled bytes) onto a
+//! Applies one container-image layer (attacker-controlled bytes) onto a
 //! directory, normally the mounted overlayfs view of the layer's parents.
 //!
-//! The `tar` crate is used as a parser only. Every filesystem change is made
-//! relative to the layer root's directory fd: parent directories are resolved
-//! with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` (symlinks resolve
-//! as if the root were `/`, so nothing can escape it), and the final
+//! The host never parses the tar itself: the decompressed stream is fed to
+//! the tar check (a WebAssembly guest, [`view::TarCheck`]), which returns
+//! the entries it found with the policy applied and where each file's data
+//! lies in the stream; the host copies those data spans itself, so what was
+//! checked is exactly what is written. Every filesystem change is made
+//! relative to the layer root's directory fd: parent directories are
+//! resolved with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)` (symlinks
+//! resolve as if the root were `/`, so nothing can escape it), and the final
 //! component is created, removed or linked with `*at` calls that never
 //! follow a symlink. Metadata is set on descriptors opened `O_NOFOLLOW` or
 //! with `AT_SYMLINK_NOFOLLOW`, never through a path that could be swapped.
@@ -12,7 +16,7 @@
 //! Whiteouts follow the OCI image spec; on an overlay mount the removals made
 //! here become overlay whiteouts in the upper directory.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::ffi::{CStr, CString};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
@@ -26,44 +30,13 @@ use rustix::io::Errno;
 
 mod fsops;
 mod names;
-mod pax;
-mod reader;
 #[cfg(test)]
 mod tests;
+pub mod view;
 
 use fsops::{dir_path_flags, dir_read_flags, is_dir, open_in_root, WalkError};
-use names::{join, normalize, show, split_last};
-
-/// Limits for one layer.
-#[derive(Debug, Clone)]
-pub struct ApplyOptions {
-    /// Reject the layer beyond this many tar members.
-    pub max_entries: u64,
-    /// Total regular-file bytes allowed.
-    pub max_bytes: u64,
-    /// Longest entry path or link target accepted, in bytes.
-    pub max_path_len: usize,
-    /// What to do with character and block devices (fifos are always made).
-    pub device_nodes: DevicePolicy,
-}
-
-impl Default for ApplyOptions {
-    fn default() -> Self {
-        ApplyOptions {
-            max_entries: 10_000_000,
-            max_bytes: 64 << 30,
-            max_path_len: 4096,
-            device_nodes: DevicePolicy::Reject,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DevicePolicy {
-    Reject,
-    Skip,
-    Allow,
-}
+use names::{check_normalized, join, show, split_last};
+use view::{CheckError, Decision, Entry, EntryKind, TarCheck};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ApplyStats {
@@ -75,14 +48,23 @@ pub struct ApplyStats {
     pub whiteouts: u64,
     pub opaque_dirs: u64,
     pub bytes: u64,
-    /// One line each: what was skipped and why (capped at 100 lines).
-    pub skipped: Vec<String>,
+    /// The tar check's policy decisions and the host's own (capped at
+    /// [`DECISIONS_CAP`] in full; beyond that counted per rule).
+    pub decisions: Vec<Decision>,
+    /// Decisions beyond the cap, per rule.
+    pub decisions_dropped: Vec<(String, u64)>,
+    /// Time spent in the tar check (the guest), in nanoseconds.
+    pub check_ns: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    /// The layer is bad or hostile: one line, names the entry (sanitized: no
-    /// control chars, truncated), no host paths.
+    /// The tar check rejected the layer: a policy rule or malformed input.
+    #[error("{0}")]
+    Check(CheckError),
+    /// The layer is bad or hostile in a way the host found while applying it
+    /// (a hardlink to a missing file, a parent that is a file): one line,
+    /// names the entry (sanitized), no host paths.
     #[error("{0}")]
     Input(String),
     /// Environment failure (ENOSPC, EIO...) — retryable; the message names
@@ -94,67 +76,109 @@ pub enum ApplyError {
     },
 }
 
-/// Copy buffer for regular-file data.
-const COPY_BUF: usize = 1 << 20;
+/// Decompressed bytes read (and fed to the check) at a time.
+const CHUNK: usize = 1 << 20;
 /// Memory for deferred directory mtimes before they are applied early.
 const DIR_TIMES_MAX_BYTES: usize = 64 << 20;
-/// Lines kept in `ApplyStats::skipped`.
-const SKIPPED_CAP: usize = 100;
+/// Decisions kept in full per layer.
+pub const DECISIONS_CAP: usize = 1000;
 /// Symlinks followed while creating one entry's missing parents (as the
 /// kernel's MAXSYMLINKS).
 const MAX_SYMLINK_HOPS: u32 = 40;
 /// Path components processed while creating one entry's missing parents.
 const MAX_RESOLVE_STEPS: usize = 4096;
-/// Most bytes the parser may consume while locating one member: its header
-/// plus its GNU long name / long link / PAX extension headers, 1 MiB in all
-/// (catalogue E36).
-const EXT_HEADER_BUDGET: u64 = (1 << 20) + 8 * 512;
 
 /// Applies one uncompressed layer tar stream onto the directory `root` (an
-/// O_DIRECTORY fd).
-pub fn apply_layer<R: std::io::Read>(
+/// O_DIRECTORY fd), as `check` (a fresh tar check session in layer mode)
+/// sees it. Every byte of `layer` is read (the caller hashes the stream).
+pub fn apply_layer<R: Read>(
     root: BorrowedFd<'_>,
-    layer: R,
-    opts: &ApplyOptions,
+    mut layer: R,
+    check: &mut dyn TarCheck,
 ) -> Result<ApplyStats, ApplyError> {
-    let shared = Rc::new(reader::Shared::default());
-    let stream = reader::Guarded::new(
-        io::BufReader::with_capacity(128 << 10, layer),
-        shared.clone(),
-    );
-    let mut archive = tar::Archive::new(stream);
-    let mut ap = Applier::new(root, opts, shared.clone());
-    {
-        let mut entries = archive.entries().map_err(|e| ap.stream_error(e))?;
-        loop {
-            shared.arm(EXT_HEADER_BUDGET);
-            let next = entries.next();
-            shared.disarm();
-            match next {
-                None => break,
-                Some(Ok(entry)) => ap.entry(entry)?,
-                Some(Err(e)) => return Err(ap.stream_error(e)),
+    let mut ap = Applier::new(root);
+    let mut buf = vec![0u8; CHUNK];
+    let mut base: u64 = 0;
+    let mut want: u64 = 0;
+    let mut queue: VecDeque<Entry> = VecDeque::new();
+    let mut file: Option<OpenFile> = None;
+    loop {
+        let n = read_full(&mut layer, &mut buf).map_err(|e| match e.kind() {
+            // The decoder's verdict on the bytes (or the decompression cap).
+            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+                ApplyError::Input(format!("corrupt layer data after `{}`: {e}", ap.last))
             }
+            _ => ApplyError::Io {
+                context: format!("reading layer after `{}`", ap.last),
+                source: e,
+            },
+        })?;
+        if n == 0 {
+            break;
         }
+        let end = base + n as u64;
+        if want < end {
+            if want < base {
+                return Err(check_bug(format!("asked for offset {want} after {base}")));
+            }
+            let from = (want - base) as usize;
+            let t = std::time::Instant::now();
+            let p = check.feed(want, &buf[from..n]);
+            ap.stats.check_ns += t.elapsed().as_nanos() as u64;
+            let p = p.map_err(ApplyError::Check)?;
+            if p.want < end {
+                return Err(check_bug(format!("wants offset {} below {end}", p.want)));
+            }
+            want = p.want;
+            ap.decisions(p.decisions);
+            queue.extend(p.entries);
+        }
+        ap.consume(&buf[..n], base, &mut queue, &mut file)?;
+        base = end;
     }
-    let mut rest = archive.into_inner();
-    ap.check_trailer(&mut rest)?;
+    let t = std::time::Instant::now();
+    let p = check.finish(base);
+    ap.stats.check_ns += t.elapsed().as_nanos() as u64;
+    let p = p.map_err(ApplyError::Check)?;
+    ap.decisions(p.decisions);
+    queue.extend(p.entries);
+    ap.consume(&[], base, &mut queue, &mut file)?;
+    if file.is_some() || !queue.is_empty() {
+        return Err(check_bug("returned data past the end of the stream".into()));
+    }
     ap.finish()
 }
 
-/// What a member is, after folding equivalent type flags together.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Regular,
-    Dir,
-    Symlink,
-    Hardlink,
-    Char,
-    Block,
-    Fifo,
+/// The guest broke its contract: a bug, not the input's fault.
+fn check_bug(msg: String) -> ApplyError {
+    ApplyError::Check(CheckError::Host(format!("tar check {msg}")))
 }
 
-/// Ownership, permissions and mtime from the header (and PAX records).
+/// Fills `buf` as far as the stream allows; 0 only at its end.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// A regular file whose data is being copied from the stream.
+struct OpenFile {
+    file: std::fs::File,
+    /// Stream offsets: the next byte to write, and the end of the data.
+    next: u64,
+    end: u64,
+    entry: Entry,
+    disp: String,
+}
+
+/// Ownership, permissions and mtime of an entry.
 struct Meta {
     uid: u32,
     gid: u32,
@@ -163,6 +187,18 @@ struct Meta {
 }
 
 impl Meta {
+    fn of(e: &Entry) -> Meta {
+        Meta {
+            uid: e.uid,
+            gid: e.gid,
+            mode: e.mode & 0o7777,
+            mtime: Timespec {
+                tv_sec: e.mtime_sec,
+                tv_nsec: i64::from(e.mtime_nsec.min(999_999_999)),
+            },
+        }
+    }
+
     fn times(&self) -> Timestamps {
         Timestamps {
             last_access: self.mtime,
@@ -171,12 +207,9 @@ impl Meta {
     }
 }
 
-struct Applier<'r, 'o> {
+struct Applier<'r> {
     root: BorrowedFd<'r>,
-    opts: &'o ApplyOptions,
-    shared: Rc<reader::Shared>,
     stats: ApplyStats,
-    skipped_overflow: bool,
     /// Keys of paths this layer created or wrote (entries).
     written: HashSet<u128>,
     /// Keys of directories that are ancestors of written paths, opaque dirs,
@@ -191,8 +224,7 @@ struct Applier<'r, 'o> {
     dir_times_bytes: usize,
     /// The last resolved parent directory: (path, fd).
     cache: Option<(Vec<u8>, Rc<OwnedFd>)>,
-    buf: Vec<u8>,
-    /// Sanitised path of the last member, for stream errors.
+    /// Sanitised path of the last entry, for stream errors.
     last: String,
 }
 
@@ -241,28 +273,15 @@ fn walk_err(disp: &str, what: &str, e: WalkError) -> ApplyError {
     }
 }
 
-/// A numeric header field left empty (all NUL or spaces) reads as 0, as in
-/// Go's archive/tar; otherwise the `tar` crate's parser decides.
-fn or_zero(field: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
-    if field.iter().all(|b| *b == 0 || *b == b' ') {
-        Ok(0)
-    } else {
-        parse()
-    }
-}
-
 fn cstr(disp: &str, b: &[u8]) -> Result<CString, ApplyError> {
     CString::new(b).map_err(|_| input(disp, "name contains a NUL byte"))
 }
 
-impl<'r, 'o> Applier<'r, 'o> {
-    fn new(root: BorrowedFd<'r>, opts: &'o ApplyOptions, shared: Rc<reader::Shared>) -> Self {
+impl<'r> Applier<'r> {
+    fn new(root: BorrowedFd<'r>) -> Self {
         Applier {
             root,
-            opts,
-            shared,
             stats: ApplyStats::default(),
-            skipped_overflow: false,
             written: HashSet::new(),
             ancestors: HashSet::new(),
             opaque_done: HashSet::new(),
@@ -270,7 +289,6 @@ impl<'r, 'o> Applier<'r, 'o> {
             dir_times: Vec::new(),
             dir_times_bytes: 0,
             cache: None,
-            buf: vec![0u8; COPY_BUF],
             last: String::from("<start of layer>"),
         }
     }
@@ -282,295 +300,125 @@ impl<'r, 'o> Applier<'r, 'o> {
         (u128::from(self.hash.0.hash_one(p)) << 64) | u128::from(self.hash.1.hash_one(p))
     }
 
-    fn note(&mut self, line: String) {
-        if self.stats.skipped.len() < SKIPPED_CAP - 1 {
-            self.stats.skipped.push(line);
-        } else if !self.skipped_overflow {
-            self.skipped_overflow = true;
-            self.stats
-                .skipped
-                .push("… more skipped items not listed".into());
+    fn decisions(&mut self, ds: Vec<Decision>) {
+        for d in ds {
+            self.decide(d);
         }
     }
 
-    /// Maps an error the parser returned (while reading headers or data).
-    fn stream_error(&self, e: io::Error) -> ApplyError {
-        if let Some(src) = self.shared.take_read_err() {
-            return ApplyError::Io {
-                context: format!("reading layer after `{}`", self.last),
-                source: src,
-            };
-        }
-        if self.shared.over_limit() {
-            return ApplyError::Input(format!(
-                "extension header (PAX or GNU long name) after `{}` is larger than 1 MiB",
-                self.last
-            ));
-        }
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            return ApplyError::Input(format!("layer is truncated after `{}`", self.last));
-        }
-        ApplyError::Input(format!(
-            "malformed layer after `{}`: {}",
-            self.last,
-            show(e.to_string().as_bytes())
-        ))
-    }
-
-    /// Reads member data; a short stream is a truncated layer.
-    fn read_chunk<R: Read>(
-        &self,
-        entry: &mut tar::Entry<'_, R>,
-        buf: &mut [u8],
-        disp: &str,
-    ) -> Result<usize, ApplyError> {
-        loop {
-            match entry.read(buf) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if let Some(src) = self.shared.take_read_err() {
-                        return Err(ApplyError::Io {
-                            context: format!("reading layer inside `{disp}`"),
-                            source: src,
-                        });
-                    }
-                    return Err(input(
-                        disp,
-                        format!("unreadable data: {}", show(e.to_string().as_bytes())),
-                    ));
-                }
-            }
+    fn decide(&mut self, d: Decision) {
+        if self.stats.decisions.len() < DECISIONS_CAP {
+            self.stats.decisions.push(d);
+        } else if let Some(c) = self
+            .stats
+            .decisions_dropped
+            .iter_mut()
+            .find(|(r, _)| *r == d.rule)
+        {
+            c.1 += 1;
+        } else {
+            self.stats.decisions_dropped.push((d.rule, 1));
         }
     }
 
-    /// Consumes data we do not use (directories, links... with a size).
-    fn drain<R: Read>(
+    /// A decision of the host's own (something it could not apply here).
+    fn note(&mut self, disp: &str, rule: &str, action: &'static str, detail: String) {
+        self.decide(Decision {
+            path: disp.to_string(),
+            rule: rule.to_string(),
+            action,
+            detail,
+        });
+    }
+
+    /// Applies the entries in `queue` and copies the data spans that lie in
+    /// `chunk` (stream bytes from `base`); stops at a file whose data goes
+    /// on past the chunk.
+    fn consume(
         &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        disp: &str,
+        chunk: &[u8],
+        base: u64,
+        queue: &mut VecDeque<Entry>,
+        file: &mut Option<OpenFile>,
     ) -> Result<(), ApplyError> {
-        let size = entry.size();
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut got = 0u64;
-        let r = loop {
-            match self.read_chunk(entry, &mut buf, disp) {
-                Ok(0) => break Ok(()),
-                Ok(n) => got += n as u64,
-                Err(e) => break Err(e),
+        let end = base + chunk.len() as u64;
+        loop {
+            if let Some(f) = file {
+                if f.next < base {
+                    return Err(check_bug(format!(
+                        "gave a data span at {} before {base}",
+                        f.next
+                    )));
+                }
+                let to = f.end.min(end);
+                if f.next < to {
+                    let a = (f.next - base) as usize;
+                    let b = (to - base) as usize;
+                    f.file.write_all(&chunk[a..b]).map_err(|e| ApplyError::Io {
+                        context: format!("`{}`: writing file", f.disp),
+                        source: e,
+                    })?;
+                    f.next = to;
+                }
+                if f.next < f.end {
+                    return Ok(());
+                }
+                let f = file.take().expect("checked above");
+                self.regular_done(f)?;
             }
-        };
-        self.buf = buf;
-        r?;
-        if got != size {
-            return Err(ApplyError::Input(format!("layer ends inside `{disp}`")));
+            let Some(e) = queue.pop_front() else {
+                return Ok(());
+            };
+            self.stats.entries += 1;
+            let disp = show(&e.path);
+            self.last = disp.clone();
+            check_normalized(&e.path).map_err(|m| check_bug(format!("gave path `{disp}`: {m}")))?;
+            if e.kind == EntryKind::Regular {
+                if e.data_size > 0 && e.data_offset < base {
+                    return Err(check_bug(format!(
+                        "gave `{disp}` data before the stream position"
+                    )));
+                }
+                *file = Some(self.regular_begin(e, disp)?);
+                continue;
+            }
+            self.entry(e, &disp)?;
         }
-        Ok(())
     }
 
-    fn check_trailer<R: Read>(&mut self, rest: &mut R) -> Result<(), ApplyError> {
-        // Everything after the end-of-archive marker must be zero padding:
-        // hidden data there could be seen by other parsers (catalogue E42),
-        // and the caller's digest must cover the whole stream.
-        let mut buf = std::mem::take(&mut self.buf);
-        let r = loop {
-            match rest.read(&mut buf) {
-                Ok(0) => break Ok(()),
-                Ok(n) if buf[..n].iter().all(|b| *b == 0) => {}
-                Ok(_) => {
-                    break Err(ApplyError::Input(format!(
-                        "non-zero data after the end of the archive (last entry `{}`)",
-                        self.last
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    break Err(ApplyError::Io {
-                        context: "reading layer trailer".into(),
-                        source: self.shared.take_read_err().unwrap_or(e),
-                    })
-                }
-            }
-        };
-        self.buf = buf;
-        r
-    }
-
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), ApplyError> {
-        self.stats.entries += 1;
-        if self.stats.entries > self.opts.max_entries {
-            return Err(ApplyError::Input(format!(
-                "layer has more than {} entries",
-                self.opts.max_entries
-            )));
+    fn entry(&mut self, e: Entry, disp: &str) -> Result<(), ApplyError> {
+        let meta = Meta::of(&e);
+        let path = &e.path[..];
+        match e.kind {
+            EntryKind::Whiteout => return self.whiteout(path, disp),
+            EntryKind::Opaque => return self.opaque(path, disp),
+            _ => {}
         }
-        let raw = entry.path_bytes().into_owned();
-        let disp = show(&raw);
-        self.last = disp.clone();
-        let etype = entry.header().entry_type();
-        // The raw flag: the tar crate folds NUL into '0', but pre-POSIX
-        // archives need it to recognise directories.
-        let tbyte = entry.header().as_old().linkflag[0];
-        if etype.is_pax_global_extensions() {
-            // Global records (e.g. git-archive comments) carry nothing we apply.
-            self.note("PAX global header ignored".into());
-            return self.drain(&mut entry, &disp);
-        }
-        let kind = match tbyte {
-            b'0' | b'7' => Kind::Regular,
-            // Pre-POSIX archives mark directories with a trailing slash.
-            b'\0' if raw.ends_with(b"/") => Kind::Dir,
-            b'\0' => Kind::Regular,
-            b'5' => Kind::Dir,
-            b'2' => Kind::Symlink,
-            b'1' => Kind::Hardlink,
-            b'3' => Kind::Char,
-            b'4' => Kind::Block,
-            b'6' => Kind::Fifo,
-            b'S' => return Err(input(&disp, "GNU sparse files are not supported")),
-            b => {
-                return Err(input(
-                    &disp,
-                    format!("unsupported entry type {}", show(&[b]).replace('`', "\\`")),
-                ))
-            }
-        };
-        if raw.len() > self.opts.max_path_len {
-            return Err(input(
-                &disp,
-                format!("path is longer than {} bytes", self.opts.max_path_len),
-            ));
-        }
-        let path = normalize(&raw).map_err(|m| input(&disp, m))?;
-        if kind == Kind::Regular && raw.ends_with(b"/") {
-            return Err(input(&disp, "regular file name ends with `/`"));
-        }
-        let pax = pax::parse(&mut entry).map_err(|m| input(&disp, m))?;
-        if let Some(ps) = pax.size {
-            let hs = entry
-                .header()
-                .entry_size()
-                .map_err(|_| input(&disp, "invalid size field"))?;
-            if hs != 0 && hs != ps {
-                return Err(input(&disp, "PAX size disagrees with the header size"));
-            }
-        }
-        for n in &pax.notes {
-            let line = format!("`{disp}`: {n}");
-            self.note(line);
-        }
-        let meta = self.meta(entry.header(), &pax, &disp)?;
-
         if path.is_empty() {
-            if kind == Kind::Dir {
-                self.note(format!("`{disp}`: entry for the layer root skipped"));
-                return self.drain(&mut entry, &disp);
-            }
-            return Err(input(&disp, "entry for the layer root is not a directory"));
+            return Err(check_bug("gave an entry for the layer root".into()));
         }
-        let (parent, name) = split_last(&path);
-        if parent.split(|b| *b == b'/').any(|c| c.starts_with(b".wh.")) {
-            return Err(input(&disp, "whiteout prefix `.wh.` in a directory name"));
-        }
-        if name.starts_with(b".wh.") {
-            if kind != Kind::Regular || entry.size() != 0 || !pax.xattrs.is_empty() {
-                return Err(input(&disp, "a whiteout must be an empty regular file"));
-            }
-            return self.whiteout(parent, name, &disp);
-        }
-        let cname = cstr(&disp, name)?;
-        match kind {
-            Kind::Regular => self.regular(&mut entry, &path, &cname, &meta, &pax, &disp),
-            Kind::Dir => {
-                self.drain(&mut entry, &disp)?;
-                self.directory(&path, &cname, &meta, &pax, &disp)
-            }
-            Kind::Symlink => {
-                let target = self.link_target(&entry, &disp)?;
-                self.drain(&mut entry, &disp)?;
-                self.symlink(&path, &cname, &target, &meta, &pax, &disp)
-            }
-            Kind::Hardlink => {
-                let target = self.link_target(&entry, &disp)?;
-                self.drain(&mut entry, &disp)?;
-                self.note_unapplied_xattrs(&pax, &disp, "hardlink");
-                self.hardlink(&path, &cname, &target, &disp)
-            }
-            Kind::Char | Kind::Block | Kind::Fifo => {
-                let dev = if kind == Kind::Fifo {
-                    0
-                } else {
-                    let h = entry.header();
-                    match (h.device_major(), h.device_minor()) {
-                        (Ok(Some(ma)), Ok(Some(mi))) => rfs::makedev(ma, mi),
-                        _ => return Err(input(&disp, "invalid device number")),
-                    }
-                };
-                self.drain(&mut entry, &disp)?;
-                self.node(kind, dev, &path, &cname, &meta, &pax, &disp)
-            }
-        }
-    }
-
-    fn meta(&self, h: &tar::Header, pax: &pax::PaxInfo, disp: &str) -> Result<Meta, ApplyError> {
-        let id = |v: io::Result<u64>, what: &str| -> Result<u32, ApplyError> {
-            let v = v.map_err(|_| input(disp, format!("invalid {what} field")))?;
-            // u32::MAX is (uid_t)-1, "no change" to chown(2) (catalogue E75).
-            match u32::try_from(v) {
-                Ok(v) if v != u32::MAX => Ok(v),
-                _ => Err(input(disp, format!("{what} {v} is out of range"))),
-            }
-        };
-        let o = h.as_old();
-        let uid = id(or_zero(&o.uid, || h.uid()), "uid")?;
-        let gid = id(or_zero(&o.gid, || h.gid()), "gid")?;
-        let mode = or_zero(&o.mode, || h.mode().map(u64::from))
-            .map_err(|_| input(disp, "invalid mode field"))? as u32
-            & 0o7777;
-        let mtime = match pax.mtime {
-            Some(t) => t,
-            None => {
-                let secs = or_zero(&o.mtime, || h.mtime())
-                    .map_err(|_| input(disp, "invalid mtime field"))?;
-                Timespec {
-                    tv_sec: i64::try_from(secs).unwrap_or(i64::MAX),
-                    tv_nsec: 0,
+        let name = cstr(disp, split_last(path).1)?;
+        match e.kind {
+            EntryKind::Directory => self.directory(path, &name, &meta, &e.xattrs, disp),
+            EntryKind::Symlink => {
+                let target = e.link.as_deref().unwrap_or_default();
+                if target.is_empty() {
+                    return Err(check_bug(format!("gave symlink `{disp}` no target")));
                 }
+                self.symlink(path, &name, target, &meta, disp)
             }
-        };
-        Ok(Meta {
-            uid,
-            gid,
-            mode,
-            mtime,
-        })
-    }
-
-    fn link_target<R: Read>(
-        &self,
-        entry: &tar::Entry<'_, R>,
-        disp: &str,
-    ) -> Result<Vec<u8>, ApplyError> {
-        let t = entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .unwrap_or_default();
-        if t.is_empty() {
-            return Err(input(disp, "link with an empty target"));
+            EntryKind::Hardlink => {
+                let target = e.link.as_deref().unwrap_or_default();
+                check_normalized(target)
+                    .map_err(|m| check_bug(format!("gave hardlink target for `{disp}`: {m}")))?;
+                self.hardlink(path, &name, target, disp)
+            }
+            EntryKind::CharDevice | EntryKind::BlockDevice | EntryKind::Fifo => {
+                let dev = rfs::makedev(e.dev_major, e.dev_minor);
+                self.node(e.kind, dev, path, &name, &meta, disp)
+            }
+            EntryKind::Regular | EntryKind::Whiteout | EntryKind::Opaque => unreachable!(),
         }
-        if t.contains(&0) {
-            return Err(input(disp, "link target contains a NUL byte"));
-        }
-        if t.len() > self.opts.max_path_len {
-            return Err(input(
-                disp,
-                format!(
-                    "link target is longer than {} bytes",
-                    self.opts.max_path_len
-                ),
-            ));
-        }
-        Ok(t)
     }
 
     /// Records that this layer writes `path` (and so, implicitly, its parents).
@@ -744,59 +592,41 @@ impl<'r, 'o> Applier<'r, 'o> {
     fn set_xattrs(
         &mut self,
         fd: BorrowedFd<'_>,
-        pax: &pax::PaxInfo,
+        xattrs: &[(String, Vec<u8>)],
         disp: &str,
     ) -> Result<(), ApplyError> {
-        for (k, v) in &pax.xattrs {
-            let ck = cstr(disp, k)?;
+        for (k, v) in xattrs {
+            let ck = cstr(disp, k.as_bytes())?;
             match rfs::fsetxattr(fd, &ck, v, XattrFlags::empty()) {
                 Ok(()) => {}
-                Err(Errno::OPNOTSUPP) => self.note(format!(
-                    "`{disp}`: xattr `{}` skipped (unsupported here)",
-                    show(k)
-                )),
+                Err(Errno::OPNOTSUPP) => self.note(
+                    disp,
+                    "xattrs",
+                    "skip",
+                    format!(
+                        "xattr `{}` not supported by this filesystem",
+                        show(k.as_bytes())
+                    ),
+                ),
                 Err(e) => return Err(os_err(disp, "setting xattr", e)),
             }
         }
         Ok(())
     }
 
-    fn note_unapplied_xattrs(&mut self, pax: &pax::PaxInfo, disp: &str, what: &str) {
-        for (k, _) in &pax.xattrs {
-            self.note(format!(
-                "`{disp}`: xattr `{}` skipped (on a {what})",
-                show(k)
-            ));
-        }
-    }
-
-    fn regular<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        path: &[u8],
-        name: &CStr,
-        meta: &Meta,
-        pax: &pax::PaxInfo,
-        disp: &str,
-    ) -> Result<(), ApplyError> {
-        let size = entry.size();
-        if size > self.opts.max_bytes - self.stats.bytes {
-            return Err(input(
-                disp,
-                format!(
-                    "layer exceeds the limit of {} file bytes",
-                    self.opts.max_bytes
-                ),
-            ));
-        }
-        self.mark_written(path);
-        let pfd = self.parent_fd(split_last(path).0, disp)?;
+    /// Creates a regular file; its data follows from the stream.
+    fn regular_begin(&mut self, e: Entry, disp: String) -> Result<OpenFile, ApplyError> {
+        self.stats.bytes = self.stats.bytes.saturating_add(e.data_size);
+        self.mark_written(&e.path);
+        let (parent, name) = split_last(&e.path);
+        let name = cstr(&disp, name)?;
+        let pfd = self.parent_fd(parent, &disp)?;
         // O_EXCL|O_NOFOLLOW: always a fresh inode (never truncate one that
         // another name still links to), never through a symlink.
-        let fd = self.create_fresh(pfd.as_fd(), name, disp, "creating file", || {
+        let fd = self.create_fresh(pfd.as_fd(), &name, &disp, "creating file", || {
             rfs::openat(
                 pfd.as_fd(),
-                name,
+                &name,
                 OFlags::WRONLY
                     | OFlags::CREATE
                     | OFlags::EXCL
@@ -806,34 +636,23 @@ impl<'r, 'o> Applier<'r, 'o> {
                 Mode::from_raw_mode(0o600),
             )
         })?;
-        let mut file = std::fs::File::from(fd);
-        let mut buf = std::mem::take(&mut self.buf);
-        let mut got = 0u64;
-        let r = loop {
-            match self.read_chunk(entry, &mut buf, disp) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    got += n as u64;
-                    if let Err(e) = file.write_all(&buf[..n]) {
-                        break Err(ApplyError::Io {
-                            context: format!("`{disp}`: writing file"),
-                            source: e,
-                        });
-                    }
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        self.buf = buf;
-        r?;
-        if got != size {
-            return Err(ApplyError::Input(format!("layer ends inside `{disp}`")));
-        }
-        self.stats.bytes += got;
-        self.set_owner_mode(file.as_fd(), meta, disp)?;
+        Ok(OpenFile {
+            file: std::fs::File::from(fd),
+            next: e.data_offset,
+            end: e.data_offset.saturating_add(e.data_size),
+            entry: e,
+            disp,
+        })
+    }
+
+    /// A regular file's data is all written: its metadata follows.
+    fn regular_done(&mut self, f: OpenFile) -> Result<(), ApplyError> {
+        let meta = Meta::of(&f.entry);
+        let disp = &f.disp;
+        self.set_owner_mode(f.file.as_fd(), &meta, disp)?;
         // After chown (which drops security.capability).
-        self.set_xattrs(file.as_fd(), pax, disp)?;
-        rfs::futimens(&file, &meta.times()).map_err(|e| os_err(disp, "setting mtime", e))?;
+        self.set_xattrs(f.file.as_fd(), &f.entry.xattrs, disp)?;
+        rfs::futimens(&f.file, &meta.times()).map_err(|e| os_err(disp, "setting mtime", e))?;
         self.stats.files += 1;
         Ok(())
     }
@@ -843,7 +662,7 @@ impl<'r, 'o> Applier<'r, 'o> {
         path: &[u8],
         name: &CStr,
         meta: &Meta,
-        pax: &pax::PaxInfo,
+        xattrs: &[(String, Vec<u8>)],
         disp: &str,
     ) -> Result<(), ApplyError> {
         self.mark_written(path);
@@ -870,7 +689,7 @@ impl<'r, 'o> Applier<'r, 'o> {
             // (Skipped when unchanged: on overlayfs it would copy the dir up.)
             self.set_owner_mode(fd.as_fd(), meta, disp)?;
         }
-        self.set_xattrs(fd.as_fd(), pax, disp)?;
+        self.set_xattrs(fd.as_fd(), xattrs, disp)?;
         self.defer_dir_time(path, meta.mtime)?;
         self.stats.dirs += 1;
         Ok(())
@@ -882,7 +701,6 @@ impl<'r, 'o> Applier<'r, 'o> {
         name: &CStr,
         target: &[u8],
         meta: &Meta,
-        pax: &pax::PaxInfo,
         disp: &str,
     ) -> Result<(), ApplyError> {
         self.mark_written(path);
@@ -900,7 +718,6 @@ impl<'r, 'o> Applier<'r, 'o> {
         .map_err(|e| os_err(disp, "setting symlink owner", e))?;
         rfs::utimensat(pfd.as_fd(), name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| os_err(disp, "setting symlink mtime", e))?;
-        self.note_unapplied_xattrs(pax, disp, "symlink");
         self.stats.symlinks += 1;
         Ok(())
     }
@@ -909,17 +726,15 @@ impl<'r, 'o> Applier<'r, 'o> {
         &mut self,
         path: &[u8],
         name: &CStr,
-        target_raw: &[u8],
+        target: &[u8],
         disp: &str,
     ) -> Result<(), ApplyError> {
-        let target =
-            normalize(target_raw).map_err(|m| input(disp, format!("hardlink target: {m}")))?;
-        let tdisp = show(target_raw);
+        let tdisp = show(target);
         if target.is_empty() {
             return Err(input(disp, "hardlink to the layer root"));
         }
         let missing = || input(disp, format!("hardlink target `{tdisp}` does not exist"));
-        let (tparent, tname) = split_last(&target);
+        let (tparent, tname) = split_last(target);
         let ctname = cstr(disp, tname)?;
         let tpfd = match open_in_root(self.root, tparent, dir_path_flags()) {
             Ok(fd) => fd,
@@ -965,31 +780,18 @@ impl<'r, 'o> Applier<'r, 'o> {
     #[allow(clippy::too_many_arguments)]
     fn node(
         &mut self,
-        kind: Kind,
+        kind: EntryKind,
         dev: rfs::Dev,
         path: &[u8],
         name: &CStr,
         meta: &Meta,
-        pax: &pax::PaxInfo,
         disp: &str,
     ) -> Result<(), ApplyError> {
         let ftype = match kind {
-            Kind::Char => FileType::CharacterDevice,
-            Kind::Block => FileType::BlockDevice,
+            EntryKind::CharDevice => FileType::CharacterDevice,
+            EntryKind::BlockDevice => FileType::BlockDevice,
             _ => FileType::Fifo,
         };
-        if kind != Kind::Fifo {
-            match self.opts.device_nodes {
-                DevicePolicy::Allow => {}
-                DevicePolicy::Skip => {
-                    self.note(format!("`{disp}`: device node skipped (policy)"));
-                    return Ok(());
-                }
-                DevicePolicy::Reject => {
-                    return Err(input(disp, "device nodes are not allowed in layers"));
-                }
-            }
-        }
         self.mark_written(path);
         let pfd = self.parent_fd(split_last(path).0, disp)?;
         self.create_fresh(pfd.as_fd(), name, disp, "creating special file", || {
@@ -1007,30 +809,23 @@ impl<'r, 'o> Applier<'r, 'o> {
             .map_err(|e| os_err(disp, "setting mode", e))?;
         rfs::utimensat(pfd.as_fd(), name, &meta.times(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| os_err(disp, "setting mtime", e))?;
-        self.note_unapplied_xattrs(pax, disp, "special file");
         // Special files count as files (ApplyStats has no separate counter).
         self.stats.files += 1;
         Ok(())
     }
 
-    /// `.wh.NAME`: removes NAME (from lower layers) in the same directory.
-    fn whiteout(&mut self, parent: &[u8], name: &[u8], disp: &str) -> Result<(), ApplyError> {
-        if name == b".wh..wh..opq" {
-            return self.opaque(parent, disp);
+    /// `DIR/.wh.NAME` (given as `DIR/NAME`): removes NAME from the lower
+    /// layers.
+    fn whiteout(&mut self, vpath: &[u8], disp: &str) -> Result<(), ApplyError> {
+        if vpath.is_empty() {
+            return Err(check_bug("gave a whiteout of the layer root".into()));
         }
-        if name.starts_with(b".wh..wh.") {
-            return Err(input(disp, "unsupported AUFS whiteout meta-file"));
-        }
-        let victim = &name[4..];
-        if victim.is_empty() || victim == b"." || victim == b".." {
-            return Err(input(disp, "invalid whiteout name"));
-        }
-        let vpath = join(parent, victim);
-        let k = self.key(&vpath);
+        let (parent, victim) = split_last(vpath);
+        let k = self.key(vpath);
         if self.written.contains(&k) || self.ancestors.contains(&k) {
             return Err(ApplyError::Input(format!(
                 "whiteout and entry for `{}` in the same layer",
-                show(&vpath)
+                show(vpath)
             )));
         }
         self.mark_dir(parent);
@@ -1080,9 +875,12 @@ impl<'r, 'o> Applier<'r, 'o> {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => return Ok(()),
                 Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
-                    self.note(format!(
-                        "`{disp}`: opaque marker in a non-directory ignored"
-                    ));
+                    self.note(
+                        disp,
+                        "whiteouts",
+                        "skip",
+                        "opaque marker in a non-directory ignored".into(),
+                    );
                     return Ok(());
                 }
                 Err(e) => return Err(os_err(disp, "opening opaque directory", e)),

@@ -1,11 +1,14 @@
 #![no_main]
 //! The manifest step on arbitrary member lists and member contents: never
-//! panics; errors are one line; every layer it returns names a member.
+//! panics; errors are one line; every layer it returns names a member;
+//! `none` only for a prefix.
 use libfuzzer_sys::fuzz_target;
-use manifest::{Member, UnitKind};
+use manifest::{ManifestOptions, Member, UnitKind};
 
 fuzz_target!(|data: &[u8]| {
-    // Input: NUL-separated records `name\x01content`; the first byte picks the unit kind.
+    // Input: NUL-separated records `name\x01content`. The first byte picks
+    // the unit kind (bit 0), the architecture (bit 1), a variant (bit 2)
+    // and the index depth (bits 4-6).
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
@@ -13,6 +16,12 @@ fuzz_target!(|data: &[u8]| {
         UnitKind::Prefix
     } else {
         UnitKind::Archive
+    };
+    let options = ManifestOptions {
+        architecture: if kind & 2 == 0 { "amd64" } else { "arm64" }.into(),
+        arch_variant: (kind & 4 != 0).then(|| "v8".into()),
+        max_index_depth: u32::from((kind >> 4) & 7),
+        ..ManifestOptions::default()
     };
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for rec in rest.split(|b| *b == 0).take(64) {
@@ -35,15 +44,21 @@ fuzz_target!(|data: &[u8]| {
             .map(|(_, c)| c.clone())
             .ok_or_else(|| format!("no member {name}"))
     };
-    match manifest::parse(unit, &members, &mut read) {
-        Ok(layout) => {
+    match manifest::parse(unit, &members, &options, &mut read) {
+        Ok(Some(layout)) => {
             for l in &layout.layers {
                 assert!(
                     l.member.is_empty() || members.iter().any(|m| m.name == l.member),
                     "{l:?}"
                 );
             }
+            if let Some(c) = &layout.config {
+                for list in [&c.env, &c.entrypoint, &c.cmd] {
+                    assert!(list.len() <= manifest::MAX_CONFIG_ENTRIES);
+                }
+            }
         }
+        Ok(None) => assert_eq!(unit, UnitKind::Prefix),
         Err(e) => assert!(!e.contains('\n') && !e.contains('\r'), "{e}"),
     }
 });

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# What the WebAssembly steps cost, per image: the time spent inside the
+# classify, manifest and tar check guests (measured by the host around each
+# call) against the unpack-layers transition and the whole run, printed as
+# shares. Target (issue 5): guest work <= 10% of the unpack time.
+#
+# Image: Debian bookworm minbase + python3 + a whiteout layer (3 layers,
+# ~10k entries), as built by ../shared/bench/make-images.sh (mmdebstrap,
+# umoci, skopeo), in three formats: ad-hoc raw layers, docker-save archive,
+# OCI archive. The compiled guests are cached before the measured runs (a
+# cold start compiles them once, ~1-2 s, reported separately).
+#
+# Usage: tests/bench/guest-cost.sh [IMGDIR] [RUNS]   (root; needs a release build)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+IMG=${1:-/tmp/realimgs}
+RUNS=${2:-3}
+BIN=${TARPOOL_BIN:-target/release/tarpool}
+[ -x "$BIN" ] || cargo build --release --locked -p tarpool
+if [ ! -d "$IMG/oci" ]; then
+    MAKE=${MAKE_IMAGES:-../shared/bench/make-images.sh}
+    [ -x "$MAKE" ] || { echo "no images in $IMG and no $MAKE to build them" >&2; exit 1; }
+    "$MAKE" "$IMG"
+fi
+W=$(mktemp -d /var/tmp/tarpool-guestcost.XXXX)
+trap 'rm -rf "$W"' EXIT
+mkdir -p "$W/bucket/images/py" "$W/cache"
+M=$(python3 -c "import json;i=json.load(open('$IMG/oci/index.json'));print([m['digest'] for m in i['manifests'] if m.get('annotations',{}).get('org.opencontainers.image.ref.name')=='py3'][0].split(':')[1])")
+n=1
+for L in $(python3 -c "import json;m=json.load(open('$IMG/oci/blobs/sha256/$M'));print(' '.join(l['digest'].split(':')[1] for l in m['layers']))"); do
+    gzip -dc "$IMG/oci/blobs/sha256/$L" > "$W/bucket/images/py/$n.tar"; n=$((n+1))
+done
+cp "$IMG/py-docker.tar" "$W/bucket/images/py-docker.tar"
+cp "$IMG/py-oci.tar" "$W/bucket/images/py-oci.tar"
+
+# One cold start, to fill the compiled-guest cache (timed on its own).
+s=$(date +%s.%N)
+"$BIN" --state-dir "$W/cold" run --once --jobs 1 --source "$W/bucket" >/dev/null
+e=$(date +%s.%N)
+echo "cold run (compiles the guests once): $(echo "$e - $s" | bc) s"
+for i in $(seq "$RUNS"); do
+    rm -rf "$W/s"; mkdir -p "$W/s"; cp -a "$W/cold/cache" "$W/s/cache"; sync
+    "$BIN" --state-dir "$W/s" run --once --jobs 1 --source "$W/bucket" >/dev/null
+    for img in py py-docker py-oci; do
+        "$BIN" --state-dir "$W/s" audit "$img" --json > "$W/audit-$img-$i.json"
+    done
+done
+python3 - "$W" "$RUNS" <<'PY'
+import json, sys, statistics
+w, runs = sys.argv[1], int(sys.argv[2])
+print(f"{'image':<10} {'guest ms':>9} {'unpack ms':>10} {'run ms':>8} {'guest/unpack':>13} {'guest/run':>10}   (medians of {runs} runs)")
+for img in ["py", "py-docker", "py-oci"]:
+    g, u, r = [], [], []
+    for i in range(1, runs + 1):
+        a = json.load(open(f"{w}/audit-{img}-{i}.json"))
+        ts = [t for t in a["transitions"] if t["outcome"] == "ok"]
+        guest = unpack = 0.0
+        for t in ts:
+            out = json.loads(t["output"]) if t.get("output") else {}
+            if isinstance(out, dict):
+                guest += out.get("guest_ms", 0) + out.get("tar_check_ms", 0)
+            if t["name"] == "unpack-layers":
+                unpack = t["finished_at"] - t["started_at"]
+        run = max(t["finished_at"] for t in ts) - min(t["started_at"] for t in ts)
+        g.append(guest); u.append(unpack); r.append(run)
+    gm, um, rm = statistics.median(g), statistics.median(u), statistics.median(r)
+    print(f"{img:<10} {gm:>9.1f} {um:>10.0f} {rm:>8.0f} {gm/um:>12.1%} {gm/rm:>10.1%}")
+PY
