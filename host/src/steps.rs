@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::archive::{self, IndexedMember};
@@ -564,17 +565,25 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
         let f = open_blob(ctx, &l.blob)?;
         let r = archive::range(f, l.offset, l.len)
             .map_err(|e| StepFailure::io("reading a layer", e))?;
-        let d = decoder(media_kind(l.media), BufReader::with_capacity(1 << 20, r))?;
+        let failed = Arc::new(AtomicBool::new(false));
+        let r = Watched {
+            inner: BufReader::with_capacity(1 << 20, r),
+            failed: failed.clone(),
+        };
+        let d = decoder(media_kind(l.media), r)?;
         let h = crate::blobs::HashingReader::new(Capped {
             inner: d,
             left: ctx.policy.decompressed_cap(l.len),
             what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
         });
-        let (diff, _) = h.finish().map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => {
+        // An error the blob file did not raise is the decoder's verdict on
+        // the bytes.
+        let (diff, _) = h.finish().map_err(|e| {
+            if failed.load(Ordering::Relaxed) {
+                StepFailure::io("hashing a layer", e)
+            } else {
                 input(format!("layer {}: corrupt compressed data: {e}", i + 1))
             }
-            _ => StepFailure::io("hashing a layer", e),
         })?;
         l.diff_id = Some(diff);
     }
@@ -594,6 +603,23 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
     }
     data.top_chain = chains.last().cloned();
     Ok(json!({ "layers": report, "present": present, "to_unpack": data.layers.len() - present }))
+}
+
+/// Notes whether the underlying (blob file) reader failed, to tell an
+/// environment error from a decoder's verdict on the bytes.
+struct Watched<R> {
+    inner: R,
+    failed: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        })
+    }
 }
 
 /// Shares a running hash between a tap and its owner.
@@ -638,8 +664,12 @@ pub fn apply_one(
     let r =
         archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
     let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+    let failed = Arc::new(AtomicBool::new(false));
     let raw = Tap {
-        inner: BufReader::with_capacity(1 << 20, r),
+        inner: Watched {
+            inner: BufReader::with_capacity(1 << 20, r),
+            failed: failed.clone(),
+        },
         state: raw_state.clone(),
     };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
@@ -659,6 +689,16 @@ pub fn apply_one(
         .steps
         .tar_check(crate::extract::view::Mode::Layer, &ctx.policy)?;
     let stats = crate::extract::apply_layer(root, &mut diff, &mut check).map_err(|e| {
+        // A read error the blob file did not raise comes from the decoder:
+        // the bytes are bad, not the environment.
+        let e = match e {
+            crate::extract::ApplyError::Io { context, source }
+                if context.starts_with("reading layer") && !failed.load(Ordering::Relaxed) =>
+            {
+                crate::extract::ApplyError::Input(format!("corrupt layer data: {source}"))
+            }
+            e => e,
+        };
         if let crate::extract::ApplyError::Check(CheckError::Rejected { path, rule, reason }) = &e {
             verdicts.push(Verdict {
                 rule: rule.clone(),

@@ -1280,6 +1280,125 @@ mod tests {
         fs::remove_dir_all(&dir).ok();
     }
 
+    /// Component chains: a file pinned by sha256 loads (and a wrong pin is
+    /// refused); a manifest chain asks each component in turn; the first
+    /// that knows the format answers, and says so.
+    #[test]
+    fn component_chains_and_pins() {
+        let dir = tempdir("pins");
+        fs::create_dir_all(&dir).unwrap();
+        let wasm = BUILTINS
+            .iter()
+            .find(|(n, _)| *n == "builtin:rootfs-dir")
+            .unwrap()
+            .1;
+        let file = dir.join("lxc.wasm");
+        fs::write(&file, wasm).unwrap();
+        let sha = hex::encode(Sha256::digest(wasm));
+        let spec = |sha256: &str| ComponentSpec::File {
+            path: file.clone(),
+            sha256: sha256.to_string(),
+        };
+        let config = |manifest: Vec<ComponentSpec>| StepsConfig {
+            manifest,
+            ..StepsConfig::default()
+        };
+        let bad = Steps::load_with(&dir, &config(vec![spec(&"0".repeat(64))]));
+        match bad {
+            Err(StepError::Host(e)) => assert!(e.contains("but the config pins"), "{e}"),
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("a wrong pin was accepted"),
+        }
+        let unknown = Steps::load_with(
+            &dir,
+            &config(vec![ComponentSpec::Builtin("builtin:nope".into())]),
+        );
+        assert!(matches!(unknown, Err(StepError::Host(e)) if e.contains("unknown component")));
+
+        let metadata = b"architecture: x86_64\ncreation_date: 1700000000\n".to_vec();
+        let ms = vec![
+            Member {
+                name: "metadata.yaml".into(),
+                size: metadata.len() as u64,
+            },
+            Member {
+                name: "rootfs.tar.gz".into(),
+                size: 100,
+            },
+        ];
+        let mut read = |name: &str| match name {
+            "metadata.yaml" => Ok(metadata.clone()),
+            _ => Err("nope".to_string()),
+        };
+        // The built-in manifest component alone does not know the format.
+        let only_builtin = Steps::load_with(
+            &dir,
+            &config(vec![ComponentSpec::Builtin("builtin:manifest".into())]),
+        )
+        .unwrap();
+        match only_builtin.parse_manifest(UnitKind::Prefix, &ms, &mut read) {
+            Err(StepError::Rejected(e)) => {
+                assert!(e.contains("no manifest component recognises"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Chained after it, the pinned file answers.
+        let chained = Steps::load_with(
+            &dir,
+            &config(vec![
+                ComponentSpec::Builtin("builtin:manifest".into()),
+                spec(&sha),
+            ]),
+        )
+        .unwrap();
+        let (l, answered) = chained
+            .parse_manifest(UnitKind::Prefix, &ms, &mut read)
+            .unwrap();
+        assert_eq!(l.format, "lxc-rootfs");
+        assert_eq!(l.layers[0].member, "rootfs.tar.gz");
+        assert_eq!(l.layers[0].media, LayerMedia::Gzip);
+        assert_eq!(l.config.unwrap().cmd, ["/sbin/init"]);
+        assert_eq!(answered.component, file.display().to_string());
+        assert_eq!(answered.sha256, sha);
+        // Ad-hoc images still go to the first component.
+        let (l, answered) = chained
+            .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read)
+            .unwrap();
+        assert_eq!(
+            (l.format.as_str(), answered.component.as_str()),
+            ("ad-hoc", "builtin:manifest")
+        );
+    }
+
+    /// A tar check trap or fuel exhaustion ends that session only; the
+    /// errors are kept apart from rejections.
+    #[test]
+    fn tar_check_rejections_and_contract() {
+        use crate::extract::view::{CheckError, Mode, TarCheck};
+        let steps = shared();
+        let policy = crate::core::policy::Policy::default_policy();
+        let mut s = steps.tar_check(Mode::Layer, &policy).unwrap();
+        let mut h = tar_head("etc/hostname");
+        h.truncate(512);
+        let p = s.feed(0, &h).unwrap();
+        assert_eq!(p.entries.len(), 1);
+        assert_eq!(p.entries[0].path, b"etc/hostname");
+        assert_eq!(p.want, 512);
+        let p = s.finish(512).unwrap();
+        assert!(p.entries.is_empty());
+        // Garbage is a rejection with a rule, not a trap.
+        let mut s = steps.tar_check(Mode::Layer, &policy).unwrap();
+        match s.feed(0, &[b'x'; 512]) {
+            Err(CheckError::Rejected { rule, .. }) => assert_eq!(rule, "malformed"),
+            other => panic!("{other:?}"),
+        }
+        // Many sessions at once do not interfere.
+        let sessions: Vec<_> = (0..8)
+            .map(|_| steps.tar_check(Mode::Archive, &policy).unwrap())
+            .collect();
+        drop(sessions);
+    }
+
     #[test]
     fn concurrent_calls_share_one_steps() {
         let steps = Arc::new(Steps::load(&tempdir("threads")).unwrap());

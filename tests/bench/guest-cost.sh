@@ -56,7 +56,7 @@ for img in ["py", "py-docker", "py-oci"]:
         ts = [t for t in a["transitions"] if t["outcome"] == "ok"]
         guest = unpack = 0.0
         for t in ts:
-            out = json.loads(t["output"]) if t.get("output") else {}
+            out = t.get("output") or {}
             if isinstance(out, dict):
                 guest += out.get("guest_ms", 0) + out.get("tar_check_ms", 0)
             if t["name"] == "unpack-layers":
