@@ -98,6 +98,10 @@ struct FileConfig {
     /// `default`, `strict`, or a policy file.
     policy: Option<String>,
     steps: Option<crate::wasm::StepsConfig>,
+    /// Lets the extraction worker run without Landlock, no_new_privs or
+    /// dropped capabilities where the kernel cannot enforce them. Logged.
+    #[serde(default)]
+    unconfined_worker: bool,
     max_attempts: Option<u32>,
     retry_base_ms: Option<u64>,
     retry_cap_ms: Option<u64>,
@@ -111,6 +115,7 @@ struct Config {
     jobs: usize,
     policy: Policy,
     steps: crate::wasm::StepsConfig,
+    unconfined_worker: bool,
     retry: RetryPolicy,
 }
 
@@ -172,6 +177,7 @@ fn config(
         jobs,
         policy,
         steps,
+        unconfined_worker: file.unconfined_worker,
         retry,
     })
 }
@@ -280,7 +286,7 @@ fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
         eprintln!("tarpool: warning: {w}");
     }
     let backend = backend(&cfg)?;
-    let ctx = Arc::new(Ctx::new(
+    let mut ctx = Ctx::new(
         cfg.state_dir.clone(),
         store,
         blobs,
@@ -289,7 +295,14 @@ fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
         source,
         cfg.policy,
         cfg.retry,
-    ));
+    );
+    if cfg.unconfined_worker {
+        eprintln!(
+            "tarpool: warning: unconfined_worker = true: layers are extracted without Landlock, no_new_privs or dropped capabilities where the kernel cannot enforce them"
+        );
+        ctx.unconfined_worker = true;
+    }
+    let ctx = Arc::new(ctx);
     ctx.recover()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

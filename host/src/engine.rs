@@ -33,6 +33,9 @@ pub struct Ctx {
     /// each run.
     pub policy_sha256: String,
     pub retry: RetryPolicy,
+    /// The operator's opt-out of the extraction worker's confinement
+    /// (Landlock, no_new_privs, capabilities); logged at start.
+    pub unconfined_worker: bool,
     pub failpoints: Failpoints,
     pub shutdown: AtomicBool,
     chain_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -74,6 +77,7 @@ impl Ctx {
             policy,
             policy_sha256,
             retry,
+            unconfined_worker: false,
             failpoints: Failpoints::from_env(),
             shutdown: AtomicBool::new(false),
             chain_locks: Mutex::new(HashMap::new()),
@@ -323,7 +327,7 @@ fn unpack_layers(
         for d in &stats.decisions {
             verdicts.push(crate::core::policy::Verdict {
                 rule: d.rule.clone(),
-                action: d.action.into(),
+                action: d.action.clone(),
                 layer: layer_no,
                 path: Some(d.path.clone()),
                 detail: d.detail.clone(),

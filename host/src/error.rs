@@ -2,7 +2,7 @@
 //! are a different variant from environment errors (worth retrying), and both
 //! from cancellation; a trap in a format step blames the input.
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum StepFailure {
     /// The image is bad, hostile or denied by the policy: the run fails now.
     #[error("{0}")]

@@ -17,3 +17,4 @@ pub mod steps;
 pub mod store;
 pub mod sys;
 pub mod wasm;
+pub mod worker;

@@ -649,7 +649,8 @@ fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
     )
 }
 
-/// Applies one layer through `root`, verifying its digests as it streams.
+/// Applies one layer through `root` in the confined extraction worker
+/// ([`crate::worker`]), which verifies its digests as it streams.
 ///
 /// A rejection by the tar check is also pushed to `verdicts`, with its rule.
 pub fn apply_one(
@@ -659,8 +660,37 @@ pub fn apply_one(
     root: rustix::fd::BorrowedFd<'_>,
     verdicts: &mut Verdicts,
 ) -> Result<crate::extract::ApplyStats, StepFailure> {
+    let tar_cache = ctx.steps.tar_check_cache().ok_or_else(|| {
+        StepFailure::Retry(
+            "the compiled tar check is not cached (is the state directory writable?)".into(),
+        )
+    })?;
+    let req = crate::worker::Request {
+        root_fd: 0,
+        blob: ctx.blobs.path(&l.blob),
+        layer: l.clone(),
+        n,
+        policy: ctx.policy.clone(),
+        tar_cache: tar_cache.to_path_buf(),
+        unconfined: ctx.unconfined_worker,
+        test_escape: None,
+    };
+    crate::worker::run(req, root, verdicts)
+}
+
+/// Streams layer `n` (`l`, in `blob`) through the tar check onto `root`,
+/// verifying its digests: the worker's job.
+pub(crate) fn apply_stream(
+    blob: File,
+    n: usize,
+    l: &PlannedLayer,
+    policy: &crate::core::policy::Policy,
+    check: &mut dyn crate::extract::view::TarCheck,
+    root: rustix::fd::BorrowedFd<'_>,
+    verdicts: &mut Verdicts,
+) -> Result<crate::extract::ApplyStats, StepFailure> {
     use sha2::Digest as _;
-    let f = open_blob(ctx, &l.blob)?;
+    let f = blob;
     let r =
         archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
     let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
@@ -679,16 +709,13 @@ pub fn apply_one(
             left: if l.media == LayerMedia::Tar {
                 u64::MAX
             } else {
-                ctx.policy.decompressed_cap(l.len)
+                policy.decompressed_cap(l.len)
             },
             what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
         },
         state: diff_state.clone(),
     };
-    let mut check = ctx
-        .steps
-        .tar_check(crate::extract::view::Mode::Layer, &ctx.policy)?;
-    let stats = crate::extract::apply_layer(root, &mut diff, &mut check).map_err(|e| {
+    let stats = crate::extract::apply_layer(root, &mut diff, check).map_err(|e| {
         // A read error the blob file did not raise comes from the decoder:
         // the bytes are bad, not the environment.
         let e = match e {
@@ -713,7 +740,6 @@ pub fn apply_one(
             other => other,
         }
     })?;
-    drop(check);
     // What follows the end-of-archive marker counts toward the digests too.
     io::copy(&mut diff, &mut io::sink())
         .map_err(|e| input(format!("layer {n}: corrupt data after the tar: {e}")))?;

@@ -145,6 +145,8 @@ pub struct Steps {
     classify: Vec<Loaded<ClassifyStepPre<State>>>,
     manifest: Vec<Loaded<ManifestStepPre<State>>>,
     tar: Loaded<TarCheckStepPre<State>>,
+    /// Where the compiled tar check is cached (for the worker).
+    tar_cwasm: Option<PathBuf>,
     options: ManifestOptions,
     max_member_read: usize,
     slots: Slots,
@@ -336,22 +338,23 @@ impl Steps {
                 ComponentSpec::Builtin(n) => n.trim_start_matches("builtin:"),
                 ComponentSpec::File { .. } => "component",
             };
-            let component = load_component(&engine, cache_dir, name, &wasm, &mut warnings)?;
+            let (component, cached) =
+                load_component(&engine, cache_dir, name, &wasm, &mut warnings)?;
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(|e| host_err(&format!("preparing the {step} step {label}"), e))?;
-            Ok::<_, StepError>((label, sha256, pre))
+            Ok::<_, StepError>((label, sha256, pre, cached))
         };
         let mut classify = Vec::new();
         for spec in &config.classify {
-            let (label, sha256, pre) = prepare("classify", spec)?;
+            let (label, sha256, pre, _) = prepare("classify", spec)?;
             let pre = ClassifyStepPre::new(pre)
                 .map_err(|e| host_err(&format!("{label} is not a classify-step component"), e))?;
             classify.push(Loaded { label, sha256, pre });
         }
         let mut manifest = Vec::new();
         for spec in &config.manifest {
-            let (label, sha256, pre) = prepare("manifest", spec)?;
+            let (label, sha256, pre, _) = prepare("manifest", spec)?;
             let pre = ManifestStepPre::new(pre)
                 .map_err(|e| host_err(&format!("{label} is not a manifest-step component"), e))?;
             manifest.push(Loaded { label, sha256, pre });
@@ -361,7 +364,7 @@ impl Steps {
                 "the config lists no classify or no manifest component".into(),
             ));
         }
-        let (label, sha256, pre) = prepare("tar-check", &config.tar_check)?;
+        let (label, sha256, pre, tar_cwasm) = prepare("tar-check", &config.tar_check)?;
         let pre = TarCheckStepPre::new(pre)
             .map_err(|e| host_err(&format!("{label} is not a tar-check-step component"), e))?;
         let tar = Loaded { label, sha256, pre };
@@ -370,6 +373,7 @@ impl Steps {
             classify,
             manifest,
             tar,
+            tar_cwasm,
             options: config.platform.clone(),
             max_member_read: config.max_member_read.unwrap_or(MAX_MEMBER_READ),
             slots: Slots::new(MAX_CONCURRENT),
@@ -534,29 +538,7 @@ impl Steps {
         mode: view::Mode,
         policy: &Policy,
     ) -> Result<TarSession<'_>, StepError> {
-        let slot = self.slots.acquire();
-        let (mut store, stderr) = self.new_store(TAR_FUEL_BASE, TAR_MEMORY, None)?;
-        let step = self
-            .tar
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| instantiate_err("tar-check", e, &stderr))?;
-        let mode = match mode {
-            view::Mode::Layer => tc::Mode::Layer,
-            view::Mode::Archive => tc::Mode::Archive,
-        };
-        let checker = step
-            .tarpool_steps_tar_check()
-            .checker()
-            .call_constructor(&mut store, mode, &tar_policy(policy))
-            .map_err(|e| trapped(e, &stderr))?;
-        Ok(TarSession {
-            store,
-            step,
-            checker,
-            stderr,
-            _slot: slot,
-        })
+        start_tar_check(&self.engine, &self.tar.pre, &self.slots, mode, policy)
     }
 
     fn new_store(
@@ -565,6 +547,24 @@ impl Steps {
         memory: usize,
         reader: Option<Reader>,
     ) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
+        new_store(&self.engine, fuel, memory, reader, self.max_member_read)
+    }
+
+    /// The compiled tar check's cache file, for the extraction worker (it
+    /// loads only that component).
+    pub fn tar_check_cache(&self) -> Option<&Path> {
+        self.tar_cwasm.as_deref()
+    }
+}
+
+fn new_store(
+    engine: &Engine,
+    fuel: u64,
+    memory: usize,
+    reader: Option<Reader>,
+    max_member_read: usize,
+) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
+    {
         let stderr = MemoryOutputPipe::new(STDERR_CAP);
         // No preopens, environment, arguments or stdin; stdout is discarded.
         let wasi = WasiCtx::builder()
@@ -583,14 +583,90 @@ impl Steps {
             limits,
             reader,
             read_total: 0,
-            max_member_read: self.max_member_read,
+            max_member_read,
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         store
             .set_fuel(fuel)
             .map_err(|e| host_err("setting fuel", e))?;
         Ok((store, stderr))
+    }
+}
+
+fn start_tar_check<'s>(
+    engine: &Engine,
+    pre: &TarCheckStepPre<State>,
+    slots: &'s Slots,
+    mode: view::Mode,
+    policy: &Policy,
+) -> Result<TarSession<'s>, StepError> {
+    let slot = slots.acquire();
+    let (mut store, stderr) = new_store(engine, TAR_FUEL_BASE, TAR_MEMORY, None, 0)?;
+    let step = pre
+        .instantiate(&mut store)
+        .map_err(|e| instantiate_err("tar-check", e, &stderr))?;
+    let mode = match mode {
+        view::Mode::Layer => tc::Mode::Layer,
+        view::Mode::Archive => tc::Mode::Archive,
+    };
+    let checker = step
+        .tarpool_steps_tar_check()
+        .checker()
+        .call_constructor(&mut store, mode, &tar_policy(policy))
+        .map_err(|e| trapped(e, &stderr))?;
+    Ok(TarSession {
+        store,
+        step,
+        checker,
+        stderr,
+        _slot: slot,
+    })
+}
+
+/// The tar check alone, loaded from its compiled cache file: what the
+/// extraction worker runs.
+pub struct TarOnly {
+    engine: Engine,
+    pre: TarCheckStepPre<State>,
+    slots: Slots,
+}
+
+impl TarOnly {
+    /// Loads a cache file written by [`Steps::load`] (`sha256 || cwasm`),
+    /// checking its checksum.
+    pub fn load(file: &[u8]) -> Result<TarOnly, StepError> {
+        let engine = new_engine()?;
+        let (sum, cwasm) = file
+            .split_at_checked(32)
+            .ok_or_else(|| StepError::Host("tar check cache file is truncated".into()))?;
+        if Sha256::digest(cwasm).as_slice() != sum {
+            return Err(StepError::Host("tar check cache file is corrupt".into()));
+        }
+        // SAFETY: `deserialize` trusts its input to be code that this
+        // wasmtime compiled. The bytes come from the service's private cache
+        // directory, written by `store_cache` with the output of
+        // `Component::serialize` for this engine configuration, and their
+        // checksum has just been verified; wasmtime also checks its version
+        // and configuration before using them.
+        let component = unsafe { Component::deserialize(&engine, cwasm) }
+            .map_err(|e| host_err("loading the compiled tar check", e))?;
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| host_err("linking WASI", e))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(TarCheckStepPre::new)
+            .map_err(|e| host_err("preparing the tar check", e))?;
+        Ok(TarOnly {
+            engine,
+            pre,
+            slots: Slots::new(MAX_CONCURRENT),
+        })
+    }
+
+    pub fn session(&self, mode: view::Mode, policy: &Policy) -> Result<TarSession<'_>, StepError> {
+        start_tar_check(&self.engine, &self.pre, &self.slots, mode, policy)
     }
 }
 
@@ -702,7 +778,8 @@ impl TarSession<'_> {
                         tc::Action::Strip => "strip",
                         tc::Action::Clamp => "clamp",
                         tc::Action::Note => "note",
-                    },
+                    }
+                    .to_string(),
                     detail: one_line(&d.detail, MAX_MESSAGE_CHARS),
                 })
                 .collect(),
@@ -829,7 +906,7 @@ fn load_component(
     name: &str,
     wasm: &[u8],
     warnings: &mut Vec<String>,
-) -> Result<Component, StepError> {
+) -> Result<(Component, Option<PathBuf>), StepError> {
     let path = cache_dir.join(format!("{name}-{}.cwasm", cache_key(engine, wasm)));
     if let Ok(file) = fs::read(&path) {
         if let Some((sum, cwasm)) = file.split_at_checked(32) {
@@ -842,25 +919,30 @@ fn load_component(
                 // verified, so it is intact; wasmtime also checks its version
                 // and configuration before using it.
                 if let Ok(component) = unsafe { Component::deserialize(engine, cwasm) } {
-                    return Ok(component);
+                    return Ok((component, Some(path)));
                 }
             }
         }
     }
     let component = Component::new(engine, wasm)
         .map_err(|e| host_err(&format!("compiling the {name} step"), e))?;
-    match component.serialize() {
-        Ok(cwasm) => {
-            if let Err(e) = store_cache(cache_dir, &path, &cwasm) {
+    let cached = match component.serialize() {
+        Ok(cwasm) => match store_cache(cache_dir, &path, &cwasm) {
+            Ok(()) => Some(path),
+            Err(e) => {
                 warnings.push(format!(
                     "cannot cache the {name} step in {}: {e}",
                     cache_dir.display()
                 ));
+                None
             }
+        },
+        Err(e) => {
+            warnings.push(format!("cannot serialize the {name} step: {e}"));
+            None
         }
-        Err(e) => warnings.push(format!("cannot serialize the {name} step: {e}")),
-    }
-    Ok(component)
+    };
+    Ok((component, cached))
 }
 
 /// sha256 over the wasm bytes, the wasmtime version and the engine's

@@ -8,3 +8,4 @@ mod crash;
 mod example;
 mod hostile;
 mod s3;
+mod worker;

@@ -38,7 +38,7 @@ use fsops::{dir_path_flags, dir_read_flags, is_dir, open_in_root, WalkError};
 use names::{check_normalized, join, show, split_last};
 use view::{CheckError, Decision, Entry, EntryKind, TarCheck};
 
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApplyStats {
     pub entries: u64,
     pub files: u64,
@@ -322,11 +322,11 @@ impl<'r> Applier<'r> {
     }
 
     /// A decision of the host's own (something it could not apply here).
-    fn note(&mut self, disp: &str, rule: &str, action: &'static str, detail: String) {
+    fn note(&mut self, disp: &str, rule: &str, action: &str, detail: String) {
         self.decide(Decision {
             path: disp.to_string(),
             rule: rule.to_string(),
-            action,
+            action: action.to_string(),
             detail,
         });
     }

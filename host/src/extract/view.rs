@@ -35,12 +35,12 @@ pub struct Entry {
 }
 
 /// A non-trivial policy decision about one entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     pub path: String,
     pub rule: String,
     /// `skip`, `strip`, `clamp` or `note`.
-    pub action: &'static str,
+    pub action: String,
     pub detail: String,
 }
 
@@ -54,7 +54,7 @@ pub struct Progress {
 }
 
 /// Why the tar check stopped.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum CheckError {
     /// The input breaks a policy rule or is malformed (blames the input).
     #[error("`{path}`: {reason} (rule {rule})")]

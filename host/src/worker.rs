@@ -1,0 +1,353 @@
+//! The extraction worker: one process per layer, confined before it reads a
+//! byte of the layer.
+//!
+//! The service spawns `tarpool __apply-layer` (this binary) on the thread
+//! that holds the layer's mount, so the worker sees the same mount
+//! namespace. It gets the layer root as an inherited directory fd and a
+//! [`Request`] on stdin, then, in this order:
+//!
+//! 1. opens the layer blob and the compiled tar check (read-only);
+//! 2. sets `no_new_privs`;
+//! 3. applies a Landlock ruleset: every filesystem access is handled; the
+//!    only rules are read access to those two files and full access beneath
+//!    the layer root; TCP bind/connect are handled with no rule (denied);
+//! 4. drops every capability but CHOWN, FOWNER, DAC_OVERRIDE and FSETID
+//!    (and MKNOD / SETFCAP when the policy allows device nodes / file
+//!    capabilities), from the effective, permitted, inheritable, ambient
+//!    and bounding sets;
+//! 5. decompresses, hashes and applies the layer through the tar check
+//!    ([`crate::steps::apply_stream`]) and writes a [`Reply`] on stdout.
+//!
+//! Landlock does not cover chmod, chown, setxattr or utimes: the extraction
+//! code makes those only through fds or `AT_SYMLINK_NOFOLLOW` calls relative
+//! to the root (see [`crate::extract`]). A kernel without a fully enforced
+//! Landlock makes the worker refuse, unless the operator opted out
+//! (`unconfined_worker = true`, logged).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use rustix::fd::{AsFd, BorrowedFd};
+use serde::{Deserialize, Serialize};
+
+use crate::core::policy::{Action, Policy, Verdict};
+use crate::error::StepFailure;
+use crate::extract::ApplyStats;
+use crate::steps::PlannedLayer;
+
+/// What the worker is asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// The layer root, an inherited O_DIRECTORY fd (set by [`run`]).
+    pub root_fd: i32,
+    /// The blob holding the layer.
+    pub blob: PathBuf,
+    pub layer: PlannedLayer,
+    /// Layer number (1 = bottom), for messages and the audit log.
+    pub n: usize,
+    pub policy: Policy,
+    /// The compiled tar check (`sha256 || cwasm`).
+    pub tar_cache: PathBuf,
+    /// The operator's opt-out of confinement.
+    pub unconfined: bool,
+    /// Test hook (debug builds only): after confining itself, the worker
+    /// tries to create this file, wherever it is, bypassing every path
+    /// check, and reports what happened instead of extracting.
+    pub test_escape: Option<PathBuf>,
+}
+
+/// What the worker answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    Applied {
+        stats: ApplyStats,
+        verdicts: Vec<Verdict>,
+        confinement: String,
+    },
+    Failed {
+        failure: StepFailure,
+        verdicts: Vec<Verdict>,
+    },
+    /// Answer to `test_escape`: the errno of the attempt, 0 if it worked.
+    Escape { errno: i32, confinement: String },
+}
+
+/// Spawns are serialized: the root fd is made inheritable only for the
+/// moment one worker is started, so no other worker inherits it.
+static SPAWN: Mutex<()> = Mutex::new(());
+
+/// Runs the worker for `req` on `root` and waits for it. Rejections are
+/// pushed to `verdicts`.
+pub fn run(
+    mut req: Request,
+    root: BorrowedFd<'_>,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<ApplyStats, StepFailure> {
+    let reply = spawn(&mut req, root)?;
+    match reply {
+        Reply::Applied {
+            stats, verdicts: v, ..
+        } => {
+            verdicts.extend(v);
+            Ok(stats)
+        }
+        Reply::Failed {
+            failure,
+            verdicts: v,
+        } => {
+            verdicts.extend(v);
+            Err(failure)
+        }
+        Reply::Escape { .. } => Err(StepFailure::Retry(
+            "the extraction worker answered a test request".into(),
+        )),
+    }
+}
+
+/// Starts the worker (this executable), sends `req`, and reads its reply.
+pub fn spawn(req: &mut Request, root: BorrowedFd<'_>) -> Result<Reply, StepFailure> {
+    let exe = std::env::current_exe().map_err(|e| {
+        StepFailure::Retry(format!(
+            "extraction worker: finding the tarpool binary: {e}"
+        ))
+    })?;
+    spawn_with(&exe, req, root)
+}
+
+/// [`spawn`] with the tarpool binary at `exe`.
+pub fn spawn_with(
+    exe: &std::path::Path,
+    req: &mut Request,
+    root: BorrowedFd<'_>,
+) -> Result<Reply, StepFailure> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        StepFailure::Retry(format!("extraction worker: {what}: {e}"))
+    };
+    let mut child = {
+        let _one = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
+        // dup() leaves the new fd inheritable (no O_CLOEXEC).
+        let inheritable = rustix::io::dup(root).map_err(|e| fail("passing the layer root", &e))?;
+        req.root_fd = inheritable.as_raw_fd();
+        Command::new(exe)
+            .arg("__apply-layer")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_clear()
+            .spawn()
+            .map_err(|e| fail("starting", &e))?
+        // `inheritable` is closed here, in this process.
+    };
+    let body = serde_json::to_vec(req).map_err(|e| fail("encoding the request", &e))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let written = stdin.write_all(&body);
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail("waiting for it", &e))?;
+    written.map_err(|e| fail("sending the request", &e))?;
+    match serde_json::from_slice::<Reply>(&out.stdout) {
+        Ok(reply) => Ok(reply),
+        Err(_) => {
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.lines().last().unwrap_or("").trim();
+            Err(StepFailure::Retry(format!(
+                "the extraction worker stopped without an answer ({}){}",
+                out.status,
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {said}")
+                }
+            )))
+        }
+    }
+}
+
+/// The worker process's `main` (`tarpool __apply-layer`).
+pub fn main() -> std::process::ExitCode {
+    let mut body = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut body) {
+        eprintln!("tarpool worker: reading the request: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let req: Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tarpool worker: bad request: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let reply = work(&req);
+    let out = serde_json::to_vec(&reply).expect("replies serialize");
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(&out)
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return std::process::ExitCode::from(2);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn work(req: &Request) -> Reply {
+    let failed = |failure: StepFailure| Reply::Failed {
+        failure,
+        verdicts: Vec::new(),
+    };
+    // SAFETY: the service passed this fd number for a directory it dup'ed
+    // for us (see `spawn`); nothing else in this process owns or closes it,
+    // so taking ownership of it here is sound.
+    let root = unsafe { OwnedFd::from_raw_fd(req.root_fd) };
+    if rustix::fs::fstat(&root).is_err() {
+        return failed(StepFailure::Retry(
+            "worker: the layer root fd is not open".into(),
+        ));
+    }
+    let blob = match File::open(&req.blob) {
+        Ok(f) => f,
+        Err(e) => return failed(StepFailure::io("worker: opening the layer blob", e)),
+    };
+    let cache = match std::fs::read(&req.tar_cache) {
+        Ok(b) => b,
+        Err(e) => return failed(StepFailure::io("worker: reading the compiled tar check", e)),
+    };
+    let confinement = match confine(req, root.as_fd()) {
+        Ok(c) => c,
+        Err(e) => return failed(StepFailure::Retry(e)),
+    };
+    #[cfg(debug_assertions)]
+    if let Some(target) = &req.test_escape {
+        let errno = match File::create(target) {
+            Ok(_) => 0,
+            Err(e) => e.raw_os_error().unwrap_or(-1),
+        };
+        return Reply::Escape { errno, confinement };
+    }
+    let tar = match crate::wasm::TarOnly::load(&cache) {
+        Ok(t) => t,
+        Err(e) => return failed(StepFailure::Retry(format!("worker: {e}"))),
+    };
+    let mut check = match tar.session(crate::extract::view::Mode::Layer, &req.policy) {
+        Ok(c) => c,
+        Err(e) => return failed(e.into()),
+    };
+    let mut verdicts = Vec::new();
+    match crate::steps::apply_stream(
+        blob,
+        req.n,
+        &req.layer,
+        &req.policy,
+        &mut check,
+        root.as_fd(),
+        &mut verdicts,
+    ) {
+        Ok(stats) => Reply::Applied {
+            stats,
+            verdicts,
+            confinement,
+        },
+        Err(failure) => Reply::Failed { failure, verdicts },
+    }
+}
+
+/// no_new_privs, Landlock, capabilities (see the module docs). Returns a
+/// one-line description of what is in force.
+fn confine(req: &Request, root: BorrowedFd<'_>) -> Result<String, String> {
+    use landlock::{
+        Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus, ABI,
+    };
+    rustix::thread::set_no_new_privs(true).map_err(|e| format!("worker: no_new_privs: {e}"))?;
+
+    let abi = ABI::V5;
+    let blob = PathFd::new(&req.blob).map_err(|e| format!("worker: {e}"))?;
+    let cache = PathFd::new(&req.tar_cache).map_err(|e| format!("worker: {e}"))?;
+    let landlock = (|| -> Result<RulesetStatus, landlock::RulesetError> {
+        let status = Ruleset::default()
+            .handle_access(AccessFs::from_all(abi))?
+            .handle_access(AccessNet::from_all(abi))?
+            .create()?
+            .add_rule(PathBeneath::new(root, AccessFs::from_all(abi)))?
+            .add_rule(PathBeneath::new(blob, AccessFs::ReadFile))?
+            .add_rule(PathBeneath::new(cache, AccessFs::ReadFile))?
+            .restrict_self()?;
+        Ok(status.ruleset)
+    })();
+    let landlock = match landlock {
+        Ok(RulesetStatus::FullyEnforced) => "landlock fully enforced".to_string(),
+        Ok(other) if req.unconfined => format!("landlock {other:?} (operator opt-out)"),
+        Ok(other) => {
+            return Err(format!(
+                "worker: Landlock is not fully enforced on this kernel ({other:?}); refusing to extract unconfined (set unconfined_worker = true to override)"
+            ))
+        }
+        Err(e) if req.unconfined => format!("landlock unavailable: {e} (operator opt-out)"),
+        Err(e) => {
+            return Err(format!(
+                "worker: cannot apply Landlock ({e}); refusing to extract unconfined (set unconfined_worker = true to override)"
+            ))
+        }
+    };
+
+    let keep = kept_capabilities(&req.policy);
+    let caps = drop_capabilities(&keep);
+    let caps = match caps {
+        Ok(()) => format!(
+            "capabilities {}",
+            keep.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Err(e) if req.unconfined => format!("capabilities not dropped: {e} (operator opt-out)"),
+        Err(e) => return Err(format!("worker: dropping capabilities: {e}")),
+    };
+    Ok(format!("no_new_privs, {landlock}, {caps}"))
+}
+
+/// The capabilities extraction needs under `policy`.
+pub fn kept_capabilities(policy: &Policy) -> Vec<caps::Capability> {
+    use caps::Capability as C;
+    // FSETID: chmod keeps a setgid bit on a file whose group is not ours.
+    let mut keep = vec![
+        C::CAP_CHOWN,
+        C::CAP_FOWNER,
+        C::CAP_DAC_OVERRIDE,
+        C::CAP_FSETID,
+    ];
+    if policy.device_nodes.action == Action::Allow {
+        keep.push(C::CAP_MKNOD);
+    }
+    if policy
+        .xattrs
+        .allow
+        .iter()
+        .any(|x| x == "security.capability" || x == "security.")
+    {
+        keep.push(C::CAP_SETFCAP);
+    }
+    keep
+}
+
+fn drop_capabilities(keep: &[caps::Capability]) -> Result<(), caps::errors::CapsError> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: CapsHashSet = keep.iter().copied().collect();
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which the
+    // effective set below no longer has.
+    for c in caps::all() {
+        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c)? {
+            caps::drop(None, CapSet::Bounding, c)?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)?;
+    Ok(())
+}

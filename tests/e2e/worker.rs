@@ -1,0 +1,73 @@
+//! The extraction worker's confinement holds by itself: told (through its
+//! debug-build test hook) to create a file outside the layer root with the
+//! path checks bypassed, it gets EACCES from Landlock; inside the root the
+//! same hook succeeds, so the test can tell the two apart.
+
+use crate::harness::*;
+use std::fs::File;
+use tarpool::worker::{spawn_with, Reply, Request};
+
+fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
+    // Any readable files do for the blob and the cache: the hook answers
+    // before they are parsed.
+    let blob = dir.join("blob");
+    std::fs::write(&blob, b"").unwrap();
+    let cache = dir.join("cache.cwasm");
+    std::fs::write(&cache, b"").unwrap();
+    Request {
+        root_fd: -1,
+        blob,
+        layer: serde_json::from_value(serde_json::json!({
+            "member": "1.tar", "media": "tar", "blob": "sha256:00", "offset": 0, "len": 0,
+            "digest": null, "diff_id": null, "chain_id": null
+        }))
+        .unwrap(),
+        n: 1,
+        policy: tarpool::core::policy::Policy::default_policy(),
+        tar_cache: cache,
+        unconfined: false,
+        test_escape: Some(escape),
+    }
+}
+
+fn attempt(escape_to: &str) -> (i32, String, bool) {
+    let env = Env::new();
+    let dir = env.dir.path();
+    std::fs::create_dir_all(dir.join("root/sub")).unwrap();
+    std::fs::create_dir_all(dir.join("outside")).unwrap();
+    let root = File::open(dir.join("root")).unwrap();
+    let target = dir.join(escape_to);
+    let mut req = request(dir, target.clone());
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
+    let reply = spawn_with(exe, &mut req, std::os::fd::AsFd::as_fd(&root)).unwrap();
+    match reply {
+        Reply::Escape { errno, confinement } => (errno, confinement, target.exists()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_worker_cannot_write_outside_its_root_even_with_path_checks_bypassed() {
+    let (errno, confinement, exists) = attempt("outside/escaped");
+    assert_eq!(errno, libc::EACCES, "{confinement}");
+    assert!(!exists, "the worker wrote outside its root");
+    assert!(confinement.contains("no_new_privs"), "{confinement}");
+    assert!(
+        confinement.contains("landlock fully enforced"),
+        "{confinement}"
+    );
+    assert!(
+        confinement.contains("capabilities CAP_CHOWN,CAP_FOWNER,CAP_DAC_OVERRIDE,CAP_FSETID")
+            && !confinement.contains("CAP_MKNOD")
+            && !confinement.contains("CAP_SYS_ADMIN"),
+        "{confinement}"
+    );
+    // Next to the root, with a name sharing its prefix: still outside.
+    let (errno, _, exists) = attempt("rootx");
+    assert_eq!(errno, libc::EACCES);
+    assert!(!exists);
+    // Inside the root the hook works: the denial above is Landlock's.
+    let (errno, _, exists) = attempt("root/sub/inside");
+    assert_eq!(errno, 0);
+    assert!(exists);
+}
