@@ -187,7 +187,10 @@ fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, StepFailure> {
 }
 
 /// A decompressing reader for `kind`.
-fn decoder<'a, R: Read + 'a>(kind: BlobKind, r: R) -> Result<Box<dyn Read + 'a>, StepFailure> {
+fn decoder<'a, R: Read + Send + 'a>(
+    kind: BlobKind,
+    r: R,
+) -> Result<Box<dyn Read + Send + 'a>, StepFailure> {
     Ok(match kind {
         BlobKind::Tar => Box::new(r),
         BlobKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
@@ -605,6 +608,89 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
     Ok(json!({ "layers": report, "present": present, "to_unpack": data.layers.len() - present }))
 }
 
+/// Decompressed bytes handed from the decoding thread to the applying one.
+const STAGE_CHUNK: usize = 1 << 20;
+
+/// The decoding stage: reads `r` to its end in chunks, sending each (or the
+/// error that stopped it); stops early when the receiver is gone.
+fn decompress_into<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+    loop {
+        let mut buf = vec![0u8; STAGE_CHUNK];
+        let mut got = 0;
+        let err = loop {
+            if got == buf.len() {
+                break None;
+            }
+            match r.read(&mut buf[got..]) {
+                Ok(0) => break None,
+                Ok(k) => got += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        buf.truncate(got);
+        let end = got < STAGE_CHUNK || err.is_some();
+        if got > 0 && tx.send(Ok(buf)).is_err() {
+            return;
+        }
+        if let Some(e) = err {
+            let _ = tx.send(Err(e));
+            return;
+        }
+        if end {
+            return;
+        }
+    }
+}
+
+/// The applying stage's view of the decoded stream.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl ChannelReader {
+    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChannelReader {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            done: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                // The decoder finished (or stopped after sending its error).
+                Err(_) => {
+                    self.done = true;
+                    return Ok(0);
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Notes whether the underlying (blob file) reader failed, to tell an
 /// environment error from a decoder's verdict on the bytes.
 struct Watched<R> {
@@ -703,7 +789,7 @@ pub(crate) fn apply_stream(
         state: raw_state.clone(),
     };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let mut diff = Tap {
+    let diff = Tap {
         inner: Capped {
             inner: decoder(media_kind(l.media), raw)?,
             left: if l.media == LayerMedia::Tar {
@@ -715,7 +801,14 @@ pub(crate) fn apply_stream(
         },
         state: diff_state.clone(),
     };
-    let stats = crate::extract::apply_layer(root, &mut diff, check).map_err(|e| {
+    // Two stages on two cores: this thread's helper decompresses and hashes
+    // (digest and diff ID), this thread runs the tar check and writes.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let applied = std::thread::scope(|s| {
+        s.spawn(move || decompress_into(diff, tx));
+        crate::extract::apply_layer(root, ChannelReader::new(rx), check)
+    });
+    let stats = applied.map_err(|e| {
         // A read error the blob file did not raise comes from the decoder:
         // the bytes are bad, not the environment.
         let e = match e {
@@ -740,9 +833,7 @@ pub(crate) fn apply_stream(
             other => other,
         }
     })?;
-    // What follows the end-of-archive marker counts toward the digests too.
-    io::copy(&mut diff, &mut io::sink())
-        .map_err(|e| input(format!("layer {n}: corrupt data after the tar: {e}")))?;
+    // apply_layer read the stream to its end: the digests cover it all.
     let (raw_digest, raw_len) = tap_digest(&raw_state);
     if raw_len != l.len {
         return Err(input(format!(
