@@ -57,7 +57,7 @@ echo "run --once --jobs 2 over $(ls "$B" | wc -l) images: $(echo "$e - $s" | bc)
 fail=0
 for img in py py-docker py-oci py-layout py-zstd deb-docker deb-flat deb-lxc; do
     ref=ref-py; case $img in deb-*) ref=ref-deb;; esac
-    st=$("$BIN" --state-dir "$W/s" status --json | python3 -c "import json,sys;d={i['name']:i for i in json.load(sys.stdin)['images']};i=d['$img'];print(i['state'], i.get('format'), (i.get('error') or ''))")
+    st=$("$BIN" --state-dir "$W/s" status --json | python3 -c "import json,sys;d={i['name']:i for i in json.load(sys.stdin)['images']};i=d['$img'];print(' '.join(x for x in (i['state'], i.get('format') or '', i.get('error') or '') if x))")
     if [ "${st%% *}" != ready ]; then echo "FAIL $img: $st"; fail=1; continue; fi
     "$BIN" --state-dir "$W/s" activate "$img" --as "act-$img" --mount "$W/act-$img" >/dev/null
     python3 tests/fixtures/tree.py "$W/act-$img" > "$W/$img.tree"
