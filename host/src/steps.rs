@@ -760,6 +760,7 @@ pub fn apply_one(
         tar_cache: tar_cache.to_path_buf(),
         unconfined: ctx.unconfined_worker,
         test_escape: None,
+        test_no_landlock: false,
     };
     crate::worker::run(req, root, verdicts)
 }
@@ -789,24 +790,26 @@ pub(crate) fn apply_stream(
         state: raw_state.clone(),
     };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let diff = Tap {
-        inner: Capped {
-            inner: decoder(media_kind(l.media), raw)?,
-            left: if l.media == LayerMedia::Tar {
-                u64::MAX
-            } else {
-                policy.decompressed_cap(l.len)
-            },
-            what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
+    let decoded = Capped {
+        inner: decoder(media_kind(l.media), raw)?,
+        left: if l.media == LayerMedia::Tar {
+            u64::MAX
+        } else {
+            policy.decompressed_cap(l.len)
         },
-        state: diff_state.clone(),
+        what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
     };
-    // Two stages on two cores: this thread's helper decompresses and hashes
-    // (digest and diff ID), this thread runs the tar check and writes.
+    // Two stages on two cores: a helper thread decompresses and hashes the
+    // compressed bytes (digest); this thread hashes the decompressed ones
+    // (diff ID), runs the tar check and writes.
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
     let applied = std::thread::scope(|s| {
-        s.spawn(move || decompress_into(diff, tx));
-        crate::extract::apply_layer(root, ChannelReader::new(rx), check)
+        s.spawn(move || decompress_into(decoded, tx));
+        let diff = Tap {
+            inner: ChannelReader::new(rx),
+            state: diff_state.clone(),
+        };
+        crate::extract::apply_layer(root, diff, check)
     });
     let stats = applied.map_err(|e| {
         // A read error the blob file did not raise comes from the decoder:

@@ -58,6 +58,10 @@ pub struct Request {
     /// tries to create this file, wherever it is, bypassing every path
     /// check, and reports what happened instead of extracting.
     pub test_escape: Option<PathBuf>,
+    /// Test hook (debug builds only): behave as on a kernel where Landlock
+    /// is not enforced.
+    #[serde(default)]
+    pub test_no_landlock: bool,
 }
 
 /// What the worker answers.
@@ -279,6 +283,12 @@ fn confine(req: &Request, root: BorrowedFd<'_>) -> Result<String, String> {
             .restrict_self()?;
         Ok(status.ruleset)
     })();
+    #[cfg(debug_assertions)]
+    let landlock = if req.test_no_landlock {
+        Ok(RulesetStatus::NotEnforced)
+    } else {
+        landlock
+    };
     let landlock = match landlock {
         Ok(RulesetStatus::FullyEnforced) => "landlock fully enforced".to_string(),
         Ok(other) if req.unconfined => format!("landlock {other:?} (operator opt-out)"),

@@ -27,6 +27,7 @@ fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
         tar_cache: cache,
         unconfined: false,
         test_escape: Some(escape),
+        test_no_landlock: false,
     }
 }
 
@@ -70,4 +71,34 @@ fn the_worker_cannot_write_outside_its_root_even_with_path_checks_bypassed() {
     let (errno, _, exists) = attempt("root/sub/inside");
     assert_eq!(errno, 0);
     assert!(exists);
+}
+
+/// Where Landlock is not enforced the worker refuses, unless the operator
+/// opted out; then it runs and says so.
+#[test]
+fn without_landlock_the_worker_refuses_unless_the_operator_opted_out() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let root = File::open(dir.join("root")).unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
+    let mut req = request(dir, dir.join("root/x"));
+    req.test_no_landlock = true;
+    match spawn_with(exe, &mut req, std::os::fd::AsFd::as_fd(&root)).unwrap() {
+        Reply::Failed { failure, .. } => assert!(
+            failure
+                .to_string()
+                .contains("refusing to extract unconfined"),
+            "{failure}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    req.unconfined = true;
+    match spawn_with(exe, &mut req, std::os::fd::AsFd::as_fd(&root)).unwrap() {
+        Reply::Escape { errno, confinement } => {
+            assert_eq!(errno, 0);
+            assert!(confinement.contains("operator opt-out"), "{confinement}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
