@@ -308,12 +308,17 @@ fn confine(req: &Request, root: BorrowedFd<'_>) -> Result<String, String> {
     let keep = kept_capabilities(&req.policy);
     let caps = drop_capabilities(&keep);
     let caps = match caps {
-        Ok(()) => format!(
-            "capabilities {}",
+        Ok(bounding) => format!(
+            "capabilities {}{}",
             keep.iter()
                 .map(|c| c.to_string())
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(","),
+            if bounding {
+                ""
+            } else {
+                " (bounding set kept: no CAP_SETPCAP; no_new_privs stops any regain)"
+            }
         ),
         Err(e) if req.unconfined => format!("capabilities not dropped: {e} (operator opt-out)"),
         Err(e) => return Err(format!("worker: dropping capabilities: {e}")),
@@ -345,19 +350,26 @@ pub fn kept_capabilities(policy: &Policy) -> Vec<caps::Capability> {
     keep
 }
 
-fn drop_capabilities(keep: &[caps::Capability]) -> Result<(), caps::errors::CapsError> {
+/// Drops every capability not in `keep`. Returns whether the bounding set
+/// could be cut too (that needs CAP_SETPCAP; without it the bounding set
+/// stays, which no_new_privs makes moot: nothing can gain capabilities
+/// beyond the permitted set, and the worker never executes anything).
+fn drop_capabilities(keep: &[caps::Capability]) -> Result<bool, caps::errors::CapsError> {
     use caps::{CapSet, CapsHashSet};
     let keep: CapsHashSet = keep.iter().copied().collect();
     // The bounding set first: dropping from it needs CAP_SETPCAP, which the
     // effective set below no longer has.
-    for c in caps::all() {
-        if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c)? {
-            caps::drop(None, CapSet::Bounding, c)?;
+    let can_bound = caps::has_cap(None, CapSet::Effective, caps::Capability::CAP_SETPCAP)?;
+    if can_bound {
+        for c in caps::all() {
+            if !keep.contains(&c) && caps::has_cap(None, CapSet::Bounding, c)? {
+                caps::drop(None, CapSet::Bounding, c)?;
+            }
         }
     }
     caps::clear(None, CapSet::Ambient)?;
     caps::clear(None, CapSet::Inheritable)?;
     caps::set(None, CapSet::Effective, &keep)?;
     caps::set(None, CapSet::Permitted, &keep)?;
-    Ok(())
+    Ok(can_bound)
 }
