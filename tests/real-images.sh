@@ -16,13 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMG=${1:-/tmp/realimgs}
-BIN=${TARPOOL_BIN:-target/release/tarpool}
-[ -x "$BIN" ] || cargo build --release --locked -p tarpool
-if [ ! -d "$IMG/oci" ]; then
-    MAKE=${MAKE_IMAGES:-../shared/bench/make-images.sh}
-    [ -x "$MAKE" ] || { echo "no images in $IMG and no $MAKE to build them" >&2; exit 1; }
-    "$MAKE" "$IMG"
-fi
+. tests/bench/lib.sh
+ensure_tarpool
+ensure_images "$IMG"
 W=$(mktemp -d /var/tmp/tarpool-real.XXXX)
 cleanup() {
     for a in "$W"/act-*; do [ -d "$a" ] && "$BIN" --state-dir "$W/s" deactivate "$(basename "$a")" >/dev/null 2>&1 || true; done
@@ -30,12 +26,8 @@ cleanup() {
 }
 trap cleanup EXIT
 B="$W/bucket/images"
-mkdir -p "$B/py" "$B/deb-lxc"
-M=$(python3 -c "import json;i=json.load(open('$IMG/oci/index.json'));print([m['digest'] for m in i['manifests'] if m.get('annotations',{}).get('org.opencontainers.image.ref.name')=='py3'][0].split(':')[1])")
-n=1
-for L in $(python3 -c "import json;m=json.load(open('$IMG/oci/blobs/sha256/$M'));print(' '.join(l['digest'].split(':')[1] for l in m['layers']))"); do
-    gzip -dc "$IMG/oci/blobs/sha256/$L" > "$B/py/$n.tar"; n=$((n+1))
-done
+mkdir -p "$B/deb-lxc"
+py3_layers "$IMG" "$B/py"
 cp "$IMG/py-docker.tar" "$B/py-docker.tar"
 cp "$IMG/py-oci.tar" "$B/py-oci.tar"
 skopeo copy -q "oci:$IMG/oci:py3" "oci:$B/py-layout:py3"

@@ -15,21 +15,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 IMG=${1:-/tmp/realimgs}
 RUNS=${2:-3}
-BIN=${TARPOOL_BIN:-target/release/tarpool}
-[ -x "$BIN" ] || cargo build --release --locked -p tarpool
-if [ ! -d "$IMG/oci" ]; then
-    MAKE=${MAKE_IMAGES:-../shared/bench/make-images.sh}
-    [ -x "$MAKE" ] || { echo "no images in $IMG and no $MAKE to build them" >&2; exit 1; }
-    "$MAKE" "$IMG"
-fi
+. tests/bench/lib.sh
+ensure_tarpool
+ensure_images "$IMG"
 W=$(mktemp -d /var/tmp/tarpool-guestcost.XXXX)
 trap 'rm -rf "$W"' EXIT
-mkdir -p "$W/bucket/images/py" "$W/cache"
-M=$(python3 -c "import json;i=json.load(open('$IMG/oci/index.json'));print([m['digest'] for m in i['manifests'] if m.get('annotations',{}).get('org.opencontainers.image.ref.name')=='py3'][0].split(':')[1])")
-n=1
-for L in $(python3 -c "import json;m=json.load(open('$IMG/oci/blobs/sha256/$M'));print(' '.join(l['digest'].split(':')[1] for l in m['layers']))"); do
-    gzip -dc "$IMG/oci/blobs/sha256/$L" > "$W/bucket/images/py/$n.tar"; n=$((n+1))
-done
+mkdir -p "$W/cache"
+py3_layers "$IMG" "$W/bucket/images/py"
 cp "$IMG/py-docker.tar" "$W/bucket/images/py-docker.tar"
 cp "$IMG/py-oci.tar" "$W/bucket/images/py-oci.tar"
 

@@ -66,11 +66,7 @@ fn example_bucket_ends_ready_and_activations_match_umoci() {
             "versions are ULIDs"
         );
     }
-    assert!(audit["decisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|d| d["rule"] == "max-layers" && d["verdict"] == "allow"));
+    assert!(has_decision(&audit, "max-layers", "allow", ""), "{audit}");
 
     // A second run over the unchanged bucket starts nothing.
     let before = audit["transitions"].as_array().unwrap().len();

@@ -308,3 +308,15 @@ pub fn bucket_with(env: &Env, images: &[&str]) -> PathBuf {
     }
     bucket
 }
+
+/// Whether `tarpool audit NAME --json` output records a decision under
+/// `rule` with `action` (`allow`, `reject`, `skip`, `strip`, ...) about a
+/// path containing `path` (`""`: any, or none), with the rule's reason.
+pub fn has_decision(audit: &Value, rule: &str, action: &str, path: &str) -> bool {
+    audit["decisions"].as_array().unwrap().iter().any(|d| {
+        d["rule"] == rule
+            && d["action"] == action
+            && (path.is_empty() || d["path"].as_str().is_some_and(|p| p.contains(path)))
+            && !d["reason"].as_str().unwrap_or("").is_empty()
+    })
+}

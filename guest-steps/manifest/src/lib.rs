@@ -26,19 +26,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 mod strict;
 use strict::Shape;
 
-/// Whether the unit is a prefix of objects or one archive (mirrors `unit-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnitKind {
-    Prefix,
-    Archive,
-}
-
-/// One member of the unit (mirrors `member`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub size: u64,
-}
+pub use manifest_types::{
+    ImageLayout, LayerMedia, LayerRef, ManifestOptions, Member, Read, RuntimeConfig, UnitKind,
+};
 
 /// The formats this component knows; `image-layout.format` carries
 /// [`ImageFormat::name`].
@@ -63,75 +53,6 @@ impl ImageFormat {
         }
     }
 }
-
-/// Mirrors `layer-media`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerMedia {
-    Tar,
-    Gzip,
-    Zstd,
-    Detect,
-}
-
-/// Mirrors `layer-ref`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub member: String,
-    pub media: LayerMedia,
-    pub digest: Option<String>,
-    pub diff_id: Option<String>,
-    pub size: Option<u64>,
-}
-
-/// Mirrors `runtime-config`: the image config's `Env`, `Entrypoint`, `Cmd`,
-/// `WorkingDir` and `User` (empty when absent or null).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    pub env: Vec<String>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub working_dir: String,
-    pub user: String,
-}
-
-/// Mirrors `image-layout`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageLayout {
-    pub format: ImageFormat,
-    /// Bottom layer first.
-    pub layers: Vec<LayerRef>,
-    pub config_digest: Option<String>,
-    /// From the image config (docker and OCI images); `None` for ad-hoc and
-    /// single-layer images, which have no config.
-    pub config: Option<RuntimeConfig>,
-}
-
-/// Mirrors `manifest-options`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestOptions {
-    pub os: String,
-    pub architecture: String,
-    /// `None`: an entry without a variant (or `""`, or `v1` on amd64) is
-    /// preferred; `Some(v)`: only entries with variant `v` are taken.
-    pub arch_variant: Option<String>,
-    /// Indexes followed below `index.json`.
-    pub max_index_depth: u32,
-}
-
-impl Default for ManifestOptions {
-    /// linux/amd64, no variant, one nested index (the host's defaults).
-    fn default() -> Self {
-        ManifestOptions {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            arch_variant: None,
-            max_index_depth: 1,
-        }
-    }
-}
-
-/// Reads a member of the unit, whole.
-pub type Read<'a> = dyn FnMut(&str) -> Result<Vec<u8>, String> + 'a;
 
 /// Longest name quoted in an error, in characters.
 const MAX_NAME_CHARS: usize = 80;
@@ -208,7 +129,7 @@ fn parse_inner(
                 return Err("legacy docker image format (v1.0) is not supported".into());
             } else {
                 ImageLayout {
-                    format: ImageFormat::SingleLayer,
+                    format: ImageFormat::SingleLayer.name().into(),
                     layers: vec![LayerRef {
                         member: String::new(),
                         media: LayerMedia::Tar,
@@ -381,7 +302,7 @@ fn parse_ad_hoc(members: &[Member]) -> Result<ImageLayout, String> {
         expected = expected.saturating_add(1);
     }
     Ok(ImageLayout {
-        format: ImageFormat::AdHoc,
+        format: ImageFormat::AdHoc.name().into(),
         layers: layers
             .into_values()
             .map(|m| LayerRef {
@@ -657,7 +578,7 @@ fn parse_oci(
         });
     }
     Ok(Some(ImageLayout {
-        format,
+        format: format.name().into(),
         layers,
         config_digest: Some(config_desc.digest.clone()),
         config: Some(runtime),
@@ -1080,7 +1001,7 @@ fn parse_docker(
         .filter(|h| is_hex64(h))
         .map(|h| format!("sha256:{h}"));
     Ok(ImageLayout {
-        format: ImageFormat::DockerArchive,
+        format: ImageFormat::DockerArchive.name().into(),
         layers,
         config_digest,
         config: Some(runtime),
@@ -1129,69 +1050,9 @@ fn agree(oci: &ImageLayout, docker: &ImageLayout) -> Result<(), String> {
 mod component {
     wit_bindgen::generate!({ path: "../../wit", world: "manifest-step" });
 
-    use tarpool::steps::source::read_member;
-    use tarpool::steps::types as wit;
-
     struct Step;
 
-    impl Guest for Step {
-        fn parse(
-            unit: wit::UnitKind,
-            members: Vec<wit::Member>,
-            options: wit::ManifestOptions,
-        ) -> Result<Option<wit::ImageLayout>, String> {
-            let unit = match unit {
-                wit::UnitKind::Prefix => super::UnitKind::Prefix,
-                wit::UnitKind::Archive => super::UnitKind::Archive,
-            };
-            let members: Vec<super::Member> = members
-                .into_iter()
-                .map(|m| super::Member {
-                    name: m.name,
-                    size: m.size,
-                })
-                .collect();
-            let options = super::ManifestOptions {
-                os: options.os,
-                architecture: options.architecture,
-                arch_variant: options.arch_variant,
-                max_index_depth: options.max_index_depth,
-            };
-            let Some(layout) = super::parse(unit, &members, &options, &mut |name: &str| {
-                read_member(name)
-            })?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(wit::ImageLayout {
-                format: layout.format.name().to_string(),
-                layers: layout
-                    .layers
-                    .into_iter()
-                    .map(|l| wit::LayerRef {
-                        member: l.member,
-                        media: match l.media {
-                            super::LayerMedia::Tar => wit::LayerMedia::Tar,
-                            super::LayerMedia::Gzip => wit::LayerMedia::Gzip,
-                            super::LayerMedia::Zstd => wit::LayerMedia::Zstd,
-                            super::LayerMedia::Detect => wit::LayerMedia::Detect,
-                        },
-                        digest: l.digest,
-                        diff_id: l.diff_id,
-                        size: l.size,
-                    })
-                    .collect(),
-                config_digest: layout.config_digest,
-                config: layout.config.map(|c| wit::RuntimeConfig {
-                    env: c.env,
-                    entrypoint: c.entrypoint,
-                    cmd: c.cmd,
-                    working_dir: c.working_dir,
-                    user: c.user,
-                }),
-            }))
-        }
-    }
+    manifest_types::guest_parse!(Step, super::parse);
 
     export!(Step);
 }

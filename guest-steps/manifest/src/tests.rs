@@ -177,7 +177,7 @@ fn ad_hoc_layers_in_numeric_order() {
     let names: Vec<String> = (1..=12).rev().map(|n| format!("{n}.tar")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let l = adhoc(&refs).run(UnitKind::Prefix).unwrap();
-    assert_eq!(l.format, ImageFormat::AdHoc);
+    assert_eq!(l.format, ImageFormat::AdHoc.name());
     let got: Vec<&str> = l.layers.iter().map(|l| l.member.as_str()).collect();
     assert_eq!(got[..3], ["1.tar", "2.tar", "3.tar"]);
     assert_eq!(got[8..], ["9.tar", "10.tar", "11.tar", "12.tar"]);
@@ -256,7 +256,7 @@ fn oci_layout_and_archive() {
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
     ]);
     let l = u.run(UnitKind::Prefix).unwrap();
-    assert_eq!(l.format, ImageFormat::OciLayout);
+    assert_eq!(l.format, ImageFormat::OciLayout.name());
     assert_eq!(l.config_digest, Some(format!("sha256:{}", hex(100))));
     let media: Vec<LayerMedia> = l.layers.iter().map(|l| l.media).collect();
     assert_eq!(
@@ -274,7 +274,7 @@ fn oci_layout_and_archive() {
     assert_eq!(l.layers[1].size, Some(11));
     assert_eq!(
         u.run(UnitKind::Archive).unwrap().format,
-        ImageFormat::OciArchive
+        ImageFormat::OciArchive.name()
     );
     // Members named with a leading `./`, as `tar -C dir .` writes them.
     let mut dotted = Unit::default();
@@ -529,7 +529,7 @@ fn docker_archives() {
         &format!("{}.json", hex(7)),
     );
     let l = old.run(a).unwrap();
-    assert_eq!(l.format, ImageFormat::DockerArchive);
+    assert_eq!(l.format, ImageFormat::DockerArchive.name());
     assert_eq!(l.config_digest, Some(format!("sha256:{}", hex(7))));
     assert_eq!(l.layers[1].member, "bbb/layer.tar");
     assert_eq!(l.layers[1].media, LayerMedia::Detect);
@@ -547,7 +547,10 @@ fn docker_archives() {
     let half = new
         .clone()
         .with("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#);
-    assert_eq!(half.run(a).unwrap().format, ImageFormat::DockerArchive);
+    assert_eq!(
+        half.run(a).unwrap().format,
+        ImageFormat::DockerArchive.name()
+    );
     // docker-archive must be one object: as a prefix it is no format this
     // component knows.
     check_none(&new, UnitKind::Prefix);
@@ -654,13 +657,13 @@ fn docker_rejections() {
 fn single_layer_archive() {
     let u = adhoc(&["etc/passwd", "bin/sh", "index.json", "oci-layout/x"]);
     let l = u.run(UnitKind::Archive).unwrap();
-    assert_eq!(l.format, ImageFormat::SingleLayer);
+    assert_eq!(l.format, ImageFormat::SingleLayer.name());
     assert_eq!(l.layers.len(), 1);
     assert_eq!(l.layers[0].member, "");
     assert_eq!(l.layers[0].media, LayerMedia::Tar);
     assert_eq!(
         Unit::default().run(UnitKind::Archive).unwrap().format,
-        ImageFormat::SingleLayer
+        ImageFormat::SingleLayer.name()
     );
 }
 
@@ -1436,13 +1439,13 @@ fn f62_dual_layout() {
     let a = UnitKind::Archive;
     let u = docker25(2);
     let l = u.run(a).unwrap();
-    assert_eq!(l.format, ImageFormat::OciArchive);
+    assert_eq!(l.format, ImageFormat::OciArchive.name());
     assert_eq!(l.layers[1].digest, Some(format!("sha256:{}", hex(2))));
     assert_eq!(l.layers[1].media, LayerMedia::Tar);
     // The same as a prefix: an OCI layout, checked against manifest.json.
     assert_eq!(
         u.run(UnitKind::Prefix).unwrap().format,
-        ImageFormat::OciLayout
+        ImageFormat::OciLayout.name()
     );
 
     // A second config (101) for manifest.json: same diff_ids, other Env.
@@ -1531,7 +1534,7 @@ fn f62_dual_layout() {
             list,
         );
         let l = u.run(a).unwrap();
-        assert_eq!(l.format, ImageFormat::DockerArchive);
+        assert_eq!(l.format, ImageFormat::DockerArchive.name());
         assert_eq!(l.layers.len(), 2);
         // Only in an archive: a prefix is an OCI layout.
         check(&u, UnitKind::Prefix, Err("index.json"));
@@ -1567,7 +1570,7 @@ fn f63_legacy_v1() {
         adhoc(&["repositories", "etc/json", "x/json"]),
         adhoc(&[&format!("{id}/json"), "etc/passwd"]),
     ] {
-        assert_eq!(u.run(a).unwrap().format, ImageFormat::SingleLayer);
+        assert_eq!(u.run(a).unwrap().format, ImageFormat::SingleLayer.name());
     }
     // As a prefix: no format this component knows.
     check_none(&legacy, UnitKind::Prefix);

@@ -25,79 +25,9 @@
 
 use guest_text::one_line;
 
-/// Whether the unit is a prefix of objects or one archive (mirrors `unit-kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UnitKind {
-    Prefix,
-    Archive,
-}
-
-/// One member of the unit (mirrors `member`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub size: u64,
-}
-
-/// Mirrors `manifest-options`; only the platform is used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManifestOptions {
-    pub os: String,
-    pub architecture: String,
-    pub arch_variant: Option<String>,
-    pub max_index_depth: u32,
-}
-
-impl Default for ManifestOptions {
-    /// linux/amd64, no variant, one nested index (the host's defaults).
-    fn default() -> Self {
-        ManifestOptions {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            arch_variant: None,
-            max_index_depth: 1,
-        }
-    }
-}
-
-/// Mirrors `layer-media`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerMedia {
-    Tar,
-    Gzip,
-    Zstd,
-    Detect,
-}
-
-/// Mirrors `layer-ref`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LayerRef {
-    pub member: String,
-    pub media: LayerMedia,
-    pub digest: Option<String>,
-    pub diff_id: Option<String>,
-    pub size: Option<u64>,
-}
-
-/// Mirrors `runtime-config`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RuntimeConfig {
-    pub env: Vec<String>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    pub working_dir: String,
-    pub user: String,
-}
-
-/// Mirrors `image-layout`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageLayout {
-    /// Always [`FORMAT`].
-    pub format: String,
-    pub layers: Vec<LayerRef>,
-    pub config_digest: Option<String>,
-    pub config: Option<RuntimeConfig>,
-}
+pub use manifest_types::{
+    ImageLayout, LayerMedia, LayerRef, ManifestOptions, Member, Read, RuntimeConfig, UnitKind,
+};
 
 /// What `metadata.yaml` says (the subset read).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,9 +39,6 @@ pub struct Metadata {
     pub os: Option<String>,
     pub release: Option<String>,
 }
-
-/// Reads a member of the unit, whole.
-pub type Read<'a> = dyn FnMut(&str) -> Result<Vec<u8>, String> + 'a;
 
 /// The format's name, for `image-layout.format` and the policy's `formats`.
 pub const FORMAT: &str = "lxc-rootfs";
@@ -494,69 +421,9 @@ fn integer(value: &str, n: usize, key: &str) -> Result<i64, String> {
 mod component {
     wit_bindgen::generate!({ path: "../../wit", world: "manifest-step" });
 
-    use tarpool::steps::source::read_member;
-    use tarpool::steps::types as wit;
-
     struct Step;
 
-    impl Guest for Step {
-        fn parse(
-            unit: wit::UnitKind,
-            members: Vec<wit::Member>,
-            options: wit::ManifestOptions,
-        ) -> Result<Option<wit::ImageLayout>, String> {
-            let unit = match unit {
-                wit::UnitKind::Prefix => super::UnitKind::Prefix,
-                wit::UnitKind::Archive => super::UnitKind::Archive,
-            };
-            let members: Vec<super::Member> = members
-                .into_iter()
-                .map(|m| super::Member {
-                    name: m.name,
-                    size: m.size,
-                })
-                .collect();
-            let options = super::ManifestOptions {
-                os: options.os,
-                architecture: options.architecture,
-                arch_variant: options.arch_variant,
-                max_index_depth: options.max_index_depth,
-            };
-            let Some(layout) = super::parse(unit, &members, &options, &mut |name: &str| {
-                read_member(name)
-            })?
-            else {
-                return Ok(None);
-            };
-            Ok(Some(wit::ImageLayout {
-                format: layout.format,
-                layers: layout
-                    .layers
-                    .into_iter()
-                    .map(|l| wit::LayerRef {
-                        member: l.member,
-                        media: match l.media {
-                            super::LayerMedia::Tar => wit::LayerMedia::Tar,
-                            super::LayerMedia::Gzip => wit::LayerMedia::Gzip,
-                            super::LayerMedia::Zstd => wit::LayerMedia::Zstd,
-                            super::LayerMedia::Detect => wit::LayerMedia::Detect,
-                        },
-                        digest: l.digest,
-                        diff_id: l.diff_id,
-                        size: l.size,
-                    })
-                    .collect(),
-                config_digest: layout.config_digest,
-                config: layout.config.map(|c| wit::RuntimeConfig {
-                    env: c.env,
-                    entrypoint: c.entrypoint,
-                    cmd: c.cmd,
-                    working_dir: c.working_dir,
-                    user: c.user,
-                }),
-            }))
-        }
-    }
+    manifest_types::guest_parse!(Step, super::parse);
 
     export!(Step);
 }
