@@ -483,23 +483,20 @@ pub fn parse_manifest(
         if let Some(d) = declared {
             let agrees = d == kind || (d == BlobKind::Tar && kind == BlobKind::Empty);
             if !agrees {
-                let v = Verdict {
+                let (declared, actual) = (
+                    format!("{d:?}").to_lowercase(),
+                    format!("{kind:?}").to_lowercase(),
+                );
+                verdicts.push(Verdict {
                     rule: "media-types".into(),
                     action: "reject".into(),
                     layer: u32::try_from(n).ok(),
                     path: Some(printable(&l.member)),
-                    detail: format!(
-                        "declared {} but its bytes are {}",
-                        format!("{d:?}").to_lowercase(),
-                        format!("{kind:?}").to_lowercase()
-                    ),
-                };
-                verdicts.push(v);
+                    detail: format!("declared {declared} but its bytes are {actual}"),
+                });
                 return Err(input(format!(
-                    "layer {n} (`{}`): the manifest declares {} but the bytes are {}",
+                    "layer {n} (`{}`): the manifest declares {declared} but the bytes are {actual}",
                     printable(&l.member),
-                    format!("{d:?}").to_lowercase(),
-                    format!("{kind:?}").to_lowercase()
                 )));
             }
         }
@@ -573,12 +570,7 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
             inner: BufReader::with_capacity(1 << 20, r),
             failed: failed.clone(),
         };
-        let d = decoder(media_kind(l.media), r)?;
-        let h = crate::blobs::HashingReader::new(Capped {
-            inner: d,
-            left: ctx.policy.decompressed_cap(l.len),
-            what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
-        });
+        let h = crate::blobs::HashingReader::new(decoded(l, r, &ctx.policy)?);
         // An error the blob file did not raise is the decoder's verdict on
         // the bytes.
         let (diff, _) = h.finish().map_err(|e| {
@@ -608,6 +600,25 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
     Ok(json!({ "layers": report, "present": present, "to_unpack": data.layers.len() - present }))
 }
 
+/// Layer `l`'s decompressed bytes from its raw bytes `raw`, capped at the
+/// policy's decompression ratio.
+fn decoded<'a, R: Read + Send + 'a>(
+    l: &PlannedLayer,
+    raw: R,
+    policy: &crate::core::policy::Policy,
+) -> Result<Capped<Box<dyn Read + Send + 'a>>, StepFailure> {
+    Ok(Capped {
+        inner: decoder(media_kind(l.media), raw)?,
+        // An uncompressed layer is its own size: nothing to cap.
+        left: if l.media == LayerMedia::Tar {
+            u64::MAX
+        } else {
+            policy.decompressed_cap(l.len)
+        },
+        what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
+    })
+}
+
 /// Decompressed bytes handed from the decoding thread to the applying one.
 const STAGE_CHUNK: usize = 1 << 20;
 
@@ -616,29 +627,18 @@ const STAGE_CHUNK: usize = 1 << 20;
 fn decompress_into<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
     loop {
         let mut buf = vec![0u8; STAGE_CHUNK];
-        let mut got = 0;
-        let err = loop {
-            if got == buf.len() {
-                break None;
+        match crate::extract::read_full(&mut r, &mut buf) {
+            Ok(0) => return,
+            Ok(got) => {
+                buf.truncate(got);
+                if tx.send(Ok(buf)).is_err() || got < STAGE_CHUNK {
+                    return;
+                }
             }
-            match r.read(&mut buf[got..]) {
-                Ok(0) => break None,
-                Ok(k) => got += k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Some(e),
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
             }
-        };
-        buf.truncate(got);
-        let end = got < STAGE_CHUNK || err.is_some();
-        if got > 0 && tx.send(Ok(buf)).is_err() {
-            return;
-        }
-        if let Some(e) = err {
-            let _ = tx.send(Err(e));
-            return;
-        }
-        if end {
-            return;
         }
     }
 }
@@ -777,9 +777,8 @@ pub(crate) fn apply_stream(
     verdicts: &mut Verdicts,
 ) -> Result<crate::extract::ApplyStats, StepFailure> {
     use sha2::Digest as _;
-    let f = blob;
     let r =
-        archive::range(f, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
     let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let failed = Arc::new(AtomicBool::new(false));
     let raw = Tap {
@@ -790,15 +789,7 @@ pub(crate) fn apply_stream(
         state: raw_state.clone(),
     };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let decoded = Capped {
-        inner: decoder(media_kind(l.media), raw)?,
-        left: if l.media == LayerMedia::Tar {
-            u64::MAX
-        } else {
-            policy.decompressed_cap(l.len)
-        },
-        what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
-    };
+    let decoded = decoded(l, raw, policy)?;
     // Two stages on two cores: a helper thread decompresses and hashes the
     // compressed bytes (digest); this thread hashes the decompressed ones
     // (diff ID), runs the tar check and writes.

@@ -155,7 +155,7 @@ fn check_bug(msg: String) -> ApplyError {
 }
 
 /// Fills `buf` as far as the stream allows; 0 only at its end.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
