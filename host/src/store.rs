@@ -232,6 +232,7 @@ impl Store {
         // Columns added since the first schema; added in place to older
         // state databases.
         for (table, column, decl) in [
+            ("objects", "modified", "TEXT NOT NULL DEFAULT ''"),
             ("decisions", "layer", "INTEGER"),
             ("decisions", "path", "TEXT"),
             ("decisions", "action", "TEXT NOT NULL DEFAULT ''"),
