@@ -86,6 +86,40 @@ pub enum Cmd {
     },
     /// Cancels an image's active run.
     Cancel { name: String },
+    /// The devicemapper thin pool.
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+    },
+    /// Removes layers and snapshots no image or activation references, and
+    /// reports what it reclaimed. Refuses while `tarpool run` is running.
+    Gc {
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Creates a pool from sparse files on loop devices in the state directory.
+    Init {
+        /// e.g. 20G (default: [thinpool] data_size).
+        #[arg(long)]
+        data_size: Option<String>,
+        /// e.g. 256M (default: [thinpool] meta_size).
+        #[arg(long)]
+        meta_size: Option<String>,
+        /// A multiple of 64K (default: [thinpool] block_size, 64K).
+        #[arg(long)]
+        block_size: Option<String>,
+    },
+    /// Data and metadata usage, and the devices tarpool keeps in the pool.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +139,9 @@ struct FileConfig {
     max_attempts: Option<u32>,
     retry_base_ms: Option<u64>,
     retry_cap_ms: Option<u64>,
+    /// The devicemapper thin pool (`--backend thinpool`).
+    #[serde(default)]
+    thinpool: crate::backend::thinpool::ThinConfig,
 }
 
 /// The checked configuration every command works from.
@@ -117,6 +154,7 @@ struct Config {
     steps: crate::wasm::StepsConfig,
     unconfined_worker: bool,
     retry: RetryPolicy,
+    thinpool: crate::backend::thinpool::ThinConfig,
 }
 
 fn config(
@@ -179,6 +217,7 @@ fn config(
         steps,
         unconfined_worker: file.unconfined_worker,
         retry,
+        thinpool: file.thinpool,
     })
 }
 
@@ -253,6 +292,26 @@ pub fn main() -> Result<u8> {
             let cfg = config(&args, None, backend.as_deref(), None)?;
             deactivate(&cfg, act)
         }
+        Cmd::Pool { cmd } => {
+            let cfg = config(&args, None, Some("thinpool"), None)?;
+            match cmd {
+                PoolCmd::Init {
+                    data_size,
+                    meta_size,
+                    block_size,
+                } => pool_init(
+                    &cfg,
+                    data_size.as_deref(),
+                    meta_size.as_deref(),
+                    block_size.as_deref(),
+                ),
+                PoolCmd::Status { json } => pool_status(&cfg, *json),
+            }
+        }
+        Cmd::Gc { backend, json } => {
+            let cfg = config(&args, None, backend.as_deref(), None)?;
+            gc(&cfg, *json)
+        }
         Cmd::Cancel { name } => {
             let cfg = config(&args, None, None, None)?;
             let store = open_store(&cfg.state_dir)?;
@@ -271,6 +330,7 @@ fn backend(cfg: &Config) -> Result<Box<dyn crate::backend::Snapshotter>> {
         &cfg.backend,
         &cfg.state_dir,
         Arc::new(crate::sys::LinuxMounts),
+        &cfg.thinpool,
     )
     .map_err(anyhow::Error::msg)
 }
@@ -571,9 +631,11 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
         None => None,
     };
     let b = backend(cfg)?;
+    let started = std::time::Instant::now();
     let info = b
         .activate(&act, &ids, mountpoint.as_deref())
         .with_context(|| format!("activating {name}"))?;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     store.add_activation(&ActivationRow {
         id: act.clone(),
         image: name.to_string(),
@@ -589,6 +651,8 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
             "top_chain": img.top_chain,
             "mountpoint": info.mountpoint,
             "mount": { "type": info.fstype, "options": info.options },
+            "device": info.device,
+            "elapsed_ms": elapsed_ms,
         })
     );
     Ok(0)
@@ -604,5 +668,116 @@ fn deactivate(cfg: &Config, act: &str) -> Result<u8> {
         .with_context(|| format!("deactivating {act}"))?;
     store.remove_activation(act)?;
     println!("{}", json!({ "deactivated": act }));
+    Ok(0)
+}
+
+fn pool_init(
+    cfg: &Config,
+    data: Option<&str>,
+    meta: Option<&str>,
+    block: Option<&str>,
+) -> Result<u8> {
+    std::fs::create_dir_all(&cfg.state_dir)?;
+    let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.join("thinpool").join("dev"))?;
+    let node = crate::backend::thinpool::ThinPool::init(
+        &cfg.state_dir,
+        &cfg.thinpool,
+        &dm,
+        data,
+        meta,
+        block,
+    )
+    .map_err(anyhow::Error::msg)
+    .context("tarpool pool init")?;
+    println!(
+        "thin pool `{}` created ({}); its files are in {}",
+        cfg.thinpool.pool,
+        node.display(),
+        cfg.state_dir.join("thinpool").display()
+    );
+    Ok(0)
+}
+
+fn open_thinpool(cfg: &Config) -> Result<crate::backend::thinpool::ThinPool> {
+    std::fs::create_dir_all(&cfg.state_dir)?;
+    let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.join("thinpool").join("dev"))?;
+    Ok(crate::backend::thinpool::ThinPool::open(
+        &cfg.state_dir,
+        cfg.thinpool.clone(),
+        Arc::new(dm),
+        Arc::new(crate::sys::LinuxMounts),
+    )?)
+}
+
+fn pool_status(cfg: &Config, json: bool) -> Result<u8> {
+    use crate::backend::Snapshotter as _;
+    let pool = open_thinpool(cfg)?;
+    let usage = pool
+        .usage()?
+        .context("the pool's status could not be read")?;
+    let devices = pool.devices()?;
+    if json {
+        let devs: Vec<_> = devices
+            .iter()
+            .map(|d| json!({"dev_id": d.dev_id, "owner": d.owner, "origin": d.origin, "state": d.state, "active": d.active}))
+            .collect();
+        println!(
+            "{}",
+            json!({"pool": cfg.thinpool.pool, "usage": usage, "devices": devs})
+        );
+    } else {
+        println!("pool {}: {}", cfg.thinpool.pool, usage.summary());
+        for d in &devices {
+            println!(
+                "  thin {:>6}  {:<9} {:<8} origin {:<6} {}",
+                d.dev_id,
+                d.state,
+                if d.active { "active" } else { "inactive" },
+                d.origin.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                d.owner
+            );
+        }
+    }
+    Ok(0)
+}
+
+fn gc(cfg: &Config, json: bool) -> Result<u8> {
+    let store = open_store(&cfg.state_dir)?;
+    let _lock = lock_state(&cfg.state_dir)?;
+    let b = backend(cfg)?;
+    let before = b.usage()?;
+    let (_, unused) = store.layers_in_use()?;
+    let mut layers = 0;
+    for l in &unused {
+        b.discard_layer(l.id)
+            .with_context(|| format!("removing layer {}", l.id))?;
+        store.forget_layer(l.id)?;
+        layers += 1;
+    }
+    let report = b.cleanup(&store.known()?).context("cleaning up the backend")?;
+    let after = b.usage()?;
+    let reclaimed = match (&before, &after) {
+        (Some(a), Some(z)) => Some(a.data_used_bytes.saturating_sub(z.data_used_bytes)),
+        _ => None,
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"layers_removed": layers, "cleanup": report, "before": before, "after": after, "reclaimed_data_bytes": reclaimed})
+        );
+    } else {
+        println!(
+            "gc: removed {layers} unreferenced layer(s) and {} other device(s) or directories",
+            report.removed
+        );
+        if let (Some(a), Some(z), Some(r)) = (before, after, reclaimed) {
+            println!(
+                "gc: reclaimed {:.1} MiB of pool data ({} -> {})",
+                r as f64 / (1 << 20) as f64,
+                a.summary(),
+                z.summary()
+            );
+        }
+    }
     Ok(0)
 }

@@ -116,7 +116,7 @@ impl Ctx {
                 self.store.discard_layer(l.id)?;
             }
         }
-        let known: Vec<i64> = self.store.layers()?.iter().map(|l| l.id).collect();
+        let known = self.store.known()?;
         self.backend
             .cleanup(&known)
             .context("cleaning up the backend")?;
@@ -428,6 +428,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
             Ok(_) => Outcome::Ok,
             Err(StepFailure::Input(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
             Err(StepFailure::Retry(m)) => Outcome::Retryable(ctx.sanitize(m)),
+            Err(StepFailure::Exhausted(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
             Err(StepFailure::Cancelled) => Outcome::Cancelled,
         };
         let step = step.unwrap_or(Step::Completed);

@@ -10,6 +10,10 @@ pub enum StepFailure {
     /// The environment failed (I/O, a busy resource): the run retries.
     #[error("{0}")]
     Retry(String),
+    /// A resource the image needs is used up (the thin pool's space): the
+    /// run fails now, without blaming the image.
+    #[error("{0}")]
+    Exhausted(String),
     #[error("cancelled")]
     Cancelled,
 }

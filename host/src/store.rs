@@ -580,6 +580,11 @@ impl Store {
         })
     }
 
+    /// For `gc`: forgets a layer whatever its state.
+    pub fn forget_layer(&self, id: i64) -> Result<()> {
+        self.with(|c| c.execute("DELETE FROM layers WHERE id = ?1", [id]).map(|_| ()))
+    }
+
     pub fn discard_layer(&self, id: i64) -> Result<()> {
         self.with(|c| {
             c.execute(
@@ -663,6 +668,64 @@ impl Store {
             )
             .optional()
         })
+    }
+
+    pub fn activations(&self) -> Result<Vec<ActivationRow>> {
+        self.with(|c| {
+            let mut s = c.prepare(
+                "SELECT id, image, top_chain, mountpoint FROM activations ORDER BY created_at",
+            )?;
+            let rows = s
+                .query_map([], |r| {
+                    Ok(ActivationRow {
+                        id: r.get(0)?,
+                        image: r.get(1)?,
+                        top_chain: r.get(2)?,
+                        mountpoint: r.get(3)?,
+                    })
+                })?
+                .collect();
+            rows
+        })
+    }
+
+    /// Everything a backend must keep after a crash: every layer the store
+    /// has, the ready images' snapshots, the activations.
+    pub fn known(&self) -> Result<crate::backend::Known> {
+        Ok(crate::backend::Known {
+            layers: self.layers()?.iter().map(|l| l.id).collect(),
+            images: self
+                .images()?
+                .into_iter()
+                .filter(|i| i.state == "ready")
+                .map(|i| i.name)
+                .collect(),
+            activations: self.activations()?.into_iter().map(|a| a.id).collect(),
+        })
+    }
+
+    /// For `gc`: the layers something still stands on (a ready image, an
+    /// activation, an unfinished run's progress), and the rest.
+    pub fn layers_in_use(&self) -> Result<(Vec<LayerRow>, Vec<LayerRow>)> {
+        let layers = self.layers()?;
+        let mut roots: Vec<String> = self
+            .images()?
+            .into_iter()
+            .filter(|i| i.state == "ready")
+            .filter_map(|i| i.top_chain)
+            .collect();
+        roots.extend(self.activations()?.into_iter().map(|a| a.top_chain));
+        for run in self.active_runs()? {
+            roots.extend(self.layer_progress(&run.id)?.into_iter().map(|(_, c)| c));
+        }
+        let parents: std::collections::HashMap<&str, Option<&str>> = layers
+            .iter()
+            .map(|l| (l.chain_id.as_str(), l.parent.as_deref()))
+            .collect();
+        let keep = crate::core::chain::reachable(roots.iter().map(String::as_str), |c| {
+            parents.get(c).copied().flatten()
+        });
+        Ok(layers.into_iter().partition(|l| keep.contains(&l.chain_id)))
     }
 
     pub fn remove_activation(&self, id: &str) -> Result<()> {

@@ -16,6 +16,14 @@ pub trait MountOps: Send + Sync {
         upper_work: Option<(&Path, &Path)>,
     ) -> io::Result<()>;
     fn unmount(&self, target: &Path, detach: bool) -> io::Result<()>;
+    /// Mounts a block device's filesystem at `target`.
+    fn mount_dev(
+        &self,
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        options: &str,
+    ) -> io::Result<()>;
     /// Moves the calling thread into a private mount namespace (and a private
     /// working directory): its mounts vanish when it exits, even on SIGKILL.
     fn private_namespace(&self) -> io::Result<()>;
@@ -77,6 +85,24 @@ impl MountOps for LinuxMounts {
             rustix::mount::UnmountFlags::empty()
         };
         rustix::mount::unmount(target, flags).map_err(io::Error::from)
+    }
+
+    fn mount_dev(
+        &self,
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        options: &str,
+    ) -> io::Result<()> {
+        let data = cstr(options)?;
+        rustix::mount::mount(
+            source,
+            target,
+            fstype,
+            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
+            data.as_c_str(),
+        )
+        .map_err(io::Error::from)
     }
 
     fn private_namespace(&self) -> io::Result<()> {
@@ -155,6 +181,20 @@ impl MountOps for RecordingMounts {
             .lock()
             .unwrap()
             .push(format!("umount {} detach={detach}", target.display()));
+        Ok(())
+    }
+    fn mount_dev(
+        &self,
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        options: &str,
+    ) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!(
+            "mount {} {} {fstype} {options}",
+            source.display(),
+            target.display()
+        ));
         Ok(())
     }
     fn private_namespace(&self) -> io::Result<()> {

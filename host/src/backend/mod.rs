@@ -1,9 +1,11 @@
 //! Storage backends. A backend stores one snapshot per layer, keyed by the
 //! layer's numeric id (the store maps chain IDs to ids), and activates an
-//! image as a writable snapshot of its top layer. The overlay backend is the
-//! first; the devicemapper thin pool implements the same trait later.
+//! image as a writable snapshot of its top layer: overlay directories, or a
+//! devicemapper thin pool (one thin device per layer).
 
+pub mod dm;
 pub mod overlay;
+pub mod thinpool;
 
 use rustix::fd::BorrowedFd;
 use serde::Serialize;
@@ -21,12 +23,60 @@ pub struct ActivationInfo {
     pub fstype: String,
     pub options: String,
     pub mountpoint: Option<String>,
+    /// The block device holding the snapshot (thin pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+/// What the store still references: everything else a backend holds may go.
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub layers: Vec<i64>,
+    /// Images whose snapshot should exist (the ready ones).
+    pub images: Vec<String>,
+    pub activations: Vec<String>,
+}
+
+/// A thin pool's space.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolUsage {
+    pub data_used_bytes: u64,
+    pub data_total_bytes: u64,
+    pub meta_used_bytes: u64,
+    pub meta_total_bytes: u64,
+    /// `rw`, `ro` or `out_of_data_space`.
+    pub mode: String,
+    pub needs_check: bool,
+}
+
+impl PoolUsage {
+    pub fn out_of_space(&self) -> bool {
+        self.mode == "out_of_data_space"
+            || self.data_used_bytes >= self.data_total_bytes
+            || self.meta_used_bytes >= self.meta_total_bytes
+    }
+
+    pub fn summary(&self) -> String {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        format!(
+            "data {:.1} of {:.1} MiB, metadata {:.1} of {:.1} MiB, mode {}",
+            mib(self.data_used_bytes),
+            mib(self.data_total_bytes),
+            mib(self.meta_used_bytes),
+            mib(self.meta_total_bytes),
+            self.mode
+        )
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Cleanup {
     pub unmounted: usize,
     pub removed: usize,
+    /// Pool operations a crash left running (thin pool).
+    pub interrupted_ops: usize,
+    /// Devices that should be active and were set up again (thin pool).
+    pub reactivated: usize,
 }
 
 pub trait Snapshotter: Send + Sync {
@@ -62,9 +112,14 @@ pub trait Snapshotter: Send + Sync {
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> std::io::Result<()>;
 
-    /// After a crash: removes temporary mounts and directories. `known` is
-    /// every layer id the store knows; layer data of any other id is removed.
-    fn cleanup(&self, known: &[i64]) -> std::io::Result<Cleanup>;
+    /// After a crash, and for `gc`: removes temporary mounts and whatever
+    /// `known` does not reference; re-creates what should be active.
+    fn cleanup(&self, known: &Known) -> std::io::Result<Cleanup>;
+
+    /// The pool's space, for backends that have one.
+    fn usage(&self) -> std::io::Result<Option<PoolUsage>> {
+        Ok(None)
+    }
 }
 
 /// Picks the backend for `--backend`.
@@ -72,6 +127,7 @@ pub fn open(
     choice: &str,
     state_dir: &Path,
     mounts: std::sync::Arc<dyn crate::sys::MountOps>,
+    thin: &thinpool::ThinConfig,
 ) -> Result<Box<dyn Snapshotter>, String> {
     match choice {
         "auto" | "overlay" => {
@@ -82,10 +138,13 @@ pub fn open(
                 .map(|o| Box::new(o) as Box<dyn Snapshotter>)
                 .map_err(|e| format!("overlay backend: {e}"))
         }
-        "thinpool" => Err(
-            "the devicemapper thin-pool backend is not implemented yet; use --backend overlay"
-                .into(),
-        ),
+        "thinpool" => {
+            let dm = dm::LinuxDm::new(&state_dir.join("thinpool").join("dev"))
+                .map_err(|e| format!("thin-pool backend: {e}"))?;
+            thinpool::ThinPool::open(state_dir, thin.clone(), std::sync::Arc::new(dm), mounts)
+                .map(|t| Box::new(t) as Box<dyn Snapshotter>)
+                .map_err(|e| format!("thin-pool backend: {e}"))
+        }
         other => Err(format!(
             "unknown backend `{other}` (expected auto, overlay or thinpool)"
         )),

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{ActivationInfo, ApplyFn, Cleanup, Snapshotter};
+use super::{ActivationInfo, ApplyFn, Cleanup, Known, Snapshotter};
 use crate::error::StepFailure;
 use crate::sys::{overlay_options, MountOps};
 
@@ -145,6 +145,7 @@ impl Snapshotter for Overlay {
             fstype: "overlay".into(),
             options: overlay_options(&lowers, None),
             mountpoint: None,
+            device: None,
         })
     }
 
@@ -185,6 +186,7 @@ impl Snapshotter for Overlay {
             fstype: "overlay".into(),
             options,
             mountpoint: mountpoint.map(|p| p.display().to_string()),
+            device: None,
         })
     }
 
@@ -198,7 +200,7 @@ impl Snapshotter for Overlay {
         remove_all(&self.root.join("activations").join(act))
     }
 
-    fn cleanup(&self, known: &[i64]) -> io::Result<Cleanup> {
+    fn cleanup(&self, known: &Known) -> io::Result<Cleanup> {
         let mut report = Cleanup::default();
         let mnt = self.root.join("mnt");
         for m in self.mounts.mounts_under(&mnt)? {
@@ -215,12 +217,23 @@ impl Snapshotter for Overlay {
                 .file_name()
                 .to_str()
                 .and_then(|n| n.parse::<i64>().ok())
-                .is_some_and(|id| known.contains(&id));
+                .is_some_and(|id| known.layers.contains(&id));
             if !keep {
                 remove_all(&ent.path())?;
                 report.removed += 1;
             } else if ent.path().join("work").exists() {
                 remove_all(&ent.path().join("work"))?;
+            }
+        }
+        // Activations the store no longer knows (a crash between making one
+        // and recording it).
+        let acts = self.root.join("activations");
+        for ent in fs::read_dir(&acts)? {
+            let ent = ent?;
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if !known.activations.contains(&name) {
+                remove_all(&ent.path())?;
+                report.removed += 1;
             }
         }
         Ok(report)
@@ -281,7 +294,12 @@ mod tests {
         }
         std::fs::create_dir_all(d.path().join("overlay/layers/2/work")).unwrap();
         std::fs::create_dir_all(d.path().join("overlay/mnt/9")).unwrap();
-        let r = o.cleanup(&[1, 2]).unwrap();
+        let r = o
+            .cleanup(&Known {
+                layers: vec![1, 2],
+                ..Known::default()
+            })
+            .unwrap();
         assert_eq!(r.removed, 2);
         assert!(d.path().join("overlay/layers/1/fs").exists());
         assert!(!d.path().join("overlay/layers/2/work").exists());

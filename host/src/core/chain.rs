@@ -28,8 +28,47 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
+/// The chain IDs `roots` stand on: each root and its ancestors, following
+/// `parent_of` (a layer's parent chain ID, None for a base layer). Unknown
+/// roots and cycles end the walk; a layer outside the result is referenced by
+/// nothing in `roots`.
+pub fn reachable<'a>(
+    roots: impl IntoIterator<Item = &'a str>,
+    parent_of: impl Fn(&str) -> Option<&'a str>,
+) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for root in roots {
+        let mut cur = Some(root);
+        while let Some(c) = cur {
+            if !seen.insert(c.to_string()) {
+                break;
+            }
+            cur = parent_of(c);
+        }
+    }
+    seen
+}
+
 #[cfg(test)]
 mod tests {
+    fn check_reachable(edges: &[(&'static str, Option<&'static str>)], roots: &[&'static str], expected: &[&str]) {
+        let map: std::collections::HashMap<&str, Option<&'static str>> = edges.iter().copied().collect();
+        let got = super::reachable(roots.iter().copied(), |c| map.get(c).copied().flatten());
+        let want: std::collections::BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        assert_eq!(got, want, "roots {roots:?}");
+    }
+
+    #[test]
+    fn reachable_layers() {
+        let edges = [("a", None), ("b", Some("a")), ("c", Some("b")), ("x", Some("a")), ("lone", None), ("p", Some("q")), ("q", Some("p"))];
+        check_reachable(&edges, &["c"], &["a", "b", "c"]);
+        check_reachable(&edges, &["c", "x"], &["a", "b", "c", "x"]);
+        check_reachable(&edges, &[], &[]);
+        check_reachable(&edges, &["lone"], &["lone"]);
+        check_reachable(&edges, &["gone"], &["gone"]);
+        check_reachable(&edges, &["p"], &["p", "q"]);
+    }
+
     use super::*;
 
     fn check(diff_ids: &[&str], expected: &[&str]) {
