@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, the guests' and host's unit tests,
-# and the end-to-end tests (real binary, real overlay mounts, SIGKILLs).
+# the end-to-end tests (real binary, real overlay mounts, SIGKILLs), and the
+# thin-pool tests on a real kernel's dm-thin inside a VM.
 # Needs root (the tests mount overlays).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,3 +10,5 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo test --locked --workspace
+# The thin-pool backend on a real kernel's dm-thin, in one VM boot.
+tests/vm/thinpool.sh target/debug/tarpool

@@ -8,11 +8,17 @@ set -euo pipefail
 die() { echo "install-deps: error: $*" >&2; exit 1; }
 
 # build: gcc + libc6-dev (rustc's linker; C code of zstd-sys and rusqlite's bundled SQLite),
-#        pkg-config, ca-certificates (cargo fetching crates over TLS)
+#        pkg-config, ca-certificates (cargo fetching crates over TLS),
+#        libdevmapper-dev + libclang-dev (the devicemapper crate's ioctl bindings)
+# run (thin pool): dmsetup, e2fsprogs (mkfs.ext4), util-linux (losetup)
 # tests/fixtures: GNU tar, gzip, zstd, pigz, python3, umoci, skopeo
+# tests/vm (dm-thin on a real kernel): linux-image-amd64, qemu-system-x86,
+#        busybox-static (virtme-ng's init), thin-provisioning-tools (thin_ls)
 PACKAGES=(
-    gcc libc6-dev pkg-config ca-certificates
+    gcc libc6-dev pkg-config ca-certificates libdevmapper-dev libclang-dev
+    dmsetup e2fsprogs util-linux
     tar gzip zstd pigz python3 umoci skopeo
+    linux-image-amd64 qemu-system-x86 busybox-static thin-provisioning-tools
 )
 WASM_TARGET=wasm32-wasip2
 
@@ -61,6 +67,17 @@ else
     python3 -m pip install --quiet 'moto[server]>=5,<6' boto3 \
         || python3 -m pip install --quiet --break-system-packages 'moto[server]>=5,<6' boto3 \
         || die "pip install moto[server] failed"
+fi
+
+# tests/vm: virtme-ng boots the kernel above with the host's files visible.
+if command -v vng >/dev/null; then
+    echo "install-deps: virtme-ng already installed"
+else
+    echo "install-deps: installing virtme-ng from PyPI"
+    python3 -m pip install --quiet virtme-ng \
+        || python3 -m pip install --quiet --break-system-packages virtme-ng \
+        || die "pip install virtme-ng failed"
+    hash -r
 fi
 
 echo "install-deps: done"

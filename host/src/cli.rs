@@ -733,7 +733,9 @@ fn pool_status(cfg: &Config, json: bool) -> Result<u8> {
                 d.dev_id,
                 d.state,
                 if d.active { "active" } else { "inactive" },
-                d.origin.map(|o| o.to_string()).unwrap_or_else(|| "-".into()),
+                d.origin
+                    .map(|o| o.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 d.owner
             );
         }
@@ -754,7 +756,9 @@ fn gc(cfg: &Config, json: bool) -> Result<u8> {
         store.forget_layer(l.id)?;
         layers += 1;
     }
-    let report = b.cleanup(&store.known()?).context("cleaning up the backend")?;
+    let report = b
+        .cleanup(&store.known()?)
+        .context("cleaning up the backend")?;
     let after = b.usage()?;
     let reclaimed = match (&before, &after) {
         (Some(a), Some(z)) => Some(a.data_used_bytes.saturating_sub(z.data_used_bytes)),

@@ -582,7 +582,10 @@ impl Store {
 
     /// For `gc`: forgets a layer whatever its state.
     pub fn forget_layer(&self, id: i64) -> Result<()> {
-        self.with(|c| c.execute("DELETE FROM layers WHERE id = ?1", [id]).map(|_| ()))
+        self.with(|c| {
+            c.execute("DELETE FROM layers WHERE id = ?1", [id])
+                .map(|_| ())
+        })
     }
 
     pub fn discard_layer(&self, id: i64) -> Result<()> {

@@ -101,3 +101,33 @@ fn second_run_refuses_to_start_while_one_holds_the_state_dir() {
     assert!(err.contains("already using state directory"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// Without a usable pool (this kernel has no device-mapper; elsewhere, no
+/// pool of that name), `--backend thinpool` is a clear usage error that
+/// touches nothing; the real pool is tested in a VM (tests/vm/thinpool.sh).
+#[test]
+fn thinpool_without_a_pool_is_a_clear_error() {
+    let env = Env::new();
+    let src = example_bucket();
+    let cfg = env.state().with_extension("toml");
+    std::fs::write(&cfg, "[thinpool]\npool = \"tarpool-e2e-absent\"\n").unwrap();
+    let out = env.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "--once",
+        "--backend",
+        "thinpool",
+        "--source",
+        src.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("thin-pool backend: "), "{err}");
+    assert!(
+        err.contains("/dev/mapper/control")
+            || err.contains("no device-mapper thin pool named `tarpool-e2e-absent`"),
+        "{err}"
+    );
+    assert!(env.status().is_empty(), "nothing was processed");
+}

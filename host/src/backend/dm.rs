@@ -104,7 +104,10 @@ impl LinuxDm {
         let path = self.node_dir.join(name);
         let dev = rustix::fs::makedev(major, minor);
         match rustix::fs::stat(&path) {
-            Ok(st) if st.st_rdev == dev && FileType::from_raw_mode(st.st_mode) == FileType::BlockDevice => {
+            Ok(st)
+                if st.st_rdev == dev
+                    && FileType::from_raw_mode(st.st_mode) == FileType::BlockDevice =>
+            {
                 return Ok(path)
             }
             Ok(_) => std::fs::remove_file(&path)?,
@@ -201,7 +204,10 @@ impl DmOps for LinuxDm {
             DmFlags::empty()
         };
         self.dm
-            .device_suspend(&DevId::Name(name(dev)?), DmOptions::default().set_flags(flags))
+            .device_suspend(
+                &DevId::Name(name(dev)?),
+                DmOptions::default().set_flags(flags),
+            )
             .map(|_| ())
             .map_err(|e| dm_err(&format!("suspending/resuming {dev}"), e))
     }
@@ -251,10 +257,7 @@ impl DmOps for LinuxDm {
     }
 
     fn loop_device(&self, file: &Path) -> io::Result<PathBuf> {
-        let out = Command::new("losetup")
-            .arg("-j")
-            .arg(file)
-            .output()?;
+        let out = Command::new("losetup").arg("-j").arg(file).output()?;
         if let Some(dev) = String::from_utf8_lossy(&out.stdout)
             .lines()
             .next()

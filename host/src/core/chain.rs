@@ -51,16 +51,30 @@ pub fn reachable<'a>(
 
 #[cfg(test)]
 mod tests {
-    fn check_reachable(edges: &[(&'static str, Option<&'static str>)], roots: &[&'static str], expected: &[&str]) {
-        let map: std::collections::HashMap<&str, Option<&'static str>> = edges.iter().copied().collect();
+    fn check_reachable(
+        edges: &[(&'static str, Option<&'static str>)],
+        roots: &[&'static str],
+        expected: &[&str],
+    ) {
+        let map: std::collections::HashMap<&str, Option<&'static str>> =
+            edges.iter().copied().collect();
         let got = super::reachable(roots.iter().copied(), |c| map.get(c).copied().flatten());
-        let want: std::collections::BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+        let want: std::collections::BTreeSet<String> =
+            expected.iter().map(|s| s.to_string()).collect();
         assert_eq!(got, want, "roots {roots:?}");
     }
 
     #[test]
     fn reachable_layers() {
-        let edges = [("a", None), ("b", Some("a")), ("c", Some("b")), ("x", Some("a")), ("lone", None), ("p", Some("q")), ("q", Some("p"))];
+        let edges = [
+            ("a", None),
+            ("b", Some("a")),
+            ("c", Some("b")),
+            ("x", Some("a")),
+            ("lone", None),
+            ("p", Some("q")),
+            ("q", Some("p")),
+        ];
         check_reachable(&edges, &["c"], &["a", "b", "c"]);
         check_reachable(&edges, &["c", "x"], &["a", "b", "c", "x"]);
         check_reachable(&edges, &[], &[]);

@@ -12,8 +12,8 @@
 //! of everything that should be active. Pool operations are serialized by a
 //! lock file, across processes.
 
-use rustix::fd::AsFd;
 use rusqlite::{params, Connection, OptionalExtension};
+use rustix::fd::AsFd;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File};
 use std::io;
@@ -110,7 +110,7 @@ pub fn parse_pool_status(line: &str, block_bytes: u64) -> Result<PoolUsage, Stri
         meta_used_bytes: meta_used * 4096,
         meta_total_bytes: meta_total * 4096,
         mode: w.get(4).copied().unwrap_or("?").to_string(),
-        needs_check: w.iter().any(|x| *x == "needs_check"),
+        needs_check: w.contains(&"needs_check"),
     })
 }
 
@@ -338,7 +338,10 @@ impl ThinPool {
             low_water_bytes: parse_size(&cfg.low_water)?,
             zero_blocks: cfg.zero_blocks,
         };
-        for (path, len) in [(&files.data_file, data_bytes), (&files.meta_file, meta_bytes)] {
+        for (path, len) in [
+            (&files.data_file, data_bytes),
+            (&files.meta_file, meta_bytes),
+        ] {
             // A fresh, zeroed metadata device is what makes the kernel format it.
             let f = fs::OpenOptions::new()
                 .create_new(true)
@@ -427,29 +430,32 @@ impl ThinPool {
     /// the device in the pool: a new thin device, or a snapshot of `origin`.
     fn new_device(&self, owner: &str, origin: Option<u32>) -> io::Result<u32> {
         let _g = self.guard()?;
-        let dev_id = self.with_db(|c| {
-            let tx = c.unchecked_transaction()?;
-            let next: Option<u32> = tx
-                .query_row(
-                    "SELECT next_dev_id FROM thin_ids WHERE pool = ?1",
-                    [&self.cfg.pool],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let id = next.unwrap_or(self.cfg.first_dev_id).max(self.cfg.first_dev_id);
-            tx.execute(
-                "INSERT INTO thin_ids (pool, next_dev_id) VALUES (?1, ?2)
+        let dev_id =
+            self.with_db(|c| {
+                let tx = c.unchecked_transaction()?;
+                let next: Option<u32> = tx
+                    .query_row(
+                        "SELECT next_dev_id FROM thin_ids WHERE pool = ?1",
+                        [&self.cfg.pool],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                let id = next
+                    .unwrap_or(self.cfg.first_dev_id)
+                    .max(self.cfg.first_dev_id);
+                tx.execute(
+                    "INSERT INTO thin_ids (pool, next_dev_id) VALUES (?1, ?2)
                  ON CONFLICT (pool) DO UPDATE SET next_dev_id = excluded.next_dev_id",
-                params![self.cfg.pool, id + 1],
-            )?;
-            tx.execute(
+                    params![self.cfg.pool, id + 1],
+                )?;
+                tx.execute(
                 "INSERT INTO thin_devices (pool, dev_id, owner, origin, sectors, state, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'creating', ?6)",
                 params![self.cfg.pool, id, owner, origin, self.volume_sectors as i64, now()],
             )?;
-            tx.commit()?;
-            Ok(id)
-        })?;
+                tx.commit()?;
+                Ok(id)
+            })?;
         if dev_id > MAX_DEV_ID {
             return Err(io::Error::other("the pool's thin ids are used up"));
         }
@@ -545,7 +551,10 @@ impl ThinPool {
     }
 
     fn ready_device(&self, owner: &str) -> Result<DeviceRow, StepFailure> {
-        match self.device(owner).map_err(io_fail("reading the thin-pool registry"))? {
+        match self
+            .device(owner)
+            .map_err(io_fail("reading the thin-pool registry"))?
+        {
             Some(d) if d.state == "ready" => Ok(d),
             _ => Err(StepFailure::Retry(format!(
                 "{owner} has no sealed thin device in pool {}",
@@ -798,7 +807,10 @@ impl Snapshotter for ThinPool {
         let prefix = format!("{}-thin-", self.cfg.pool);
         let rows = self.devices()?;
         for name in self.dm.list()? {
-            if let Some(id) = name.strip_prefix(&prefix).and_then(|s| s.parse::<u32>().ok()) {
+            if let Some(id) = name
+                .strip_prefix(&prefix)
+                .and_then(|s| s.parse::<u32>().ok())
+            {
                 if !rows.iter().any(|d| d.dev_id == id && d.active) {
                     self.dm.remove(&name)?;
                     report.removed += 1;

@@ -70,11 +70,17 @@ fn base_layer_is_a_new_thin_device_with_a_filesystem_and_the_next_a_snapshot() {
     let node1 = r.dir.path().join("tp-thin-1");
     let want = [
         "message tp create_thin 1".to_string(),
-        format!("create tp-thin-1 2097152 thin {} 1", r.dir.path().join("tp").display()),
+        format!(
+            "create tp-thin-1 2097152 thin {} 1",
+            r.dir.path().join("tp").display()
+        ),
         format!("mkfs {}", node1.display()),
         "remove tp-thin-1".into(),
         "message tp create_snap 2 1".into(),
-        format!("create tp-thin-2 2097152 thin {} 2", r.dir.path().join("tp").display()),
+        format!(
+            "create tp-thin-2 2097152 thin {} 2",
+            r.dir.path().join("tp").display()
+        ),
         "remove tp-thin-2".into(),
     ];
     assert_eq!(calls, want);
@@ -103,17 +109,25 @@ fn a_failed_layer_is_discarded_whole_and_its_id_is_never_reused() {
     assert_eq!(thins(&r.dm), [(1, None)]);
     assert_eq!(active(&r.dm), ["tp"]);
     r.pool.apply_layer(3, &[1], &mut ok_apply()).unwrap();
-    assert_eq!(thins(&r.dm), [(1, None), (3, Some(1))], "id 2 is not reused");
+    assert_eq!(
+        thins(&r.dm),
+        [(1, None), (3, Some(1))],
+        "id 2 is not reused"
+    );
 }
 
 #[test]
 fn a_full_pool_fails_the_layer_with_a_clear_reason() {
     let r = rig();
     r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
-    r.dm.state.lock().unwrap().status =
-        Some("1 10/1000 10000/10000 - out_of_data_space discard_passdown error_if_no_space - 1024".into());
+    r.dm.state.lock().unwrap().status = Some(
+        "1 10/1000 10000/10000 - out_of_data_space discard_passdown error_if_no_space - 1024"
+            .into(),
+    );
     let mut enospc = |_root: rustix::fd::BorrowedFd<'_>| -> Result<ApplyStats, StepFailure> {
-        Err(StepFailure::Retry("writing usr/bin/x: No space left on device".into()))
+        Err(StepFailure::Retry(
+            "writing usr/bin/x: No space left on device".into(),
+        ))
     };
     let e = r.pool.apply_layer(2, &[1], &mut enospc).unwrap_err();
     let StepFailure::Exhausted(m) = e else {
@@ -163,7 +177,10 @@ fn cleanup_finishes_what_a_crash_left_and_reactivates_what_should_be_active() {
     assert_eq!(rep.removed, 2, "{rep:?}");
     assert_eq!(rep.reactivated, 2);
     assert_eq!(rep.interrupted_ops, 1);
-    assert_eq!(thins(&r.dm), [(1, None), (2, Some(1)), (3, Some(2)), (4, Some(2))]);
+    assert_eq!(
+        thins(&r.dm),
+        [(1, None), (2, Some(1)), (3, Some(2)), (4, Some(2))]
+    );
     assert_eq!(active(&r.dm), ["tp", "tp-thin-3", "tp-thin-4"]);
     let owners: Vec<String> = rows(&p).into_iter().map(|r| r.1).collect();
     assert_eq!(owners, ["layer:1", "layer:2", "image:img", "act:a1"]);
@@ -171,7 +188,12 @@ fn cleanup_finishes_what_a_crash_left_and_reactivates_what_should_be_active() {
     p.apply_layer(9, &[2, 1], &mut ok_apply()).unwrap();
     assert_eq!(rows(&p).last().unwrap().0, 7);
     // gc's view: nothing references the image or the activation any more.
-    let rep = p.cleanup(&Known { layers: vec![1], ..Known::default() }).unwrap();
+    let rep = p
+        .cleanup(&Known {
+            layers: vec![1],
+            ..Known::default()
+        })
+        .unwrap();
     assert_eq!(rep.removed, 4);
     assert_eq!(thins(&r.dm), [(1, None)]);
     assert_eq!(active(&r.dm), ["tp"]);
@@ -208,11 +230,17 @@ fn activation_is_a_writable_snapshot_and_deactivation_removes_it() {
     let mp = r.dir.path().join("mp");
     let info = r.pool.activate("a1", &[1], Some(&mp)).unwrap();
     assert_eq!(info.mountpoint.as_deref(), Some(mp.to_str().unwrap()));
-    assert!(r.pool.activate("a1", &[1], None).is_err(), "names are unique");
+    assert!(
+        r.pool.activate("a1", &[1], None).is_err(),
+        "names are unique"
+    );
     r.pool.deactivate("a1", None).unwrap();
     let calls = r.dm.take_calls();
     assert_eq!(calls[0], "message tp create_snap 2 1");
-    assert!(calls.contains(&"message tp delete 2".to_string()), "{calls:?}");
+    assert!(
+        calls.contains(&"message tp delete 2".to_string()),
+        "{calls:?}"
+    );
     assert_eq!(thins(&r.dm), [(1, None)]);
 }
 
@@ -228,7 +256,11 @@ fn a_missing_pool_is_a_clear_error() {
     )
     .err()
     .unwrap();
-    assert!(e.to_string().starts_with("no device-mapper thin pool named `tarpool`"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("no device-mapper thin pool named `tarpool`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -244,10 +276,25 @@ fn pool_init_writes_sparse_files_and_a_thin_pool_table() {
         calls.last().unwrap(),
         "create tarpool 1310720 thin-pool /dev/loop-fake /dev/loop-fake 128 4096 2 error_if_no_space skip_block_zeroing"
     );
-    assert!(ThinPool::init(dir.path(), &cfg, &dm, Some("640M"), None, None).is_err(), "exists");
-    for (d, m, b) in [("512K", "16M", "64K"), ("640M", "1M", "64K"), ("640M", "16M", "96K")] {
+    assert!(
+        ThinPool::init(dir.path(), &cfg, &dm, Some("640M"), None, None).is_err(),
+        "exists"
+    );
+    for (d, m, b) in [
+        ("512K", "16M", "64K"),
+        ("640M", "1M", "64K"),
+        ("640M", "16M", "96K"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
-        assert!(ThinPool::init(dir.path(), &cfg, &RecordingDm::default(), Some(d), Some(m), Some(b)).is_err());
+        assert!(ThinPool::init(
+            dir.path(),
+            &cfg,
+            &RecordingDm::default(),
+            Some(d),
+            Some(m),
+            Some(b)
+        )
+        .is_err());
     }
 }
 
@@ -271,7 +318,14 @@ fn sizes() {
 
 fn check_status(line: &str, expected: Result<(u64, u64, &str, bool), ()>) {
     let got = parse_pool_status(line, 65536)
-        .map(|u| (u.data_used_bytes, u.meta_used_bytes, u.mode.clone(), u.out_of_space()))
+        .map(|u| {
+            (
+                u.data_used_bytes,
+                u.meta_used_bytes,
+                u.mode.clone(),
+                u.out_of_space(),
+            )
+        })
         .map_err(|_| ());
     let expected = expected.map(|(d, m, mode, full)| (d, m, mode.to_string(), full));
     assert_eq!(got, expected, "{line}");

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Runs inside the VM (tests/vm/thinpool.sh boots it): tarpool's thin-pool
+# backend against the real kernel's dm-thin.
+#   inside.sh TARPOOL BUCKETS
+set -euo pipefail
+T=$1
+B=$2
+HERE=$(cd "$(dirname "$0")" && pwd)
+CHECK="python3 $HERE/check.py"
+W=/run/tpvm
+fail() { echo "vm: FAIL: $*" >&2; exit 1; }
+step() { echo; echo "== $*"; }
+
+modprobe dm-thin-pool
+modprobe loop
+modprobe ext4 2>/dev/null || true
+mkdir -p $W
+mount -t tmpfs -o size=3800M tmpfs $W
+uname -r
+
+# Writes a config for pool $1 and prints its path.
+config() {
+    cat > "$W/$1.toml" <<CFG
+backend = "thinpool"
+# Debian 12's kernel has Landlock ABI 2: the worker's ruleset is only
+# partially enforced there, which the worker refuses without this opt-out.
+unconfined_worker = true
+max_attempts = 2
+retry_base_ms = 10
+retry_cap_ms = 50
+[thinpool]
+pool = "$1"
+volume_size = "4G"
+CFG
+    echo "$W/$1.toml"
+}
+
+tp() { local s=$1 c=$2; shift 2; "$T" --state-dir "$s" --config "$c" "$@"; }
+
+# ---- 1. the exercise's bucket in miniature ----
+step "families: 3 x 5 layers, layers 1-3 shared, in a 640 MB pool"
+S=$W/fam; C=$(config tpfam)
+tp $S $C pool init --data-size 640M --meta-size 64M
+start=$(date +%s.%N)
+tp $S $C run --once --jobs 2 --source "dir:$B/families" > $W/fam.out 2>&1 || { cat $W/fam.out; fail "run --once over the families"; }
+end=$(date +%s.%N)
+tp $S $C status
+unique=$($CHECK field _sizes unique < "$B/expect.json")
+used=$(tp $S $C pool status --json | $CHECK field usage data_used_bytes)
+python3 -c "
+u, used, t = $unique, $used, $end - $start
+print(f'families: ready in {t:.1f} s; pool data used {used/1e6:.1f} MB for {u/1e6:.1f} MB of unique layer tars: {used/u:.2f} x (limit 1.6 x)')
+assert used <= 1.6 * u, 'pool usage over 1.6 x the unique layer bytes'
+"
+n_layers=$(python3 -c "import sqlite3; print(sqlite3.connect('$S/state.db').execute(\"SELECT count(*) FROM thin_devices WHERE owner LIKE 'layer:%'\").fetchone()[0])")
+[ "$n_layers" = 9 ] || fail "expected 9 layer devices (3 shared + 2 x 3 own), got $n_layers"
+for f in a b c; do
+    mkdir -p $W/m-$f
+    tp $S $C activate fam$f --as act-$f --mount $W/m-$f > $W/act-$f.json
+    $CHECK tree "$B/expect.json" fam$f $W/m-$f
+    echo scribble > $W/m-$f/etc/written-by-$f
+done
+[ ! -e $W/m-a/etc/written-by-b ] || fail "activations share writes"
+large_ms=$($CHECK field elapsed_ms < $W/act-a.json)
+$CHECK consistent $S tpfam
+for f in a b c; do tp $S $C deactivate act-$f > /dev/null; done
+$CHECK consistent $S tpfam
+
+# ---- 2. SIGKILL at every pool operation ----
+step "SIGKILL at every pool operation, restart, reconcile"
+cases=(
+    "pool-before:create_thin" "pool-after:create_thin"
+    "pool-before:activate" "pool-after:activate"
+    "pool-before:mkfs" "pool-after:mkfs"
+    "mid-layer"
+    "pool-before:deactivate" "pool-after:deactivate"
+    "pool-before:create_snap" "pool-after:create_snap"
+    "pool-after:create_snap#2" "pool-after:activate#3"
+    "after-layer#2"
+    "pool-after:create_snap pool-before:delete"
+    "pool-after:mkfs pool-after:delete"
+)
+i=0
+for c in "${cases[@]}"; do
+    i=$((i + 1))
+    S=$W/crash$i; P=tpc$i; C=$(config $P)
+    mkdir -p $S && cp -r $W/fam/cache $S/cache
+    tp $S $C pool init --data-size 96M --meta-size 8M > /dev/null
+    for fp in $c; do
+        set +e
+        TARPOOL_FAILPOINTS=$fp tp $S $C run --once --source "dir:$B/small" > $S/out 2>&1
+        rc=$?
+        set -e
+        [ $rc = 137 ] || { cat $S/out; fail "$fp: expected SIGKILL (137), got $rc"; }
+    done
+    tp $S $C run --once --source "dir:$B/small" > $S/out 2>&1 || { cat $S/out; fail "$c: the run after the crash failed"; }
+    mkdir -p $S/m
+    tp $S $C activate small --as a --mount $S/m > /dev/null
+    $CHECK tree "$B/expect.json" small $S/m > /dev/null
+    tp $S $C deactivate a > /dev/null
+    echo -n "killed at [$c]: "
+    $CHECK consistent $S $P
+done
+
+# ---- 3. exhaustion and recovery; activation times ----
+step "pool exhaustion and recovery"
+S=$W/ex; C=$(config tpex)
+mkdir -p $S && cp -r $W/fam/cache $S/cache
+tp $S $C pool init --data-size 160M --meta-size 8M > /dev/null
+tp $S $C run --once --source "dir:$B/small" > /dev/null 2>&1 || fail "small image"
+set +e
+tp $S $C run --once --source "dir:$B/big" > $S/big.out 2>&1
+rc=$?
+set -e
+[ $rc = 1 ] || { cat $S/big.out; fail "the image bigger than the pool: exit $rc, expected 1"; }
+reason=$(tp $S $C status --json | python3 -c "import json,sys; print([i for i in json.load(sys.stdin)['images'] if i['name']=='big'][0]['error'])")
+echo "big failed: $reason"
+case "$reason" in *"thin pool \`tpex\` is out of space"*) ;; *) fail "unclear reason: $reason";; esac
+[ "$(echo "$reason" | wc -l)" = 1 ] || fail "the reason is not one line"
+mkdir -p $S/m
+tp $S $C activate small --as s --mount $S/m > $S/act-small.json
+$CHECK tree "$B/expect.json" small $S/m
+small_ms=$($CHECK field elapsed_ms < $S/act-small.json)
+tp $S $C deactivate s > /dev/null
+tp $S $C gc
+tp $S $C run --once --source "dir:$B/medium" > $S/med.out 2>&1 || { cat $S/med.out; fail "the pool is not usable after the failure and gc"; }
+tp $S $C activate medium --as md --mount $S/m > /dev/null
+$CHECK tree "$B/expect.json" medium $S/m
+tp $S $C deactivate md > /dev/null
+tp $S $C pool status
+$CHECK consistent $S tpex
+
+step "activation time"
+echo "activation (writable snapshot + mount): small image ${small_ms} ms, large image (5 layers, ~220 MB) ${large_ms} ms"
+echo
+echo "vm: PASS"

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The thin-pool backend on a real kernel's dm-thin: this machine's kernel has
+# no device-mapper, so this boots Debian's kernel (linux-image-amd64) under
+# QEMU with virtme-ng (software emulation: nested KVM hangs here), with the
+# host's files visible, and runs tests/vm/inside.sh there. One boot.
+#   tests/vm/thinpool.sh [TARPOOL_BINARY]    (default target/debug/tarpool)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+T=$(realpath "${1:-target/debug/tarpool}")
+KERNEL=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -1)
+[ -n "$KERNEL" ] || { echo "thinpool.sh: no Debian kernel in /boot (apt-get install linux-image-amd64)" >&2; exit 2; }
+command -v vng >/dev/null || { echo "thinpool.sh: vng not found (pip install virtme-ng)" >&2; exit 2; }
+B=$(realpath target)/vm-buckets
+rm -rf "$B"
+python3 tests/vm/make-bucket.py "$B"
+start=$(date +%s)
+set +e
+timeout 2400 vng -r "$KERNEL" --disable-kvm --cpus 2 --memory 5G \
+    --exec "$(pwd)/tests/vm/inside.sh $T $B" 2>&1 | tee target/vm-thinpool.log
+rc=${PIPESTATUS[0]}
+set -e
+echo "thinpool.sh: VM run took $(( $(date +%s) - start )) s, exit $rc"
+rm -rf "$B"
+grep -q '^vm: PASS' target/vm-thinpool.log || rc=${rc/#0/1}
+exit "$rc"
