@@ -63,7 +63,7 @@ def field(*path):
     v = json.load(sys.stdin)
     for p in path:
         v = v[int(p)] if isinstance(v, list) else v[p]
-    print(v)
+    print(f"{v:.0f}" if isinstance(v, float) else v)
 
 
 if __name__ == "__main__":
