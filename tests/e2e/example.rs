@@ -131,3 +131,75 @@ fn thinpool_without_a_pool_is_a_clear_error() {
     );
     assert!(env.status().is_empty(), "nothing was processed");
 }
+
+/// `gc` removes the layers nothing stands on any more (here: the sibling's
+/// own top layer, once the sibling's source changes to adhoc's layers) and
+/// keeps every layer a ready image or an activation needs.
+#[test]
+fn gc_removes_only_unreferenced_layers() {
+    let env = Env::new();
+    let bucket = bucket_with(&env, &["adhoc", "adhoc-sibling"]);
+    let src = bucket.to_str().unwrap();
+    let run = |env: &Env| {
+        let out = env.run(&["run", "--once", "--source", src]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&env);
+    let layer_dirs = || {
+        std::fs::read_dir(env.state().join("overlay/layers"))
+            .unwrap()
+            .count()
+    };
+    let before = layer_dirs();
+    let gc = env.json(&["gc", "--json"]);
+    assert_eq!(gc["layers_removed"], 0, "{gc}");
+    assert_eq!(layer_dirs(), before);
+
+    // An activation keeps its layers even when its image moves on.
+    let mnt = env.dir.path().join("mnt-keep");
+    env.json(&[
+        "activate",
+        "adhoc-sibling",
+        "--as",
+        "keep",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    let sib = bucket.join("images/adhoc-sibling/3.tar");
+    std::fs::copy(bucket.join("images/adhoc/3.tar"), &sib).unwrap();
+    run(&env);
+    let st = env.json(&["status", "--json"]);
+    let top = |name: &str| {
+        st["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == name)
+            .unwrap()["top_chain"]
+            .clone()
+    };
+    assert_eq!(
+        top("adhoc"),
+        top("adhoc-sibling"),
+        "the sibling now is adhoc"
+    );
+    let gc = env.json(&["gc", "--json"]);
+    assert_eq!(
+        gc["layers_removed"], 0,
+        "the activation still stands on the old top: {gc}"
+    );
+    let out = env.run(&["deactivate", "keep"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let gc = env.json(&["gc", "--json"]);
+    assert_eq!(gc["layers_removed"], 1, "{gc}");
+    assert_eq!(layer_dirs(), before - 1);
+    check_activation(&env, "adhoc");
+}
