@@ -631,17 +631,23 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
         None => None,
     };
     let b = backend(cfg)?;
-    let started = std::time::Instant::now();
-    let info = b
-        .activate(&act, &ids, mountpoint.as_deref())
-        .with_context(|| format!("activating {name}"))?;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Recorded first: a cleanup running meanwhile (gc, a run starting) keeps
+    // what the store knows.
     store.add_activation(&ActivationRow {
         id: act.clone(),
         image: name.to_string(),
         top_chain: img.top_chain.clone().unwrap_or_default(),
         mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
     })?;
+    let started = std::time::Instant::now();
+    let info = match b.activate(&act, &ids, mountpoint.as_deref()) {
+        Ok(i) => i,
+        Err(e) => {
+            store.remove_activation(&act)?;
+            return Err(anyhow::Error::new(e).context(format!("activating {name}")));
+        }
+    };
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     println!(
         "{}",
         json!({
@@ -774,6 +780,9 @@ fn gc(cfg: &Config, json: bool) -> Result<u8> {
             "gc: removed {layers} unreferenced layer(s) and {} other device(s) or directories",
             report.removed
         );
+        for e in &report.errors {
+            println!("gc: could not remove (retried next time): {e}");
+        }
         if let (Some(a), Some(z), Some(r)) = (before, after, reclaimed) {
             println!(
                 "gc: reclaimed {:.1} MiB of pool data ({} -> {})",

@@ -117,9 +117,13 @@ impl Ctx {
             }
         }
         let known = self.store.known()?;
-        self.backend
+        let report = self
+            .backend
             .cleanup(&known)
             .context("cleaning up the backend")?;
+        for e in &report.errors {
+            eprintln!("tarpool: warning: cleanup left something for next time: {e}");
+        }
         let tmp = self.state_dir.join("tmp");
         if let Ok(rd) = std::fs::read_dir(&tmp) {
             for e in rd.flatten() {

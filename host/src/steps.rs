@@ -790,17 +790,17 @@ pub(crate) fn apply_stream(
     };
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let decoded = decoded(l, raw, policy)?;
-    // Two stages on two cores: a helper thread decompresses and hashes the
-    // compressed bytes (digest); this thread hashes the decompressed ones
-    // (diff ID), runs the tar check and writes.
+    // Two stages on two cores: a helper thread decompresses and hashes both
+    // the compressed bytes (digest) and the decompressed ones (diff ID); this
+    // thread runs the tar check and writes, the heavier half.
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let diff = Tap {
+        inner: decoded,
+        state: diff_state.clone(),
+    };
     let applied = std::thread::scope(|s| {
-        s.spawn(move || decompress_into(decoded, tx));
-        let diff = Tap {
-            inner: ChannelReader::new(rx),
-            state: diff_state.clone(),
-        };
-        crate::extract::apply_layer(root, diff, check)
+        s.spawn(move || decompress_into(diff, tx));
+        crate::extract::apply_layer(root, ChannelReader::new(rx), check)
     });
     let stats = applied.map_err(|e| {
         // A read error the blob file did not raise comes from the decoder:

@@ -136,14 +136,39 @@ pub fn spawn_with(
         // dup() leaves the new fd inheritable (no O_CLOEXEC).
         let inheritable = rustix::io::dup(root).map_err(|e| fail("passing the layer root", &e))?;
         req.root_fd = inheritable.as_raw_fd();
-        Command::new(exe)
-            .arg("__apply-layer")
+        let parent = rustix::process::getpid();
+        let mut cmd = Command::new(exe);
+        cmd.arg("__apply-layer")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env_clear()
-            .spawn()
-            .map_err(|e| fail("starting", &e))?
+            .env_clear();
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes only async-signal-safe system calls (prctl, getppid), no
+        // allocation. It makes the worker die with the thread that spawned
+        // it (that thread waits for the worker, so only a kill of the service
+        // ends it early): a SIGKILLed service leaves no worker holding the
+        // layer's mount or device busy.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent.as_raw_nonzero().get() {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn().map_err(|e| fail("starting", &e))?
         // `inheritable` is closed here, in this process.
     };
     let body = serde_json::to_vec(req).map_err(|e| fail("encoding the request", &e))?;

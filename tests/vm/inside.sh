@@ -153,6 +153,20 @@ tp $S $C run --once --source "dir:$B/medium" > $S/med.out 2>&1 || { cat $S/med.o
 tp $S $C activate medium --as md --mount $S/m > /dev/null
 $CHECK tree "$B/expect.json" medium $S/m
 tp $S $C deactivate md > /dev/null
+# The medium image's source changes: its old layer and snapshot are garbage.
+mkdir -p $W/medium-src/images/medium
+cp "$B/small/images/small/1.tar" $W/medium-src/images/medium/1.tar
+tp $S $C run --once --source "dir:$W/medium-src" > $S/med2.out 2>&1 || { cat $S/med2.out; fail "the changed medium image"; }
+tp $S $C gc --json > $S/gc.json
+cat $S/gc.json
+reclaimed=$($CHECK field reclaimed_data_bytes < $S/gc.json)
+removed=$($CHECK field layers_removed < $S/gc.json)
+echo "gc after the medium image changed: removed $removed layer(s), reclaimed $((reclaimed / 1048576)) MiB"
+[ "$removed" = 1 ] || fail "gc should remove the medium image's old layer"
+(( reclaimed > 30 * 1048576 )) || fail "gc reclaimed only $reclaimed bytes"
+tp $S $C activate small --as s9 --mount $S/m > /dev/null
+$CHECK tree "$B/expect.json" small $S/m
+tp $S $C deactivate s9 > /dev/null
 tp $S $C pool status
 $CHECK consistent $S tpex
 

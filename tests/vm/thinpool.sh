@@ -6,7 +6,11 @@
 #   tests/vm/thinpool.sh [TARPOOL_BINARY]    (default target/debug/tarpool)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-T=$(realpath "${1:-target/debug/tarpool}")
+# A private copy: a rebuild during the (long) VM run must not swap the
+# binary under the running processes.
+mkdir -p target/vm
+cp "${1:-target/debug/tarpool}" target/vm/tarpool
+T=$(realpath target/vm/tarpool)
 KERNEL=$(ls /boot/vmlinuz-*-amd64 2>/dev/null | sort -V | tail -1)
 [ -n "$KERNEL" ] || { echo "thinpool.sh: no Debian kernel in /boot (apt-get install linux-image-amd64)" >&2; exit 2; }
 command -v vng >/dev/null || { echo "thinpool.sh: vng not found (pip install virtme-ng)" >&2; exit 2; }

@@ -18,8 +18,15 @@ pub trait DmOps: Send + Sync {
     /// Creates and resumes device `name` with one target over `sectors`,
     /// and returns a block-device node for it.
     fn create(&self, name: &str, sectors: u64, target: &str, params: &str) -> io::Result<PathBuf>;
-    /// The node of an existing device, or None.
+    /// The node of an existing, active device, or None.
     fn node(&self, name: &str) -> io::Result<Option<PathBuf>>;
+    /// Whether a device of that name exists at all (even with no live
+    /// table, as a crash between creating and resuming it leaves it).
+    fn exists(&self, name: &str) -> io::Result<bool>;
+    /// `major:minor` of an active device, for use in another's table.
+    fn devno(&self, name: &str) -> io::Result<Option<String>>;
+    /// The device's table line (its first target's parameters).
+    fn table(&self, name: &str) -> io::Result<String>;
     /// Removes device `name`, retrying while it is busy. Absent is Ok.
     fn remove(&self, name: &str) -> io::Result<()>;
     fn suspend(&self, name: &str, suspend: bool) -> io::Result<()>;
@@ -101,8 +108,16 @@ impl LinuxDm {
 
     fn make_node(&self, name: &str, major: u32, minor: u32) -> io::Result<PathBuf> {
         use rustix::fs::{FileType, Mode};
-        let path = self.node_dir.join(name);
         let dev = rustix::fs::makedev(major, minor);
+        // devtmpfs's node, when it is there and is this device: it works
+        // even where the state directory is mounted nodev.
+        let kernel = PathBuf::from(format!("/dev/dm-{minor}"));
+        if rustix::fs::stat(&kernel).is_ok_and(|st| {
+            st.st_rdev == dev && FileType::from_raw_mode(st.st_mode) == FileType::BlockDevice
+        }) {
+            return Ok(kernel);
+        }
+        let path = self.node_dir.join(name);
         match rustix::fs::stat(&path) {
             Ok(st)
                 if st.st_rdev == dev
@@ -124,6 +139,23 @@ impl LinuxDm {
     }
 }
 
+impl LinuxDm {
+    /// The device's info, None when there is no such device (ENXIO).
+    fn info(&self, dev: &str) -> io::Result<Option<devicemapper::DeviceInfo>> {
+        match self.dm.device_info(&DevId::Name(name(dev)?)) {
+            Ok(i) => Ok(Some(i)),
+            Err(e) => {
+                let e = dm_err(&format!("device {dev}"), e);
+                if errno(&e) == Some(libc::ENXIO) {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
 impl DmOps for LinuxDm {
     fn message(&self, pool: &str, msg: &str) -> io::Result<()> {
         self.dm
@@ -135,7 +167,7 @@ impl DmOps for LinuxDm {
     fn create(&self, dev: &str, sectors: u64, target: &str, params: &str) -> io::Result<PathBuf> {
         let n = name(dev)?;
         let id = DevId::Name(n);
-        if self.dm.device_info(&id).is_err() {
+        if !self.exists(dev)? {
             self.dm
                 .device_create(n, None, DmOptions::default())
                 .map_err(|e| dm_err(&format!("creating device {dev}"), e))?;
@@ -159,19 +191,45 @@ impl DmOps for LinuxDm {
     }
 
     fn node(&self, dev: &str) -> io::Result<Option<PathBuf>> {
-        match self.dm.device_info(&DevId::Name(name(dev)?)) {
-            Ok(info) if info.flags().contains(DmFlags::DM_ACTIVE_PRESENT) => {
+        match self.info(dev)? {
+            Some(info) if info.flags().contains(DmFlags::DM_ACTIVE_PRESENT) => {
                 let d = info.device();
                 self.make_node(dev, d.major, d.minor).map(Some)
             }
-            // ENXIO: no such device; an inactive table only is not a node.
-            Ok(_) | Err(_) => Ok(None),
+            // An inactive table only is not a usable node.
+            _ => Ok(None),
         }
+    }
+
+    fn exists(&self, dev: &str) -> io::Result<bool> {
+        self.info(dev).map(|i| i.is_some())
+    }
+
+    fn devno(&self, dev: &str) -> io::Result<Option<String>> {
+        Ok(self
+            .info(dev)?
+            .filter(|i| i.flags().contains(DmFlags::DM_ACTIVE_PRESENT))
+            .map(|i| format!("{}:{}", i.device().major, i.device().minor)))
+    }
+
+    fn table(&self, dev: &str) -> io::Result<String> {
+        let (_, targets) = self
+            .dm
+            .table_status(
+                &DevId::Name(name(dev)?),
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
+            .map_err(|e| dm_err(&format!("table of {dev}"), e))?;
+        targets
+            .into_iter()
+            .next()
+            .map(|t| t.3)
+            .ok_or_else(|| io::Error::other(format!("{dev} has no table")))
     }
 
     fn remove(&self, dev: &str) -> io::Result<()> {
         let id = DevId::Name(name(dev)?);
-        if self.dm.device_info(&id).is_err() {
+        if !self.exists(dev)? {
             let _ = std::fs::remove_file(self.node_dir.join(dev));
             return Ok(());
         }
@@ -302,6 +360,8 @@ pub struct FakePool {
     pub dir: Option<PathBuf>,
     /// A status line to report instead of the computed one.
     pub status: Option<String>,
+    /// Devices whose removal fails with EBUSY (mounted elsewhere).
+    pub busy: std::collections::BTreeSet<String>,
 }
 
 impl RecordingDm {
@@ -392,9 +452,31 @@ impl DmOps for RecordingDm {
         Ok(s.devices.contains_key(name).then(|| dir.join(name)))
     }
 
+    fn exists(&self, name: &str) -> io::Result<bool> {
+        Ok(self.state.lock().unwrap().devices.contains_key(name))
+    }
+
+    fn devno(&self, name: &str) -> io::Result<Option<String>> {
+        Ok(self
+            .state
+            .lock()
+            .unwrap()
+            .devices
+            .contains_key(name)
+            .then(|| format!("dev:{name}")))
+    }
+
+    fn table(&self, _name: &str) -> io::Result<String> {
+        Ok("7:1 7:0 256 4096 1 skip_block_zeroing".into())
+    }
+
     fn remove(&self, name: &str) -> io::Result<()> {
         self.log(format!("remove {name}"));
-        self.state.lock().unwrap().devices.remove(name);
+        let mut s = self.state.lock().unwrap();
+        if s.busy.contains(name) {
+            return Err(os(libc::EBUSY));
+        }
+        s.devices.remove(name);
         Ok(())
     }
 

@@ -77,6 +77,9 @@ pub struct Cleanup {
     pub interrupted_ops: usize,
     /// Devices that should be active and were set up again (thin pool).
     pub reactivated: usize,
+    /// What could not be cleaned up (a device still in use), one line each;
+    /// retried at the next cleanup.
+    pub errors: Vec<String>,
 }
 
 pub trait Snapshotter: Send + Sync {

@@ -165,6 +165,7 @@ pub struct DeviceRow {
     pub dev_id: u32,
     pub owner: String,
     pub origin: Option<u32>,
+    pub sectors: u64,
     pub state: String,
     pub active: bool,
 }
@@ -186,18 +187,48 @@ pub struct ThinPool {
     db: Mutex<Connection>,
     dm: Arc<dyn DmOps>,
     mounts: Arc<dyn MountOps>,
-    lock: Mutex<File>,
+    lock: PoolLock,
     failpoints: Failpoints,
     volume_sectors: u64,
     block_bytes: u64,
 }
 
-/// Holds the pool lock (in-process mutex plus an flock across processes).
-struct PoolGuard<'a>(#[allow(dead_code)] std::sync::MutexGuard<'a, File>);
+/// The pool lock: re-entrant within a thread, exclusive across threads
+/// (a mutex and condvar) and across processes (an flock on `pool.lock`).
+struct PoolLock {
+    file: File,
+    holder: Mutex<(Option<std::thread::ThreadId>, usize)>,
+    free: std::sync::Condvar,
+}
+
+struct PoolGuard<'a>(&'a PoolLock);
+
+impl PoolLock {
+    fn lock(&self) -> io::Result<PoolGuard<'_>> {
+        let me = std::thread::current().id();
+        let mut h = self.holder.lock().unwrap_or_else(|p| p.into_inner());
+        if h.0 == Some(me) {
+            h.1 += 1;
+            return Ok(PoolGuard(self));
+        }
+        while h.0.is_some() {
+            h = self.free.wait(h).unwrap_or_else(|p| p.into_inner());
+        }
+        rustix::fs::flock(&self.file, rustix::fs::FlockOperation::LockExclusive)?;
+        *h = (Some(me), 1);
+        Ok(PoolGuard(self))
+    }
+}
 
 impl Drop for PoolGuard<'_> {
     fn drop(&mut self) {
-        let _ = rustix::fs::flock(&*self.0, rustix::fs::FlockOperation::Unlock);
+        let mut h = self.0.holder.lock().unwrap_or_else(|p| p.into_inner());
+        h.1 -= 1;
+        if h.1 == 0 {
+            let _ = rustix::fs::flock(&self.0.file, rustix::fs::FlockOperation::Unlock);
+            h.0 = None;
+            self.0.free.notify_one();
+        }
     }
 }
 
@@ -237,18 +268,31 @@ impl ThinPool {
             Some(f) if f.name == cfg.pool => f.block_bytes,
             _ => parse_size(&cfg.block_size).map_err(io::Error::other)?,
         };
-        let pool = ThinPool {
+        let mut pool = ThinPool {
             cfg,
             dir,
             db: Mutex::new(conn),
             dm,
             mounts,
-            lock: Mutex::new(lock),
+            lock: PoolLock {
+                file: lock,
+                holder: Mutex::new((None, 0)),
+                free: std::sync::Condvar::new(),
+            },
             failpoints: Failpoints::from_env(),
             volume_sectors: volume / 512,
             block_bytes,
         };
         pool.ensure_pool(files)?;
+        // A pool made by someone else: its block size is in its table
+        // (`<meta> <data> <block sectors> <low water> ...`).
+        if let Some(sectors) = pool.dm.table(&pool.cfg.pool).ok().and_then(|t| {
+            t.split_whitespace()
+                .nth(2)
+                .and_then(|b| b.parse::<u64>().ok())
+        }) {
+            pool.block_bytes = sectors * 512;
+        }
         Ok(pool)
     }
 
@@ -264,12 +308,15 @@ impl ThinPool {
 
     fn ensure_pool(&self, files: Option<PoolFiles>) -> io::Result<()> {
         if self.dm.node(&self.cfg.pool)?.is_some() {
-            // Read the real block size off the table when it is not ours.
             return Ok(());
         }
         match files {
             Some(f) if f.name == self.cfg.pool => {
                 let _g = self.guard()?;
+                // Another process may have set it up while we waited.
+                if self.dm.node(&self.cfg.pool)?.is_some() {
+                    return Ok(());
+                }
                 Self::setup_pool(self.dm.as_ref(), &f).map(|_| ())
             }
             _ => Err(io::Error::other(format!(
@@ -357,9 +404,7 @@ impl ThinPool {
     }
 
     fn guard(&self) -> io::Result<PoolGuard<'_>> {
-        let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        rustix::fs::flock(&*g, rustix::fs::FlockOperation::LockExclusive)?;
-        Ok(PoolGuard(g))
+        self.lock.lock()
     }
 
     fn with_db<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> io::Result<T> {
@@ -374,15 +419,16 @@ impl ThinPool {
     pub fn devices(&self) -> io::Result<Vec<DeviceRow>> {
         self.with_db(|c| {
             let mut st = c.prepare(
-                "SELECT dev_id, owner, origin, state, active FROM thin_devices WHERE pool = ?1 ORDER BY dev_id",
+                "SELECT dev_id, owner, origin, sectors, state, active FROM thin_devices WHERE pool = ?1 ORDER BY dev_id",
             )?;
             let rows = st.query_map([&self.cfg.pool], |r| {
                 Ok(DeviceRow {
                     dev_id: r.get(0)?,
                     owner: r.get(1)?,
                     origin: r.get(2)?,
-                    state: r.get(3)?,
-                    active: r.get(4)?,
+                    sectors: r.get::<_, i64>(3)? as u64,
+                    state: r.get(4)?,
+                    active: r.get(5)?,
                 })
             })?;
             rows.collect()
@@ -427,13 +473,73 @@ impl ThinPool {
     }
 
     /// Allocates a thin id for `owner` (durably, never reused) and creates
-    /// the device in the pool: a new thin device, or a snapshot of `origin`.
+    /// the device in the pool: a new thin device, or a snapshot of `origin`
+    /// (with its origin's size). An id the pool already holds belongs to
+    /// someone else (a pool shared without `first_dev_id`): it is skipped,
+    /// never deleted.
     fn new_device(&self, owner: &str, origin: Option<u32>) -> io::Result<u32> {
         let _g = self.guard()?;
-        let dev_id =
-            self.with_db(|c| {
-                let tx = c.unchecked_transaction()?;
-                let next: Option<u32> = tx
+        let sectors = match origin {
+            None => self.volume_sectors,
+            Some(o) => self
+                .devices()?
+                .into_iter()
+                .find(|d| d.dev_id == o)
+                .map(|d| d.sectors)
+                .ok_or_else(|| io::Error::other(format!("origin thin {o} is not registered")))?,
+        };
+        for _ in 0..64 {
+            let dev_id = self.allocate(owner, origin, sectors)?;
+            let r = match origin {
+                None => self.journaled("create_thin", Some(dev_id), owner, || {
+                    self.dm
+                        .message(&self.cfg.pool, &format!("create_thin {dev_id}"))
+                }),
+                Some(o) => {
+                    // An active origin is suspended around the snapshot, so
+                    // the snapshot sees its data flushed.
+                    let origin_name = self.dev_name(o);
+                    let active = self.dm.node(&origin_name)?.is_some();
+                    if active {
+                        self.dm.suspend(&origin_name, true)?;
+                    }
+                    let r = self.journaled("create_snap", Some(dev_id), owner, || {
+                        self.dm
+                            .message(&self.cfg.pool, &format!("create_snap {dev_id} {o}"))
+                    });
+                    if active {
+                        self.dm.suspend(&origin_name, false)?;
+                    }
+                    r
+                }
+            };
+            match r {
+                Ok(()) => return Ok(dev_id),
+                Err(e) if errno(&e) == Some(libc::EEXIST) => {
+                    self.with_db(|c| {
+                        c.execute(
+                            "DELETE FROM thin_devices WHERE pool = ?1 AND dev_id = ?2",
+                            params![self.cfg.pool, dev_id],
+                        )
+                    })?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(io::Error::other(
+            "64 thin ids in a row are taken by another user of the pool; set [thinpool] first_dev_id",
+        ))
+    }
+
+    /// The next thin id, recorded with its `creating` row in one
+    /// transaction before the pool hears of it.
+    fn allocate(&self, owner: &str, origin: Option<u32>, sectors: u64) -> io::Result<u32> {
+        self.with_db(|c| {
+            // IMMEDIATE: take the write lock first, so a concurrent writer
+            // (the store's connection) makes this wait, not fail.
+            c.execute_batch("BEGIN IMMEDIATE")?;
+            let r = (|| {
+                let next: Option<u32> = c
                     .query_row(
                         "SELECT next_dev_id FROM thin_ids WHERE pool = ?1",
                         [&self.cfg.pool],
@@ -443,46 +549,33 @@ impl ThinPool {
                 let id = next
                     .unwrap_or(self.cfg.first_dev_id)
                     .max(self.cfg.first_dev_id);
-                tx.execute(
+                if id > MAX_DEV_ID {
+                    return Ok(None);
+                }
+                c.execute(
                     "INSERT INTO thin_ids (pool, next_dev_id) VALUES (?1, ?2)
-                 ON CONFLICT (pool) DO UPDATE SET next_dev_id = excluded.next_dev_id",
+                     ON CONFLICT (pool) DO UPDATE SET next_dev_id = excluded.next_dev_id",
                     params![self.cfg.pool, id + 1],
                 )?;
-                tx.execute(
-                "INSERT INTO thin_devices (pool, dev_id, owner, origin, sectors, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'creating', ?6)",
-                params![self.cfg.pool, id, owner, origin, self.volume_sectors as i64, now()],
-            )?;
-                tx.commit()?;
-                Ok(id)
-            })?;
-        if dev_id > MAX_DEV_ID {
-            return Err(io::Error::other("the pool's thin ids are used up"));
-        }
-        match origin {
-            None => self.journaled("create_thin", Some(dev_id), owner, || {
-                self.dm
-                    .message(&self.cfg.pool, &format!("create_thin {dev_id}"))
-            })?,
-            Some(o) => {
-                // An active origin is suspended around the snapshot, so the
-                // snapshot sees its data flushed.
-                let origin_name = self.dev_name(o);
-                let active = self.dm.node(&origin_name)?.is_some();
-                if active {
-                    self.dm.suspend(&origin_name, true)?;
+                c.execute(
+                    "INSERT INTO thin_devices (pool, dev_id, owner, origin, sectors, state, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'creating', ?6)",
+                    params![self.cfg.pool, id, owner, origin, sectors as i64, now()],
+                )?;
+                Ok(Some(id))
+            })();
+            match r {
+                Ok(v) => {
+                    c.execute_batch("COMMIT")?;
+                    Ok(v)
                 }
-                let r = self.journaled("create_snap", Some(dev_id), owner, || {
-                    self.dm
-                        .message(&self.cfg.pool, &format!("create_snap {dev_id} {o}"))
-                });
-                if active {
-                    self.dm.suspend(&origin_name, false)?;
+                Err(e) => {
+                    let _ = c.execute_batch("ROLLBACK");
+                    Err(e)
                 }
-                r?
             }
-        }
-        Ok(dev_id)
+        })?
+        .ok_or_else(|| io::Error::other("the pool's thin ids (24 bits) are used up"))
     }
 
     fn activate_node(&self, dev_id: u32) -> io::Result<PathBuf> {
@@ -490,19 +583,27 @@ impl ThinPool {
         if let Some(n) = self.dm.node(&name)? {
             return Ok(n);
         }
-        let pool_node = self
+        let sectors = self
+            .devices()?
+            .into_iter()
+            .find(|d| d.dev_id == dev_id)
+            .map(|d| d.sectors)
+            .ok_or_else(|| io::Error::other(format!("thin {dev_id} is not registered")))?;
+        let pool = self
             .dm
-            .node(&self.cfg.pool)?
+            .devno(&self.cfg.pool)?
             .ok_or_else(|| io::Error::other(format!("pool {} is not active", self.cfg.pool)))?;
-        let params = format!("{} {dev_id}", pool_node.display());
+        let params = format!("{pool} {dev_id}");
         self.journaled("activate", Some(dev_id), &name, || {
-            self.dm.create(&name, self.volume_sectors, "thin", &params)
+            self.dm.create(&name, sectors, "thin", &params)
         })
     }
 
     fn deactivate_node(&self, dev_id: u32) -> io::Result<()> {
         let name = self.dev_name(dev_id);
-        if self.dm.node(&name)?.is_none() {
+        // `exists`, not `node`: a device a crash left with no live table
+        // still holds its thin id.
+        if !self.dm.exists(&name)? {
             return Ok(());
         }
         self.journaled("deactivate", Some(dev_id), &name, || self.dm.remove(&name))
@@ -521,9 +622,13 @@ impl ThinPool {
     /// Removes a device completely: node, thin id, row. The row is marked
     /// `deleting` first, so a crash midway is finished by the next cleanup.
     fn remove_device(&self, d: &DeviceRow) -> io::Result<()> {
-        self.set_state(d.dev_id, "deleting", false)?;
-        self.deactivate_node(d.dev_id)?;
         let _g = self.guard()?;
+        self.set_state(d.dev_id, "deleting", false)?;
+        if let Err(e) = self.deactivate_node(d.dev_id) {
+            // Still in use (mounted by someone): keep it as it was.
+            let _ = self.set_state(d.dev_id, &d.state, d.active);
+            return Err(e);
+        }
         let r = self.journaled("delete", Some(d.dev_id), &d.owner, || {
             self.dm
                 .message(&self.cfg.pool, &format!("delete {}", d.dev_id))
@@ -730,6 +835,9 @@ impl Snapshotter for ThinPool {
             .map_err(|e| io::Error::other(e.to_string()))?
             .dev_id;
         let owner = format!("act:{act}");
+        // Held throughout, so a cleanup in another process (gc, a run's
+        // start) never sees this activation half made.
+        let _g = self.guard()?;
         if self.device(&owner)?.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -770,6 +878,7 @@ impl Snapshotter for ThinPool {
     }
 
     fn cleanup(&self, known: &Known) -> io::Result<Cleanup> {
+        let _g = self.guard()?;
         let mut report = Cleanup::default();
         let interrupted = self.with_db(|c| {
             c.execute(
@@ -778,32 +887,9 @@ impl Snapshotter for ThinPool {
             )
         })?;
         report.interrupted_ops = interrupted;
-        for d in self.devices()? {
-            let wanted = match d.owner.split_once(':') {
-                Some(("layer", id)) => id.parse().is_ok_and(|id: i64| known.layers.contains(&id)),
-                Some(("image", n)) => known.images.iter().any(|i| i == n),
-                Some(("act", a)) => known.activations.iter().any(|x| x == a),
-                _ => false,
-            };
-            if d.state != "ready" || !wanted {
-                self.remove_device(&d)?;
-                report.removed += 1;
-            } else if d.active {
-                if self.dm.node(&self.dev_name(d.dev_id))?.is_none() {
-                    self.activate_node(d.dev_id)?;
-                    report.reactivated += 1;
-                }
-            } else {
-                // A sealed layer has no node; one left by a crash goes.
-                if self.dm.node(&self.dev_name(d.dev_id))?.is_some() {
-                    self.deactivate_node(d.dev_id)?;
-                    report.removed += 1;
-                }
-            }
-        }
-        // Nodes of ours that the registry does not know (a crash between
-        // creating a node and recording it cannot make one, but an operator's
-        // hand might): removed. The thin ids themselves are not guessed at.
+        // First the nodes of ours that should not be there: any device named
+        // like ours that is not an active, sealed row (a crash while a layer
+        // was filled, or between loading a table and resuming it).
         let prefix = format!("{}-thin-", self.cfg.pool);
         let rows = self.devices()?;
         for name in self.dm.list()? {
@@ -811,10 +897,37 @@ impl Snapshotter for ThinPool {
                 .strip_prefix(&prefix)
                 .and_then(|s| s.parse::<u32>().ok())
             {
-                if !rows.iter().any(|d| d.dev_id == id && d.active) {
-                    self.dm.remove(&name)?;
-                    report.removed += 1;
+                if !rows
+                    .iter()
+                    .any(|d| d.dev_id == id && d.active && d.state == "ready")
+                {
+                    match self.dm.remove(&name) {
+                        Ok(()) => report.removed += 1,
+                        Err(e) => report.errors.push(format!("removing node {name}: {e}")),
+                    }
                 }
+            }
+        }
+        for d in rows {
+            let wanted = match d.owner.split_once(':') {
+                Some(("layer", id)) => id.parse().is_ok_and(|id: i64| known.layers.contains(&id)),
+                Some(("image", n)) => known.images.iter().any(|i| i == n),
+                Some(("act", a)) => known.activations.iter().any(|x| x == a),
+                _ => false,
+            };
+            let r = if d.state != "ready" || !wanted {
+                self.remove_device(&d).map(|_| report.removed += 1)
+            } else if d.active && self.dm.node(&self.dev_name(d.dev_id))?.is_none() {
+                self.activate_node(d.dev_id)
+                    .map(|_| report.reactivated += 1)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = r {
+                // One busy device must not stop the rest, nor the service.
+                report
+                    .errors
+                    .push(format!("thin {} ({}): {e}", d.dev_id, d.owner));
             }
         }
         let mnt = self.dir.join("mnt");

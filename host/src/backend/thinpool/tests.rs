@@ -70,17 +70,11 @@ fn base_layer_is_a_new_thin_device_with_a_filesystem_and_the_next_a_snapshot() {
     let node1 = r.dir.path().join("tp-thin-1");
     let want = [
         "message tp create_thin 1".to_string(),
-        format!(
-            "create tp-thin-1 2097152 thin {} 1",
-            r.dir.path().join("tp").display()
-        ),
+        "create tp-thin-1 2097152 thin dev:tp 1".into(),
         format!("mkfs {}", node1.display()),
         "remove tp-thin-1".into(),
         "message tp create_snap 2 1".into(),
-        format!(
-            "create tp-thin-2 2097152 thin {} 2",
-            r.dir.path().join("tp").display()
-        ),
+        "create tp-thin-2 2097152 thin dev:tp 2".into(),
         "remove tp-thin-2".into(),
     ];
     assert_eq!(calls, want);
@@ -120,6 +114,7 @@ fn a_failed_layer_is_discarded_whole_and_its_id_is_never_reused() {
 fn a_full_pool_fails_the_layer_with_a_clear_reason() {
     let r = rig();
     r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
+    // (The fake's table says 128 KiB blocks: 10000 of them.)
     r.dm.state.lock().unwrap().status = Some(
         "1 10/1000 10000/10000 - out_of_data_space discard_passdown error_if_no_space - 1024"
             .into(),
@@ -134,7 +129,7 @@ fn a_full_pool_fails_the_layer_with_a_clear_reason() {
         panic!("expected Exhausted, got {e:?}")
     };
     assert!(
-        m.starts_with("thin pool `tp` is out of space (data 625.0 of 625.0 MiB"),
+        m.starts_with("thin pool `tp` is out of space (data 1250.0 of 1250.0 MiB"),
         "{m}"
     );
     assert!(!m.contains('\n'));
@@ -344,4 +339,79 @@ fn pool_status_lines() {
     check_status("Fail", Err(()));
     check_status("0 1/2", Err(()));
     check_status("0 x/2 3/4 - rw", Err(()));
+}
+
+#[test]
+fn ids_someone_else_holds_are_skipped_never_deleted() {
+    let r = rig();
+    // Thin 1 and 2 exist in the pool, made by another user of it.
+    r.dm.state
+        .lock()
+        .unwrap()
+        .thins
+        .extend([(1, None), (2, None)]);
+    r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
+    assert_eq!(rows(&r.pool)[0].0, 3);
+    assert_eq!(thins(&r.dm), [(1, None), (2, None), (3, None)]);
+    r.pool.discard_layer(1).unwrap();
+    assert_eq!(thins(&r.dm), [(1, None), (2, None)], "only our own id goes");
+    let rep = r.pool.cleanup(&Known::default()).unwrap();
+    assert!(rep.errors.is_empty(), "{rep:?}");
+    assert_eq!(thins(&r.dm), [(1, None), (2, None)]);
+}
+
+#[test]
+fn a_busy_device_does_not_stop_cleanup_and_is_retried() {
+    let r = rig();
+    r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
+    r.pool.activate("a1", &[1], None).unwrap();
+    r.pool.activate("a2", &[1], None).unwrap();
+    // a1 is mounted by someone: its node cannot go.
+    r.dm.state.lock().unwrap().busy.insert("tp-thin-2".into());
+    let known = Known {
+        layers: vec![1],
+        ..Known::default()
+    };
+    let rep = r.pool.cleanup(&known).unwrap();
+    assert_eq!(rep.errors.len(), 1, "{rep:?}");
+    assert!(rep.errors[0].starts_with("thin 2 (act:a1): "), "{rep:?}");
+    assert_eq!(rep.removed, 1, "a2 went");
+    let act = rows(&r.pool).into_iter().find(|d| d.1 == "act:a1").unwrap();
+    assert_eq!((act.3.as_str(), act.4), ("ready", true), "kept as it was");
+    r.dm.state.lock().unwrap().busy.clear();
+    let rep = r.pool.cleanup(&known).unwrap();
+    assert!(rep.errors.is_empty());
+    assert_eq!(thins(&r.dm), [(1, None)]);
+    assert_eq!(active(&r.dm), ["tp"]);
+}
+
+#[test]
+fn snapshots_keep_their_origins_size() {
+    let r = rig();
+    r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
+    // The configured volume size changes; layer 1 stays 1 GiB, and so do
+    // its snapshots.
+    let cfg = ThinConfig {
+        pool: "tp".into(),
+        volume_size: "2G".into(),
+        ..ThinConfig::default()
+    };
+    let p = ThinPool::open(
+        r.dir.path(),
+        cfg,
+        r.dm.clone(),
+        Arc::new(RecordingMounts::default()),
+    )
+    .unwrap();
+    r.dm.take_calls();
+    p.activate("a", &[1], None).unwrap();
+    assert!(r
+        .dm
+        .take_calls()
+        .contains(&"create tp-thin-2 2097152 thin dev:tp 2".to_string()));
+    p.apply_layer(2, &[], &mut ok_apply()).unwrap();
+    assert!(r
+        .dm
+        .take_calls()
+        .contains(&"create tp-thin-3 4194304 thin dev:tp 3".to_string()));
 }
