@@ -655,19 +655,21 @@ impl Store {
         })
     }
 
+    fn activation_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ActivationRow> {
+        Ok(ActivationRow {
+            id: r.get(0)?,
+            image: r.get(1)?,
+            top_chain: r.get(2)?,
+            mountpoint: r.get(3)?,
+        })
+    }
+
     pub fn activation(&self, id: &str) -> Result<Option<ActivationRow>> {
         self.with(|c| {
             c.query_row(
                 "SELECT id, image, top_chain, mountpoint FROM activations WHERE id = ?1",
                 [id],
-                |r| {
-                    Ok(ActivationRow {
-                        id: r.get(0)?,
-                        image: r.get(1)?,
-                        top_chain: r.get(2)?,
-                        mountpoint: r.get(3)?,
-                    })
-                },
+                Self::activation_from_row,
             )
             .optional()
         })
@@ -678,16 +680,7 @@ impl Store {
             let mut s = c.prepare(
                 "SELECT id, image, top_chain, mountpoint FROM activations ORDER BY created_at",
             )?;
-            let rows = s
-                .query_map([], |r| {
-                    Ok(ActivationRow {
-                        id: r.get(0)?,
-                        image: r.get(1)?,
-                        top_chain: r.get(2)?,
-                        mountpoint: r.get(3)?,
-                    })
-                })?
-                .collect();
+            let rows = s.query_map([], Self::activation_from_row)?.collect();
             rows
         })
     }

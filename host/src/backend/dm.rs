@@ -140,6 +140,20 @@ impl LinuxDm {
 }
 
 impl LinuxDm {
+    /// The parameters of the device's first target, as `table_status`
+    /// reports them with `options` (its status line, or its table line).
+    fn first_target(&self, dev: &str, options: DmOptions, what: &str) -> io::Result<String> {
+        let (_, targets) = self
+            .dm
+            .table_status(&DevId::Name(name(dev)?), options)
+            .map_err(|e| dm_err(&format!("{what} of {dev}"), e))?;
+        targets
+            .into_iter()
+            .next()
+            .map(|t| t.3)
+            .ok_or_else(|| io::Error::other(format!("{dev} has no table")))
+    }
+
     /// The device's info, None when there is no such device (ENXIO).
     fn info(&self, dev: &str) -> io::Result<Option<devicemapper::DeviceInfo>> {
         match self.dm.device_info(&DevId::Name(name(dev)?)) {
@@ -213,18 +227,11 @@ impl DmOps for LinuxDm {
     }
 
     fn table(&self, dev: &str) -> io::Result<String> {
-        let (_, targets) = self
-            .dm
-            .table_status(
-                &DevId::Name(name(dev)?),
-                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
-            )
-            .map_err(|e| dm_err(&format!("table of {dev}"), e))?;
-        targets
-            .into_iter()
-            .next()
-            .map(|t| t.3)
-            .ok_or_else(|| io::Error::other(format!("{dev} has no table")))
+        self.first_target(
+            dev,
+            DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            "table",
+        )
     }
 
     fn remove(&self, dev: &str) -> io::Result<()> {
@@ -281,15 +288,7 @@ impl DmOps for LinuxDm {
     }
 
     fn status(&self, dev: &str) -> io::Result<String> {
-        let (_, targets) = self
-            .dm
-            .table_status(&DevId::Name(name(dev)?), DmOptions::default())
-            .map_err(|e| dm_err(&format!("status of {dev}"), e))?;
-        targets
-            .into_iter()
-            .next()
-            .map(|t| t.3)
-            .ok_or_else(|| io::Error::other(format!("{dev} has no table")))
+        self.first_target(dev, DmOptions::default(), "status")
     }
 
     fn mkfs(&self, node: &Path) -> io::Result<()> {

@@ -125,6 +125,11 @@ pub trait Snapshotter: Send + Sync {
     }
 }
 
+/// Maps an I/O error of a backend step to a retryable failure with context.
+fn io_fail(context: &str) -> impl FnOnce(std::io::Error) -> StepFailure + '_ {
+    move |e| StepFailure::Retry(format!("{context}: {e}"))
+}
+
 /// Picks the backend for `--backend`.
 pub fn open(
     choice: &str,

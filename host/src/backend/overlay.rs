@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{ActivationInfo, ApplyFn, Cleanup, Known, Snapshotter};
+use super::{io_fail, ActivationInfo, ApplyFn, Cleanup, Known, Snapshotter};
 use crate::error::StepFailure;
 use crate::sys::{overlay_options, MountOps};
 
@@ -45,10 +45,6 @@ impl Overlay {
             .map(|id| PathBuf::from(format!("{id}/fs")))
             .collect()
     }
-}
-
-fn io_fail(context: &str) -> impl FnOnce(io::Error) -> StepFailure + '_ {
-    move |e| StepFailure::Retry(format!("{context}: {e}"))
 }
 
 fn remove_all(p: &Path) -> io::Result<()> {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::dm::{errno, DmOps};
-use super::{ActivationInfo, ApplyFn, Cleanup, Known, PoolUsage, Snapshotter};
+use super::{io_fail, ActivationInfo, ApplyFn, Cleanup, Known, PoolUsage, Snapshotter};
 use crate::error::StepFailure;
 use crate::failpoint::Failpoints;
 use crate::sys::MountOps;
@@ -232,10 +232,6 @@ impl Drop for PoolGuard<'_> {
     }
 }
 
-fn io_fail(context: &str) -> impl FnOnce(io::Error) -> StepFailure + '_ {
-    move |e| StepFailure::Retry(format!("{context}: {e}"))
-}
-
 impl ThinPool {
     /// Opens the backend on pool `cfg.pool`: an existing device-mapper pool
     /// of that name, or the one `pool init` made in this state directory
@@ -439,6 +435,15 @@ impl ThinPool {
         Ok(self.devices()?.into_iter().find(|d| d.owner == owner))
     }
 
+    /// The virtual size of registered thin `dev_id`, in sectors.
+    fn sectors_of(&self, dev_id: u32) -> io::Result<Option<u64>> {
+        Ok(self
+            .devices()?
+            .into_iter()
+            .find(|d| d.dev_id == dev_id)
+            .map(|d| d.sectors))
+    }
+
     /// Runs one pool operation under the journal: recorded as running
     /// before, done or failed after. Failpoints `pool-before:OP` and
     /// `pool-after:OP` kill the process around it.
@@ -482,10 +487,7 @@ impl ThinPool {
         let sectors = match origin {
             None => self.volume_sectors,
             Some(o) => self
-                .devices()?
-                .into_iter()
-                .find(|d| d.dev_id == o)
-                .map(|d| d.sectors)
+                .sectors_of(o)?
                 .ok_or_else(|| io::Error::other(format!("origin thin {o} is not registered")))?,
         };
         for _ in 0..64 {
@@ -584,10 +586,7 @@ impl ThinPool {
             return Ok(n);
         }
         let sectors = self
-            .devices()?
-            .into_iter()
-            .find(|d| d.dev_id == dev_id)
-            .map(|d| d.sectors)
+            .sectors_of(dev_id)?
             .ok_or_else(|| io::Error::other(format!("thin {dev_id} is not registered")))?;
         let pool = self
             .dm
