@@ -26,9 +26,13 @@ pub struct Args {
     /// Where the SQLite state, blobs and layers live.
     #[arg(long, global = true)]
     pub state_dir: Option<PathBuf>,
-    /// A TOML configuration file.
+    /// A TOML configuration file (see deploy/tarpool.toml).
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
+    /// Logs on stderr: `human` (coloured on a terminal) or `json` (one
+    /// object per line). Level: TARPOOL_LOG (default `info`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -49,11 +53,22 @@ pub enum Cmd {
         /// Images processed at once.
         #[arg(long)]
         jobs: Option<usize>,
-        /// Seconds between polls without --once.
-        #[arg(long, default_value_t = 30)]
-        interval: u64,
+        /// Seconds between polls without --once (default 30).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// No progress bars, even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        metrics_addr: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// The configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
     },
     /// The state of every tracked image.
     Status {
@@ -84,6 +99,18 @@ pub enum Cmd {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// Runs a command inside an activation (new mount, pid, UTS and IPC
+    /// namespaces, the image's Env, WorkingDir and User); exits with its
+    /// status.
+    Exec {
+        act: String,
+        #[arg(long)]
+        backend: Option<String>,
+        /// The command and its arguments (default: the image's Entrypoint
+        /// and Cmd).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
     /// Cancels an image's active run.
     Cancel { name: String },
     /// The devicemapper thin pool.
@@ -96,6 +123,23 @@ pub enum Cmd {
     Gc {
         #[arg(long)]
         backend: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Prints the effective configuration (the file, defaults filled in,
+    /// command-line overrides applied) as TOML a `--config` file accepts.
+    Show {
+        /// Overrides, as for `run`.
+        #[arg(long)]
+        source: Option<String>,
+        #[arg(long)]
+        backend: Option<String>,
+        #[arg(long)]
+        jobs: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -122,26 +166,68 @@ pub enum PoolCmd {
     },
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The configuration file (every option is documented in
+/// deploy/tarpool.toml). Also what `config show` prints.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     state_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     backend: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     jobs: Option<usize>,
+    /// Seconds between polls of the source (`run` without `--once`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval: Option<u64>,
     /// `default`, `strict`, or a policy file.
+    #[serde(skip_serializing_if = "Option::is_none")]
     policy: Option<String>,
-    steps: Option<crate::wasm::StepsConfig>,
+    /// `human` or `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<crate::logging::LogFormat>,
+    /// Serve Prometheus metrics here (`run --metrics-addr`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_addr: Option<String>,
     /// Lets the extraction worker run without Landlock, no_new_privs or
     /// dropped capabilities where the kernel cannot enforce them. Logged.
     #[serde(default)]
     unconfined_worker: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_attempts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retry_base_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retry_cap_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<crate::wasm::StepsConfig>,
     /// The devicemapper thin pool (`--backend thinpool`).
     #[serde(default)]
     thinpool: crate::backend::thinpool::ThinConfig,
+}
+
+fn load_file(args: &Args) -> Result<FileConfig> {
+    match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?;
+            toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), e.message().trim()))
+        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
+/// Command-line values that override the file's.
+#[derive(Debug, Default, Clone)]
+struct Overrides<'a> {
+    source: Option<&'a str>,
+    backend: Option<&'a str>,
+    jobs: Option<usize>,
+    interval: Option<u64>,
+    metrics_addr: Option<&'a str>,
 }
 
 /// The checked configuration every command works from.
@@ -150,28 +236,42 @@ struct Config {
     source: String,
     backend: String,
     jobs: usize,
+    interval: u64,
+    /// As configured: `default`, `strict` or a file.
+    policy_spec: String,
     policy: Policy,
     steps: crate::wasm::StepsConfig,
     unconfined_worker: bool,
     retry: RetryPolicy,
+    log_format: crate::logging::LogFormat,
+    metrics_addr: Option<String>,
     thinpool: crate::backend::thinpool::ThinConfig,
 }
 
-fn config(
-    args: &Args,
-    source: Option<&str>,
-    backend: Option<&str>,
-    jobs: Option<usize>,
-) -> Result<Config> {
-    let file: FileConfig = match &args.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("reading config {}", p.display()))?;
-            toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("config {}: {}", p.display(), e.message()))?
+impl Config {
+    /// The effective configuration as the file that would give it.
+    fn as_file(&self) -> FileConfig {
+        FileConfig {
+            state_dir: Some(self.state_dir.clone()),
+            source: Some(self.source.clone()),
+            backend: Some(self.backend.clone()),
+            jobs: Some(self.jobs),
+            interval: Some(self.interval),
+            policy: Some(self.policy_spec.clone()),
+            log_format: Some(self.log_format),
+            metrics_addr: self.metrics_addr.clone(),
+            unconfined_worker: self.unconfined_worker,
+            max_attempts: Some(self.retry.max_attempts),
+            retry_base_ms: Some(self.retry.base.as_millis() as u64),
+            retry_cap_ms: Some(self.retry.cap.as_millis() as u64),
+            steps: Some(self.steps.clone()),
+            thinpool: self.thinpool.clone(),
         }
-        None => FileConfig::default(),
-    };
+    }
+}
+
+fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
+    let file = load_file(args)?;
     let policy = match file.policy.as_deref() {
         None => Policy::default_policy(),
         Some(name) => match Policy::builtin(name) {
@@ -194,9 +294,22 @@ fn config(
     if let Some(ms) = file.retry_cap_ms {
         retry.cap = std::time::Duration::from_millis(ms);
     }
-    let jobs = jobs.or(file.jobs).unwrap_or(2);
+    let jobs = o.jobs.or(file.jobs).unwrap_or(2);
     if jobs == 0 {
         bail!("--jobs must be at least 1");
+    }
+    let interval = o.interval.or(file.interval).unwrap_or(30);
+    if interval == 0 {
+        bail!("--interval must be at least 1 second");
+    }
+    let metrics_addr = o
+        .metrics_addr
+        .map(str::to_string)
+        .or(file.metrics_addr.clone());
+    if let Some(a) = &metrics_addr {
+        a.parse::<std::net::SocketAddr>().map_err(|e| {
+            anyhow::anyhow!("metrics address {a:?}: {e} (expected e.g. 127.0.0.1:9464)")
+        })?;
     }
     Ok(Config {
         state_dir: args
@@ -204,19 +317,28 @@ fn config(
             .clone()
             .or(file.state_dir)
             .unwrap_or_else(|| PathBuf::from("/var/lib/tarpool")),
-        source: source
+        source: o
+            .source
             .map(str::to_string)
             .or(file.source)
             .unwrap_or_else(|| EXAMPLE_BUCKET.to_string()),
-        backend: backend
+        backend: o
+            .backend
             .map(str::to_string)
             .or(file.backend)
             .unwrap_or_else(|| "auto".into()),
         jobs,
+        interval,
+        policy_spec: file.policy.unwrap_or_else(|| "default".into()),
         policy,
         steps,
         unconfined_worker: file.unconfined_worker,
         retry,
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(crate::logging::LogFormat::Human),
+        metrics_addr,
         thinpool: file.thinpool,
     })
 }
@@ -258,7 +380,30 @@ fn lock_state(state_dir: &Path) -> Result<RunLock> {
 }
 
 pub fn main() -> Result<u8> {
+    use std::io::IsTerminal as _;
     let args = Args::parse();
+    // The file's log format counts too; a broken file is reported below by
+    // the command that reads it.
+    let format = args
+        .log_format
+        .or_else(|| load_file(&args).ok().and_then(|f| f.log_format))
+        .unwrap_or(crate::logging::LogFormat::Human);
+    let bars = match &args.cmd {
+        Cmd::Run {
+            no_progress, json, ..
+        } if !no_progress
+            && !json
+            && format == crate::logging::LogFormat::Human
+            && std::io::stderr().is_terminal() =>
+        {
+            let b = Arc::new(crate::progress::Bars::new());
+            crate::progress::install(b.clone());
+            Some(b.multi())
+        }
+        _ => None,
+    };
+    crate::logging::init(format, bars);
+    let none = Overrides::default();
     match &args.cmd {
         Cmd::Run {
             once,
@@ -266,17 +411,54 @@ pub fn main() -> Result<u8> {
             backend,
             jobs,
             interval,
+            no_progress: _,
+            metrics_addr,
             json,
         } => {
-            let cfg = config(&args, source.as_deref(), backend.as_deref(), *jobs)?;
-            run(cfg, *once, *interval, *json)
+            let o = Overrides {
+                source: source.as_deref(),
+                backend: backend.as_deref(),
+                jobs: *jobs,
+                interval: *interval,
+                metrics_addr: metrics_addr.as_deref(),
+            };
+            run(&args, &o, *once, *json)
+        }
+        Cmd::Config {
+            cmd:
+                ConfigCmd::Show {
+                    source,
+                    backend,
+                    jobs,
+                    json,
+                },
+        } => {
+            let o = Overrides {
+                source: source.as_deref(),
+                backend: backend.as_deref(),
+                jobs: *jobs,
+                ..Overrides::default()
+            };
+            let cfg = config(&args, &o)?;
+            let file = cfg.as_file();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&file)?);
+            } else {
+                println!(
+                    "# tarpool's effective configuration (policy `{}`, sha256:{})",
+                    cfg.policy.name,
+                    crate::core::policy::policy_hash(&toml::to_string(&cfg.policy)?)
+                );
+                print!("{}", toml::to_string(&file)?);
+            }
+            Ok(0)
         }
         Cmd::Status { json } => {
-            let cfg = config(&args, None, None, None)?;
+            let cfg = config(&args, &none)?;
             status(&open_store(&cfg.state_dir)?, *json)
         }
         Cmd::Audit { name, json } => {
-            let cfg = config(&args, None, None, None)?;
+            let cfg = config(&args, &none)?;
             audit(&open_store(&cfg.state_dir)?, name, *json)
         }
         Cmd::Activate {
@@ -285,15 +467,48 @@ pub fn main() -> Result<u8> {
             mount,
             backend,
         } => {
-            let cfg = config(&args, None, backend.as_deref(), None)?;
+            let cfg = config(
+                &args,
+                &Overrides {
+                    backend: backend.as_deref(),
+                    ..Overrides::default()
+                },
+            )?;
             activate(&cfg, name, as_.as_deref(), mount.as_deref())
         }
         Cmd::Deactivate { act, backend } => {
-            let cfg = config(&args, None, backend.as_deref(), None)?;
+            let cfg = config(
+                &args,
+                &Overrides {
+                    backend: backend.as_deref(),
+                    ..Overrides::default()
+                },
+            )?;
             deactivate(&cfg, act)
         }
+        Cmd::Exec {
+            act,
+            backend: b,
+            cmd,
+        } => {
+            let cfg = config(
+                &args,
+                &Overrides {
+                    backend: b.as_deref(),
+                    ..Overrides::default()
+                },
+            )?;
+            let store = open_store(&cfg.state_dir)?;
+            crate::exec::run(&store, &|| backend(&cfg), act, cmd)
+        }
         Cmd::Pool { cmd } => {
-            let cfg = config(&args, None, Some("thinpool"), None)?;
+            let cfg = config(
+                &args,
+                &Overrides {
+                    backend: Some("thinpool"),
+                    ..Overrides::default()
+                },
+            )?;
             match cmd {
                 PoolCmd::Init {
                     data_size,
@@ -309,11 +524,17 @@ pub fn main() -> Result<u8> {
             }
         }
         Cmd::Gc { backend, json } => {
-            let cfg = config(&args, None, backend.as_deref(), None)?;
+            let cfg = config(
+                &args,
+                &Overrides {
+                    backend: backend.as_deref(),
+                    ..Overrides::default()
+                },
+            )?;
             gc(&cfg, *json)
         }
         Cmd::Cancel { name } => {
-            let cfg = config(&args, None, None, None)?;
+            let cfg = config(&args, &none)?;
             let store = open_store(&cfg.state_dir)?;
             if store.request_cancel(name)? {
                 println!("cancellation requested for {name}");
@@ -335,17 +556,17 @@ fn backend(cfg: &Config) -> Result<Box<dyn crate::backend::Snapshotter>> {
     .map_err(anyhow::Error::msg)
 }
 
-fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
+/// Everything a run needs, built from the configuration (again on SIGHUP).
+fn build_ctx(cfg: &Config, shutdown: &Arc<std::sync::atomic::AtomicBool>) -> Result<Ctx> {
     let store = open_store(&cfg.state_dir)?;
-    let _lock = lock_state(&cfg.state_dir)?;
     let source = crate::source::parse(&cfg.source)?;
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
     let steps = crate::wasm::Steps::load_with(&cfg.state_dir.join("cache"), &cfg.steps)
         .context("loading the format steps")?;
     if let Some(w) = steps.cache_warning() {
-        eprintln!("tarpool: warning: {w}");
+        tracing::warn!("{w}");
     }
-    let backend = backend(&cfg)?;
+    let backend = backend(cfg)?;
     let mut ctx = Ctx::new(
         cfg.state_dir.clone(),
         store,
@@ -353,43 +574,134 @@ fn run(cfg: Config, once: bool, interval: u64, json: bool) -> Result<u8> {
         steps,
         backend,
         source,
-        cfg.policy,
+        cfg.policy.clone(),
         cfg.retry,
     );
     if cfg.unconfined_worker {
-        eprintln!(
-            "tarpool: warning: unconfined_worker = true: layers are extracted without Landlock, no_new_privs or dropped capabilities where the kernel cannot enforce them"
+        tracing::warn!(
+            "unconfined_worker = true: layers are extracted without Landlock, no_new_privs or dropped capabilities where the kernel cannot enforce them"
         );
         ctx.unconfined_worker = true;
     }
-    let ctx = Arc::new(ctx);
+    ctx.shutdown = shutdown.clone();
+    Ok(ctx)
+}
+
+/// Why a reloaded configuration cannot replace the running one, if it cannot.
+fn reload_refused(old: &Config, new: &Config) -> Option<String> {
+    if old.state_dir != new.state_dir {
+        return Some("state_dir cannot change while the service runs; restart it".into());
+    }
+    if old.backend != new.backend {
+        return Some("backend cannot change while the service runs; restart it".into());
+    }
+    if old.metrics_addr != new.metrics_addr {
+        return Some("metrics_addr cannot change while the service runs; restart it".into());
+    }
+    None
+}
+
+/// `tarpool run`: with `once`, one pass over the source; otherwise the
+/// service: resume unfinished runs, then poll the source every `interval`
+/// seconds until SIGTERM/SIGINT (the transitions under way finish; a second
+/// signal stops at once, leaving them to resume). SIGHUP re-reads the
+/// configuration before the next poll.
+fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Result<u8> {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let mut cfg = config(args, o)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let _lock = lock_state(&cfg.state_dir)?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    let mut ctx = Arc::new(build_ctx(&cfg, &shutdown)?);
     ctx.recover()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let c = ctx.clone();
-        tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
-            eprintln!("tarpool: stopping after the transitions under way");
-            c.shutdown.store(true, std::sync::atomic::Ordering::SeqCst);
-        });
+        let metrics = match &cfg.metrics_addr {
+            Some(a) => Some(
+                tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("serving metrics on {a}"))?,
+            ),
+            None => None,
+        };
+        if let Some(l) = &metrics {
+            tracing::info!(addr = %l.local_addr()?, "metrics: listening");
+        }
+        let metrics = metrics.map(|l| crate::metrics::spawn(l, ctx.clone())).transpose()?;
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            let (shutdown, reload) = (shutdown.clone(), reload.clone());
+            tokio::spawn(async move {
+                loop {
+                    let name = tokio::select! {
+                        _ = term.recv() => "SIGTERM",
+                        _ = int.recv() => "SIGINT",
+                        _ = hup.recv() => {
+                            tracing::info!("SIGHUP: the configuration is reloaded before the next poll");
+                            reload.store(true, SeqCst);
+                            continue;
+                        }
+                    };
+                    if shutdown.swap(true, SeqCst) {
+                        tracing::warn!(signal = name, "stopping now; interrupted transitions resume at the next start");
+                        std::process::exit(130);
+                    }
+                    tracing::info!(signal = name, "stopping after the transitions under way");
+                }
+            });
+        }
         loop {
-            let (names, summary) = engine::discover(&ctx)?;
-            for (key, reason) in &summary.rejected {
-                eprintln!("tarpool: not an image: {key}: {reason}");
+            if reload.swap(false, SeqCst) {
+                match config(args, o) {
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "reload failed; keeping the running configuration"),
+                    Ok(new) => match reload_refused(&cfg, &new) {
+                        Some(why) => tracing::error!(error = why, "reload refused; keeping the running configuration"),
+                        None => match build_ctx(&new, &shutdown) {
+                            Ok(c) => {
+                                ctx = Arc::new(c);
+                                if let Some(m) = &metrics {
+                                    m.follow(ctx.clone());
+                                }
+                                cfg = new;
+                                tracing::info!(source = %cfg.source, jobs = cfg.jobs, interval = cfg.interval, policy = %cfg.policy.name, "configuration reloaded");
+                            }
+                            Err(e) => tracing::error!(error = format!("{e:#}"), "reload failed; keeping the running configuration"),
+                        },
+                    },
+                }
             }
-            engine::run_all(ctx.clone(), cfg.jobs).await?;
-            if once || ctx.shutdown.load(std::sync::atomic::Ordering::SeqCst) {
+            let pass = async {
+                let (names, summary) = engine::discover(&ctx)?;
+                for (key, reason) in &summary.rejected {
+                    tracing::warn!(key = %key, reason = %reason, "not an image");
+                }
+                engine::run_all(ctx.clone(), cfg.jobs).await?;
+                anyhow::Ok((names, summary))
+            }
+            .await;
+            if once {
+                let (names, summary) = pass?;
                 return report(&ctx, &names, &summary, json);
             }
-            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(interval);
-            while tokio::time::Instant::now() < until && !ctx.shutdown.load(std::sync::atomic::Ordering::SeqCst) {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            // The service keeps going: a source that cannot be listed now
+            // (network, credentials) is tried again at the next poll.
+            if let Err(e) = &pass {
+                tracing::error!(error = format!("{e:#}"), "poll failed; trying again at the next one");
+            }
+            if shutdown.load(SeqCst) {
+                tracing::info!("stopped");
+                return Ok(0);
+            }
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(cfg.interval);
+            while tokio::time::Instant::now() < until && !shutdown.load(SeqCst) && !reload.load(SeqCst) {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     })
@@ -450,6 +762,10 @@ fn report(ctx: &Ctx, names: &[String], summary: &engine::Summary, json: bool) ->
 }
 
 fn status(store: &Store, json: bool) -> Result<u8> {
+    store.snapshot(|| status_inner(store, json))
+}
+
+fn status_inner(store: &Store, json: bool) -> Result<u8> {
     let images = store.images()?;
     let active = store.active_runs()?;
     let mut names: Vec<String> = images.iter().map(|i| i.name.clone()).collect();

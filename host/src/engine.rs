@@ -37,7 +37,8 @@ pub struct Ctx {
     /// (Landlock, no_new_privs, capabilities); logged at start.
     pub unconfined_worker: bool,
     pub failpoints: Failpoints,
-    pub shutdown: AtomicBool,
+    /// Set on SIGTERM/SIGINT: runs stop after the transition under way.
+    pub shutdown: Arc<AtomicBool>,
     chain_locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
@@ -79,7 +80,7 @@ impl Ctx {
             retry,
             unconfined_worker: false,
             failpoints: Failpoints::from_env(),
-            shutdown: AtomicBool::new(false),
+            shutdown: Arc::new(AtomicBool::new(false)),
             chain_locks: Mutex::new(HashMap::new()),
         }
     }
@@ -122,7 +123,7 @@ impl Ctx {
             .cleanup(&known)
             .context("cleaning up the backend")?;
         for e in &report.errors {
-            eprintln!("tarpool: warning: cleanup left something for next time: {e}");
+            tracing::warn!(error = %e, "cleanup left something for next time");
         }
         let tmp = self.state_dir.join("tmp");
         if let Ok(rd) = std::fs::read_dir(&tmp) {
@@ -210,7 +211,7 @@ fn execute(
         Step::Classify => steps::classify(ctx, data),
         Step::ParseManifest => steps::parse_manifest(ctx, data, &mut verdicts),
         Step::CheckUnpacked => steps::check_unpacked(ctx, data),
-        Step::UnpackLayers => unpack_layers(ctx, run, data, &mut verdicts),
+        Step::UnpackLayers => unpack_layers(ctx, run, image, data, &mut verdicts),
         Step::CreateSnapshot => create_snapshot(ctx, image, data),
         Step::UpdateTracking => {
             Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() }))
@@ -255,6 +256,7 @@ fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
 fn unpack_layers(
     ctx: &Ctx,
     run: &str,
+    image: &str,
     data: &mut RunData,
     verdicts: &mut steps::Verdicts,
 ) -> Result<Value, StepFailure> {
@@ -311,8 +313,10 @@ fn unpack_layers(
             parent_chain,
             layer.diff_id.as_deref().unwrap_or_default(),
         )?;
-        let mut apply =
-            |root: rustix::fd::BorrowedFd<'_>| steps::apply_one(ctx, i + 1, layer, root, verdicts);
+        let of = data.layers.len();
+        let mut apply = |root: rustix::fd::BorrowedFd<'_>| {
+            steps::apply_one(ctx, image, (i + 1, of), layer, root, verdicts)
+        };
         let stats = match ctx.backend.apply_layer(id, &parents, &mut apply) {
             Ok(s) => s,
             Err(e) => {
@@ -381,6 +385,77 @@ fn layers_json(data: &RunData) -> String {
     Value::Array(v).to_string()
 }
 
+/// One log event per finished transition (and the image's end).
+fn log_outcome(
+    image: &str,
+    run: &str,
+    transition: &str,
+    attempt: u32,
+    started: std::time::Instant,
+    decision: &Decision,
+    error: Option<&str>,
+) {
+    let ms = (started.elapsed().as_secs_f64() * 1e3).round() as u64;
+    match decision {
+        Decision::Advance(next) => {
+            tracing::info!(
+                image,
+                run,
+                transition,
+                attempt,
+                ms,
+                next = next.name(),
+                "transition ok"
+            )
+        }
+        Decision::Complete => {
+            tracing::info!(image, run, transition, attempt, ms, "image ready");
+            crate::progress::image_done(image, "ready");
+        }
+        Decision::Retry {
+            after,
+            attempt: next,
+        } => tracing::warn!(
+            image,
+            run,
+            transition,
+            attempt,
+            ms,
+            error = error.unwrap_or(""),
+            retry_in_ms = after.as_millis() as u64,
+            next_attempt = next,
+            "transition will be retried"
+        ),
+        Decision::Fail(reason) => {
+            tracing::error!(
+                image,
+                run,
+                transition,
+                attempt,
+                ms,
+                reason = reason.as_str(),
+                "image failed"
+            );
+            crate::progress::image_done(image, &format!("failed: {reason}"));
+        }
+        Decision::Cancel => {
+            tracing::warn!(image, run, transition, attempt, ms, "image cancelled");
+            crate::progress::image_done(image, "cancelled");
+        }
+    }
+}
+
+/// A transition execution's version: a ULID greater than every version this
+/// process made before, so `ORDER BY version` (the audit's order) is the
+/// order of execution even for transitions started in the same millisecond.
+fn next_version() -> String {
+    static GEN: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+    let mut g = GEN.lock().unwrap_or_else(|p| p.into_inner());
+    g.generate()
+        .unwrap_or_else(|_| ulid::Ulid::new())
+        .to_string()
+}
+
 /// Drives one run until it ends, or until shutdown. Blocking.
 pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
     loop {
@@ -395,11 +470,14 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
         }
         let step = run.next_step.as_deref().and_then(Step::from_name);
         let old: Result<RunData, _> = serde_json::from_str(&run.data);
-        let version = ulid::Ulid::new().to_string();
+        let version = next_version();
         let step_name = step.map(|s| s.name()).unwrap_or("unknown");
         ctx.store
             .begin_transition(&version, &run.id, &run.image, step_name, run.attempt)?;
         ctx.failpoints.hit(&format!("before:{step_name}"));
+        crate::progress::image_step(&run.image, step_name);
+        tracing::debug!(image = %run.image, run = %run.id, transition = step_name, attempt = run.attempt, "transition started");
+        let started = std::time::Instant::now();
         let mut data = old.as_ref().ok().cloned().unwrap_or_default();
         let result = match (step, &old) {
             (None, _) => Err(StepFailure::Input(format!(
@@ -451,6 +529,15 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
             .as_ref()
             .and_then(|c| serde_json::to_string(c).ok());
         let mut sleep = None;
+        log_outcome(
+            &run.image,
+            &run.id,
+            step_name,
+            run.attempt,
+            started,
+            &decision,
+            err_text.as_deref(),
+        );
         match decision {
             Decision::Advance(next) => {
                 let layers = layers_json(&data);
@@ -607,7 +694,7 @@ pub async fn run_all(ctx: Arc<Ctx>, jobs: usize) -> anyhow::Result<()> {
     while let Some(j) = tasks.join_next().await {
         let (image, res) = j?;
         if let Err(e) = res {
-            eprintln!("tarpool: run for image {image} stopped: {e:#}");
+            tracing::error!(image, error = format!("{e:#}"), "run stopped");
             first_err.get_or_insert(e);
         }
     }

@@ -3,7 +3,9 @@
 //! point. Points: `before:STEP`, `before-commit:STEP`, `after:STEP`,
 //! `mid-layer` (a layer applied, not yet committed), `after-layer`; and
 //! `fail:STEP#N`, which makes the first N executions of STEP fail with an
-//! injected, retryable I/O error instead.
+//! injected, retryable I/O error instead; `pause:POINT` makes the first pass
+//! of POINT sleep `TARPOOL_PAUSE_MS` (default 3000) ms, so a test can signal
+//! the service while a transition is under way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -57,8 +59,16 @@ impl Failpoints {
     }
 
     pub fn hit(&self, name: &str) {
+        if self.fires(&format!("pause:{name}")) {
+            let ms = std::env::var("TARPOOL_PAUSE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3000);
+            tracing::warn!(failpoint = name, ms, "failpoint: pausing");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if self.fires(name) {
-            eprintln!("tarpool: failpoint {name}: killing the process");
+            tracing::warn!(failpoint = name, "failpoint: killing the process");
             let _ = rustix::process::kill_process(
                 rustix::process::getpid(),
                 rustix::process::Signal::KILL,

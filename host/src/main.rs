@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     match tarpool::cli::main() {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("tarpool: error: {e:#}");
+            tarpool::logging::fatal(&format!("{e:#}"));
             std::process::ExitCode::from(2)
         }
     }

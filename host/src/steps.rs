@@ -175,7 +175,14 @@ pub fn download(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
 
 fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, StepFailure> {
     let mut head = vec![0u8; HEAD];
-    let n = read_up_to(r, &mut head).map_err(|e| StepFailure::io("reading a blob", e))?;
+    let n = read_up_to(r, &mut head).map_err(|e| match e.kind() {
+        // A decoder's verdict on the bytes (a file read does not say this):
+        // the blob is corrupt, retrying cannot help.
+        io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
+            input(format!("corrupt compressed data: {e}"))
+        }
+        _ => StepFailure::io("reading a blob", e),
+    })?;
     head.truncate(n);
     Ok(head)
 }
@@ -700,11 +707,13 @@ struct Watched<R> {
 
 impl<R: Read> Read for Watched<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf).inspect_err(|e| {
+        let n = self.inner.read(buf).inspect_err(|e| {
             if e.kind() != io::ErrorKind::Interrupted {
                 self.failed.store(true, Ordering::Relaxed);
             }
-        })
+        })?;
+        crate::progress::RAW_BYTES.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -741,7 +750,8 @@ fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
 /// A rejection by the tar check is also pushed to `verdicts`, with its rule.
 pub fn apply_one(
     ctx: &Ctx,
-    n: usize,
+    image: &str,
+    (n, of): (usize, usize),
     l: &PlannedLayer,
     root: rustix::fd::BorrowedFd<'_>,
     verdicts: &mut Verdicts,
@@ -761,8 +771,17 @@ pub fn apply_one(
         unconfined: ctx.unconfined_worker,
         test_escape: None,
         test_no_landlock: false,
+        progress: false,
     };
-    crate::worker::run(req, root, verdicts)
+    let total = l.len;
+    let report = move |bytes: u64, entries: u64| {
+        crate::progress::layer(image, n, of, bytes, total, entries);
+    };
+    let on_progress: Option<crate::worker::OnProgress<'_>> =
+        crate::progress::active().then_some(&report);
+    let r = crate::worker::run(req, root, verdicts, on_progress);
+    crate::progress::layer_done(image, n);
+    r
 }
 
 /// Streams layer `n` (`l`, in `blob`) through the tar check onto `root`,
@@ -779,6 +798,8 @@ pub(crate) fn apply_stream(
     use sha2::Digest as _;
     let r =
         archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+    crate::progress::RAW_BYTES.store(0, Ordering::Relaxed);
+    crate::progress::ENTRIES.store(0, Ordering::Relaxed);
     let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let failed = Arc::new(AtomicBool::new(false));
     let raw = Tap {

@@ -223,15 +223,17 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         // Columns added since the first schema; added in place to older
-        // state databases.
-        for (table, column, decl) in [
+        // state databases. Another process (the service, a `status`) may be
+        // opening the same new database: the check and the additions are one
+        // IMMEDIATE transaction, taken only when something is missing.
+        let added = [
             ("objects", "modified", "TEXT NOT NULL DEFAULT ''"),
             ("decisions", "layer", "INTEGER"),
             ("decisions", "path", "TEXT"),
@@ -239,17 +241,28 @@ impl Store {
             ("decisions", "reason", "TEXT NOT NULL DEFAULT ''"),
             ("runs", "policy_sha256", "TEXT"),
             ("images", "config", "TEXT"),
-        ] {
-            let has: bool = conn.query_row(
+        ];
+        let has = |c: &Connection, table: &str, column: &str| -> rusqlite::Result<bool> {
+            c.query_row(
                 &format!(
                     "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
                 ),
                 [column],
                 |r| r.get(0),
-            )?;
-            if !has {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+            )
+        };
+        let mut missing = false;
+        for (table, column, _) in added {
+            missing |= !has(&conn, table, column)?;
+        }
+        if missing {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (table, column, decl) in added {
+                if !has(&tx, table, column)? {
+                    tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+                }
             }
+            tx.commit()?;
         }
         Ok(Store {
             conn: Mutex::new(conn),
@@ -313,6 +326,20 @@ impl Store {
             data: r.get(5)?,
             error: r.get(6)?,
         })
+    }
+
+    /// Runs `f`'s reads in one read transaction: one consistent snapshot
+    /// of the database (a run that finishes meanwhile is seen either
+    /// running or finished, never neither). For single-threaded readers
+    /// (the CLI): other users of this `Store` would share the transaction.
+    pub fn snapshot<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce() -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.with(|c| c.execute_batch("BEGIN DEFERRED"))?;
+        let r = f();
+        self.with(|c| c.execute_batch("COMMIT"))?;
+        r
     }
 
     pub fn active_runs(&self) -> Result<Vec<RunRow>> {
@@ -834,6 +861,120 @@ impl ImageUpdate<'_> {
             ],
         )
         .map(|_| ())
+    }
+}
+
+// ---- metrics (`GET /metrics`, see `crate::metrics`) ----
+
+impl Store {
+    /// A read-only connection to the state database, for scrapes: they never
+    /// wait on the engine's connection, and WAL lets them read while it
+    /// writes (busy waits are absorbed by the busy timeout).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// What `GET /metrics` shows from SQLite, read in one read transaction:
+    /// a handful of GROUP BY scans, no per-row work in Rust.
+    /// `buckets_ms`: the duration histogram's upper bounds.
+    pub fn metrics_counts(&self, buckets_ms: &[u64]) -> Result<crate::metrics::Counts> {
+        use crate::metrics::{Counts, DecisionCount, TransitionCount};
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let d = "MAX(0, finished_at - started_at)";
+            let cols: String = buckets_ms
+                .iter()
+                .map(|b| format!(", SUM({d} <= {b})"))
+                .collect();
+            let mut s = tx.prepare(&format!(
+                "SELECT name, outcome, COUNT(*), SUM({d}){cols} FROM transitions
+                 WHERE finished_at IS NOT NULL GROUP BY name, outcome ORDER BY name, outcome"
+            ))?;
+            let transitions = s
+                .query_map([], |r| {
+                    let mut buckets = Vec::with_capacity(buckets_ms.len());
+                    for i in 0..buckets_ms.len() {
+                        buckets.push(n(r.get(4 + i)?));
+                    }
+                    Ok(TransitionCount {
+                        transition: r.get(0)?,
+                        outcome: r.get(1)?,
+                        count: n(r.get(2)?),
+                        sum_ms: n(r.get(3)?),
+                        buckets,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(s);
+            let downloaded_bytes: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(CASE WHEN json_valid(output) THEN json_extract(output, '$.bytes') END), 0)
+                 FROM transitions WHERE name = 'download' AND outcome = 'ok'",
+                [],
+                |r| r.get(0),
+            )?;
+            let (layers, written_bytes, layer_entries): (i64, i64, i64) = tx.query_row(
+                "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(entries), 0)
+                 FROM layers WHERE state = 'committed'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            let mut s = tx.prepare(
+                "SELECT rule, action, verdict, COUNT(*) FROM decisions
+                 GROUP BY rule, action, verdict ORDER BY rule, action, verdict",
+            )?;
+            let decisions = s
+                .query_map([], |r| {
+                    Ok(DecisionCount {
+                        rule: r.get(0)?,
+                        action: r.get(1)?,
+                        verdict: r.get(2)?,
+                        count: n(r.get(3)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(s);
+            // The states `tarpool status` shows: an image with an active run
+            // is running (pending before its first transition); cancelled
+            // shows as failed.
+            let mut s = tx.prepare(
+                "SELECT state, COUNT(*) FROM (
+                   SELECT CASE WHEN EXISTS (SELECT 1 FROM transitions t WHERE t.image = r.image AND t.run = r.id)
+                          THEN 'running' ELSE 'pending' END AS state
+                     FROM runs r WHERE r.status = 'running'
+                   UNION ALL
+                   SELECT CASE i.state WHEN 'cancelled' THEN 'failed' ELSE i.state END
+                     FROM images i
+                     WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.image = i.name AND r.status = 'running')
+                 ) GROUP BY state ORDER BY state",
+            )?;
+            let images = s
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, n(r.get(1)?))))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(s);
+            let runs_active: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM runs WHERE status = 'running'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(Counts {
+                transitions,
+                downloaded_bytes: n(downloaded_bytes),
+                layers: n(layers),
+                written_bytes: n(written_bytes),
+                layer_entries: n(layer_entries),
+                decisions,
+                images,
+                runs_active: n(runs_active),
+            })
+        })
     }
 }
 

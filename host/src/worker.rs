@@ -62,7 +62,13 @@ pub struct Request {
     /// is not enforced.
     #[serde(default)]
     pub test_no_landlock: bool,
+    /// Print progress lines ([`crate::progress::WORKER_LINE`]) on stderr.
+    #[serde(default)]
+    pub progress: bool,
 }
+
+/// Called with (compressed bytes read, entries) while a worker runs.
+pub type OnProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// What the worker answers.
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,8 +96,15 @@ pub fn run(
     mut req: Request,
     root: BorrowedFd<'_>,
     verdicts: &mut Vec<Verdict>,
+    on_progress: Option<OnProgress<'_>>,
 ) -> Result<ApplyStats, StepFailure> {
-    let reply = spawn(&mut req, root)?;
+    req.progress = on_progress.is_some();
+    let exe = std::env::current_exe().map_err(|e| {
+        StepFailure::Retry(format!(
+            "extraction worker: finding the tarpool binary: {e}"
+        ))
+    })?;
+    let reply = spawn_observed(&exe, &mut req, root, on_progress)?;
     match reply {
         Reply::Applied {
             stats, verdicts: v, ..
@@ -112,21 +125,22 @@ pub fn run(
     }
 }
 
-/// Starts the worker (this executable), sends `req`, and reads its reply.
-pub fn spawn(req: &mut Request, root: BorrowedFd<'_>) -> Result<Reply, StepFailure> {
-    let exe = std::env::current_exe().map_err(|e| {
-        StepFailure::Retry(format!(
-            "extraction worker: finding the tarpool binary: {e}"
-        ))
-    })?;
-    spawn_with(&exe, req, root)
-}
-
-/// [`spawn`] with the tarpool binary at `exe`.
+/// Starts the worker (the tarpool binary at `exe`), sends `req`, and reads
+/// its reply.
 pub fn spawn_with(
     exe: &std::path::Path,
     req: &mut Request,
     root: BorrowedFd<'_>,
+) -> Result<Reply, StepFailure> {
+    spawn_observed(exe, req, root, None)
+}
+
+/// [`spawn_with`], passing the worker's progress lines to `on_progress`.
+pub fn spawn_observed(
+    exe: &std::path::Path,
+    req: &mut Request,
+    root: BorrowedFd<'_>,
+    on_progress: Option<OnProgress<'_>>,
 ) -> Result<Reply, StepFailure> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         StepFailure::Retry(format!("extraction worker: {what}: {e}"))
@@ -175,18 +189,53 @@ pub fn spawn_with(
     let mut stdin = child.stdin.take().expect("piped");
     let written = stdin.write_all(&body);
     drop(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail("waiting for it", &e))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    // stderr is drained beside stdout (either pipe may fill first); progress
+    // lines go to `on_progress`, the last other line explains a failure.
+    let (read, said) = std::thread::scope(|s| {
+        let errs = s.spawn(move || {
+            use std::io::BufRead as _;
+            let mut last = String::new();
+            let mut r = std::io::BufReader::new(stderr);
+            let mut line = Vec::new();
+            // Lines are capped so a runaway worker cannot grow this.
+            while let Ok(n) = (&mut r).take(64 * 1024).read_until(b'\n', &mut line) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end();
+                match text.strip_prefix(crate::progress::WORKER_LINE) {
+                    Some(rest) => {
+                        if let (Some(f), Some((raw, entries))) =
+                            (on_progress, crate::progress::parse_worker_line(rest))
+                        {
+                            f(raw, entries);
+                        }
+                    }
+                    None if !text.trim().is_empty() => last = text.trim().to_string(),
+                    None => {}
+                }
+                line.clear();
+            }
+            last
+        });
+        let mut out = Vec::new();
+        let read = stdout.read_to_end(&mut out).map(|_| out);
+        (read, errs.join().unwrap_or_default())
+    });
+    let status = child.wait().map_err(|e| fail("waiting for it", &e))?;
+    let out = read.map_err(|e| fail("reading its answer", &e))?;
     written.map_err(|e| fail("sending the request", &e))?;
-    match serde_json::from_slice::<Reply>(&out.stdout) {
+    match serde_json::from_slice::<Reply>(&out) {
         Ok(reply) => Ok(reply),
         Err(_) => {
-            let said = String::from_utf8_lossy(&out.stderr);
-            let said = said.lines().last().unwrap_or("").trim();
+            let out_status = status;
+            let said = said.as_str();
             Err(StepFailure::Retry(format!(
                 "the extraction worker stopped without an answer ({}){}",
-                out.status,
+                out_status,
                 if said.is_empty() {
                     String::new()
                 } else {
@@ -266,8 +315,11 @@ fn work(req: &Request) -> Reply {
         Ok(c) => c,
         Err(e) => return failed(e.into()),
     };
+    if req.progress {
+        std::thread::spawn(report_progress);
+    }
     let mut verdicts = Vec::new();
-    match crate::steps::apply_stream(
+    let applied = crate::steps::apply_stream(
         blob,
         req.n,
         &req.layer,
@@ -275,7 +327,12 @@ fn work(req: &Request) -> Reply {
         &mut check,
         root.as_fd(),
         &mut verdicts,
-    ) {
+    );
+    if req.progress {
+        // The final count, so even a layer done within one period reports.
+        let _ = std::io::stderr().write_all(progress_line().as_bytes());
+    }
+    match applied {
         Ok(stats) => Reply::Applied {
             stats,
             verdicts,
@@ -283,6 +340,30 @@ fn work(req: &Request) -> Reply {
         },
         Err(failure) => Reply::Failed { failure, verdicts },
     }
+}
+
+/// Prints the layer's progress on stderr every 200 ms until the process
+/// exits.
+fn report_progress() {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if std::io::stderr()
+            .write_all(progress_line().as_bytes())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn progress_line() -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    format!(
+        "{}{} {}\n",
+        crate::progress::WORKER_LINE,
+        crate::progress::RAW_BYTES.load(Relaxed),
+        crate::progress::ENTRIES.load(Relaxed)
+    )
 }
 
 /// no_new_privs, Landlock, capabilities (see the module docs). Returns a

@@ -5,7 +5,11 @@
 mod harness;
 
 mod crash;
+mod daemon;
 mod example;
+mod exec;
 mod hostile;
+mod load;
+mod metrics;
 mod s3;
 mod worker;

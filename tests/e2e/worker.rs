@@ -28,6 +28,7 @@ fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
         unconfined: false,
         test_escape: Some(escape),
         test_no_landlock: false,
+        progress: false,
     }
 }
 
@@ -101,4 +102,56 @@ fn without_landlock_the_worker_refuses_unless_the_operator_opted_out() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn the_worker_reports_its_progress_to_the_service() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let steps = tarpool::wasm::Steps::load_with(&dir.join("cache"), &Default::default()).unwrap();
+    // A layer of 300 files in 3 directories.
+    let blob = dir.join("layer.tar");
+    let mut b = tar::Builder::new(File::create(&blob).unwrap());
+    for i in 0..300 {
+        let data = vec![b'x'; 4096 + i];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, format!("d{}/f{i}", i % 3), &data[..])
+            .unwrap();
+    }
+    b.into_inner().unwrap();
+    let len = std::fs::metadata(&blob).unwrap().len();
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let root = File::open(dir.join("root")).unwrap();
+    let mut req = request(dir, dir.join("unused"));
+    req.test_escape = None;
+    req.blob = blob;
+    req.tar_cache = steps.tar_check_cache().unwrap().to_path_buf();
+    req.layer = serde_json::from_value(serde_json::json!({
+        "member": "1.tar", "media": "tar", "blob": "sha256:00", "offset": 0, "len": len,
+        "digest": null, "diff_id": null, "chain_id": null
+    }))
+    .unwrap();
+    req.progress = true;
+    let seen = std::sync::Mutex::new(Vec::new());
+    let on = |raw: u64, entries: u64| seen.lock().unwrap().push((raw, entries));
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
+    let reply =
+        tarpool::worker::spawn_observed(exe, &mut req, std::os::fd::AsFd::as_fd(&root), Some(&on))
+            .unwrap();
+    let Reply::Applied { stats, .. } = reply else {
+        panic!("{reply:?}");
+    };
+    let seen = seen.into_inner().unwrap();
+    assert!(!seen.is_empty(), "no progress reported");
+    assert!(
+        seen.windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
+        "progress went backwards: {seen:?}"
+    );
+    assert_eq!(*seen.last().unwrap(), (len, stats.entries), "{seen:?}");
+    assert!(stats.entries >= 300, "{stats:?}");
+    assert!(dir.join("root/d2/f299").exists());
 }

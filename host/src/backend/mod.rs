@@ -113,6 +113,11 @@ pub trait Snapshotter: Send + Sync {
         mountpoint: Option<&Path>,
     ) -> std::io::Result<ActivationInfo>;
 
+    /// Mounts the existing activation `act` (a writable view of `chain`, top
+    /// first) at `target` in the caller's mount namespace, for `tarpool
+    /// exec` of an activation made without a mount point.
+    fn mount_activation(&self, act: &str, chain: &[i64], target: &Path) -> std::io::Result<()>;
+
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> std::io::Result<()>;
 
     /// After a crash, and for `gc`: removes temporary mounts and whatever

@@ -162,18 +162,7 @@ impl Snapshotter for Overlay {
         let work = dir.join("work");
         let options = overlay_options(&lowers, Some((&upper, &work)));
         if let Some(mp) = mountpoint {
-            // Relative lower dirs keep deep chains within a page of options.
-            let cwd = std::env::current_dir()?;
-            std::env::set_current_dir(self.layers())?;
-            let rel_upper = PathBuf::from(format!("../activations/{act}/upper"));
-            let rel_work = PathBuf::from(format!("../activations/{act}/work"));
-            let r = self.mounts.mount_overlay(
-                mp,
-                &Self::relative_lowers(chain),
-                Some((&rel_upper, &rel_work)),
-            );
-            std::env::set_current_dir(cwd)?;
-            if let Err(e) = r {
+            if let Err(e) = self.mount_activation(act, chain, mp) {
                 let _ = remove_all(&dir);
                 return Err(e);
             }
@@ -184,6 +173,33 @@ impl Snapshotter for Overlay {
             mountpoint: mountpoint.map(|p| p.display().to_string()),
             device: None,
         })
+    }
+
+    fn mount_activation(&self, act: &str, chain: &[i64], target: &Path) -> io::Result<()> {
+        if !self
+            .root
+            .join("activations")
+            .join(act)
+            .join("upper")
+            .is_dir()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("activation {act} has no upper directory"),
+            ));
+        }
+        // Relative lower dirs keep deep chains within a page of options.
+        let cwd = std::env::current_dir()?;
+        std::env::set_current_dir(self.layers())?;
+        let rel_upper = PathBuf::from(format!("../activations/{act}/upper"));
+        let rel_work = PathBuf::from(format!("../activations/{act}/work"));
+        let r = self.mounts.mount_overlay(
+            target,
+            &Self::relative_lowers(chain),
+            Some((&rel_upper, &rel_work)),
+        );
+        std::env::set_current_dir(cwd)?;
+        r
     }
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {

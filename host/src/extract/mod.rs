@@ -131,6 +131,8 @@ pub fn apply_layer<R: Read>(
             }
             want = p.want;
             ap.decisions(p.decisions);
+            crate::progress::ENTRIES
+                .fetch_add(p.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
             queue.extend(p.entries);
         }
         ap.consume(&buf[..n], base, &mut queue, &mut file)?;

@@ -27,7 +27,7 @@ use crate::failpoint::Failpoints;
 use crate::sys::MountOps;
 
 /// The `[thinpool]` table of the configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ThinConfig {
     /// The device-mapper name of the pool.
@@ -864,6 +864,17 @@ impl Snapshotter for ThinPool {
                 Err(e)
             }
         }
+    }
+
+    fn mount_activation(&self, act: &str, _chain: &[i64], target: &Path) -> io::Result<()> {
+        let dev = self.device(&format!("act:{act}"))?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("activation {act} has no thin device"),
+            )
+        })?;
+        let node = self.activate_node(dev.dev_id)?;
+        self.mounts.mount_dev(&node, target, "ext4", "")
     }
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {

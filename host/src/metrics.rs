@@ -1,0 +1,840 @@
+//! `GET /metrics`: the service's counters in the Prometheus text exposition
+//! format 0.0.4, served while `tarpool run` runs (`--metrics-addr`).
+//!
+//! Every value is derived at scrape time from SQLite (the transitions,
+//! decisions, images, runs and layers tables) and from the backend's pool
+//! status, so the counters survive restarts and cost nothing between
+//! scrapes. [`render`] is pure; the server is a deliberately small HTTP/1.1
+//! responder: one request per connection, a capped request head read under
+//! a timeout, a bounded number of connections, errors logged and never
+//! fatal to the service.
+
+use std::fmt::Write as _;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::backend::PoolUsage;
+use crate::engine::Ctx;
+use crate::store::Store;
+
+/// Upper bounds (milliseconds) of the transition duration histogram's
+/// buckets; `+Inf` follows.
+pub const BUCKETS_MS: [u64; 12] = [
+    10, 50, 100, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000,
+];
+
+/// The most bytes of a request head (request line and headers) read.
+const MAX_HEAD: usize = 8 * 1024;
+/// Connections served at once; more are answered 503 and closed.
+const MAX_CONNECTIONS: usize = 8;
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a scrape shows: the store's counts, the pool's usage (when the
+/// backend has a pool) and the build.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub version: String,
+    pub counts: Counts,
+    pub pool: Option<PoolUsage>,
+}
+
+/// The counts read from SQLite (see [`Store::metrics_counts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Finished transition executions, by transition and outcome.
+    pub transitions: Vec<TransitionCount>,
+    /// Bytes fetched by download transitions that completed.
+    pub downloaded_bytes: u64,
+    /// Committed layers, their content bytes and entries.
+    pub layers: u64,
+    pub written_bytes: u64,
+    pub layer_entries: u64,
+    pub decisions: Vec<DecisionCount>,
+    /// Images by the state `tarpool status` shows.
+    pub images: Vec<(String, u64)>,
+    pub runs_active: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransitionCount {
+    pub transition: String,
+    pub outcome: String,
+    pub count: u64,
+    pub sum_ms: u64,
+    /// Cumulative: executions that took at most `BUCKETS_MS[i]`.
+    pub buckets: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionCount {
+    pub rule: String,
+    pub action: String,
+    pub verdict: String,
+    pub count: u64,
+}
+
+/// The image states always exported (0 when no image is in them).
+const IMAGE_STATES: [&str; 4] = ["ready", "failed", "running", "pending"];
+
+/// The exposition text of a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = Out(String::new());
+    o.family("tarpool_up", "gauge", "1 while the service runs.");
+    o.sample("tarpool_up", &[], "1");
+    o.family(
+        "tarpool_build_info",
+        "gauge",
+        "The running build; the value is always 1.",
+    );
+    o.sample("tarpool_build_info", &[("version", &s.version)], "1");
+
+    let c = &s.counts;
+    o.family(
+        "tarpool_transitions_total",
+        "counter",
+        "Finished transition executions, by transition and outcome (from the transitions table).",
+    );
+    for t in &c.transitions {
+        let l = [
+            ("transition", t.transition.as_str()),
+            ("outcome", t.outcome.as_str()),
+        ];
+        o.sample("tarpool_transitions_total", &l, &t.count.to_string());
+    }
+    let h = "tarpool_transition_duration_seconds";
+    o.family(
+        h,
+        "histogram",
+        "Wall time of finished transition executions, by transition and outcome.",
+    );
+    for t in &c.transitions {
+        let bucket = format!("{h}_bucket");
+        for (i, le) in BUCKETS_MS.iter().enumerate() {
+            let le = seconds(*le);
+            let n = t.buckets.get(i).copied().unwrap_or(t.count);
+            let l = [
+                ("transition", t.transition.as_str()),
+                ("outcome", t.outcome.as_str()),
+                ("le", le.as_str()),
+            ];
+            o.sample(&bucket, &l, &n.to_string());
+        }
+        let l = [
+            ("transition", t.transition.as_str()),
+            ("outcome", t.outcome.as_str()),
+        ];
+        let inf = [l[0], l[1], ("le", "+Inf")];
+        o.sample(&bucket, &inf, &t.count.to_string());
+        o.sample(&format!("{h}_sum"), &l, &seconds(t.sum_ms));
+        o.sample(&format!("{h}_count"), &l, &t.count.to_string());
+    }
+
+    for (name, help, v) in [
+        (
+            "tarpool_downloaded_bytes_total",
+            "Bytes of objects fetched from the source by completed download transitions.",
+            c.downloaded_bytes,
+        ),
+        (
+            "tarpool_written_bytes_total",
+            "Content bytes of the committed layers (drops only when `tarpool gc` removes layers, between runs).",
+            c.written_bytes,
+        ),
+        (
+            "tarpool_layer_entries_total",
+            "Entries (files, directories, links...) of the committed layers.",
+            c.layer_entries,
+        ),
+    ] {
+        o.family(name, "counter", help);
+        o.sample(name, &[], &v.to_string());
+    }
+    o.family("tarpool_layers", "gauge", "Committed layers.");
+    o.sample("tarpool_layers", &[], &c.layers.to_string());
+
+    o.family(
+        "tarpool_policy_decisions_total",
+        "counter",
+        "Recorded policy decisions, by rule, action (allow, reject, skip, strip, clamp, note) and verdict (allow, deny).",
+    );
+    for d in &c.decisions {
+        let l = [
+            ("rule", d.rule.as_str()),
+            ("action", d.action.as_str()),
+            ("verdict", d.verdict.as_str()),
+        ];
+        o.sample("tarpool_policy_decisions_total", &l, &d.count.to_string());
+    }
+
+    o.family(
+        "tarpool_images",
+        "gauge",
+        "Tracked images by the state `tarpool status` shows.",
+    );
+    let count = |state: &str| {
+        c.images
+            .iter()
+            .filter(|(s, _)| s == state)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    for state in IMAGE_STATES {
+        o.sample(
+            "tarpool_images",
+            &[("state", state)],
+            &count(state).to_string(),
+        );
+    }
+    for (state, n) in &c.images {
+        if !IMAGE_STATES.contains(&state.as_str()) {
+            o.sample("tarpool_images", &[("state", state)], &n.to_string());
+        }
+    }
+    o.family("tarpool_runs_active", "gauge", "Runs not yet ended.");
+    o.sample("tarpool_runs_active", &[], &c.runs_active.to_string());
+
+    if let Some(p) = &s.pool {
+        for (name, help, v) in [
+            (
+                "tarpool_pool_data_used_bytes",
+                "Thin pool data space in use.",
+                p.data_used_bytes,
+            ),
+            (
+                "tarpool_pool_data_total_bytes",
+                "Thin pool data space.",
+                p.data_total_bytes,
+            ),
+            (
+                "tarpool_pool_metadata_used_bytes",
+                "Thin pool metadata space in use.",
+                p.meta_used_bytes,
+            ),
+            (
+                "tarpool_pool_metadata_total_bytes",
+                "Thin pool metadata space.",
+                p.meta_total_bytes,
+            ),
+        ] {
+            o.family(name, "gauge", help);
+            o.sample(name, &[], &v.to_string());
+        }
+    }
+    o.0
+}
+
+/// Milliseconds as a decimal number of seconds (`1500` -> `1.5`).
+fn seconds(ms: u64) -> String {
+    (ms as f64 / 1000.0).to_string()
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: &str) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape_label(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+/// A label value as the text format wants it: `\`, `"` and newline escaped.
+fn escape_label(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for ch in v.chars() {
+        match ch {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+// ---- the server ----
+
+/// The running metrics server; stops when dropped.
+pub struct Server {
+    ctx: Arc<std::sync::Mutex<Arc<Ctx>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Reads the pool through `ctx` from now on (after a reload).
+    pub fn follow(&self, ctx: Arc<Ctx>) {
+        *self.ctx.lock().unwrap_or_else(|p| p.into_inner()) = ctx;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves `GET /metrics` on `listener` (bound by the caller, so a bad
+/// address or a port in use is a startup error). Call from the runtime.
+pub fn spawn(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) -> anyhow::Result<Server> {
+    // Its own read-only connection: a scrape never waits on the engine's,
+    // and WAL lets it read while the engine writes.
+    let reader = Store::open_read_only(&ctx.state_dir.join("state.db"))
+        .context("opening the state database for metrics")?;
+    let ctx = Arc::new(std::sync::Mutex::new(ctx));
+    let scraper = Arc::new(Scraper {
+        ctx: ctx.clone(),
+        reader,
+    });
+    Ok(Server {
+        ctx,
+        task: tokio::spawn(serve(listener, scraper)),
+    })
+}
+
+struct Scraper {
+    ctx: Arc<std::sync::Mutex<Arc<Ctx>>>,
+    reader: Store,
+}
+
+impl Scraper {
+    /// Reads everything a scrape shows (blocking: SQLite and the pool).
+    fn gather(&self) -> anyhow::Result<String> {
+        let counts = self.reader.metrics_counts(&BUCKETS_MS)?;
+        let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let pool = ctx.backend.usage().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "metrics: reading the pool's usage");
+            None
+        });
+        Ok(render(&Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            counts,
+            pool,
+        }))
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, scraper: Arc<Scraper>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (mut sock, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, keep serving.
+                tracing::warn!(error = %e, "metrics: accepting a connection");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Answered at once (never queued) and closed; a best effort.
+            let _ = sock.try_write(&response(503, "Service Unavailable", &[], b"busy\n"));
+            continue;
+        };
+        let s = scraper.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            if let Err(e) = handle(&mut sock, &s).await {
+                tracing::warn!(peer = %peer, error = %e, "metrics: request");
+            }
+        });
+    }
+}
+
+async fn handle(sock: &mut tokio::net::TcpStream, s: &Arc<Scraper>) -> io::Result<()> {
+    let head = tokio::time::timeout(READ_TIMEOUT, read_head(sock))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head not sent in time"))??;
+    let resp = match route(&head) {
+        Route::Metrics => {
+            let s = s.clone();
+            let work = tokio::task::spawn_blocking(move || s.gather());
+            match tokio::time::timeout(SCRAPE_TIMEOUT, work).await {
+                Ok(Ok(Ok(body))) => response(
+                    200,
+                    "OK",
+                    &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
+                    body.as_bytes(),
+                ),
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(error = format!("{e:#}"), "metrics: scrape failed");
+                    response(500, "Internal Server Error", &[], b"scrape failed\n")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "metrics: scrape failed");
+                    response(500, "Internal Server Error", &[], b"scrape failed\n")
+                }
+                Err(_) => {
+                    tracing::error!(timeout = ?SCRAPE_TIMEOUT, "metrics: scrape took too long");
+                    response(503, "Service Unavailable", &[], b"scrape timed out\n")
+                }
+            }
+        }
+        Route::NotFound => response(404, "Not Found", &[], b"not found; try /metrics\n"),
+        Route::MethodNotAllowed => response(
+            405,
+            "Method Not Allowed",
+            &[("Allow", "GET")],
+            b"only GET\n",
+        ),
+        Route::TooLarge => response(
+            431,
+            "Request Header Fields Too Large",
+            &[],
+            b"request head too large\n",
+        ),
+        Route::BadRequest => response(400, "Bad Request", &[], b"bad request\n"),
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, async {
+        sock.write_all(&resp).await?;
+        sock.shutdown().await
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "response not taken in time"))?
+}
+
+/// The request head, up to its blank line; a head over [`MAX_HEAD`] comes
+/// back as its first `MAX_HEAD` bytes (and routes to 431).
+async fn read_head(sock: &mut tokio::net::TcpStream) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = sock.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the request head ended",
+            ));
+        }
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&buf[..n]);
+        if head_end(&head[from..]).is_some() || head.len() >= MAX_HEAD {
+            head.truncate(MAX_HEAD);
+            return Ok(head);
+        }
+    }
+}
+
+/// Where the blank line ending a head is, if it has arrived.
+fn head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| b.windows(2).position(|w| w == b"\n\n"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Metrics,
+    NotFound,
+    MethodNotAllowed,
+    TooLarge,
+    BadRequest,
+}
+
+/// What a request head asks for.
+fn route(head: &[u8]) -> Route {
+    if head_end(head).is_none() {
+        return if head.len() >= MAX_HEAD {
+            Route::TooLarge
+        } else {
+            Route::BadRequest
+        };
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Ok(line) = std::str::from_utf8(line) else {
+        return Route::BadRequest;
+    };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Route::BadRequest;
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
+        return Route::BadRequest;
+    }
+    if method != "GET" {
+        return Route::MethodNotAllowed;
+    }
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if path == "/metrics" {
+        Route::Metrics
+    } else {
+        Route::NotFound
+    }
+}
+
+fn response(code: u16, reason: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {code} {reason}\r\n");
+    if !headers.iter().any(|(k, _)| *k == "Content-Type") {
+        head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+    }
+    for (k, v) in headers {
+        let _ = write!(head, "{k}: {v}\r\n");
+    }
+    let _ = write!(
+        head,
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Renders `input`, checks the whole text is well-formed exposition
+    /// format, and compares the families named in `expected` (complete,
+    /// with their HELP and TYPE lines) with it.
+    fn check(input: Snapshot, expected: &str) {
+        let text = render(&input);
+        lint(&text);
+        let wanted: Vec<&str> = expected
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let got: Vec<&str> = text
+            .lines()
+            .filter(|l| wanted.contains(&family_of(l)))
+            .collect();
+        let expected: Vec<&str> = expected
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(got.join("\n"), expected.join("\n"), "\nwhole text:\n{text}");
+    }
+
+    /// The family a line belongs to (a histogram's samples to the histogram).
+    fn family_of(line: &str) -> &str {
+        let name = match line.strip_prefix("# ") {
+            Some(rest) => rest.split(' ').nth(1).unwrap_or(""),
+            None => line.split(['{', ' ']).next().unwrap_or(""),
+        };
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|base| base.ends_with("_seconds"))
+            .unwrap_or(name)
+    }
+
+    /// Every sample follows its family's HELP and TYPE; every line is one of
+    /// the three kinds; values are numbers.
+    fn lint(text: &str) {
+        assert!(text.ends_with('\n'));
+        let mut typed = Vec::new();
+        let mut last_help = "";
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# HELP ") {
+                last_help = rest.split(' ').next().unwrap();
+            } else if let Some(rest) = l.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert_eq!(name, last_help, "TYPE after its HELP: {l}");
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{l}");
+                assert!(!typed.contains(&name), "one TYPE per family: {l}");
+                typed.push(name);
+            } else {
+                assert_eq!(
+                    typed.last().copied(),
+                    Some(family_of(l)),
+                    "sample under its TYPE: {l}"
+                );
+                let value = l.rsplit(' ').next().unwrap();
+                assert!(value == "+Inf" || value.parse::<f64>().is_ok(), "{l}");
+            }
+        }
+    }
+
+    fn transition(
+        name: &str,
+        outcome: &str,
+        count: u64,
+        sum_ms: u64,
+        buckets: &[u64],
+    ) -> TransitionCount {
+        TransitionCount {
+            transition: name.into(),
+            outcome: outcome.into(),
+            count,
+            sum_ms,
+            buckets: buckets.to_vec(),
+        }
+    }
+
+    #[test]
+    fn render_cases() {
+        // An empty state: every family is there, images at 0, no pool.
+        check(
+            Snapshot {
+                version: "0.1.0".into(),
+                ..Snapshot::default()
+            },
+            r#"
+            # HELP tarpool_up 1 while the service runs.
+            # TYPE tarpool_up gauge
+            tarpool_up 1
+            # HELP tarpool_build_info The running build; the value is always 1.
+            # TYPE tarpool_build_info gauge
+            tarpool_build_info{version="0.1.0"} 1
+            # HELP tarpool_transitions_total Finished transition executions, by transition and outcome (from the transitions table).
+            # TYPE tarpool_transitions_total counter
+            # HELP tarpool_images Tracked images by the state `tarpool status` shows.
+            # TYPE tarpool_images gauge
+            tarpool_images{state="ready"} 0
+            tarpool_images{state="failed"} 0
+            tarpool_images{state="running"} 0
+            tarpool_images{state="pending"} 0
+            # HELP tarpool_runs_active Runs not yet ended.
+            # TYPE tarpool_runs_active gauge
+            tarpool_runs_active 0
+            "#,
+        );
+        let counts = Counts {
+            transitions: vec![
+                transition("completed", "ok", 3, 12, &[3; 12]),
+                transition(
+                    "unpack-layers",
+                    "ok",
+                    2,
+                    1_234_567,
+                    &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1],
+                ),
+            ],
+            downloaded_bytes: 1 << 20,
+            layers: 4,
+            written_bytes: 5000,
+            layer_entries: 42,
+            decisions: vec![DecisionCount {
+                rule: "max-layers".into(),
+                action: "allow".into(),
+                verdict: "allow".into(),
+                count: 6,
+            }],
+            images: vec![("ready".into(), 5), ("failed".into(), 1), ("odd".into(), 2)],
+            runs_active: 1,
+        };
+        check(
+            Snapshot {
+                version: "0.1.0".into(),
+                counts: counts.clone(),
+                pool: None,
+            },
+            r#"
+            # HELP tarpool_transitions_total Finished transition executions, by transition and outcome (from the transitions table).
+            # TYPE tarpool_transitions_total counter
+            tarpool_transitions_total{transition="completed",outcome="ok"} 3
+            tarpool_transitions_total{transition="unpack-layers",outcome="ok"} 2
+            # HELP tarpool_transition_duration_seconds Wall time of finished transition executions, by transition and outcome.
+            # TYPE tarpool_transition_duration_seconds histogram
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="0.01"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="0.05"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="0.1"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="0.5"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="1"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="2.5"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="5"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="10"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="30"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="60"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="300"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="900"} 3
+            tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="+Inf"} 3
+            tarpool_transition_duration_seconds_sum{transition="completed",outcome="ok"} 0.012
+            tarpool_transition_duration_seconds_count{transition="completed",outcome="ok"} 3
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="0.01"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="0.05"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="0.1"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="0.5"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="1"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="2.5"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="5"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="10"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="30"} 0
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="60"} 1
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="300"} 1
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="900"} 1
+            tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="+Inf"} 2
+            tarpool_transition_duration_seconds_sum{transition="unpack-layers",outcome="ok"} 1234.567
+            tarpool_transition_duration_seconds_count{transition="unpack-layers",outcome="ok"} 2
+            # HELP tarpool_downloaded_bytes_total Bytes of objects fetched from the source by completed download transitions.
+            # TYPE tarpool_downloaded_bytes_total counter
+            tarpool_downloaded_bytes_total 1048576
+            # HELP tarpool_written_bytes_total Content bytes of the committed layers (drops only when `tarpool gc` removes layers, between runs).
+            # TYPE tarpool_written_bytes_total counter
+            tarpool_written_bytes_total 5000
+            # HELP tarpool_layer_entries_total Entries (files, directories, links...) of the committed layers.
+            # TYPE tarpool_layer_entries_total counter
+            tarpool_layer_entries_total 42
+            # HELP tarpool_layers Committed layers.
+            # TYPE tarpool_layers gauge
+            tarpool_layers 4
+            # HELP tarpool_policy_decisions_total Recorded policy decisions, by rule, action (allow, reject, skip, strip, clamp, note) and verdict (allow, deny).
+            # TYPE tarpool_policy_decisions_total counter
+            tarpool_policy_decisions_total{rule="max-layers",action="allow",verdict="allow"} 6
+            # HELP tarpool_images Tracked images by the state `tarpool status` shows.
+            # TYPE tarpool_images gauge
+            tarpool_images{state="ready"} 5
+            tarpool_images{state="failed"} 1
+            tarpool_images{state="running"} 0
+            tarpool_images{state="pending"} 0
+            tarpool_images{state="odd"} 2
+            # HELP tarpool_runs_active Runs not yet ended.
+            # TYPE tarpool_runs_active gauge
+            tarpool_runs_active 1
+            "#,
+        );
+        // The pool, when the backend has one.
+        check(
+            Snapshot {
+                version: "0.1.0".into(),
+                counts: Counts::default(),
+                pool: Some(PoolUsage {
+                    data_used_bytes: 65536,
+                    data_total_bytes: 1 << 30,
+                    meta_used_bytes: 4096,
+                    meta_total_bytes: 1 << 22,
+                    mode: "rw".into(),
+                    needs_check: false,
+                }),
+            },
+            r#"
+            # HELP tarpool_pool_data_used_bytes Thin pool data space in use.
+            # TYPE tarpool_pool_data_used_bytes gauge
+            tarpool_pool_data_used_bytes 65536
+            # HELP tarpool_pool_data_total_bytes Thin pool data space.
+            # TYPE tarpool_pool_data_total_bytes gauge
+            tarpool_pool_data_total_bytes 1073741824
+            # HELP tarpool_pool_metadata_used_bytes Thin pool metadata space in use.
+            # TYPE tarpool_pool_metadata_used_bytes gauge
+            tarpool_pool_metadata_used_bytes 4096
+            # HELP tarpool_pool_metadata_total_bytes Thin pool metadata space.
+            # TYPE tarpool_pool_metadata_total_bytes gauge
+            tarpool_pool_metadata_total_bytes 4194304
+            "#,
+        );
+        // Label values are escaped: backslash, quote, newline.
+        check(
+            Snapshot {
+                version: "a\"b\\c\nd".into(),
+                ..Snapshot::default()
+            },
+            r#"
+            # HELP tarpool_build_info The running build; the value is always 1.
+            # TYPE tarpool_build_info gauge
+            tarpool_build_info{version="a\"b\\c\nd"} 1
+            "#,
+        );
+    }
+
+    #[test]
+    fn counts_from_the_store() {
+        use crate::store::{Finish, NewDecision};
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let s = Store::open(&path).unwrap();
+        // One image with a finished download (5 bytes) and a running
+        // classify; one with a run and no transition yet.
+        s.create_run("R1", "a", "download", "{}", "p").unwrap();
+        s.create_run("R2", "b", "download", "{}", "p").unwrap();
+        s.begin_transition("V1", "R1", "a", "download", 1).unwrap();
+        let fin = Finish {
+            version: "V1",
+            outcome: "ok",
+            output: Some(r#"{"fetched":1,"bytes":5}"#),
+            error: None,
+            status: "running",
+            next_step: Some("classify"),
+            attempt: 1,
+            data: "{}",
+            run_error: None,
+        };
+        s.finish_transition("R1", &fin, None).unwrap();
+        s.begin_transition("V2", "R1", "a", "classify", 1).unwrap();
+        let rule = |action| NewDecision {
+            rule: "max-layers",
+            action,
+            layer: None,
+            path: None,
+            detail: "",
+            reason: "why",
+        };
+        s.record_decisions(
+            "R1",
+            "V1",
+            "a",
+            &[rule("allow"), rule("allow"), rule("reject")],
+        )
+        .unwrap();
+        let c = Store::open_read_only(&path)
+            .unwrap()
+            .metrics_counts(&BUCKETS_MS)
+            .unwrap();
+        assert_eq!(c.transitions.len(), 1, "running executions are not counted");
+        let t = &c.transitions[0];
+        assert_eq!(
+            (t.transition.as_str(), t.outcome.as_str(), t.count),
+            ("download", "ok", 1)
+        );
+        assert_eq!(t.buckets.len(), BUCKETS_MS.len());
+        assert_eq!(*t.buckets.last().unwrap(), 1);
+        assert_eq!(c.downloaded_bytes, 5);
+        let dec: Vec<_> = c
+            .decisions
+            .iter()
+            .map(|d| (d.action.as_str(), d.verdict.as_str(), d.count))
+            .collect();
+        assert_eq!(dec, [("allow", "allow", 2), ("reject", "deny", 1)]);
+        assert_eq!(c.images, [("pending".into(), 1), ("running".into(), 1)]);
+        assert_eq!(c.runs_active, 2);
+        assert_eq!((c.layers, c.written_bytes), (0, 0));
+    }
+
+    #[test]
+    fn routes() {
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        for (head, want) in [
+            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", Route::Metrics),
+            ("GET /metrics?x=1 HTTP/1.0\r\n\r\n", Route::Metrics),
+            ("GET /metrics HTTP/1.1\n\n", Route::Metrics),
+            ("GET / HTTP/1.1\r\n\r\n", Route::NotFound),
+            ("GET /metricsx HTTP/1.1\r\n\r\n", Route::NotFound),
+            ("POST /metrics HTTP/1.1\r\n\r\n", Route::MethodNotAllowed),
+            ("HEAD /metrics HTTP/1.1\r\n\r\n", Route::MethodNotAllowed),
+            ("GET /metrics\r\n\r\n", Route::BadRequest),
+            ("GET /metrics HTTP/2\r\n\r\n", Route::BadRequest),
+            ("GET  /metrics HTTP/1.1\r\n\r\n", Route::BadRequest),
+            ("GET http://x/metrics HTTP/1.1\r\n\r\n", Route::BadRequest),
+            ("GET /metrics HTTP/1.1\r\n", Route::BadRequest),
+            (&big[..MAX_HEAD], Route::TooLarge),
+        ] {
+            assert_eq!(route(head.as_bytes()), want, "{head:?}");
+        }
+    }
+}
