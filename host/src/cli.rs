@@ -499,7 +499,7 @@ pub fn main() -> Result<u8> {
                 },
             )?;
             let store = open_store(&cfg.state_dir)?;
-            crate::exec::run(&store, &|| backend(&cfg), act, cmd)
+            crate::exec::run(&cfg.state_dir, &store, &|| backend(&cfg), act, cmd)
         }
         Cmd::Pool { cmd } => {
             let cfg = config(
@@ -598,6 +598,19 @@ fn reload_refused(old: &Config, new: &Config) -> Option<String> {
     if old.metrics_addr != new.metrics_addr {
         return Some("metrics_addr cannot change while the service runs; restart it".into());
     }
+    // A different pool (or id range) would be used without the crash
+    // reconciliation a start makes; the sizes only matter to `pool init`.
+    let pool = |c: &Config| {
+        (
+            c.thinpool.pool.clone(),
+            c.thinpool.first_dev_id,
+            c.thinpool.volume_size.clone(),
+            c.thinpool.zero_blocks,
+        )
+    };
+    if pool(old) != pool(new) {
+        return Some("[thinpool] pool, first_dev_id, volume_size and zero_blocks cannot change while the service runs; restart it".into());
+    }
     None
 }
 
@@ -614,12 +627,40 @@ fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Result<u8> {
     let _lock = lock_state(&cfg.state_dir)?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
-    let mut ctx = Arc::new(build_ctx(&cfg, &shutdown)?);
-    ctx.recover()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    // The handlers are in place before the slow start (compiling guests,
+    // crash recovery): a signal then is handled, not fatal.
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _in_rt = rt.enter();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (shutdown, reload) = (shutdown.clone(), reload.clone());
+        rt.spawn(async move {
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => {
+                        tracing::info!("SIGHUP: the configuration is reloaded before the next poll");
+                        reload.store(true, SeqCst);
+                        continue;
+                    }
+                };
+                if shutdown.swap(true, SeqCst) {
+                    tracing::warn!(signal = name, "stopping now; interrupted transitions resume at the next start");
+                    std::process::exit(130);
+                }
+                tracing::info!(signal = name, "stopping after the transitions under way");
+            }
+        });
+    }
+    let mut ctx = Arc::new(build_ctx(&cfg, &shutdown)?);
+    ctx.recover()?;
+    let code = rt.block_on(async {
         let metrics = match &cfg.metrics_addr {
             Some(a) => Some(
                 tokio::net::TcpListener::bind(a)
@@ -632,32 +673,11 @@ fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Result<u8> {
             tracing::info!(addr = %l.local_addr()?, "metrics: listening");
         }
         let metrics = metrics.map(|l| crate::metrics::spawn(l, ctx.clone())).transpose()?;
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            let mut hup = signal(SignalKind::hangup())?;
-            let (shutdown, reload) = (shutdown.clone(), reload.clone());
-            tokio::spawn(async move {
-                loop {
-                    let name = tokio::select! {
-                        _ = term.recv() => "SIGTERM",
-                        _ = int.recv() => "SIGINT",
-                        _ = hup.recv() => {
-                            tracing::info!("SIGHUP: the configuration is reloaded before the next poll");
-                            reload.store(true, SeqCst);
-                            continue;
-                        }
-                    };
-                    if shutdown.swap(true, SeqCst) {
-                        tracing::warn!(signal = name, "stopping now; interrupted transitions resume at the next start");
-                        std::process::exit(130);
-                    }
-                    tracing::info!(signal = name, "stopping after the transitions under way");
-                }
-            });
-        }
         loop {
+            if !once && shutdown.load(SeqCst) {
+                tracing::info!("stopped");
+                return Ok(0);
+            }
             if reload.swap(false, SeqCst) {
                 match config(args, o) {
                     Err(e) => tracing::error!(error = format!("{e:#}"), "reload failed; keeping the running configuration"),
@@ -695,16 +715,16 @@ fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Result<u8> {
             if let Err(e) = &pass {
                 tracing::error!(error = format!("{e:#}"), "poll failed; trying again at the next one");
             }
-            if shutdown.load(SeqCst) {
-                tracing::info!("stopped");
-                return Ok(0);
-            }
             let until = tokio::time::Instant::now() + std::time::Duration::from_secs(cfg.interval);
             while tokio::time::Instant::now() < until && !shutdown.load(SeqCst) && !reload.load(SeqCst) {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
-    })
+    });
+    // Nothing left to wait for once the runs have stopped (a metrics scrape
+    // stuck on the pool's status must not hold the stop).
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 fn report(ctx: &Ctx, names: &[String], summary: &engine::Summary, json: bool) -> Result<u8> {
@@ -982,13 +1002,23 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
 
 fn deactivate(cfg: &Config, act: &str) -> Result<u8> {
     let store = open_store(&cfg.state_dir)?;
-    let row = store
-        .activation(act)?
-        .with_context(|| format!("no activation named {act}"))?;
+    let exists = || -> Result<ActivationRow> {
+        store
+            .activation(act)?
+            .with_context(|| format!("no activation named {act}"))
+    };
+    exists()?;
+    // Never while a `tarpool exec` runs in it: "activation ACT is in use".
+    let lock = crate::exec::lock_activation(&cfg.state_dir, act, true)?;
+    // Again under the lock: another deactivate may have just removed it.
+    let row = exists()?;
     let b = backend(cfg)?;
     b.deactivate(act, row.mountpoint.as_deref().map(Path::new))
         .with_context(|| format!("deactivating {act}"))?;
     store.remove_activation(act)?;
+    if let Err(e) = lock.remove() {
+        tracing::warn!("removing the lock file of activation {act}: {e}");
+    }
     println!("{}", json!({ "deactivated": act }));
     Ok(0)
 }

@@ -253,6 +253,53 @@ fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
     Ok(ids)
 }
 
+/// A layer applied, its sync (and then its commit) under way on another
+/// thread while the next layer is applied.
+struct Sealing<'s, 'l> {
+    id: i64,
+    handle: std::thread::ScopedJoinHandle<'s, Result<(), StepFailure>>,
+    /// Held until the layer is committed: another image sharing the chain
+    /// waits, then finds it committed.
+    _held: std::sync::MutexGuard<'l, ()>,
+}
+
+/// Waits for the layer being sealed, if any; on failure discards it and,
+/// applied on top of it, `above`.
+fn finish_sealing(
+    ctx: &Ctx,
+    sealing: &mut Option<Sealing<'_, '_>>,
+    above: Option<i64>,
+) -> Result<(), StepFailure> {
+    let Some(p) = sealing.take() else {
+        return Ok(());
+    };
+    let r = p
+        .handle
+        .join()
+        .unwrap_or_else(|_| Err(StepFailure::Retry("the layer sync thread panicked".into())));
+    match r {
+        Ok(()) => {
+            ctx.failpoints.hit("after-layer");
+            Ok(())
+        }
+        Err(e) => {
+            for id in above.into_iter().chain([p.id]) {
+                if let Err(d) = ctx.backend.discard_layer(id) {
+                    return Err(StepFailure::Retry(format!(
+                        "{e}; discarding the layer failed too: {d}"
+                    )));
+                }
+                ctx.store.discard_layer(id)?;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Applies the run's layers in order. Each layer is applied unsynced, then
+/// synced and committed on a second thread while the next one is applied
+/// (at most one layer is being sealed); a layer is committed only after
+/// its sync, and only after the layer below it is.
 fn unpack_layers(
     ctx: &Ctx,
     run: &str,
@@ -271,93 +318,135 @@ fn unpack_layers(
         .iter()
         .map(|l| l.chain_id.clone().unwrap_or_default())
         .collect();
+    let locks: Vec<Arc<Mutex<()>>> = chains.iter().map(|c| ctx.chain_lock(c)).collect();
     let (mut applied, mut shared, mut resumed) = (0, 0, 0);
     let mut entries = 0u64;
     let mut check_ns = 0u64;
-    for (i, layer) in data.layers.iter().enumerate() {
-        if done.contains(&i) {
-            resumed += 1;
-            continue;
-        }
-        if ctx.store.cancel_requested(run)? {
-            return Err(StepFailure::Cancelled);
-        }
-        if ctx.shutdown.load(Ordering::SeqCst) {
-            return Err(StepFailure::Retry("the service is shutting down".into()));
-        }
-        let chain = &chains[i];
-        let lock = ctx.chain_lock(chain);
-        let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
-        match ctx.store.layer(chain)? {
-            Some(l) if l.committed => {
-                ctx.store.record_layer_progress(run, i, chain)?;
-                shared += 1;
+    let of = data.layers.len();
+    std::thread::scope(|s| -> Result<(), StepFailure> {
+        let mut sealing: Option<Sealing<'_, '_>> = None;
+        for (i, layer) in data.layers.iter().enumerate() {
+            if done.contains(&i) {
+                resumed += 1;
                 continue;
             }
-            Some(l) => {
-                ctx.backend
-                    .discard_layer(l.id)
-                    .map_err(|e| StepFailure::io("discarding a stale layer", e))?;
-                ctx.store.discard_layer(l.id)?;
+            if ctx.store.cancel_requested(run)? {
+                finish_sealing(ctx, &mut sealing, None)?;
+                return Err(StepFailure::Cancelled);
             }
-            None => {}
-        }
-        let parents = layer_ids(ctx, &chains[..i])?;
-        let parent_chain = if i == 0 {
-            None
-        } else {
-            Some(chains[i - 1].as_str())
-        };
-        let id = ctx.store.begin_layer(
-            chain,
-            parent_chain,
-            layer.diff_id.as_deref().unwrap_or_default(),
-        )?;
-        let of = data.layers.len();
-        let mut apply = |root: rustix::fd::BorrowedFd<'_>| {
-            steps::apply_one(ctx, image, (i + 1, of), layer, root, verdicts)
-        };
-        let stats = match ctx.backend.apply_layer(id, &parents, &mut apply) {
-            Ok(s) => s,
-            Err(e) => {
-                if let Err(d) = ctx.backend.discard_layer(id) {
-                    return Err(StepFailure::Retry(format!(
-                        "{e}; discarding the layer failed too: {d}"
-                    )));
+            if ctx.shutdown.load(Ordering::SeqCst) {
+                finish_sealing(ctx, &mut sealing, None)?;
+                return Err(StepFailure::Retry("the service is shutting down".into()));
+            }
+            let chain = &chains[i];
+            let held = locks[i].lock().unwrap_or_else(|p| p.into_inner());
+            match ctx.store.layer(chain)? {
+                Some(l) if l.committed => {
+                    // Below it, everything is committed already.
+                    finish_sealing(ctx, &mut sealing, None)?;
+                    ctx.store.record_layer_progress(run, i, chain)?;
+                    shared += 1;
+                    continue;
                 }
-                ctx.store.discard_layer(id)?;
-                return Err(e);
+                Some(l) => {
+                    ctx.backend
+                        .discard_layer(l.id)
+                        .map_err(|e| StepFailure::io("discarding a stale layer", e))?;
+                    ctx.store.discard_layer(l.id)?;
+                }
+                None => {}
             }
-        };
-        // What the policy or the filesystem made us skip, strip, clamp or
-        // note, entry by entry, on the record.
-        let layer_no = u32::try_from(i + 1).ok();
-        for d in &stats.decisions {
-            verdicts.push(crate::core::policy::Verdict {
-                rule: d.rule.clone(),
-                action: d.action.clone(),
-                layer: layer_no,
-                path: Some(d.path.clone()),
-                detail: d.detail.clone(),
+            let below = sealing.as_ref().map(|p| p.id);
+            let mut parents = Vec::new();
+            for c in chains[..i].iter().rev() {
+                match ctx.store.layer(c)? {
+                    Some(l) if l.committed || Some(l.id) == below => parents.push(l.id),
+                    _ => {
+                        finish_sealing(ctx, &mut sealing, None)?;
+                        return Err(StepFailure::Retry(format!("layer {c} is not committed")));
+                    }
+                }
+            }
+            let parent_chain = if i == 0 {
+                None
+            } else {
+                Some(chains[i - 1].as_str())
+            };
+            let id = match ctx.store.begin_layer(
+                chain,
+                parent_chain,
+                layer.diff_id.as_deref().unwrap_or_default(),
+            ) {
+                Ok(id) => id,
+                Err(e) => {
+                    finish_sealing(ctx, &mut sealing, None)?;
+                    return Err(e.into());
+                }
+            };
+            let mut apply = |root: rustix::fd::BorrowedFd<'_>| {
+                steps::apply_one(ctx, image, (i + 1, of), layer, root, verdicts)
+            };
+            let result = ctx.backend.apply_layer_unsynced(id, &parents, &mut apply);
+            // The layer below is committed (or discarded with this one)
+            // before this one is; this one's fate is decided next.
+            finish_sealing(ctx, &mut sealing, Some(id))?;
+            let stats = match result {
+                Ok(s) => s,
+                Err(e) => {
+                    if let Err(d) = ctx.backend.discard_layer(id) {
+                        return Err(StepFailure::Retry(format!(
+                            "{e}; discarding the layer failed too: {d}"
+                        )));
+                    }
+                    ctx.store.discard_layer(id)?;
+                    return Err(e);
+                }
+            };
+            // What the policy or the filesystem made us skip, strip, clamp or
+            // note, entry by entry, on the record.
+            let layer_no = u32::try_from(i + 1).ok();
+            for d in &stats.decisions {
+                verdicts.push(crate::core::policy::Verdict {
+                    rule: d.rule.clone(),
+                    action: d.action.clone(),
+                    layer: layer_no,
+                    path: Some(d.path.clone()),
+                    detail: d.detail.clone(),
+                });
+            }
+            for (rule, n) in &stats.decisions_dropped {
+                verdicts.push(crate::core::policy::Verdict {
+                    rule: rule.clone(),
+                    action: "note".into(),
+                    layer: layer_no,
+                    path: None,
+                    detail: format!("{n} more decisions under this rule, not listed one by one"),
+                });
+            }
+            ctx.failpoints.hit("mid-layer");
+            check_ns += stats.check_ns;
+            entries += stats.entries;
+            applied += 1;
+            let (n_entries, n_bytes) = (stats.entries, stats.bytes);
+            let handle = s.spawn(move || -> Result<(), StepFailure> {
+                if ctx.failpoints.fails("fail:sync-layer") {
+                    return Err(StepFailure::Retry(
+                        "syncing the layer: injected I/O failure".into(),
+                    ));
+                }
+                ctx.backend.sync_layer(id)?;
+                ctx.store
+                    .commit_layer(id, n_entries, n_bytes, run, i, chain)?;
+                Ok(())
+            });
+            sealing = Some(Sealing {
+                id,
+                handle,
+                _held: held,
             });
         }
-        for (rule, n) in &stats.decisions_dropped {
-            verdicts.push(crate::core::policy::Verdict {
-                rule: rule.clone(),
-                action: "note".into(),
-                layer: layer_no,
-                path: None,
-                detail: format!("{n} more decisions under this rule, not listed one by one"),
-            });
-        }
-        ctx.failpoints.hit("mid-layer");
-        ctx.store
-            .commit_layer(id, stats.entries, stats.bytes, run, i, chain)?;
-        check_ns += stats.check_ns;
-        entries += stats.entries;
-        applied += 1;
-        ctx.failpoints.hit("after-layer");
-    }
+        finish_sealing(ctx, &mut sealing, None)
+    })?;
     Ok(
         serde_json::json!({ "applied": applied, "shared": shared, "resumed": resumed, "entries": entries, "tar_check_ms": check_ns as f64 / 1e6 }),
     )
@@ -691,8 +780,18 @@ pub async fn run_all(ctx: Arc<Ctx>, jobs: usize) -> anyhow::Result<()> {
         });
     }
     let mut first_err = None;
+    // Every task is joined before returning, whatever happens to one of
+    // them: a run still being driven must not be driven again by the next
+    // pass.
     while let Some(j) = tasks.join_next().await {
-        let (image, res) = j?;
+        let (image, res) = match j {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "a run's task panicked");
+                first_err.get_or_insert(anyhow::anyhow!("a run's task panicked: {e}"));
+                continue;
+            }
+        };
         if let Err(e) = res {
             tracing::error!(image, error = format!("{e:#}"), "run stopped");
             first_err.get_or_insert(e);

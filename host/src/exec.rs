@@ -6,37 +6,58 @@
 //! forked child is a complete copy of the process and may allocate and use
 //! the standard library until it execs.
 //!
-//! 1. The parent reads the store: the activation, its image's runtime config
-//!    (`images.config`, the manifest step's `RuntimeConfig`) and, for an
-//!    activation made without `--mount`, its layer chain (walked from the
-//!    activation's top chain through the layers' parents).
-//! 2. It moves into a private mount namespace of its own and mounts the
-//!    activation's root at a private temporary directory: a recursive bind
-//!    of the activation's mount point, or the backend's
-//!    [`Snapshotter::mount_activation`]. That mount exists only in the
-//!    parent's namespace and vanishes with it, even on SIGKILL.
-//! 3. It unshares a pid namespace, blocks SIGINT, SIGTERM, SIGHUP and
+//! 1. The parent takes the activation's lock, `STATE_DIR/locks/ACT.lock`
+//!    (see [`lock_activation`]; never waiting: held, it is an error):
+//!    exclusive when it has to mount the activation itself (two overlay
+//!    mounts of one upper directory would corrupt it), shared when it only
+//!    binds the activation's mount point. `tarpool deactivate` takes it
+//!    exclusive. The parent holds it until the command has ended; the
+//!    command never sees it (close-on-exec, and step 4 closes every
+//!    descriptor above 2 anyway).
+//! 2. It reads the store, under the lock: the activation, its image's
+//!    runtime config (`images.config`, the manifest step's `RuntimeConfig`)
+//!    and, for an activation made without `--mount`, its layer chain
+//!    (walked from the activation's top chain through the layers' parents).
+//! 3. It moves into a private mount namespace of its own and mounts the
+//!    activation's root at a temporary directory: a recursive bind of the
+//!    activation's mount point, or the backend's
+//!    [`Snapshotter::mount_activation`]; then makes that view `nodev`
+//!    (`mount_setattr`, recursive; not `nosuid`: the image's setuid
+//!    programs work). That mount exists only in the parent's namespace and
+//!    vanishes with it, even on SIGKILL. At the end the parent unmounts it
+//!    and removes the directory with `rmdir` only, never recursively: were
+//!    the activation still mounted there, removing would fail, not wipe it.
+//! 4. It unshares a pid namespace, blocks SIGINT, SIGTERM, SIGHUP and
 //!    SIGCHLD, and forks: the child is pid 1 of the new pid namespace.
-//! 4. The child takes new mount (a copy of the parent's, so `pivot_root`
+//!    The child takes new mount (a copy of the parent's, so `pivot_root`
 //!    does not move the parent), UTS and IPC namespaces; mounts a fresh
-//!    /proc, a tmpfs /dev (nodes by mknod, or bind-mounted from the host's
-//!    where mknod is refused), /dev/pts (newinstance) and /dev/shm; sets the
-//!    hostname to the activation's name; `pivot_root`s and detaches the old
-//!    root. Only then does it read the image's /etc/passwd and /etc/group
-//!    (regular files, at most 1 MiB: untrusted bytes) to resolve the
-//!    config's `User`; it enters `WorkingDir`, sets the groups, gid and uid,
-//!    asks for SIGKILL when the parent dies, and execs CMD (searched in the
-//!    image's PATH) with the config's `Env`. A setup error travels to the
-//!    parent as one line through a close-on-exec pipe (end of file: the
-//!    exec succeeded); a command not found exits 127, not executable 126.
+//!    /proc, a tmpfs /dev (not `nodev`; nodes by mknod, or bind-mounted
+//!    from the host's where mknod is refused), /dev/pts (newinstance) and
+//!    /dev/shm; sets the hostname to the activation's name; `pivot_root`s
+//!    and detaches the old root. Only then does it read the image's
+//!    /etc/passwd and /etc/group (regular files, at most 1 MiB: untrusted
+//!    bytes) to resolve the config's `User`; it enters `WorkingDir`; starts
+//!    a session of its own (`setsid`: the command has no controlling
+//!    terminal, so it cannot push keystrokes into the operator's with
+//!    TIOCSTI, though its stdin, stdout and stderr may still be that
+//!    terminal); cuts its capabilities to [`KEPT_CAPS`] (bounding,
+//!    effective and permitted sets; ambient and inheritable emptied, so a
+//!    root command gets exactly those after execve and a non-root one none,
+//!    setuid programs at most those); sets the groups, gid and uid; asks
+//!    for SIGKILL when the parent dies; closes every descriptor above 2;
+//!    and execs CMD (searched in the image's PATH) with the config's `Env`.
+//!    A setup error travels to the parent as one line through a
+//!    close-on-exec pipe (end of file: the exec succeeded); a command not
+//!    found exits 127, not executable 126.
 //! 5. The parent waits in `sigwaitinfo`: it forwards SIGINT, SIGTERM and
-//!    SIGHUP (not the terminal's own, which reached the child already: same
-//!    process group). As pid 1 the command only receives the signals it
-//!    handles, so a second SIGINT or SIGTERM kills it. tarpool's exit status
-//!    is the command's (128+N for death by signal N).
+//!    SIGHUP, the terminal's included (the command, in its own session, no
+//!    longer gets those). As pid 1 the command only receives the signals
+//!    it handles, so a second SIGINT or SIGTERM kills it. tarpool's exit
+//!    status is the command's (128+N for death by signal N).
 //!
-//! Not a sandbox: the command runs with the caller's credentials and
-//! capabilities (root), without a user namespace, seccomp or cgroup.
+//! Not a sandbox: the command runs as root (or the image's `User`) of the
+//! host, with Docker's default capabilities minus CAP_MKNOD, without a user
+//! namespace, seccomp or cgroup.
 
 use anyhow::{bail, Context as _, Result};
 use rustix::fs::{Mode, OFlags};
@@ -45,11 +66,12 @@ use rustix::thread::UnshareFlags;
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::io::{Read as _, Write as _};
+use std::os::fd::{AsRawFd as _, RawFd};
 use std::path::{Path, PathBuf};
 
 use crate::backend::Snapshotter;
 use crate::model::RuntimeConfig;
-use crate::store::Store;
+use crate::store::{ActivationRow, Store};
 use crate::sys::MountOps as _;
 
 /// The PATH of an image whose config sets none (Docker's default).
@@ -73,15 +95,45 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
+/// The capabilities the command may keep: Docker's default set without
+/// CAP_MKNOD (the activation is `nodev`, yet a node made elsewhere, say in
+/// /dev/shm, would open the host's disks). Everything else goes, from the
+/// bounding set too: CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_RAWIO,
+/// CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN...
+pub const KEPT_CAPS: [caps::Capability; 13] = [
+    caps::Capability::CAP_CHOWN,
+    caps::Capability::CAP_DAC_OVERRIDE,
+    caps::Capability::CAP_FSETID,
+    caps::Capability::CAP_FOWNER,
+    caps::Capability::CAP_NET_RAW,
+    caps::Capability::CAP_SETGID,
+    caps::Capability::CAP_SETUID,
+    caps::Capability::CAP_SETFCAP,
+    caps::Capability::CAP_SETPCAP,
+    caps::Capability::CAP_NET_BIND_SERVICE,
+    caps::Capability::CAP_SYS_CHROOT,
+    caps::Capability::CAP_KILL,
+    caps::Capability::CAP_AUDIT_WRITE,
+];
+
 /// Opens the backend, only when the activation has to be mounted.
 pub type OpenBackend<'a> = dyn Fn() -> Result<Box<dyn Snapshotter>> + 'a;
 
-/// Runs `cmd` (default: the image's entrypoint and cmd) in activation `act`;
-/// returns its exit status.
-pub fn run(store: &Store, open_backend: &OpenBackend<'_>, act: &str, cmd: &[String]) -> Result<u8> {
-    let row = store
-        .activation(act)?
-        .with_context(|| format!("no activation named {act}"))?;
+/// Runs `cmd` (default: the image's entrypoint and cmd) in activation `act`
+/// of the state directory `state_dir` (whose database `store` is); returns
+/// its exit status.
+pub fn run(
+    state_dir: &Path,
+    store: &Store,
+    open_backend: &OpenBackend<'_>,
+    act: &str,
+    cmd: &[String],
+) -> Result<u8> {
+    if !single_threaded() {
+        bail!("internal error: `tarpool exec` must fork from a single-threaded process");
+    }
+    // Held until the command has ended (dropped last).
+    let (row, bind, _lock) = lock_for_exec(store, state_dir, act)?;
     let img = store
         .image(&row.image)?
         .with_context(|| format!("activation {act}: image {} is not tracked", row.image))?;
@@ -115,41 +167,225 @@ pub fn run(store: &Store, open_backend: &OpenBackend<'_>, act: &str, cmd: &[Stri
     }
     let argv = cstrings(&words).context("the command")?;
     let env = cstrings(&environment(&config.env, act)).context("the image's Env")?;
-    if !single_threaded() {
-        bail!("internal error: `tarpool exec` must fork from a single-threaded process");
-    }
 
-    let tmp = tempfile::Builder::new()
-        .prefix("tarpool-exec-")
-        .tempdir()
-        .context("creating a temporary mount point")?;
-    let root = tmp.path().to_path_buf();
+    let mut root = MountPoint::new()?;
     crate::sys::LinuxMounts
         .private_namespace()
         .context("entering a private mount namespace")?;
-    let mounted = match row.mountpoint.as_deref().map(Path::new) {
-        Some(mp) if is_mount_point(mp) => rustix::mount::mount_bind_recursive(mp, &root)
-            .with_context(|| format!("activation {act}: binding its mount point {}", mp.display())),
+    match row.mountpoint.as_deref().map(Path::new) {
+        Some(mp) if bind => {
+            rustix::mount::mount_bind_recursive(mp, &root.path).with_context(|| {
+                format!("activation {act}: binding its mount point {}", mp.display())
+            })?
+        }
         // No mount point, or one no longer mounted (a reboot): mount it here.
-        _ => chain(store, act, &row.top_chain).and_then(|chain| {
+        _ => {
+            let chain = chain(store, act, &row.top_chain)?;
             open_backend()?
-                .mount_activation(act, &chain, &root)
-                .with_context(|| format!("activation {act}: mounting its root"))
-        }),
-    };
-    mounted?;
+                .mount_activation(act, &chain, &root.path)
+                .with_context(|| format!("activation {act}: mounting its root"))?
+        }
+    }
+    root.mounted = true;
+    set_nodev(&root.path).context("making the activation's root view nodev")?;
     let plan = Plan {
         act: act.to_string(),
-        root: root.clone(),
+        root: root.path.clone(),
         user: config.user.clone(),
         working_dir: config.working_dir.clone(),
         argv,
         env,
     };
-    let r = spawn_and_wait(&plan);
-    let _ = rustix::mount::unmount(&root, UnmountFlags::DETACH);
-    drop(tmp);
-    r
+    spawn_and_wait(&plan)
+}
+
+/// The temporary mount point of the activation's root, in the parent's
+/// private namespace. Dropped, it is unmounted (a failure reported) and
+/// removed by `rmdir` alone: never a recursive delete, which would go
+/// through a mount still there into the activation.
+struct MountPoint {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl MountPoint {
+    fn new() -> Result<MountPoint> {
+        let path = tempfile::Builder::new()
+            .prefix("tarpool-exec-")
+            .tempdir()
+            .context("creating a temporary mount point")?
+            .keep();
+        Ok(MountPoint {
+            path,
+            mounted: false,
+        })
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Err(e) = rustix::mount::unmount(&self.path, UnmountFlags::DETACH) {
+                tracing::warn!(
+                    "unmounting the activation's root at {}: {e}",
+                    self.path.display()
+                );
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&self.path) {
+            tracing::warn!(
+                "removing the temporary mount point {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// The error when an activation's lock is held.
+fn in_use(act: &str) -> anyhow::Error {
+    anyhow::anyhow!("activation {act} is in use (tarpool exec or deactivate)")
+}
+
+/// A lock on one activation, `STATE_DIR/locks/ACT.lock`: `tarpool exec`
+/// holds it shared while it only binds the activation's mount point, and
+/// exclusive while it mounts the activation itself; `tarpool deactivate`
+/// holds it exclusive. Released when dropped (or when the process ends).
+pub struct ActivationLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl ActivationLock {
+    /// Removes the lock file, still holding the lock: for `deactivate`, once
+    /// the activation is gone. [`lock_activation`] never keeps a lock on a
+    /// removed file, so this is safe against a concurrent locker.
+    pub fn remove(&self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.path)
+    }
+}
+
+/// Takes activation `act`'s lock without waiting (in `state_dir/locks`,
+/// made 0700): held elsewhere, the error "activation ACT is in use".
+pub fn lock_activation(state_dir: &Path, act: &str, exclusive: bool) -> Result<ActivationLock> {
+    use rustix::fs::FlockOperation;
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+    if act.is_empty() || act.starts_with('.') || act.contains('/') {
+        bail!("bad activation name {act:?}");
+    }
+    let dir = state_dir.join("locks");
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let path = dir.join(format!("{act}.lock"));
+    let op = if exclusive {
+        FlockOperation::NonBlockingLockExclusive
+    } else {
+        FlockOperation::NonBlockingLockShared
+    };
+    // A deactivate removes the file while it holds the lock: a lock taken
+    // on the removed file would lock nothing, so check and take it again.
+    for _ in 0..100 {
+        // Close-on-exec (the standard library's default).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, op) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(in_use(act)),
+            Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+        let held = file.metadata()?;
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => {
+                return Ok(ActivationLock { _file: file, path })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    Err(in_use(act))
+}
+
+/// Takes `act`'s lock for exec: shared when its mount point is mounted (exec
+/// only binds it), exclusive otherwise (exec mounts it). Returns the
+/// activation as read under the lock, and whether to bind its mount point.
+fn lock_for_exec(
+    store: &Store,
+    state_dir: &Path,
+    act: &str,
+) -> Result<(ActivationRow, bool, ActivationLock)> {
+    let read = || -> Result<(ActivationRow, bool)> {
+        let row = store
+            .activation(act)?
+            .with_context(|| format!("no activation named {act}"))?;
+        let bind = row
+            .mountpoint
+            .as_deref()
+            .is_some_and(|mp| is_mount_point(Path::new(mp)));
+        Ok((row, bind))
+    };
+    let (_, mut bind) = read()?;
+    for _ in 0..3 {
+        let lock = lock_activation(state_dir, act, !bind)?;
+        // Again, under the lock: a deactivate may have just removed it.
+        let (row, now) = read()?;
+        // An exclusive lock also covers binding; a shared one only that.
+        if now || !bind {
+            return Ok((row, now, lock));
+        }
+        bind = now;
+    }
+    Err(in_use(act))
+}
+
+/// The state directory of the store this process has open: the directory
+/// of its `state.db`, found among the open files (`tarpool exec` opens one
+/// store, that of its `--state-dir`).
+/// Makes the mounts at and below `root` `nodev` (`mount_setattr`, Linux 5.12;
+/// only that flag changes: a read-only mount stays so).
+fn set_nodev(root: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    /// The kernel's `struct mount_attr` (`linux/mount.h`).
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    const MOUNT_ATTR_NODEV: u64 = 0x4;
+    let path = CString::new(root.as_os_str().as_bytes())?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `path` is a NUL-terminated string and `attr` a `mount_attr`
+    // of the size passed; both outlive the call, which only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
 }
 
 /// What the child needs, all resolved before the fork.
@@ -254,7 +490,7 @@ fn fork_and_wait(plan: &Plan, set: &libc::sigset_t, old: &libc::sigset_t) -> Res
     }
     if pid == 0 {
         drop(reader);
-        let (code, msg) = match child(plan, old) {
+        let (code, msg) = match child(plan, old, writer.as_raw_fd()) {
             Err(e) => match e.downcast_ref::<ExecFailed>() {
                 Some(f) => (f.code, f.msg.clone()),
                 None => (2, format!("{e:#}")),
@@ -293,10 +529,9 @@ fn wait(pid: libc::pid_t, set: &libc::sigset_t) -> Result<u8> {
             }
             return Ok(st.exit_status().map_or(255, |c| (c & 0xff) as u8));
         }
-        // SAFETY: siginfo_t is plain data, filled by sigwaitinfo.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: `set` is a valid, blocked signal set; `info` is writable.
-        let sig = unsafe { libc::sigwaitinfo(set, &mut info) };
+        // SAFETY: `set` is a valid, blocked signal set; sigwaitinfo accepts a
+        // null info pointer.
+        let sig = unsafe { libc::sigwaitinfo(set, std::ptr::null_mut()) };
         if sig < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
@@ -307,15 +542,14 @@ fn wait(pid: libc::pid_t, set: &libc::sigset_t) -> Result<u8> {
         if sig == libc::SIGCHLD {
             continue;
         }
+        // The terminal's too: the command, in a session of its own, does
+        // not get them.
         if sig != libc::SIGHUP {
             stops += 1;
         }
         let sig = if stops >= 2 {
             eprintln!("tarpool: killing the command");
             libc::SIGKILL
-        } else if info.si_code == libc::SI_KERNEL {
-            // The terminal's: the child, in this process group, has it too.
-            continue;
         } else {
             sig
         };
@@ -340,7 +574,8 @@ impl std::fmt::Display for ExecFailed {
 impl std::error::Error for ExecFailed {}
 
 /// The child, pid 1 of the new pid namespace: returns only on failure.
-fn child(plan: &Plan, mask: &libc::sigset_t) -> Result<Infallible> {
+/// `report`: the error pipe, the one descriptor above 2 kept (close-on-exec).
+fn child(plan: &Plan, mask: &libc::sigset_t, report: RawFd) -> Result<Infallible> {
     // SAFETY: no FILES flag: the descriptor table stays as it is; the new
     // mount namespace is a copy of the parent's (root already mounted).
     unsafe {
@@ -389,6 +624,9 @@ fn child(plan: &Plan, mask: &libc::sigset_t) -> Result<Infallible> {
     if !env.iter().any(|e| e.to_bytes().starts_with(b"HOME=")) {
         env.push(CString::new(format!("HOME={}", user.home)).context("HOME")?);
     }
+    // No controlling terminal: TIOCSTI on the operator's is refused.
+    rustix::process::setsid().context("setsid")?;
+    drop_capabilities().context("dropping capabilities")?;
     // SAFETY: the pointer and length describe `user.groups`.
     if unsafe { libc::setgroups(user.groups.len(), user.groups.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error()).context("setgroups");
@@ -405,6 +643,7 @@ fn child(plan: &Plan, mask: &libc::sigset_t) -> Result<Infallible> {
     // After setuid, which clears it.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .context("PR_SET_PDEATHSIG")?;
+    close_fds(report).context("closing inherited file descriptors")?;
     // SAFETY: restores the default action (the Rust runtime ignores SIGPIPE,
     // and an ignored signal stays ignored across execve); `mask` is the
     // mask saved before the fork.
@@ -413,6 +652,87 @@ fn child(plan: &Plan, mask: &libc::sigset_t) -> Result<Infallible> {
         libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
     Err(exec(&plan.argv, &env).into())
+}
+
+/// Cuts the capabilities to [`KEPT_CAPS`]: the bounding set (by number, so
+/// also capabilities newer than the `caps` crate), the effective and
+/// permitted sets; the ambient and inheritable sets emptied. After execve a
+/// root command's permitted and effective sets are its bounding set; a
+/// setuid to another user clears them.
+fn drop_capabilities() -> Result<()> {
+    use caps::{CapSet, CapsHashSet};
+    let keep: Vec<u8> = KEPT_CAPS.iter().map(|c| c.index()).collect();
+    // Dropping from the bounding set needs CAP_SETPCAP, kept below.
+    for n in 0..64_u8 {
+        if keep.contains(&n) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        match unsafe { libc::prctl(libc::PR_CAPBSET_READ, libc::c_ulong::from(n), 0, 0, 0) } {
+            0 => {}
+            1 => {
+                // SAFETY: prctl with integer arguments only.
+                let r =
+                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(n), 0, 0, 0) };
+                if r != 0 {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("dropping capability {n} from the bounding set"));
+                }
+            }
+            // EINVAL: past the kernel's last capability.
+            _ => break,
+        }
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let kept: CapsHashSet = KEPT_CAPS
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    // Effective first: it must stay within the permitted set.
+    caps::set(None, CapSet::Effective, &kept)?;
+    caps::set(None, CapSet::Permitted, &kept)?;
+    Ok(())
+}
+
+/// Closes every descriptor above 2 but `keep`: none of exec's caller's
+/// reaches the command.
+fn close_fds(keep: RawFd) -> Result<()> {
+    let keep = u32::try_from(keep).context("a negative descriptor")?;
+    let close_range = |first: u32, last: u32| -> std::io::Result<()> {
+        if first > last {
+            return Ok(());
+        }
+        // SAFETY: closes descriptors only; nothing in this process uses the
+        // closed ones afterwards (it execs or exits next).
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0_u32) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let r = match keep.checked_sub(1) {
+        Some(below) => close_range(3, below).and_then(|()| close_range(keep + 1, u32::MAX)),
+        None => close_range(3, u32::MAX),
+    };
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {}
+        r => return Ok(r?),
+    }
+    // Before Linux 5.9: one by one (this /proc is the namespace's own).
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd > 2 && u32::try_from(fd) != Ok(keep) {
+            // SAFETY: closes a descriptor nothing here uses afterwards (the
+            // read_dir's own is already closed: a failed close, harmless).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 fn mount(src: &str, target: &Path, fstype: &str, flags: MountFlags, data: &str) -> Result<()> {

@@ -3,9 +3,11 @@
 //! point. Points: `before:STEP`, `before-commit:STEP`, `after:STEP`,
 //! `mid-layer` (a layer applied, not yet committed), `after-layer`; and
 //! `fail:STEP#N`, which makes the first N executions of STEP fail with an
-//! injected, retryable I/O error instead; `pause:POINT` makes the first pass
-//! of POINT sleep `TARPOOL_PAUSE_MS` (default 3000) ms, so a test can signal
-//! the service while a transition is under way.
+//! injected, retryable I/O error instead (`fail:sync-layer#N`: the sync of
+//! a layer before its commit); `pause:POINT` makes the first pass
+//! of POINT wait until the file `TARPOOL_PAUSE_FILE` exists (or sleep
+//! `TARPOOL_PAUSE_MS`, default 3000 ms), so a test can signal the service
+//! while a transition is under way.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -60,12 +62,25 @@ impl Failpoints {
 
     pub fn hit(&self, name: &str) {
         if self.fires(&format!("pause:{name}")) {
-            let ms = std::env::var("TARPOOL_PAUSE_MS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(3000);
-            tracing::warn!(failpoint = name, ms, "failpoint: pausing");
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+            tracing::warn!(failpoint = name, "failpoint: pausing");
+            match std::env::var_os("TARPOOL_PAUSE_FILE") {
+                // Until the test creates the file (at most two minutes).
+                Some(f) => {
+                    let t = std::time::Instant::now();
+                    while !std::path::Path::new(&f).exists()
+                        && t.elapsed() < std::time::Duration::from_secs(120)
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                }
+                None => {
+                    let ms = std::env::var("TARPOOL_PAUSE_MS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(3000);
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+            }
         }
         if self.fires(name) {
             tracing::warn!(failpoint = name, "failpoint: killing the process");

@@ -8,6 +8,13 @@
 //! responder: one request per connection, a capped request head read under
 //! a timeout, a bounded number of connections, errors logged and never
 //! fatal to the service.
+//!
+//! At most one gather (the blocking reads of SQLite and the pool) runs at a
+//! time, on a thread of its own outside the runtime: a scrape arriving while
+//! one runs waits for that gather's result, and answers 503 when it does not
+//! come within [`SCRAPE_TIMEOUT`]. So a pool status that never returns (a
+//! suspended device) holds one thread, not one per scrape, and the
+//! service's stop never waits for it (the runtime does not own the thread).
 
 use std::fmt::Write as _;
 use std::io;
@@ -47,7 +54,8 @@ pub struct Snapshot {
 /// The counts read from SQLite (see [`Store::metrics_counts`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Finished transition executions, by transition and outcome.
+    /// Finished transition executions, by transition and outcome
+    /// ([`INTERRUPTED`] for the ones the service's stop interrupted).
     pub transitions: Vec<TransitionCount>,
     /// Bytes fetched by download transitions that completed.
     pub downloaded_bytes: u64,
@@ -66,6 +74,7 @@ pub struct TransitionCount {
     pub transition: String,
     pub outcome: String,
     pub count: u64,
+    /// 0, like the buckets, for [`INTERRUPTED`] (no duration).
     pub sum_ms: u64,
     /// Cumulative: executions that took at most `BUCKETS_MS[i]`.
     pub buckets: Vec<u64>,
@@ -78,6 +87,13 @@ pub struct DecisionCount {
     pub verdict: String,
     pub count: u64,
 }
+
+/// The outcome label of the executions the service's stop interrupted
+/// (recorded as `retry` with [`crate::store::INTERRUPTED_ERROR`]): counted
+/// in `tarpool_transitions_total`, left out of the duration histogram
+/// (their end is the restart, so their duration would include the
+/// downtime).
+pub const INTERRUPTED: &str = "interrupted";
 
 /// The image states always exported (0 when no image is in them).
 const IMAGE_STATES: [&str; 4] = ["ready", "failed", "running", "pending"];
@@ -98,7 +114,7 @@ pub fn render(s: &Snapshot) -> String {
     o.family(
         "tarpool_transitions_total",
         "counter",
-        "Finished transition executions, by transition and outcome (from the transitions table).",
+        "Finished transition executions, by transition and outcome (ok, retry, failed, cancelled, interrupted: under way when the service stopped).",
     );
     for t in &c.transitions {
         let l = [
@@ -111,9 +127,9 @@ pub fn render(s: &Snapshot) -> String {
     o.family(
         h,
         "histogram",
-        "Wall time of finished transition executions, by transition and outcome.",
+        "Wall time of finished transition executions, by transition and outcome (interrupted ones left out).",
     );
-    for t in &c.transitions {
+    for t in c.transitions.iter().filter(|t| t.outcome != INTERRUPTED) {
         let bucket = format!("{h}_bucket");
         for (i, le) in BUCKETS_MS.iter().enumerate() {
             let le = seconds(*le);
@@ -304,6 +320,7 @@ pub fn spawn(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) -> anyhow::Result
     let scraper = Arc::new(Scraper {
         ctx: ctx.clone(),
         reader,
+        flight: Arc::new(Flight::default()),
     });
     Ok(Server {
         ctx,
@@ -314,6 +331,8 @@ pub fn spawn(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) -> anyhow::Result
 struct Scraper {
     ctx: Arc<std::sync::Mutex<Arc<Ctx>>>,
     reader: Store,
+    /// The gather in flight, which scrapes share.
+    flight: Arc<Flight>,
 }
 
 impl Scraper {
@@ -330,6 +349,81 @@ impl Scraper {
             counts,
             pool,
         }))
+    }
+}
+
+/// What a gather gives: the exposition text, or why there is none.
+type Gathered = Result<Arc<str>, Arc<str>>;
+
+/// At most one gather at a time: the first scrape starts it on a thread of
+/// its own; scrapes arriving meanwhile wait for its result instead of
+/// starting another.
+#[derive(Default)]
+struct Flight {
+    /// The gather under way: its result appears here (`Some`) when it ends.
+    current: std::sync::Mutex<Option<tokio::sync::watch::Receiver<Option<Gathered>>>>,
+}
+
+/// Why a scrape has no result.
+#[derive(Debug, PartialEq)]
+enum Miss {
+    /// The gather did not end within the scrape's time; it goes on, and
+    /// the next scrapes wait for it.
+    TimedOut,
+    Failed(Arc<str>),
+}
+
+impl Flight {
+    /// The result of the gather under way, or of `work` started now when
+    /// none is; waits at most `timeout`.
+    async fn join(
+        self: &Arc<Self>,
+        timeout: Duration,
+        work: impl FnOnce() -> Gathered + Send + 'static,
+    ) -> Result<Arc<str>, Miss> {
+        let mut rx = {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            match &*current {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let flight = self.clone();
+                    // A plain thread, not `spawn_blocking`: dropping the
+                    // runtime never waits for it.
+                    std::thread::Builder::new()
+                        .name("tarpool-metrics".into())
+                        .spawn(move || {
+                            // Ends the flight after the result is sent, or
+                            // when `work` panics (`tx` then goes unsent and
+                            // the waiters fail).
+                            let _done = Done(&flight);
+                            tx.send_replace(Some(work()));
+                        })
+                        .map_err(|e| Miss::Failed(format!("starting a gather: {e}").into()))?;
+                    *current = Some(rx.clone());
+                    rx
+                }
+            }
+        };
+        let got = match tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await {
+            Err(_) => Err(Miss::TimedOut),
+            Ok(Err(_)) => Err(Miss::Failed("the gather panicked".into())),
+            Ok(Ok(r)) => match &*r {
+                Some(Ok(body)) => Ok(body.clone()),
+                Some(Err(e)) => Err(Miss::Failed(e.clone())),
+                None => unreachable!("waited for Some"),
+            },
+        };
+        got
+    }
+}
+
+/// Ends the flight when dropped (by the gather's thread).
+struct Done<'a>(&'a Flight);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        *self.0.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -366,25 +460,30 @@ async fn handle(sock: &mut tokio::net::TcpStream, s: &Arc<Scraper>) -> io::Resul
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head not sent in time"))??;
     let resp = match route(&head) {
         Route::Metrics => {
-            let s = s.clone();
-            let work = tokio::task::spawn_blocking(move || s.gather());
-            match tokio::time::timeout(SCRAPE_TIMEOUT, work).await {
-                Ok(Ok(Ok(body))) => response(
+            // The connection slot stays held until the gather's result
+            // comes or the scrape gives up.
+            let g = s.clone();
+            let work = move || {
+                g.gather()
+                    .map(Arc::from)
+                    .map_err(|e| format!("{e:#}").into())
+            };
+            match s.flight.join(SCRAPE_TIMEOUT, work).await {
+                Ok(body) => response(
                     200,
                     "OK",
                     &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
                     body.as_bytes(),
                 ),
-                Ok(Ok(Err(e))) => {
-                    tracing::error!(error = format!("{e:#}"), "metrics: scrape failed");
-                    response(500, "Internal Server Error", &[], b"scrape failed\n")
-                }
-                Ok(Err(e)) => {
+                Err(Miss::Failed(e)) => {
                     tracing::error!(error = %e, "metrics: scrape failed");
                     response(500, "Internal Server Error", &[], b"scrape failed\n")
                 }
-                Err(_) => {
-                    tracing::error!(timeout = ?SCRAPE_TIMEOUT, "metrics: scrape took too long");
+                Err(Miss::TimedOut) => {
+                    tracing::error!(
+                        timeout = ?SCRAPE_TIMEOUT,
+                        "metrics: scrape took too long; its gather goes on and the next scrapes wait for it"
+                    );
                     response(503, "Service Unavailable", &[], b"scrape timed out\n")
                 }
             }
@@ -600,7 +699,7 @@ mod tests {
             # HELP tarpool_build_info The running build; the value is always 1.
             # TYPE tarpool_build_info gauge
             tarpool_build_info{version="0.1.0"} 1
-            # HELP tarpool_transitions_total Finished transition executions, by transition and outcome (from the transitions table).
+            # HELP tarpool_transitions_total Finished transition executions, by transition and outcome (ok, retry, failed, cancelled, interrupted: under way when the service stopped).
             # TYPE tarpool_transitions_total counter
             # HELP tarpool_images Tracked images by the state `tarpool status` shows.
             # TYPE tarpool_images gauge
@@ -644,11 +743,11 @@ mod tests {
                 pool: None,
             },
             r#"
-            # HELP tarpool_transitions_total Finished transition executions, by transition and outcome (from the transitions table).
+            # HELP tarpool_transitions_total Finished transition executions, by transition and outcome (ok, retry, failed, cancelled, interrupted: under way when the service stopped).
             # TYPE tarpool_transitions_total counter
             tarpool_transitions_total{transition="completed",outcome="ok"} 3
             tarpool_transitions_total{transition="unpack-layers",outcome="ok"} 2
-            # HELP tarpool_transition_duration_seconds Wall time of finished transition executions, by transition and outcome.
+            # HELP tarpool_transition_duration_seconds Wall time of finished transition executions, by transition and outcome (interrupted ones left out).
             # TYPE tarpool_transition_duration_seconds histogram
             tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="0.01"} 3
             tarpool_transition_duration_seconds_bucket{transition="completed",outcome="ok",le="0.05"} 3
@@ -811,6 +910,145 @@ mod tests {
         assert_eq!(c.images, [("pending".into(), 1), ("running".into(), 1)]);
         assert_eq!(c.runs_active, 2);
         assert_eq!((c.layers, c.written_bytes), (0, 0));
+    }
+
+    /// Regression: an execution the service's stop interrupted ends at the
+    /// restart, so its "duration" is the downtime; it is counted under
+    /// outcome `interrupted` and left out of the duration histogram.
+    #[test]
+    fn interrupted_executions_have_no_duration() {
+        use crate::store::Finish;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let s = Store::open(&path).unwrap();
+        s.create_run("R1", "a", "download", "{}", "p").unwrap();
+        s.begin_transition("V1", "R1", "a", "download", 1).unwrap();
+        let fin = |version, outcome| Finish {
+            version,
+            outcome,
+            output: None,
+            error: Some("network"),
+            status: "running",
+            next_step: Some("download"),
+            attempt: 1,
+            data: "{}",
+            run_error: None,
+        };
+        s.finish_transition("R1", &fin("V1", "retry"), None)
+            .unwrap();
+        s.begin_transition("V2", "R1", "a", "download", 2).unwrap();
+        // Started 8 hours before the restart that marks it.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE transitions SET started_at = started_at - 8 * 3600 * 1000 WHERE version = 'V2'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(s.mark_interrupted().unwrap(), 1);
+        let c = Store::open_read_only(&path)
+            .unwrap()
+            .metrics_counts(&BUCKETS_MS)
+            .unwrap();
+        let got: Vec<_> = c
+            .transitions
+            .iter()
+            .map(|t| (t.outcome.as_str(), t.count, t.sum_ms < 60_000))
+            .collect();
+        assert_eq!(got, [("interrupted", 1, true), ("retry", 1, true)]);
+        let interrupted = &c.transitions[0];
+        assert_eq!(interrupted.sum_ms, 0);
+        assert_eq!(interrupted.buckets, [0; BUCKETS_MS.len()]);
+        let retry = &c.transitions[1];
+        assert_eq!(retry.buckets, [1; BUCKETS_MS.len()]);
+
+        let text = render(&Snapshot {
+            version: "0.1.0".into(),
+            counts: c,
+            pool: None,
+        });
+        lint(&text);
+        assert!(text.contains(
+            "tarpool_transitions_total{transition=\"download\",outcome=\"interrupted\"} 1\n"
+        ));
+        assert!(text.contains(
+            "tarpool_transition_duration_seconds_count{transition=\"download\",outcome=\"retry\"} 1\n"
+        ));
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("tarpool_transition_duration_seconds")
+                    && l.contains("interrupted")),
+            "{text}"
+        );
+    }
+
+    /// Regression: a gather that never returns holds one thread; the
+    /// scrapes arriving meanwhile wait for it (and time out) instead of
+    /// each starting another; once it ends the next scrape starts afresh.
+    #[tokio::test]
+    async fn one_gather_at_a_time() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let flight = Arc::new(Flight::default());
+        let started = Arc::new(AtomicUsize::new(0));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let hold = Arc::new(std::sync::Mutex::new(hold));
+        let work = |body: &'static str| {
+            let (started, hold) = (started.clone(), hold.clone());
+            move || -> Gathered {
+                started.fetch_add(1, SeqCst);
+                let _ = hold.lock().unwrap().recv();
+                Ok(body.into())
+            }
+        };
+        let short = Duration::from_millis(50);
+        // A hung gather: every scrape meanwhile times out, and only the
+        // first started one.
+        for _ in 0..5 {
+            assert_eq!(flight.join(short, work("first")).await, Err(Miss::TimedOut));
+        }
+        assert_eq!(started.load(SeqCst), 1);
+        // Scrapes waiting when it ends get its result.
+        let waiter = {
+            let (flight, w) = (flight.clone(), work("second"));
+            tokio::spawn(async move { flight.join(Duration::from_secs(30), w).await })
+        };
+        tokio::time::sleep(short).await;
+        release.send(()).unwrap();
+        assert_eq!(waiter.await.unwrap(), Ok(Arc::from("first")));
+        assert_eq!(started.load(SeqCst), 1);
+        // Once it has ended (its thread ends the flight just after the
+        // result), the next scrape starts a new one.
+        release.send(()).unwrap();
+        let r = next(&flight, Ok("first".into()), work("third")).await;
+        assert_eq!(r, Ok(Arc::from("third")));
+        assert_eq!(started.load(SeqCst), 2);
+        // A gather that fails or panics fails its scrapes, and ends the
+        // flight all the same.
+        let r = next(&flight, r, || Err("no pool".into())).await;
+        assert_eq!(r, Err(Miss::Failed("no pool".into())));
+        let r = next(&flight, r, || panic!("a gather that panics")).await;
+        assert_eq!(r, Err(Miss::Failed("the gather panicked".into())));
+        let r = next(&flight, r, || Ok("fresh".into())).await;
+        assert_eq!(r, Ok(Arc::from("fresh")));
+    }
+
+    /// The first result other than `prev` (the previous flight's, seen
+    /// again until its thread has ended the flight).
+    async fn next(
+        flight: &Arc<Flight>,
+        prev: Result<Arc<str>, Miss>,
+        work: impl FnOnce() -> Gathered + Clone + Send + 'static,
+    ) -> Result<Arc<str>, Miss> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = flight.join(Duration::from_secs(30), work.clone()).await;
+            if r != prev {
+                return r;
+            }
+            assert!(std::time::Instant::now() < deadline, "still {r:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[test]

@@ -772,6 +772,8 @@ pub fn apply_one(
         test_escape: None,
         test_no_landlock: false,
         progress: false,
+        bench_native_check: cfg!(feature = "bench-native-check")
+            && std::env::var_os("TARPOOL_BENCH_NATIVE_CHECK").is_some(),
     };
     let total = l.len;
     let report = move |bytes: u64, entries: u64| {

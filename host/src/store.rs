@@ -275,12 +275,13 @@ impl Store {
     }
 
     /// After a crash: executions that were under way are recorded as
-    /// interrupted. Returns how many there were.
+    /// interrupted (outcome `retry`, error [`INTERRUPTED_ERROR`]). Returns
+    /// how many there were.
     pub fn mark_interrupted(&self) -> Result<usize> {
         self.with(|c| {
             c.execute(
-                "UPDATE transitions SET outcome = 'retry', error = 'interrupted: the service stopped during this transition', finished_at = ?1 WHERE outcome = 'running'",
-                params![now_ms()],
+                "UPDATE transitions SET outcome = 'retry', error = ?2, finished_at = ?1 WHERE outcome = 'running'",
+                params![now_ms(), INTERRUPTED_ERROR],
             )
         })
     }
@@ -866,6 +867,10 @@ impl ImageUpdate<'_> {
 
 // ---- metrics (`GET /metrics`, see `crate::metrics`) ----
 
+/// The error `mark_interrupted` records; the metrics tell these executions
+/// apart by it.
+pub const INTERRUPTED_ERROR: &str = "interrupted: the service stopped during this transition";
+
 impl Store {
     /// A read-only connection to the state database, for scrapes: they never
     /// wait on the engine's connection, and WAL lets them read while it
@@ -889,17 +894,24 @@ impl Store {
         let n = |v: i64| u64::try_from(v).unwrap_or(0);
         self.with(|c| {
             let tx = c.transaction()?;
-            let d = "MAX(0, finished_at - started_at)";
+            // Executions `mark_interrupted` closed are counted under their
+            // own outcome, with no duration: their `finished_at` is the
+            // restart, so `finished_at - started_at` would be the downtime.
             let cols: String = buckets_ms
                 .iter()
-                .map(|b| format!(", SUM({d} <= {b})"))
+                .map(|b| format!(", COALESCE(SUM(d <= {b}), 0)"))
                 .collect();
             let mut s = tx.prepare(&format!(
-                "SELECT name, outcome, COUNT(*), SUM({d}){cols} FROM transitions
-                 WHERE finished_at IS NOT NULL GROUP BY name, outcome ORDER BY name, outcome"
+                "SELECT name, o, COUNT(*), COALESCE(SUM(d), 0){cols} FROM (
+                   SELECT name,
+                          CASE WHEN i THEN ?2 ELSE outcome END AS o,
+                          CASE WHEN i THEN NULL ELSE MAX(0, finished_at - started_at) END AS d
+                     FROM (SELECT *, outcome = 'retry' AND error IS ?1 AS i FROM transitions
+                            WHERE finished_at IS NOT NULL)
+                 ) GROUP BY name, o ORDER BY name, o"
             ))?;
             let transitions = s
-                .query_map([], |r| {
+                .query_map(params![INTERRUPTED_ERROR, crate::metrics::INTERRUPTED], |r| {
                     let mut buckets = Vec::with_capacity(buckets_ms.len());
                     for i in 0..buckets_ms.len() {
                         buckets.push(n(r.get(4 + i)?));

@@ -65,6 +65,10 @@ pub struct Request {
     /// Print progress lines ([`crate::progress::WORKER_LINE`]) on stderr.
     #[serde(default)]
     pub progress: bool,
+    /// Bench only: run the tar check natively, outside WebAssembly (refused
+    /// unless built with the `bench-native-check` feature).
+    #[serde(default)]
+    pub bench_native_check: bool,
 }
 
 /// Called with (compressed bytes read, entries) while a worker runs.
@@ -307,13 +311,31 @@ fn work(req: &Request) -> Reply {
         };
         return Reply::Escape { errno, confinement };
     }
-    let tar = match crate::wasm::TarOnly::load(&cache) {
-        Ok(t) => t,
-        Err(e) => return failed(StepFailure::Retry(format!("worker: {e}"))),
-    };
-    let mut check = match tar.session(crate::extract::view::Mode::Layer, &req.policy) {
-        Ok(c) => c,
-        Err(e) => return failed(e.into()),
+    #[cfg(feature = "bench-native-check")]
+    let mut native;
+    let tar;
+    let mut guest;
+    let check: &mut dyn crate::extract::view::TarCheck = if req.bench_native_check {
+        #[cfg(feature = "bench-native-check")]
+        {
+            native =
+                crate::extract::native::session(crate::extract::view::Mode::Layer, &req.policy);
+            &mut native
+        }
+        #[cfg(not(feature = "bench-native-check"))]
+        return failed(StepFailure::Retry(
+            "worker: this tarpool was built without the bench-native-check feature".into(),
+        ));
+    } else {
+        tar = match crate::wasm::TarOnly::load(&cache) {
+            Ok(t) => t,
+            Err(e) => return failed(StepFailure::Retry(format!("worker: {e}"))),
+        };
+        guest = match tar.session(crate::extract::view::Mode::Layer, &req.policy) {
+            Ok(c) => c,
+            Err(e) => return failed(e.into()),
+        };
+        &mut guest
     };
     if req.progress {
         std::thread::spawn(report_progress);
@@ -324,7 +346,7 @@ fn work(req: &Request) -> Reply {
         req.n,
         &req.layer,
         &req.policy,
-        &mut check,
+        check,
         root.as_fd(),
         &mut verdicts,
     );

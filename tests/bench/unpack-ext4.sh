@@ -17,6 +17,18 @@
 #               overlay snapshot (whiteouts applied). The compiled-guest cache
 #               (a one-time cost per host) is pre-filled; the cold time
 #               (empty cache) is printed once.
+#   tarpool-unpack  the same run, timed from verified local blobs: an untimed
+#               first run copies the archive into the blob store, verifies
+#               it and parses the manifest, and stops itself (SIGKILL, a
+#               failpoint) before unpack-layers; the volume is synced; the
+#               timed run resumes it (unpacks every layer, verifying each
+#               layer's digest and diff ID, snapshot, tracking).
+#   tarpool-native  tarpool-unpack with the tar check run natively (the same
+#               crate the guest is built from, outside WebAssembly): a
+#               binary built with `--features bench-native-check`
+#               (NATIVE_BIN, default target/release/tarpool-native; built
+#               if missing), TARPOOL_BENCH_NATIVE_CHECK=1. What the sandbox
+#               costs is tarpool-unpack / tarpool-native.
 #   gnu-tar     `tar -xzf` of each gzip layer blob, in order, into one dir
 #               (no whiteout handling, no digest checks).
 #   pigz|tar    `pigz -dc BLOB | tar -x` per layer (same caveats).
@@ -45,6 +57,13 @@ MKFS_OPTS=(-q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0)
 
 [ "$(id -u)" = 0 ] || { echo "run as root (loop mounts)" >&2; exit 2; }
 [ -x "$BIN" ] || cargo build --release --locked -p tarpool
+NATIVE_BIN=${NATIVE_BIN:-target/release/tarpool-native}
+if [ ! -x "$NATIVE_BIN" ]; then
+    cargo build --release --locked -p tarpool --features bench-native-check
+    cp target/release/tarpool "$NATIVE_BIN"
+    cargo build --release --locked -p tarpool # the usual binary back in place
+fi
+NATIVE_BIN=$(realpath "$NATIVE_BIN")
 if [ ! -d "$IMG/oci" ] || [ ! -f "$IMG/py-oci.tar" ]; then
     MAKE=${MAKE_IMAGES:-../shared/bench/make-images.sh}
     [ -x "$MAKE" ] || { echo "no images in $IMG and no $MAKE to build them" >&2; exit 1; }
@@ -115,6 +134,19 @@ run_tarpool() {
     "$BIN" --state-dir "$MNT/state" run --once --jobs 1 --source "$BUCKET" --backend overlay || return 1
 }
 prep_tarpool() { mkdir -p "$MNT/state" && cp -a "$W/cache" "$MNT/state/cache"; }
+prep_tarpool_unpack() {
+    prep_tarpool || return 1
+    TARPOOL_FAILPOINTS=before:unpack-layers "$BIN" --state-dir "$MNT/state" run --once --jobs 1 \
+        --source "$BUCKET" --backend overlay > "$W/log.prep" 2>&1
+    [ $? = 137 ] || { echo "the preparing run did not stop before unpack-layers" > "$W/why"; return 1; }
+    sync -f "$MNT"
+}
+run_tarpool_unpack() { run_tarpool; }
+prep_tarpool_native() { prep_tarpool_unpack; }
+run_tarpool_native() {
+    TARPOOL_BENCH_NATIVE_CHECK=1 "$NATIVE_BIN" --state-dir "$MNT/state" run --once --jobs 1 \
+        --source "$BUCKET" --backend overlay || return 1
+}
 run_gnu_tar() {
     mkdir -p "$MNT/rootfs" || return 1
     for L in "${LAYERS[@]}"; do tar -xzf "$L" -C "$MNT/rootfs" || return 1; done
@@ -195,8 +227,8 @@ vol; prep_tarpool
 RSS=$(tail -n 1 "$W/rss")
 unvol
 
-TOOLS=(tarpool gnu_tar pigz_tar umoci containerd)
-NAMES=(tarpool gnu-tar pigz-tar umoci containerd)
+TOOLS=(tarpool tarpool_unpack tarpool_native gnu_tar pigz_tar umoci containerd)
+NAMES=(tarpool tarpool-unpack tarpool-native gnu-tar pigz-tar umoci containerd)
 N=${#TOOLS[@]}
 for run in $(seq "$RUNS"); do
     for k in $(seq 0 $((N - 1))); do
@@ -211,16 +243,23 @@ stats() { # name -> "median min max" or nothing
 }
 read -r TP _ <<<"$(stats tarpool)" || true
 [ -n "${TP:-}" ] || { echo "tarpool: no timings (${UNAVAILABLE[tarpool]:-})"; exit 0; }
-printf '%-11s %8s %8s %8s   %s\n' tool "median" "min" "max" "tarpool/tool"
+read -r TU _ <<<"$(stats tarpool-unpack)" || true
+printf '%-15s %8s %8s %8s   %12s %15s\n' tool "median" "min" "max" "tarpool/tool" "tp-unpack/tool"
 for name in "${NAMES[@]}"; do
     if [ -n "${UNAVAILABLE[$name]:-}" ] && ! grep -q "^$name " "$W/times"; then
         echo "$name: unavailable (${UNAVAILABLE[$name]})"; continue
     fi
     read -r med min max <<<"$(stats "$name")"
-    printf '%-11s %8.2f %8.2f %8.2f   %.2f\n' "$name" "$med" "$min" "$max" "$(awk -v a="$TP" -v b="$med" 'BEGIN{print a/b}')"
+    printf '%-15s %8.2f %8.2f %8.2f   %12.2f %15s\n' "$name" "$med" "$min" "$max" \
+        "$(awk -v a="$TP" -v b="$med" 'BEGIN{print a/b}')" \
+        "$(awk -v a="${TU:-}" -v b="$med" 'BEGIN{if (a == "") print "-"; else printf "%.2f", a/b}')"
     if [ -n "${UNAVAILABLE[$name]:-}" ]; then echo "  ($name: later runs skipped, ${UNAVAILABLE[$name]})"; fi
 done
 echo
+read -r TN _ <<<"$(stats tarpool-native)" || true
+if [ -n "${TU:-}" ] && [ -n "${TN:-}" ]; then
+    echo "the WebAssembly tar check's cost: tarpool-unpack / tarpool-native = $(awk -v a="$TU" -v b="$TN" 'BEGIN{printf "%.3f", a/b}') (target <= 1.10)"
+fi
 echo "tarpool cold (empty compiled-guest cache, once): ${COLD} s"
 echo "tarpool peak RSS (one warm run): ${RSS} KB"
 echo "notes: tarpool's time includes copying the ~81 MB archive into its blob store on the volume and"

@@ -317,3 +317,63 @@ fn an_object_changed_after_listing_is_processed_as_it_is_now() {
         .len();
     assert_eq!(before, after);
 }
+
+/// Layers are synced and committed on a second thread while the next one is
+/// applied: a failed sync discards that layer and the one applied on top of
+/// it, nothing is committed unsynced, and the retry ends with the same tree.
+#[test]
+fn a_failed_layer_sync_discards_it_and_the_layer_above_then_the_retry_succeeds() {
+    let env = Env::new();
+    let bucket = bucket_with(&env, &["adhoc"]);
+    let out = env
+        .cmd(&["run", "--once", "--source", bucket.to_str().unwrap()])
+        .env("TARPOOL_FAILPOINTS", "fail:sync-layer#1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit = env.json(&["audit", "adhoc", "--json"]);
+    let unpacks: Vec<(&str, &str)> = audit["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "unpack-layers")
+        .map(|t| {
+            (
+                t["outcome"].as_str().unwrap(),
+                t["error"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        unpacks,
+        [
+            ("retry", "syncing the layer: injected I/O failure"),
+            ("ok", "")
+        ]
+    );
+    check_activation(&env, "adhoc");
+    // Exactly the three committed layers remain, each with its directory.
+    let db = rusqlite::Connection::open(env.state().join("state.db")).unwrap();
+    let ids: Vec<i64> = db
+        .prepare("SELECT id FROM layers WHERE state = 'committed' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids.len(), 3);
+    let total: i64 = db
+        .query_row("SELECT count(*) FROM layers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(total, 3);
+    let mut dirs: Vec<i64> = std::fs::read_dir(env.state().join("overlay/layers"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ids);
+}

@@ -154,9 +154,17 @@ fn the_service_polls_reloads_on_sighup_and_stops_on_sigterm() {
         state_of(&env, "adhoc").as_deref() == Some("ready")
     });
 
-    // A new object is found at a later poll.
+    // A new object is found at a later poll (copied beside the bucket, then
+    // renamed in, so no poll sees half of it).
+    let staging = env.dir.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
     std::fs::copy(
         example_bucket().join("images/dockersave.tar"),
+        staging.join("dockersave.tar"),
+    )
+    .unwrap();
+    std::fs::rename(
+        staging.join("dockersave.tar"),
         bucket.join("images/dockersave.tar"),
     )
     .unwrap();
@@ -180,8 +188,9 @@ fn the_service_polls_reloads_on_sighup_and_stops_on_sigterm() {
     });
     copy_tree(
         &example_bucket().join("images/ocilayout"),
-        &bucket.join("images/ocilayout"),
+        &staging.join("ocilayout"),
     );
+    std::fs::rename(staging.join("ocilayout"), bucket.join("images/ocilayout")).unwrap();
     wait_for("ocilayout settled", Duration::from_secs(120), || {
         matches!(
             state_of(&env, "ocilayout").as_deref(),
@@ -232,18 +241,24 @@ fn sigterm_in_the_middle_of_a_layer_finishes_it_and_a_restart_resumes() {
     let bucket = bucket_with(&env, &["adhoc"]);
     let config = env.dir.path().join("tarpool.toml");
     write_config(&config, &bucket, "");
+    let go_on = env.dir.path().join("go-on");
     let mut svc = Service::start(
         &env,
         &config,
         &[
             ("TARPOOL_FAILPOINTS", "pause:mid-layer"),
-            ("TARPOOL_PAUSE_MS", "3000"),
+            ("TARPOOL_PAUSE_FILE", go_on.to_str().unwrap()),
         ],
     );
     svc.wait_event("the pause in the first layer", |e| {
         message(e) == "failpoint: pausing"
     });
     svc.signal(libc::SIGTERM);
+    // The signal is seen while the first layer is still under way.
+    svc.wait_event("the stop request", |e| {
+        message(e) == "stopping after the transitions under way"
+    });
+    std::fs::write(&go_on, b"").unwrap();
     assert_eq!(svc.exit_code(Duration::from_secs(60)), 0);
     let events = svc.events();
     assert!(events

@@ -1,16 +1,37 @@
 //! `tarpool exec`: a command runs inside an activation, as pid 1 of its own
 //! namespaces, on the image's root, with the image's Env, WorkingDir and
-//! User, for an activation with a mount point and one without.
+//! User, for an activation with a mount point and one without; with
+//! Docker's default capabilities minus CAP_MKNOD, no controlling terminal,
+//! no inherited descriptors, and a lock against a concurrent exec or
+//! deactivate.
 
 use crate::harness::*;
 use sha2::{Digest, Sha256};
-use std::path::Path;
-use std::time::Duration;
+use std::io::{BufRead as _, Read as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
+
+/// The longest any one tarpool command may take here.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The capability sets of a root command: Docker's default set minus
+/// CAP_MKNOD (bit 27); no CAP_SYS_ADMIN (bit 21).
+const ROOT_CAPS: &str = "CapInh:\t0000000000000000
+CapPrm:\t00000000a00425fb
+CapEff:\t00000000a00425fb
+CapBnd:\t00000000a00425fb
+CapAmb:\t0000000000000000";
+const USER_CAPS: &str = "CapInh:\t0000000000000000
+CapPrm:\t0000000000000000
+CapEff:\t0000000000000000
+CapBnd:\t00000000a00425fb
+CapAmb:\t0000000000000000";
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\napp:x:1000:\nextra:x:2000:app\n";
-const APPLETS: [&str; 11] = [
-    "sh", "echo", "id", "hostname", "cat", "pwd", "env", "ls", "test", "sleep", "grep",
+const APPLETS: [&str; 12] = [
+    "sh", "echo", "id", "hostname", "cat", "pwd", "env", "ls", "test", "sleep", "grep", "mknod",
 ];
 
 fn header(path: &str, kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
@@ -33,8 +54,8 @@ fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
 
 /// A docker-save archive: busybox, its applets, a user `app` (1000, also in
 /// group `extra` 2000), a marker file, and a config with Env, WorkingDir and
-/// User.
-fn busybox_image() -> Vec<u8> {
+/// User `user`.
+fn busybox_image(user: &str) -> Vec<u8> {
     let mut l = tar::Builder::new(Vec::new());
     for (d, mode, uid) in [
         ("bin", 0o755, 0),
@@ -66,7 +87,7 @@ fn busybox_image() -> Vec<u8> {
         "config": {
             "Env": ["PATH=/bin", "GREETING=hello from the config"],
             "WorkingDir": "/work",
-            "User": "app",
+            "User": user,
             "Cmd": ["sh"],
         },
         "rootfs": { "type": "layers", "diff_ids": [diff_id] },
@@ -79,12 +100,143 @@ fn busybox_image() -> Vec<u8> {
     a.into_inner().unwrap()
 }
 
+/// exec's temporary directory (its TMPDIR): what it leaves there shows.
+fn tmp(env: &Env) -> PathBuf {
+    env.dir.path().join("tmp")
+}
+
+/// `tarpool ARGS`, with TMPDIR [`tmp`].
+fn tarpool(env: &Env, args: &[&str]) -> Command {
+    let mut c = env.cmd(args);
+    c.env("TMPDIR", tmp(env));
+    c
+}
+
+/// Waits for `child`, at most [`TIMEOUT`]: a hang fails the test.
+fn wait(child: &mut Child) -> ExitStatus {
+    let end = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pid {} did not end within {TIMEOUT:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `c` (stdin empty) to its end, at most [`TIMEOUT`].
+fn output(mut c: Command) -> Output {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tarpool");
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let status = wait(&mut child);
+    Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+fn run(env: &Env, args: &[&str]) -> Output {
+    output(tarpool(env, args))
+}
+
+/// `tarpool exec ACT -- CMD...`
+fn exec(env: &Env, act: &str, cmd: &[&str]) -> Output {
+    let mut args = vec!["exec", act, "--"];
+    args.extend_from_slice(cmd);
+    run(env, &args)
+}
+
+/// A `tarpool exec` in the background, its stdout read line by line.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Running {
+    /// Starts `sh -c SCRIPT` in `act`, with a pipe for its stdin.
+    fn start(env: &Env, act: &str, script: &str) -> Running {
+        let mut child = tarpool(env, &["exec", act, "--", "sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines() {
+                if tx.send(l.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits, at most [`TIMEOUT`], for the command to print `line`.
+    fn expect(&mut self, line: &str) {
+        match self.lines.recv_timeout(TIMEOUT) {
+            Ok(l) => assert_eq!(l, line),
+            Err(e) => {
+                let _ = self.child.kill();
+                panic!("no {line:?} from the command: {e}");
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Closes the command's stdin and waits for its end.
+    fn finish(mut self) -> Option<i32> {
+        drop(self.child.stdin.take());
+        wait(&mut self.child).code()
+    }
+}
+
+/// The error of a command on a locked activation.
+fn in_use(act: &str) -> String {
+    format!("tarpool: error: activation {act} is in use (tarpool exec or deactivate)\n")
+}
+
+/// `out` failed with exit status 2 and exactly `stderr`.
+fn assert_refused(out: &Output, stderr: &str) {
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(2), stderr),
+        "{out:?}"
+    );
+}
+
 /// Runs each `(command, exit status, stdout, stderr substring)` in `act`.
 fn check(env: &Env, act: &str, cases: &[(&[&str], i32, &str, &str)]) {
     for (cmd, code, stdout, stderr) in cases {
-        let mut args = vec!["exec", act, "--"];
-        args.extend_from_slice(cmd);
-        let out = env.run(&args);
+        let out = exec(env, act, cmd);
         let (o, e) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
@@ -146,6 +298,27 @@ fn check_activation(env: &Env, act: &str, host_path: &str) {
             (&["pwd"], 0, "/work", ""),
             (&["id", "-u"], 0, "1000", ""),
             (&["id", "-G"], 0, "1000 2000", ""),
+            // User app: no capabilities left, and none to gain.
+            (&["grep", "^Cap", "/proc/self/status"], 0, USER_CAPS, ""),
+            // Its own session (pid 1 leads it), no controlling terminal.
+            (
+                &["sh", "-c", "set -- $(cat /proc/1/stat); echo $5 $6 $7"],
+                0,
+                "1 1 0",
+                "",
+            ),
+            // The activation's root is nodev (but not nosuid); /dev is not.
+            (
+                &[
+                    "sh",
+                    "-c",
+                    "l=$(grep ' / / ' /proc/self/mountinfo); \
+                     case $l in *nosuid*) echo nosuid;; *nodev*) echo nodev;; esac",
+                ],
+                0,
+                "nodev",
+                "",
+            ),
             (&["sh", "-c", "exit 7"], 7, "", ""),
             (
                 &["no-such-command"],
@@ -161,23 +334,46 @@ fn check_activation(env: &Env, act: &str, host_path: &str) {
     );
 }
 
-/// Starts `CMD` in `act`, sends SIGTERM `times` times, and returns the exit
-/// status.
-fn terminate(env: &Env, act: &str, script: &str, times: usize) -> Option<i32> {
-    let mut child = env
-        .cmd(&["exec", act, "--", "sh", "-c", script])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    for _ in 0..times {
-        let st = std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        std::thread::sleep(Duration::from_millis(200));
+/// Starts `sh -c SCRIPT` in `act`, waits for its "ready" line, sends
+/// SIGTERM (once, or until it ends), and returns its exit status.
+fn terminate(env: &Env, act: &str, script: &str, once: bool) -> Option<i32> {
+    let mut r = Running::start(env, act, script);
+    r.expect("ready");
+    r.signal("-TERM");
+    let end = Instant::now() + TIMEOUT;
+    // Until tarpool has taken each one (a pending signal is sent only once).
+    while !once && r.child.try_wait().unwrap().is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+        r.signal("-TERM");
     }
-    child.wait().unwrap().code()
+    r.finish()
+}
+
+/// The capabilities of a root command; mknod is refused.
+fn check_root(env: &Env, act: &str) {
+    let out = exec(env, act, &["grep", "^Cap", "/proc/self/status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    for set in ["CapBnd", "CapEff", "CapPrm"] {
+        let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+        let bits = u64::from_str_radix(line.rsplit('\t').next().unwrap(), 16).unwrap();
+        assert_eq!(bits & (1 << 21), 0, "CAP_SYS_ADMIN: {status}");
+        assert_eq!(bits & (1 << 27), 0, "CAP_MKNOD: {status}");
+    }
+    check(
+        env,
+        act,
+        &[
+            (&["grep", "^Cap", "/proc/self/status"], 0, ROOT_CAPS, ""),
+            (&["id", "-u"], 0, "0", ""),
+            (
+                &["mknod", "/x", "b", "8", "0"],
+                1,
+                "",
+                "Operation not permitted",
+            ),
+            (&["sh", "-c", "test -e /x || echo none"], 0, "none", ""),
+        ],
+    );
 }
 
 #[test]
@@ -185,8 +381,13 @@ fn exec_runs_commands_inside_activations() {
     let env = Env::new();
     let bucket = env.dir.path().join("bucket");
     std::fs::create_dir_all(bucket.join("images")).unwrap();
-    std::fs::write(bucket.join("images/bb.tar"), busybox_image()).unwrap();
-    let out = env.run(&["run", "--once", "--source", bucket.to_str().unwrap()]);
+    std::fs::write(bucket.join("images/bb.tar"), busybox_image("app")).unwrap();
+    std::fs::write(bucket.join("images/bbroot.tar"), busybox_image("")).unwrap();
+    std::fs::create_dir(tmp(&env)).unwrap();
+    let out = run(
+        &env,
+        &["run", "--once", "--source", bucket.to_str().unwrap()],
+    );
     assert!(
         out.status.success(),
         "run failed: {}{}",
@@ -203,6 +404,7 @@ fn exec_runs_commands_inside_activations() {
         mnt.to_str().unwrap(),
     ]);
     env.json(&["activate", "bb", "--as", "bb-plain"]);
+    env.json(&["activate", "bbroot", "--as", "bb-root"]);
     let host_path = env.state().display().to_string();
     assert!(Path::new(&host_path).exists());
 
@@ -213,28 +415,88 @@ fn exec_runs_commands_inside_activations() {
         "kept\n",
         "what exec writes is in the activation's mount"
     );
+    check_root(&env, "bb-root");
+
+    // Descriptors exec's caller left open (7 here) do not reach the command.
+    let c = tarpool(&env, &["exec", "bb-plain", "--", "ls", "/proc/self/fd"]);
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "exec 7</dev/null; exec \"$@\"", "sh"])
+        .arg(c.get_program())
+        .args(c.get_args())
+        .env("TMPDIR", tmp(&env))
+        .env_remove("TARPOOL_FAILPOINTS");
+    let out = output(sh);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(0), "0\n1\n2\n3\n"),
+        "{out:?}"
+    );
 
     // With no command, the image's Entrypoint and Cmd (`sh`, reading stdin).
-    let out = env.run(&["exec", "bb-plain"]);
+    let out = run(&env, &["exec", "bb-plain"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // SIGTERM is forwarded; pid 1 gets only what it handles, so a second
     // one kills.
-    let trap = "trap 'exit 3' TERM; while :; do sleep 0.05; done";
-    assert_eq!(terminate(&env, "bb-plain", trap, 1), Some(3));
-    assert_eq!(terminate(&env, "bb-plain", "sleep 30", 2), Some(137));
+    let trap = "trap 'exit 3' TERM; echo ready; while :; do sleep 0.05; done";
+    assert_eq!(terminate(&env, "bb-plain", trap, true), Some(3));
+    assert_eq!(
+        terminate(&env, "bb-plain", "echo ready; sleep 30", false),
+        Some(137)
+    );
 
-    let out = env.run(&["exec", "nope", "--", "sh"]);
+    // An exec that mounts the activation itself (bb-plain) locks it
+    // exclusively: no second exec, no deactivate, until it ends.
+    let mut first = Running::start(&env, "bb-plain", "echo ready; read x; echo done");
+    first.expect("ready");
+    let temps = || -> Vec<PathBuf> {
+        std::fs::read_dir(tmp(&env))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("tarpool-exec-"))
+            .collect()
+    };
+    assert_eq!(temps().len(), 1, "exec's mount point, while it runs");
+    assert_refused(&run(&env, &["deactivate", "bb-plain"]), &in_use("bb-plain"));
+    assert_refused(
+        &exec(&env, "bb-plain", &["echo", "hi"]),
+        &in_use("bb-plain"),
+    );
+    assert_eq!(first.finish(), Some(0));
+    let out = exec(&env, "bb-plain", &["echo", "hi"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{out:?}");
+
+    // One that binds the mount point (bb-mounted) locks it shared: more
+    // execs, but no deactivate.
+    let mut first = Running::start(&env, "bb-mounted", "echo ready; read x; echo done");
+    first.expect("ready");
+    let out = exec(&env, "bb-mounted", &["echo", "hi"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "{out:?}");
+    assert_refused(
+        &run(&env, &["deactivate", "bb-mounted"]),
+        &in_use("bb-mounted"),
+    );
+    assert_eq!(first.finish(), Some(0));
+
+    let out = run(&env, &["exec", "nope", "--", "sh"]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "tarpool: error: no activation named nope\n"
     );
 
-    for act in ["bb-mounted", "bb-plain"] {
+    for act in ["bb-mounted", "bb-plain", "bb-root"] {
         env.json(&["deactivate", act]);
     }
-    // No mount of exec's outlives it.
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains("tarpool-exec-"), "{mounts}");
+    // exec removes its temporary mount points (with rmdir: had one stayed
+    // mounted, it would be here).
+    assert_eq!(temps(), Vec::<PathBuf>::new());
+    // deactivate removes the activation's lock file.
+    let locks: Vec<_> = std::fs::read_dir(env.state().join("locks"))
+        .unwrap()
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
 }

@@ -180,6 +180,19 @@ fn metrics_endpoint_agrees_with_status_and_audit() {
     // The overlay backend has no pool.
     assert!(!text.contains("tarpool_pool_"), "{text}");
 
+    // Scrapes at once share gathers (at most one in flight): all answered.
+    let scrapes: Vec<_> = (0..6)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || http(&addr, b"GET /metrics HTTP/1.1\r\n\r\n"))
+        })
+        .collect();
+    for s in scrapes {
+        let (code, head, text) = s.join().unwrap();
+        assert_eq!(code, 200, "{head}\n{text}");
+        assert_eq!(value(&text, "tarpool_up"), 1.0);
+    }
+
     // Nothing else is served.
     assert_eq!(http(&addr, b"GET / HTTP/1.1\r\n\r\n").0, 404);
     assert_eq!(http(&addr, b"GET /metrics/x HTTP/1.1\r\n\r\n").0, 404);

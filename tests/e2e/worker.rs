@@ -29,6 +29,7 @@ fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
         test_escape: Some(escape),
         test_no_landlock: false,
         progress: false,
+        bench_native_check: false,
     }
 }
 

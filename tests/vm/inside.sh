@@ -167,6 +167,23 @@ echo "gc after the medium image changed: removed $removed layer(s), reclaimed $(
 tp $S $C activate small --as s9 --mount $S/m > /dev/null
 $CHECK tree "$B/expect.json" small $S/m
 tp $S $C deactivate s9 > /dev/null
+step "exec in a thin-pool activation"
+tp $S $C run --once --source "dir:$B/shell" > $S/shell.out 2>&1 || { cat $S/shell.out; fail "the shell image"; }
+tp $S $C activate shell --as sh1 > /dev/null
+got=$(tp $S $C exec sh1 -- /bin/sh -c 'echo $$; hostname; cat /etc/marker; echo kept > /written; ls /proc/self > /dev/null && echo proc')
+want=$(printf '1\nsh1\nshell image\nproc')
+[ "$got" = "$want" ] || fail "exec in an unmounted activation printed: $got"
+got=$(tp $S $C exec sh1 -- /bin/cat /written)
+[ "$got" = kept ] || fail "a write in the activation was not kept: $got"
+set +e; tp $S $C exec sh1 -- /bin/sh -c 'exit 7'; rc=$?; set -e
+[ $rc = 7 ] || fail "exec exit status $rc, expected 7"
+mkdir -p $S/msh
+tp $S $C activate shell --as sh2 --mount $S/msh > /dev/null
+got=$(tp $S $C exec sh2 -- /bin/sh -c 'ls /written 2>&1; echo $$')
+case "$got" in *"No such file"*1) ;; *) fail "activations are not separate: $got";; esac
+tp $S $C deactivate sh2 > /dev/null
+tp $S $C deactivate sh1 > /dev/null
+echo "exec: pid 1, hostname, the image's root, writes kept per activation, exit status passed through"
 tp $S $C pool status
 $CHECK consistent $S tpex
 

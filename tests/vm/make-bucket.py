@@ -13,6 +13,7 @@ were flattened.
 OUT/small/images/small/{1,2}.tar: a few small files.
 OUT/big/images/big/1.tar: 200 MB, bigger than the exhaustion test's pool.
 OUT/medium/images/medium/1.tar: 40 MB.
+OUT/shell/images/shell/1.tar: the host's static busybox, for `tarpool exec`.
 OUT/expect.json: {image: {path: sha256 or null for must-not-exist}}.
 """
 import hashlib, io, json, os, random, sys, tarfile
@@ -146,6 +147,20 @@ layer(os.path.join(out, "medium", "images", "medium", "1.tar"),
       lambda t: med.update({p: sha(v) for p, v in bulk(t, "m", 40 << 20).items()}))
 expect["medium"] = dict(list(med.items())[::17])
 layer(os.path.join(out, "big", "images", "big", "1.tar"), lambda t: bulk(t, "big", 200 << 20))
+# A busybox image, for `tarpool exec` on a thin-pool activation.
+def shell(t):
+    add_dir(t, "bin")
+    with open("/bin/busybox", "rb") as f:
+        add_file(t, "bin/busybox", f.read(), 0o755)
+    for applet in ("sh", "echo", "cat", "hostname", "id", "ls", "pwd"):
+        ti = tarfile.TarInfo(f"bin/{applet}")
+        ti.type = tarfile.SYMTYPE
+        ti.linkname = "busybox"
+        ti.mtime = 1700000000
+        t.addfile(ti)
+    add_dir(t, "etc")
+    add_file(t, "etc/marker", b"shell image\n")
+layer(os.path.join(out, "shell", "images", "shell", "1.tar"), shell)
 expect["_sizes"] = sizes
 with open(os.path.join(out, "expect.json"), "w") as f:
     json.dump(expect, f)

@@ -97,6 +97,25 @@ pub trait Snapshotter: Send + Sync {
         apply: &mut ApplyFn<'_>,
     ) -> Result<crate::extract::ApplyStats, StepFailure>;
 
+    /// [`Snapshotter::apply_layer`] without making the bytes durable: the
+    /// caller must call [`Snapshotter::sync_layer`] before it treats the
+    /// layer as committed. Lets the engine sync one layer while it applies
+    /// the next. Backends that cannot defer sync here.
+    fn apply_layer_unsynced(
+        &self,
+        id: i64,
+        parents: &[i64],
+        apply: &mut ApplyFn<'_>,
+    ) -> Result<crate::extract::ApplyStats, StepFailure> {
+        self.apply_layer(id, parents, apply)
+    }
+
+    /// Makes layer `id`, applied with [`Snapshotter::apply_layer_unsynced`],
+    /// durable.
+    fn sync_layer(&self, _id: i64) -> Result<(), StepFailure> {
+        Ok(())
+    }
+
     /// Removes whatever exists of layer `id`. Idempotent.
     fn discard_layer(&self, id: i64) -> std::io::Result<()>;
 

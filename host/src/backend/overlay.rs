@@ -65,16 +65,39 @@ impl Snapshotter for Overlay {
         parents: &[i64],
         apply: &mut ApplyFn<'_>,
     ) -> Result<crate::extract::ApplyStats, StepFailure> {
+        let stats = self.apply_layer_unsynced(id, parents, apply)?;
+        self.sync_layer(id)?;
+        Ok(stats)
+    }
+
+    fn sync_layer(&self, id: i64) -> Result<(), StepFailure> {
+        let dir = self.layer_dir(id);
+        // The layer's files (written through the overlay or directly) are
+        // on the filesystem holding the layers directory: one syncfs.
+        let fs_dir = File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
+        rustix::fs::syncfs(&fs_dir)
+            .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+        File::open(&dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io_fail("syncing the layer directory"))?;
+        File::open(self.layers())
+            .and_then(|f| f.sync_all())
+            .map_err(io_fail("syncing the layers directory"))
+    }
+
+    fn apply_layer_unsynced(
+        &self,
+        id: i64,
+        parents: &[i64],
+        apply: &mut ApplyFn<'_>,
+    ) -> Result<crate::extract::ApplyStats, StepFailure> {
         let dir = self.layer_dir(id);
         remove_all(&dir).map_err(io_fail("removing a stale layer directory"))?;
         fs::create_dir_all(dir.join("fs")).map_err(io_fail("creating the layer directory"))?;
         let stats = if parents.is_empty() {
             let fs_dir =
                 File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
-            let stats = apply(fs_dir.as_fd())?;
-            rustix::fs::syncfs(&fs_dir)
-                .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
-            stats
+            apply(fs_dir.as_fd())?
         } else {
             fs::create_dir_all(dir.join("work")).map_err(io_fail("creating the work directory"))?;
             let mnt = self.root.join("mnt").join(id.to_string());
@@ -95,10 +118,7 @@ impl Snapshotter for Overlay {
                         .map_err(io_fail("mounting the parent chain"))?;
                     let r = (|| {
                         let root = File::open(&mnt).map_err(io_fail("opening the mounted view"))?;
-                        let stats = apply(root.as_fd())?;
-                        rustix::fs::syncfs(&root)
-                            .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
-                        Ok(stats)
+                        apply(root.as_fd())
                     })();
                     let _ = mounts.unmount(&mnt, false);
                     r
@@ -111,12 +131,6 @@ impl Snapshotter for Overlay {
             remove_all(&dir.join("work")).map_err(io_fail("removing the work directory"))?;
             stats
         };
-        File::open(&dir)
-            .and_then(|f| f.sync_all())
-            .map_err(io_fail("syncing the layer directory"))?;
-        File::open(self.layers())
-            .and_then(|f| f.sync_all())
-            .map_err(io_fail("syncing the layers directory"))?;
         Ok(stats)
     }
 

@@ -30,6 +30,8 @@ use rustix::io::Errno;
 
 mod fsops;
 mod names;
+#[cfg(feature = "bench-native-check")]
+pub mod native;
 #[cfg(test)]
 mod tests;
 pub mod view;
