@@ -18,7 +18,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 /// Compressed bytes of the current layer read so far (in the worker).
 pub static RAW_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Entries of the current layer the tar check returned so far (in the worker).
-pub static ENTRIES: AtomicU64 = AtomicU64::new(0);
+pub use crate::extract::ENTRIES_SEEN as ENTRIES;
 /// How a worker's progress line starts: `\x1eprogress RAW_BYTES ENTRIES`.
 pub const WORKER_LINE: &str = "\u{1e}progress ";
 

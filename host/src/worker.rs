@@ -318,8 +318,10 @@ fn work(req: &Request) -> Reply {
     let check: &mut dyn crate::extract::view::TarCheck = if req.bench_native_check {
         #[cfg(feature = "bench-native-check")]
         {
-            native =
-                crate::extract::native::session(crate::extract::view::Mode::Layer, &req.policy);
+            native = crate::extract::native::NativeCheck(tarcheck::Checker::new(
+                tarcheck::Mode::Layer,
+                native_policy(&req.policy),
+            ));
             &mut native
         }
         #[cfg(not(feature = "bench-native-check"))]
@@ -361,6 +363,38 @@ fn work(req: &Request) -> Reply {
             confinement,
         },
         Err(failure) => Reply::Failed { failure, verdicts },
+    }
+}
+
+/// The per-entry rules of `p` as the native tar check takes them (what
+/// `crate::wasm` gives the guest).
+#[cfg(feature = "bench-native-check")]
+fn native_policy(p: &Policy) -> tarcheck::Policy {
+    use crate::core::policy::Action as A;
+    let v = |a: A| match a {
+        A::Allow => tarcheck::Verdict::Allow,
+        A::Skip => tarcheck::Verdict::Skip,
+        A::Strip => tarcheck::Verdict::Strip,
+        A::Reject => tarcheck::Verdict::Reject,
+    };
+    let u32_of = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
+    tarcheck::Policy {
+        max_entries: p.max_layer_entries.limit,
+        max_bytes: p.max_layer_bytes.limit,
+        max_path_bytes: u32_of(p.max_path_bytes.limit),
+        max_name_bytes: u32_of(p.max_name_bytes.limit),
+        max_depth: u32_of(p.max_depth.limit),
+        max_ext_header_bytes: u32_of(p.max_ext_header_bytes.limit),
+        device_nodes: v(p.device_nodes.action),
+        fifos: v(p.fifos.action),
+        setid: v(p.setid.action),
+        xattr_allow: p.xattrs.allow.clone(),
+        other_xattrs: v(p.xattrs.others),
+        absolute_symlinks: v(p.absolute_symlinks.action),
+        duplicates: v(p.duplicates.action),
+        max_id: u32_of(p.max_id.limit),
+        min_mtime: p.mtime.min,
+        max_mtime: p.mtime.max,
     }
 }
 

@@ -30,7 +30,7 @@ use rustix::io::Errno;
 
 mod fsops;
 mod names;
-#[cfg(feature = "bench-native-check")]
+#[cfg(feature = "native-check")]
 pub mod native;
 #[cfg(test)]
 mod tests;
@@ -90,6 +90,10 @@ const MAX_SYMLINK_HOPS: u32 = 40;
 /// Path components processed while creating one entry's missing parents.
 const MAX_RESOLVE_STEPS: usize = 4096;
 
+/// Entries the tar check has returned in this process (the worker's
+/// progress; see `crate::progress`).
+pub static ENTRIES_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Applies one uncompressed layer tar stream onto the directory `root` (an
 /// O_DIRECTORY fd), as `check` (a fresh tar check session in layer mode)
 /// sees it. Every byte of `layer` is read (the caller hashes the stream).
@@ -133,8 +137,7 @@ pub fn apply_layer<R: Read>(
             }
             want = p.want;
             ap.decisions(p.decisions);
-            crate::progress::ENTRIES
-                .fetch_add(p.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            ENTRIES_SEEN.fetch_add(p.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
             queue.extend(p.entries);
         }
         ap.consume(&buf[..n], base, &mut queue, &mut file)?;

@@ -1,46 +1,12 @@
-//! Bench only (feature `bench-native-check`): the tar check run natively,
-//! the same crate the guest is built from, outside WebAssembly. Lets the
-//! unpack benchmark measure what the sandbox costs. Never used unless the
-//! feature is compiled in and `TARPOOL_BENCH_NATIVE_CHECK` is set.
+//! The tar check run natively (feature `native-check`): the same crate the
+//! guest is built from, outside WebAssembly, behind [`view::TarCheck`]. For
+//! the fuzz targets, and for the unpack benchmark's measure of what the
+//! sandbox costs (`bench-native-check`, `TARPOOL_BENCH_NATIVE_CHECK`). The
+//! service never uses it otherwise.
 
 use super::view;
-use crate::core::policy::{Action as PolicyAction, Policy};
 
-pub struct NativeCheck(tarcheck::Checker);
-
-/// A native session with `policy`'s per-entry rules (as the guest gets them).
-pub fn session(mode: view::Mode, p: &Policy) -> NativeCheck {
-    let v = |a: PolicyAction| match a {
-        PolicyAction::Allow => tarcheck::Verdict::Allow,
-        PolicyAction::Skip => tarcheck::Verdict::Skip,
-        PolicyAction::Strip => tarcheck::Verdict::Strip,
-        PolicyAction::Reject => tarcheck::Verdict::Reject,
-    };
-    let u32_of = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
-    let policy = tarcheck::Policy {
-        max_entries: p.max_layer_entries.limit,
-        max_bytes: p.max_layer_bytes.limit,
-        max_path_bytes: u32_of(p.max_path_bytes.limit),
-        max_name_bytes: u32_of(p.max_name_bytes.limit),
-        max_depth: u32_of(p.max_depth.limit),
-        max_ext_header_bytes: u32_of(p.max_ext_header_bytes.limit),
-        device_nodes: v(p.device_nodes.action),
-        fifos: v(p.fifos.action),
-        setid: v(p.setid.action),
-        xattr_allow: p.xattrs.allow.clone(),
-        other_xattrs: v(p.xattrs.others),
-        absolute_symlinks: v(p.absolute_symlinks.action),
-        duplicates: v(p.duplicates.action),
-        max_id: u32_of(p.max_id.limit),
-        min_mtime: p.mtime.min,
-        max_mtime: p.mtime.max,
-    };
-    let mode = match mode {
-        view::Mode::Layer => tarcheck::Mode::Layer,
-        view::Mode::Archive => tarcheck::Mode::Archive,
-    };
-    NativeCheck(tarcheck::Checker::new(mode, policy))
-}
+pub struct NativeCheck(pub tarcheck::Checker);
 
 fn convert(
     r: Result<tarcheck::Progress, tarcheck::Rejection>,
