@@ -138,7 +138,7 @@ prep_tarpool_unpack() {
     prep_tarpool || return 1
     # (In a subshell, so the shell's "Killed" report goes nowhere.)
     ( TARPOOL_FAILPOINTS=before:unpack-layers "$BIN" --state-dir "$MNT/state" run --once --jobs 1 \
-        --source "$BUCKET" --backend overlay > "$W/log.prep" 2>&1 ) 2>/dev/null
+        --source "$BUCKET" --backend overlay > "$W/log.prep" 2>&1; exit $? ) 2>/dev/null
     [ $? = 137 ] || { echo "the preparing run did not stop before unpack-layers" > "$W/why"; return 1; }
     sync -f "$MNT"
 }
