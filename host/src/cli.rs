@@ -191,6 +191,9 @@ struct FileConfig {
     /// Serve Prometheus metrics here (`run --metrics-addr`).
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_addr: Option<String>,
+    /// The service collects garbage (as `tarpool gc`) after every poll.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gc: Option<bool>,
     /// Lets the extraction worker run without Landlock, no_new_privs or
     /// dropped capabilities where the kernel cannot enforce them. Logged.
     #[serde(default)]
@@ -245,6 +248,7 @@ struct Config {
     retry: RetryPolicy,
     log_format: crate::logging::LogFormat,
     metrics_addr: Option<String>,
+    gc: bool,
     thinpool: crate::backend::thinpool::ThinConfig,
 }
 
@@ -260,6 +264,7 @@ impl Config {
             policy: Some(self.policy_spec.clone()),
             log_format: Some(self.log_format),
             metrics_addr: self.metrics_addr.clone(),
+            gc: Some(self.gc),
             unconfined_worker: self.unconfined_worker,
             max_attempts: Some(self.retry.max_attempts),
             retry_base_ms: Some(self.retry.base.as_millis() as u64),
@@ -339,6 +344,7 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
             .or(file.log_format)
             .unwrap_or(crate::logging::LogFormat::Human),
         metrics_addr,
+        gc: file.gc.unwrap_or(true),
         thinpool: file.thinpool,
     })
 }
@@ -714,6 +720,26 @@ fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Result<u8> {
             // (network, credentials) is tried again at the next poll.
             if let Err(e) = &pass {
                 tracing::error!(error = format!("{e:#}"), "poll failed; trying again at the next one");
+            }
+            // Between polls no run is under way (a stop request may have
+            // left some unfinished: their layers are kept).
+            if cfg.gc && !shutdown.load(SeqCst) {
+                match engine::collect(&ctx.store, ctx.backend.as_ref()) {
+                    Ok(r) => {
+                        if r.layers_removed > 0 || r.cleanup.removed > 0 {
+                            tracing::info!(
+                                layers_removed = r.layers_removed,
+                                other_removed = r.cleanup.removed,
+                                reclaimed_data_bytes = r.reclaimed_data_bytes,
+                                "garbage collected"
+                            );
+                        }
+                        for e in &r.cleanup.errors {
+                            tracing::warn!(error = %e, "gc: could not remove (retried next time)");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "gc failed; trying again after the next poll"),
+                }
             }
             let until = tokio::time::Instant::now() + std::time::Duration::from_secs(cfg.interval);
             while tokio::time::Instant::now() < until && !shutdown.load(SeqCst) && !reload.load(SeqCst) {
@@ -1099,29 +1125,17 @@ fn gc(cfg: &Config, json: bool) -> Result<u8> {
     let store = open_store(&cfg.state_dir)?;
     let _lock = lock_state(&cfg.state_dir)?;
     let b = backend(cfg)?;
-    let before = b.usage()?;
-    let (_, unused) = store.layers_in_use()?;
-    let mut layers = 0;
-    for l in &unused {
-        b.discard_layer(l.id)
-            .with_context(|| format!("removing layer {}", l.id))?;
-        store.forget_layer(l.id)?;
-        layers += 1;
-    }
-    let report = b
-        .cleanup(&store.known()?)
-        .context("cleaning up the backend")?;
-    let after = b.usage()?;
-    let reclaimed = match (&before, &after) {
-        (Some(a), Some(z)) => Some(a.data_used_bytes.saturating_sub(z.data_used_bytes)),
-        _ => None,
-    };
+    let gc = engine::collect(&store, b.as_ref())?;
     if json {
-        println!(
-            "{}",
-            json!({"layers_removed": layers, "cleanup": report, "before": before, "after": after, "reclaimed_data_bytes": reclaimed})
-        );
+        println!("{}", serde_json::to_string(&gc)?);
     } else {
+        let engine::GcReport {
+            layers_removed: layers,
+            cleanup: report,
+            before,
+            after,
+            reclaimed_data_bytes: reclaimed,
+        } = gc;
         println!(
             "gc: removed {layers} unreferenced layer(s) and {} other device(s) or directories",
             report.removed

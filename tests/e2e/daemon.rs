@@ -172,6 +172,23 @@ fn the_service_polls_reloads_on_sighup_and_stops_on_sigterm() {
         state_of(&env, "dockersave").as_deref() == Some("ready")
     });
 
+    // The adhoc image changes (its top layer): once the new version is
+    // ready, the old top layer is garbage the service collects by itself
+    // (under the default policy: the strict one would refuse adhoc).
+    let layers = || -> i64 {
+        let db = rusqlite::Connection::open(env.state().join("state.db")).unwrap();
+        db.query_row("SELECT count(*) FROM layers", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = layers();
+    std::fs::copy(bucket.join("images/adhoc/2.tar"), staging.join("3.tar")).unwrap();
+    std::fs::rename(staging.join("3.tar"), bucket.join("images/adhoc/3.tar")).unwrap();
+    svc.wait_event("the collection of the old layer", |e| {
+        message(e) == "garbage collected" && e["layers_removed"] == 1
+    });
+    assert_eq!(state_of(&env, "adhoc").as_deref(), Some("ready"));
+    assert_eq!(layers(), before, "one layer added, one collected");
+
     // A broken configuration is refused, and the service keeps going.
     std::fs::write(&config, "jobs = \"many\"\n").unwrap();
     svc.signal(libc::SIGHUP);
