@@ -242,11 +242,13 @@ fn execute(
     })
 }
 
-fn layer_ids(ctx: &Ctx, chains: &[String]) -> Result<Vec<i64>, StepFailure> {
+/// The ids of `chains`' layers, top first; each must be committed, except
+/// `sealing` (a layer applied whose commit is under way).
+fn layer_ids(ctx: &Ctx, chains: &[String], sealing: Option<i64>) -> Result<Vec<i64>, StepFailure> {
     let mut ids = Vec::new();
     for c in chains.iter().rev() {
         match ctx.store.layer(c)? {
-            Some(l) if l.committed => ids.push(l.id),
+            Some(l) if l.committed || Some(l.id) == sealing => ids.push(l.id),
             _ => return Err(StepFailure::Retry(format!("layer {c} is not committed"))),
         }
     }
@@ -356,17 +358,13 @@ fn unpack_layers(
                 }
                 None => {}
             }
-            let below = sealing.as_ref().map(|p| p.id);
-            let mut parents = Vec::new();
-            for c in chains[..i].iter().rev() {
-                match ctx.store.layer(c)? {
-                    Some(l) if l.committed || Some(l.id) == below => parents.push(l.id),
-                    _ => {
-                        finish_sealing(ctx, &mut sealing, None)?;
-                        return Err(StepFailure::Retry(format!("layer {c} is not committed")));
-                    }
+            let parents = match layer_ids(ctx, &chains[..i], sealing.as_ref().map(|p| p.id)) {
+                Ok(p) => p,
+                Err(e) => {
+                    finish_sealing(ctx, &mut sealing, None)?;
+                    return Err(e);
                 }
-            }
+            };
             let parent_chain = if i == 0 {
                 None
             } else {
@@ -458,7 +456,7 @@ fn create_snapshot(ctx: &Ctx, image: &str, data: &mut RunData) -> Result<Value, 
         .iter()
         .map(|l| l.chain_id.clone().unwrap_or_default())
         .collect();
-    let ids = layer_ids(ctx, &chains)?;
+    let ids = layer_ids(ctx, &chains, None)?;
     let info = ctx.backend.snapshot_image(image, &ids)?;
     Ok(
         serde_json::json!({ "backend": ctx.backend.kind(), "layers": ids, "top_chain": data.top_chain, "fstype": info.fstype }),
