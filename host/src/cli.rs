@@ -87,9 +87,15 @@ pub enum Cmd {
         /// The activation's name (default: a new ULID).
         #[arg(long = "as")]
         as_: Option<String>,
-        /// Mount the activation read-write here.
+        /// Mount the activation read-write here (`nosuid,nodev`).
         #[arg(long)]
         mount: Option<PathBuf>,
+        /// DANGEROUS: mount without `nosuid`, so the image's setuid and
+        /// setgid files and file capabilities take effect on the host: any
+        /// user who can reach the mount point can run an image's setuid-root
+        /// program as root. Only for images you trust as you trust the host.
+        #[arg(long, requires = "mount")]
+        suid: bool,
         #[arg(long)]
         backend: Option<String>,
     },
@@ -113,6 +119,19 @@ pub enum Cmd {
     },
     /// Cancels an image's active run.
     Cancel { name: String },
+    /// Starts a new database in a state directory whose state.db is lost
+    /// (missing, empty or unreadable), which every other command refuses:
+    /// the old database and the layer and activation trees are moved to
+    /// STATE/recovered/ID (nothing is deleted), the blobs are kept. Images
+    /// are unpacked again by the next run.
+    Recover {
+        /// Delete the layer and activation trees (activations' writes
+        /// included) instead of moving them aside.
+        #[arg(long)]
+        wipe: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// The devicemapper thin pool.
     Pool {
         #[command(subcommand)]
@@ -316,12 +335,17 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
             anyhow::anyhow!("metrics address {a:?}: {e} (expected e.g. 127.0.0.1:9464)")
         })?;
     }
+    // Resolved once here: the worker and the mount helpers change the
+    // working directory, so a relative path would name other places.
+    let state_dir = args
+        .state_dir
+        .clone()
+        .or(file.state_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/tarpool"));
+    let state_dir = std::path::absolute(&state_dir)
+        .with_context(|| format!("resolving state directory {}", state_dir.display()))?;
     Ok(Config {
-        state_dir: args
-            .state_dir
-            .clone()
-            .or(file.state_dir)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/tarpool")),
+        state_dir,
         source: o
             .source
             .map(str::to_string)
@@ -349,9 +373,37 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
     })
 }
 
+/// Makes the state directory private (creating it if need be) and refuses
+/// one that holds tarpool's data but no usable database: a start without it
+/// would treat every layer and activation as unknown and delete them.
+fn check_state_dir(state_dir: &Path) -> Result<()> {
+    crate::statedir::prepare(state_dir)
+        .with_context(|| format!("preparing state directory {}", state_dir.display()))?;
+    let db = state_dir.join("state.db");
+    let usable = Store::holds_schema(&db);
+    if usable.as_ref().is_ok_and(|u| *u) {
+        return Ok(());
+    }
+    let data = crate::statedir::tarpool_data(state_dir)
+        .with_context(|| format!("reading state directory {}", state_dir.display()))?;
+    match (usable, data) {
+        (Ok(_), None) => Ok(()),
+        (usable, data) => {
+            let why = match usable {
+                Err(e) => format!("state.db cannot be read ({e})"),
+                Ok(_) => "state.db is missing or empty".into(),
+            };
+            bail!(
+                "state directory {} holds tarpool data ({}) but {why}; refusing to start, nothing was deleted. Restore state.db, or run `tarpool recover` (starts a new database, keeps the blobs, moves layers and activations aside) or `tarpool recover --wipe` (deletes them)",
+                state_dir.display(),
+                data.unwrap_or_else(|| "an unreadable database".into())
+            )
+        }
+    }
+}
+
 fn open_store(state_dir: &Path) -> Result<Store> {
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+    check_state_dir(state_dir)?;
     Ok(Store::open(&state_dir.join("state.db"))?)
 }
 
@@ -387,6 +439,9 @@ fn lock_state(state_dir: &Path) -> Result<RunLock> {
 
 pub fn main() -> Result<u8> {
     use std::io::IsTerminal as _;
+    // Before anything is created: nothing tarpool makes is readable by
+    // other users (see statedir).
+    crate::statedir::set_private_umask();
     let args = Args::parse();
     // The file's log format counts too; a broken file is reported below by
     // the command that reads it.
@@ -471,6 +526,7 @@ pub fn main() -> Result<u8> {
             name,
             as_,
             mount,
+            suid,
             backend,
         } => {
             let cfg = config(
@@ -480,7 +536,12 @@ pub fn main() -> Result<u8> {
                     ..Overrides::default()
                 },
             )?;
-            activate(&cfg, name, as_.as_deref(), mount.as_deref())
+            let suid = if *suid {
+                crate::sys::Suid::Honoured
+            } else {
+                crate::sys::Suid::Ignored
+            };
+            activate(&cfg, name, as_.as_deref(), mount.as_deref(), suid)
         }
         Cmd::Deactivate { act, backend } => {
             let cfg = config(
@@ -538,6 +599,10 @@ pub fn main() -> Result<u8> {
                 },
             )?;
             gc(&cfg, *json)
+        }
+        Cmd::Recover { wipe, json } => {
+            let cfg = config(&args, &none)?;
+            recover(&cfg, *wipe, *json)
         }
         Cmd::Cancel { name } => {
             let cfg = config(&args, &none)?;
@@ -628,9 +693,16 @@ fn reload_refused(old: &Config, new: &Config) -> Option<String> {
 fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Result<u8> {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     let mut cfg = config(args, o)?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    check_state_dir(&cfg.state_dir)?;
     let _lock = lock_state(&cfg.state_dir)?;
+    match crate::statedir::repair(&cfg.state_dir) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            entries = n,
+            "state directory: took group and other permissions off entries tarpool made"
+        ),
+        Err(e) => return Err(e).context("repairing the state directory's permissions"),
+    }
     let shutdown = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -941,15 +1013,13 @@ fn audit(store: &Store, name: &str, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-fn valid_activation_name(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s != "."
-        && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -> Result<u8> {
+fn activate(
+    cfg: &Config,
+    name: &str,
+    as_: Option<&str>,
+    mount: Option<&Path>,
+    suid: crate::sys::Suid,
+) -> Result<u8> {
     if !valid_image_name(name) {
         bail!("invalid image name {name:?}");
     }
@@ -963,8 +1033,8 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
     let act = as_
         .map(str::to_string)
         .unwrap_or_else(|| ulid::Ulid::new().to_string());
-    if !valid_activation_name(&act) {
-        bail!("invalid activation name {act:?} (allowed: [A-Za-z0-9._-]{{1,64}})");
+    if !crate::core::names::valid_activation_name(&act) {
+        bail!("invalid activation name {act:?} (allowed: [A-Za-z0-9_-][A-Za-z0-9._-]{{0,63}})");
     }
     if store.activation(&act)?.is_some() {
         bail!("activation {act} already exists");
@@ -1002,7 +1072,13 @@ fn activate(cfg: &Config, name: &str, as_: Option<&str>, mount: Option<&Path>) -
         mountpoint: mountpoint.as_ref().map(|p| p.display().to_string()),
     })?;
     let started = std::time::Instant::now();
-    let info = match b.activate(&act, &ids, mountpoint.as_deref()) {
+    if suid == crate::sys::Suid::Honoured {
+        tracing::warn!(
+            activation = %act,
+            "--suid: the image's setuid files take effect on the host at the mount point"
+        );
+    }
+    let info = match b.activate(&act, &ids, mountpoint.as_deref(), suid) {
         Ok(i) => i,
         Err(e) => {
             store.remove_activation(&act)?;
@@ -1055,7 +1131,8 @@ fn pool_init(
     meta: Option<&str>,
     block: Option<&str>,
 ) -> Result<u8> {
-    std::fs::create_dir_all(&cfg.state_dir)?;
+    // The database first: the pool's tables live in it.
+    open_store(&cfg.state_dir)?;
     let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.join("thinpool").join("dev"))?;
     let node = crate::backend::thinpool::ThinPool::init(
         &cfg.state_dir,
@@ -1077,7 +1154,7 @@ fn pool_init(
 }
 
 fn open_thinpool(cfg: &Config) -> Result<crate::backend::thinpool::ThinPool> {
-    std::fs::create_dir_all(&cfg.state_dir)?;
+    open_store(&cfg.state_dir)?;
     let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.join("thinpool").join("dev"))?;
     Ok(crate::backend::thinpool::ThinPool::open(
         &cfg.state_dir,
@@ -1116,6 +1193,39 @@ fn pool_status(cfg: &Config, json: bool) -> Result<u8> {
                     .unwrap_or_else(|| "-".into()),
                 d.owner
             );
+        }
+    }
+    Ok(0)
+}
+
+fn recover(cfg: &Config, wipe: bool, json: bool) -> Result<u8> {
+    let dir = crate::statedir::prepare(&cfg.state_dir)
+        .with_context(|| format!("preparing state directory {}", cfg.state_dir.display()))?;
+    let _lock = lock_state(&dir)?;
+    if Store::holds_schema(&dir.join("state.db")).unwrap_or(false) {
+        bail!(
+            "state directory {}: state.db is usable; there is nothing to recover",
+            dir.display()
+        );
+    }
+    let id = ulid::Ulid::new().to_string();
+    let done = crate::statedir::recover(&dir, &id, wipe)
+        .with_context(|| format!("recovering state directory {}", dir.display()))?;
+    Store::open(&dir.join("state.db"))?;
+    tracing::info!(entries = ?done.entries, moved_to = ?done.moved_to, wiped = wipe, "state directory recovered: a new database");
+    if json {
+        println!("{}", serde_json::to_string(&done)?);
+    } else {
+        match &done.moved_to {
+            Some(p) => println!(
+                "recover: a new state.db; moved {} to {}; the blobs are kept; the next run unpacks every image again",
+                done.entries.join(", "),
+                p.display()
+            ),
+            None => println!("recover: a new state.db; the blobs are kept"),
+        }
+        if wipe {
+            println!("recover: deleted the layer and activation trees");
         }
     }
     Ok(0)

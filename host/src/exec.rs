@@ -269,8 +269,8 @@ impl ActivationLock {
 pub fn lock_activation(state_dir: &Path, act: &str, exclusive: bool) -> Result<ActivationLock> {
     use rustix::fs::FlockOperation;
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
-    if act.is_empty() || act.starts_with('.') || act.contains('/') {
-        bail!("bad activation name {act:?}");
+    if !crate::core::names::valid_activation_name(act) {
+        bail!("invalid activation name {act:?}");
     }
     let dir = state_dir.join("locks");
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
@@ -350,8 +350,11 @@ fn lock_for_exec(
 /// The state directory of the store this process has open: the directory
 /// of its `state.db`, found among the open files (`tarpool exec` opens one
 /// store, that of its `--state-dir`).
-/// Makes the mounts at and below `root` `nodev` (`mount_setattr`, Linux 5.12;
-/// only that flag changes: a read-only mount stays so).
+/// Makes the mounts at and below `root` `nodev` and not `nosuid`
+/// (`mount_setattr`, Linux 5.12; only those flags change: a read-only mount
+/// stays so). The view is in this process's private mount namespace, so the
+/// image's setuid programs work inside, as in a container, though the
+/// activation's own mount point on the host is `nosuid`.
 fn set_nodev(root: &Path) -> Result<()> {
     use std::os::unix::ffi::OsStrExt as _;
     /// The kernel's `struct mount_attr` (`linux/mount.h`).
@@ -362,11 +365,12 @@ fn set_nodev(root: &Path) -> Result<()> {
         propagation: u64,
         userns_fd: u64,
     }
+    const MOUNT_ATTR_NOSUID: u64 = 0x2;
     const MOUNT_ATTR_NODEV: u64 = 0x4;
     let path = CString::new(root.as_os_str().as_bytes())?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_NODEV,
-        attr_clr: 0,
+        attr_clr: MOUNT_ATTR_NOSUID,
         propagation: 0,
         userns_fd: 0,
     };

@@ -17,6 +17,7 @@ pub mod model;
 pub mod progress;
 pub mod s3;
 pub mod source;
+pub mod statedir;
 pub mod steps;
 pub mod store;
 pub mod sys;

@@ -427,8 +427,42 @@ impl Drop for Done<'_> {
     }
 }
 
+/// At most one WARN per [`WARN_EVERY_MS`] for failed requests: a client
+/// that aborts connections (a scanner, a flapping scraper) must not flood
+/// the log. The rest go to DEBUG and are counted into the next WARN.
+const WARN_EVERY_MS: u64 = 60_000;
+
+#[derive(Default)]
+struct WarnLimit {
+    /// When the last WARN was let through (ms since the server started,
+    /// plus one: 0 means never).
+    last: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl WarnLimit {
+    /// Whether an event at `now_ms` may WARN; if so, how many were held
+    /// back since the last one.
+    fn admit(&self, now_ms: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let last = self.last.load(SeqCst);
+        if (last == 0 || now_ms + 1 >= last + WARN_EVERY_MS)
+            && self
+                .last
+                .compare_exchange(last, now_ms + 1, SeqCst, SeqCst)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, SeqCst));
+        }
+        self.suppressed.fetch_add(1, SeqCst);
+        None
+    }
+}
+
 async fn serve(listener: tokio::net::TcpListener, scraper: Arc<Scraper>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let limit = Arc::new(WarnLimit::default());
+    let started = std::time::Instant::now();
     loop {
         let (mut sock, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -445,10 +479,19 @@ async fn serve(listener: tokio::net::TcpListener, scraper: Arc<Scraper>) {
             continue;
         };
         let s = scraper.clone();
+        let limit = limit.clone();
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(e) = handle(&mut sock, &s).await {
-                tracing::warn!(peer = %peer, error = %e, "metrics: request");
+                match limit.admit(started.elapsed().as_millis() as u64) {
+                    Some(held) => tracing::warn!(
+                        peer = %peer,
+                        error = %e,
+                        earlier_failures_not_logged = held,
+                        "metrics: request failed (at most one such warning a minute)"
+                    ),
+                    None => tracing::debug!(peer = %peer, error = %e, "metrics: request"),
+                }
             }
         });
     }
@@ -604,6 +647,23 @@ fn response(code: u16, reason: &str, headers: &[(&str, &str)], body: &[u8]) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_requests_warn_at_most_once_a_minute() {
+        let l = WarnLimit::default();
+        // (time in ms, what admit answers)
+        let cases: &[(u64, Option<u64>)] = &[
+            (0, Some(0)),
+            (10, None),
+            (59_000, None),
+            (60_000, Some(2)),
+            (60_001, None),
+            (200_000, Some(1)),
+        ];
+        for (t, want) in cases {
+            assert_eq!(l.admit(*t), *want, "at {t} ms");
+        }
+    }
 
     /// Renders `input`, checks the whole text is well-formed exposition
     /// format, and compares the families named in `expected` (complete,

@@ -23,6 +23,10 @@ pub enum SourceError {
     /// Access denied or a request the source refuses: not retried.
     #[error("{0}")]
     Denied(String),
+    /// The object is not something an image can be read from (a FIFO, a
+    /// device, a socket put in its place): the image fails.
+    #[error("{0}")]
+    BadObject(String),
     #[error("{0}")]
     Config(String),
 }
@@ -160,13 +164,16 @@ impl Source for DirSource {
     }
 
     fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError> {
-        use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+        use rustix::fs::{openat2, FileType, Mode, OFlags, ResolveFlags};
         let root = File::open(&self.root)
             .map_err(|e| SourceError::Io(format!("opening the source: {e}")))?;
-        let fd = openat2(
+        // O_PATH first: opening a FIFO put in the object's place would block
+        // (forever, with no writer), and opening a device has effects. Only
+        // a regular file is opened for reading, through the same inode.
+        let path = openat2(
             &root,
             key,
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         )
@@ -174,12 +181,39 @@ impl Source for DirSource {
             rustix::io::Errno::NOENT => SourceError::NotFound(key.to_string()),
             e => SourceError::Io(format!("opening `{key}`: {e}")),
         })?;
+        let st =
+            rustix::fs::fstat(&path).map_err(|e| SourceError::Io(format!("stat `{key}`: {e}")))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(SourceError::BadObject(format!(
+                "object `{}` is not a regular file (a {})",
+                printable(key),
+                match kind {
+                    FileType::Fifo => "fifo",
+                    FileType::Symlink => "symlink",
+                    FileType::Directory => "directory",
+                    FileType::CharacterDevice => "character device",
+                    FileType::BlockDevice => "block device",
+                    FileType::Socket => "socket",
+                    _ => "special file",
+                }
+            )));
+        }
+        let fd = rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&path)),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+        )
+        .map_err(|e| SourceError::Io(format!("opening `{key}`: {e}")))?;
         let file = File::from(fd);
         let m = file
             .metadata()
             .map_err(|e| SourceError::Io(format!("stat `{key}`: {e}")))?;
-        if !m.is_file() {
-            return Err(SourceError::NotFound(key.to_string()));
+        if !m.is_file() || m.ino() != st.st_ino {
+            return Err(SourceError::BadObject(format!(
+                "object `{}` changed into something other than its file while it was opened",
+                printable(key)
+            )));
         }
         Ok((
             Box::new(file),
@@ -205,4 +239,60 @@ pub fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `open` makes of the object `images/x.tar` when `make` has put
+    /// something at that path; a hang fails after 10 s instead of blocking.
+    fn check(make: fn(&Path), expected: Result<(), &str>) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("images")).unwrap();
+        make(&d.path().join("images/x.tar"));
+        let src = DirSource {
+            root: d.path().to_path_buf(),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(src.open("images/x.tar").map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("open blocked");
+        match (got, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(SourceError::BadObject(m)), Err(want)) => assert_eq!(m, want),
+            (got, want) => panic!("got {got:?}, expected {want:?}"),
+        }
+    }
+
+    #[test]
+    fn only_regular_files_are_opened() {
+        check(|p| std::fs::write(p, "tar").unwrap(), Ok(()));
+        check(
+            |p| {
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    p,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap()
+            },
+            Err("object `images/x.tar` is not a regular file (a fifo)"),
+        );
+        check(
+            |p| std::fs::create_dir(p).unwrap(),
+            Err("object `images/x.tar` is not a regular file (a directory)"),
+        );
+        check(
+            |p| {
+                let _ = std::os::unix::net::UnixListener::bind(p).unwrap();
+            },
+            Err("object `images/x.tar` is not a regular file (a socket)"),
+        );
+    }
 }

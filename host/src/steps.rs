@@ -89,7 +89,7 @@ fn source_err(e: SourceError) -> StepFailure {
             "image is missing from the source: `{}` is gone",
             printable(&k)
         )),
-        SourceError::Denied(m) => StepFailure::Input(m),
+        SourceError::Denied(m) | SourceError::BadObject(m) => StepFailure::Input(m),
         e => StepFailure::Retry(e.to_string()),
     }
 }

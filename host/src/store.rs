@@ -222,6 +222,26 @@ pub struct Store {
 }
 
 impl Store {
+    /// Whether `path` is a state database tarpool made: false when it is
+    /// missing, empty, or has no `images` table (a new SQLite file); an
+    /// error when it cannot be read as one.
+    pub fn holds_schema(path: &Path) -> Result<bool> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => {}
+            _ => return Ok(false),
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        Ok(conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'images')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
     pub fn open(path: &Path) -> Result<Store> {
         // Several processes may open a new state directory at once (the
         // service and a `status`): creating the schema, switching to WAL and

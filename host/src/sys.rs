@@ -6,6 +6,37 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Whether a mount honours the setuid and setgid bits and the file
+/// capabilities of the image's files. Every mount tarpool makes is `nodev`;
+/// every one a host user could reach is also `nosuid` unless the operator
+/// asked otherwise (`activate --suid`): an image's setuid-root file must not
+/// make a local user root (moby CVE-2021-41091).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Suid {
+    /// `nosuid,nodev`: the default.
+    Ignored,
+    /// `nodev` only: the image's setuid semantics, on the host.
+    Honoured,
+}
+
+impl Suid {
+    pub fn flags(self) -> rustix::mount::MountFlags {
+        use rustix::mount::MountFlags;
+        match self {
+            Suid::Ignored => MountFlags::NOSUID | MountFlags::NODEV,
+            Suid::Honoured => MountFlags::NODEV,
+        }
+    }
+
+    /// As `mount(8)` would print the flags.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Suid::Ignored => "nosuid,nodev",
+            Suid::Honoured => "nodev",
+        }
+    }
+}
+
 pub trait MountOps: Send + Sync {
     /// Mounts an overlay at `target`. `lower` is top first. Paths may be
     /// relative to the calling thread's working directory.
@@ -14,6 +45,7 @@ pub trait MountOps: Send + Sync {
         target: &Path,
         lower: &[PathBuf],
         upper_work: Option<(&Path, &Path)>,
+        suid: Suid,
     ) -> io::Result<()>;
     fn unmount(&self, target: &Path, detach: bool) -> io::Result<()>;
     /// Mounts a block device's filesystem at `target`.
@@ -23,6 +55,7 @@ pub trait MountOps: Send + Sync {
         target: &Path,
         fstype: &str,
         options: &str,
+        suid: Suid,
     ) -> io::Result<()>;
     /// Moves the calling thread into a private mount namespace (and a private
     /// working directory): its mounts vanish when it exits, even on SIGKILL.
@@ -57,6 +90,7 @@ impl MountOps for LinuxMounts {
         target: &Path,
         lower: &[PathBuf],
         upper_work: Option<(&Path, &Path)>,
+        suid: Suid,
     ) -> io::Result<()> {
         let opts = overlay_options(lower, upper_work);
         // The kernel takes at most one page of options.
@@ -72,7 +106,7 @@ impl MountOps for LinuxMounts {
             "overlay",
             target.as_c_str(),
             "overlay",
-            rustix::mount::MountFlags::empty(),
+            suid.flags(),
             data.as_c_str(),
         )
         .map_err(io::Error::from)
@@ -93,16 +127,11 @@ impl MountOps for LinuxMounts {
         target: &Path,
         fstype: &str,
         options: &str,
+        suid: Suid,
     ) -> io::Result<()> {
         let data = cstr(options)?;
-        rustix::mount::mount(
-            source,
-            target,
-            fstype,
-            rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-            data.as_c_str(),
-        )
-        .map_err(io::Error::from)
+        rustix::mount::mount(source, target, fstype, suid.flags(), data.as_c_str())
+            .map_err(io::Error::from)
     }
 
     fn private_namespace(&self) -> io::Result<()> {
@@ -168,11 +197,13 @@ impl MountOps for RecordingMounts {
         target: &Path,
         lower: &[PathBuf],
         upper_work: Option<(&Path, &Path)>,
+        suid: Suid,
     ) -> io::Result<()> {
         self.calls.lock().unwrap().push(format!(
-            "mount {} {}",
+            "mount {} {} {}",
             target.display(),
-            overlay_options(lower, upper_work)
+            overlay_options(lower, upper_work),
+            suid.describe()
         ));
         Ok(())
     }
@@ -189,11 +220,13 @@ impl MountOps for RecordingMounts {
         target: &Path,
         fstype: &str,
         options: &str,
+        suid: Suid,
     ) -> io::Result<()> {
         self.calls.lock().unwrap().push(format!(
-            "mount {} {} {fstype} {options}",
+            "mount {} {} {fstype} {options} {}",
             source.display(),
-            target.display()
+            target.display(),
+            suid.describe()
         ));
         Ok(())
     }

@@ -1046,9 +1046,7 @@ fn one_line(text: &str, max_chars: usize) -> String {
             out.push_str("...");
             break;
         }
-        let bad = c.is_control()
-            || matches!(c, '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
-        out.push(if bad { '?' } else { c });
+        out.push(if guest_text::unsafe_char(c) { '?' } else { c });
     }
     out
 }

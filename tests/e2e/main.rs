@@ -11,5 +11,6 @@ mod exec;
 mod hostile;
 mod load;
 mod metrics;
+mod private;
 mod s3;
 mod worker;

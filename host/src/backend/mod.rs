@@ -124,17 +124,21 @@ pub trait Snapshotter: Send + Sync {
     fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure>;
 
     /// A writable copy-on-write view of `chain` (top first), mounted at
-    /// `mountpoint` when given.
+    /// `mountpoint` when given: `nodev`, and `nosuid` unless `suid` says
+    /// the image's setuid files are to work on the host.
     fn activate(
         &self,
         act: &str,
         chain: &[i64],
         mountpoint: Option<&Path>,
+        suid: crate::sys::Suid,
     ) -> std::io::Result<ActivationInfo>;
 
     /// Mounts the existing activation `act` (a writable view of `chain`, top
     /// first) at `target` in the caller's mount namespace, for `tarpool
-    /// exec` of an activation made without a mount point.
+    /// exec` of an activation made without a mount point. `nodev` only: the
+    /// caller's namespace is private, and inside it the image's setuid
+    /// programs work as the image means.
     fn mount_activation(&self, act: &str, chain: &[i64], target: &Path) -> std::io::Result<()>;
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> std::io::Result<()>;

@@ -9,12 +9,13 @@
 use rustix::fd::AsFd;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{io_fail, ActivationInfo, ApplyFn, Cleanup, Known, Snapshotter};
 use crate::error::StepFailure;
-use crate::sys::{overlay_options, MountOps};
+use crate::sys::{overlay_options, MountOps, Suid};
 
 pub struct Overlay {
     root: PathBuf,
@@ -93,7 +94,10 @@ impl Snapshotter for Overlay {
     ) -> Result<crate::extract::ApplyStats, StepFailure> {
         let dir = self.layer_dir(id);
         remove_all(&dir).map_err(io_fail("removing a stale layer directory"))?;
-        fs::create_dir_all(dir.join("fs")).map_err(io_fail("creating the layer directory"))?;
+        // The layer's root: 0755 whatever the umask (tarpool's 077), as the
+        // root of an image whose layers do not say otherwise.
+        crate::statedir::mkdir_mode(&dir.join("fs"), 0o755)
+            .map_err(io_fail("creating the layer directory"))?;
         let stats = if parents.is_empty() {
             let fs_dir =
                 File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
@@ -114,7 +118,12 @@ impl Snapshotter for Overlay {
                     let upper = PathBuf::from(format!("{id}/fs"));
                     let work = PathBuf::from(format!("{id}/work"));
                     mounts
-                        .mount_overlay(&mnt, &Self::relative_lowers(parents), Some((&upper, &work)))
+                        .mount_overlay(
+                            &mnt,
+                            &Self::relative_lowers(parents),
+                            Some((&upper, &work)),
+                            Suid::Ignored,
+                        )
                         .map_err(io_fail("mounting the parent chain"))?;
                     let r = (|| {
                         let root = File::open(&mnt).map_err(io_fail("opening the mounted view"))?;
@@ -164,19 +173,37 @@ impl Snapshotter for Overlay {
         act: &str,
         chain: &[i64],
         mountpoint: Option<&Path>,
+        suid: Suid,
     ) -> io::Result<ActivationInfo> {
         let dir = self.root.join("activations").join(act);
-        fs::create_dir_all(dir.join("upper"))?;
+        // The upper directory is the activation's root: it takes the mode
+        // and owner of the image's root (the top layer's), not the umask's.
+        let top = chain
+            .first()
+            .map(|id| self.layer_dir(*id).join("fs"))
+            .ok_or_else(|| io::Error::other("the image has no layers"))?;
+        let root = fs::metadata(&top)?;
+        let upper = dir.join("upper");
+        crate::statedir::mkdir_mode(&upper, 0o700)?;
+        rustix::fs::chown(
+            &upper,
+            Some(rustix::fs::Uid::from_raw(root.uid())),
+            Some(rustix::fs::Gid::from_raw(root.gid())),
+        )?;
+        crate::statedir::mkdir_mode(&upper, root.mode() & 0o7777)?;
         fs::create_dir_all(dir.join("work"))?;
         let lowers: Vec<PathBuf> = chain
             .iter()
             .map(|id| self.layer_dir(*id).join("fs"))
             .collect();
-        let upper = dir.join("upper");
         let work = dir.join("work");
-        let options = overlay_options(&lowers, Some((&upper, &work)));
+        let options = format!(
+            "{},{}",
+            overlay_options(&lowers, Some((&upper, &work))),
+            suid.describe()
+        );
         if let Some(mp) = mountpoint {
-            if let Err(e) = self.mount_activation(act, chain, mp) {
+            if let Err(e) = self.mount_at(act, chain, mp, suid) {
                 let _ = remove_all(&dir);
                 return Err(e);
             }
@@ -190,30 +217,7 @@ impl Snapshotter for Overlay {
     }
 
     fn mount_activation(&self, act: &str, chain: &[i64], target: &Path) -> io::Result<()> {
-        if !self
-            .root
-            .join("activations")
-            .join(act)
-            .join("upper")
-            .is_dir()
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("activation {act} has no upper directory"),
-            ));
-        }
-        // Relative lower dirs keep deep chains within a page of options.
-        let cwd = std::env::current_dir()?;
-        std::env::set_current_dir(self.layers())?;
-        let rel_upper = PathBuf::from(format!("../activations/{act}/upper"));
-        let rel_work = PathBuf::from(format!("../activations/{act}/work"));
-        let r = self.mounts.mount_overlay(
-            target,
-            &Self::relative_lowers(chain),
-            Some((&rel_upper, &rel_work)),
-        );
-        std::env::set_current_dir(cwd)?;
-        r
+        self.mount_at(act, chain, target, Suid::Honoured)
     }
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {
@@ -266,10 +270,42 @@ impl Snapshotter for Overlay {
     }
 }
 
+impl Overlay {
+    /// Mounts activation `act`'s writable overlay of `chain` at `target`.
+    fn mount_at(&self, act: &str, chain: &[i64], target: &Path, suid: Suid) -> io::Result<()> {
+        if !self
+            .root
+            .join("activations")
+            .join(act)
+            .join("upper")
+            .is_dir()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("activation {act} has no upper directory"),
+            ));
+        }
+        // Relative lower dirs keep deep chains within a page of options.
+        let cwd = std::env::current_dir()?;
+        std::env::set_current_dir(self.layers())?;
+        let rel_upper = PathBuf::from(format!("../activations/{act}/upper"));
+        let rel_work = PathBuf::from(format!("../activations/{act}/work"));
+        let r = self.mounts.mount_overlay(
+            target,
+            &Self::relative_lowers(chain),
+            Some((&rel_upper, &rel_work)),
+            suid,
+        );
+        std::env::set_current_dir(cwd)?;
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sys::RecordingMounts;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn overlay() -> (tempfile::TempDir, Arc<RecordingMounts>, Overlay) {
         let d = tempfile::tempdir().unwrap();
@@ -298,7 +334,7 @@ mod tests {
             [
                 "unshare".to_string(),
                 format!(
-                    "mount {} lowerdir=2/fs:1/fs,upperdir=3/fs,workdir=3/work",
+                    "mount {} lowerdir=2/fs:1/fs,upperdir=3/fs,workdir=3/work nosuid,nodev",
                     mnt.display()
                 ),
                 format!("umount {} detach=false", mnt.display()),
@@ -338,14 +374,23 @@ mod tests {
         let (d, rec, o) = overlay();
         let mp = d.path().join("mp");
         std::fs::create_dir_all(&mp).unwrap();
-        let info = o.activate("a1", &[5, 4], Some(&mp)).unwrap();
+        let top = d.path().join("overlay/layers/5/fs");
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let info = o.activate("a1", &[5, 4], Some(&mp), Suid::Ignored).unwrap();
         assert!(info.options.starts_with(&format!(
             "lowerdir={}",
             d.path().join("overlay/layers/5/fs").display()
         )));
         assert_eq!(
             calls(&rec),
-            [format!("mount {} lowerdir=5/fs:4/fs,upperdir=../activations/a1/upper,workdir=../activations/a1/work", mp.display())]
+            [format!("mount {} lowerdir=5/fs:4/fs,upperdir=../activations/a1/upper,workdir=../activations/a1/work nosuid,nodev", mp.display())]
+        );
+        let upper = d.path().join("overlay/activations/a1/upper");
+        assert_eq!(
+            std::fs::metadata(&upper).unwrap().mode() & 0o7777,
+            0o751,
+            "the activation's root has the image's root's mode"
         );
         o.deactivate("a1", Some(&mp)).unwrap();
         assert!(!d.path().join("overlay/activations/a1").exists());

@@ -71,6 +71,16 @@ pub struct Discovery {
     pub rejected: Vec<Rejected>,
 }
 
+/// An activation's name, the one rule for every command that takes one:
+/// `[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}` (it names a lock file and a
+/// directory, so it never starts with a dot).
+pub fn valid_activation_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// `[A-Za-z0-9._-]{1,200}`, and not `.` or `..`.
 pub fn valid_image_name(name: &str) -> bool {
     (1..=200).contains(&name.len())
@@ -89,7 +99,7 @@ pub fn printable(s: &str) -> String {
             out.push('…');
             break;
         }
-        if c.is_control() {
+        if guest_text::unsafe_char(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -385,6 +395,36 @@ mod tests {
             (&"x".repeat(201), false),
         ] {
             assert_eq!(valid_image_name(n), ok, "{n}");
+        }
+    }
+
+    #[test]
+    fn activation_names() {
+        for (n, ok) in [
+            ("01JABC", true),
+            ("web-1.v2_x", true),
+            // A dot first: made once, then neither exec'd nor deactivated.
+            (".x", false),
+            (".", false),
+            ("..", false),
+            ("", false),
+            ("a/b", false),
+            (&"x".repeat(64), true),
+            (&"x".repeat(65), false),
+        ] {
+            assert_eq!(valid_activation_name(n), ok, "{n}");
+        }
+    }
+
+    #[test]
+    fn printable_escapes_what_the_guests_escape() {
+        for (raw, shown) in [
+            ("images/a\u{202e}rat.tar", "images/a\\u{202e}rat.tar"),
+            ("a\u{200b}b\u{2066}c", "a\\u{200b}b\\u{2066}c"),
+            ("new\nline", "new\\nline"),
+            ("plain ü", "plain ü"),
+        ] {
+            assert_eq!(printable(raw), shown, "{raw:?}");
         }
     }
 

@@ -17,7 +17,10 @@ pub fn sanitize(msg: &str, roots: &[(&str, &str)]) -> String {
         }
         match c {
             '\n' | '\r' | '\t' => out.push(' '),
-            c if c.is_control() => out.extend(c.escape_default()),
+            // The guests' rule: control characters and the format
+            // characters that reorder or hide text (bidi overrides,
+            // zero-width, line separators).
+            c if guest_text::unsafe_char(c) => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
@@ -46,6 +49,8 @@ mod tests {
         );
         check("a\nb\r\tc", "a b  c");
         check("bell\u{7}", "bell\\u{7}");
+        check("evil\u{202e}gpj.exe", "evil\\u{202e}gpj.exe");
+        check("zero\u{200b}width", "zero\\u{200b}width");
         check(
             "/srv/bucket/images/a/1.tar truncated",
             "<source>/images/a/1.tar truncated",

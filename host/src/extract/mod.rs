@@ -267,6 +267,18 @@ fn os_err(disp: &str, what: &str, e: Errno) -> ApplyError {
     }
 }
 
+/// Whether the filesystem holding `fd` has less than 64 MiB (or 1% of its
+/// blocks) free: then an ENOSPC may be the host's, not the entry's.
+fn space_is_short(fd: BorrowedFd<'_>) -> bool {
+    match rfs::fstatvfs(fd) {
+        Ok(st) => {
+            let free = st.f_bavail.saturating_mul(st.f_frsize);
+            free < (64 << 20) || st.f_bavail < st.f_blocks / 100
+        }
+        Err(_) => true,
+    }
+}
+
 fn walk_err(disp: &str, what: &str, e: WalkError) -> ApplyError {
     match e {
         WalkError::Os(e) => os_err(disp, what, e),
@@ -615,6 +627,24 @@ impl<'r> Applier<'r> {
                         show(k.as_bytes())
                     ),
                 ),
+                // Too big for this filesystem (ext4 keeps a file's xattrs
+                // in one block: ENOSPC, however much space is free): the
+                // entry's fault, not the host's. A full filesystem also says
+                // ENOSPC, so that stays an environment error when space is
+                // short.
+                Err(e @ (Errno::NOSPC | Errno::TOOBIG | Errno::RANGE))
+                    if e != Errno::NOSPC || !space_is_short(fd) =>
+                {
+                    return Err(input(
+                        disp,
+                        format!(
+                            "xattr `{}` ({} bytes) does not fit this filesystem: {}",
+                            show(k.as_bytes()),
+                            v.len(),
+                            io::Error::from(e)
+                        ),
+                    ));
+                }
                 Err(e) => return Err(os_err(disp, "setting xattr", e)),
             }
         }

@@ -1744,6 +1744,25 @@ fn decisions_are_capped() {
     assert_eq!(s.decisions_dropped, vec![("paths".to_string(), 300)]);
 }
 
+/// An xattr too big for the filesystem (ext4 keeps a file's xattrs in one
+/// 4 KiB block and answers ENOSPC) is the entry's fault: an input error,
+/// not "No space left on device" retried.
+#[test]
+fn an_xattr_too_big_for_the_filesystem_blames_the_entry() {
+    let big = vec![b'x'; 60_000];
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    let bytes = tar_bytes(&[pax(&[("SCHILY.xattr.user.big", big)], F("f", b"data"))]);
+    let sb = Sandbox::new();
+    let e = sb.apply(&bytes, &ApplyOptions::default()).unwrap_err();
+    match e {
+        ApplyError::Input(ref m) => assert!(
+            m.contains("xattr `user.big` (60000 bytes) does not fit this filesystem"),
+            "{m}"
+        ),
+        other => panic!("expected an input error, got {other:?}"),
+    }
+}
+
 #[test]
 fn stream_read_error_is_io() {
     struct Failing(Vec<u8>, usize);

@@ -24,7 +24,7 @@ use super::dm::{errno, DmOps};
 use super::{io_fail, ActivationInfo, ApplyFn, Cleanup, Known, PoolUsage, Snapshotter};
 use crate::error::StepFailure;
 use crate::failpoint::Failpoints;
-use crate::sys::MountOps;
+use crate::sys::{MountOps, Suid};
 
 /// The `[thinpool]` table of the configuration.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -704,7 +704,7 @@ impl ThinPool {
                     .private_namespace()
                     .map_err(io_fail("entering a private mount namespace"))?;
                 mounts
-                    .mount_dev(node, &mnt, "ext4", "noinit_itable")
+                    .mount_dev(node, &mnt, "ext4", "noinit_itable", Suid::Ignored)
                     .map_err(io_fail("mounting the layer's device"))?;
                 let r = (|| {
                     let root = File::open(&mnt).map_err(io_fail("opening the layer's root"))?;
@@ -825,6 +825,7 @@ impl Snapshotter for ThinPool {
         act: &str,
         chain: &[i64],
         mountpoint: Option<&Path>,
+        suid: Suid,
     ) -> io::Result<ActivationInfo> {
         let top = chain
             .first()
@@ -848,14 +849,14 @@ impl Snapshotter for ThinPool {
             let node = self.activate_node(dev_id)?;
             self.set_state(dev_id, "ready", true)?;
             if let Some(mp) = mountpoint {
-                self.mounts.mount_dev(&node, mp, "ext4", "")?;
+                self.mounts.mount_dev(&node, mp, "ext4", "", suid)?;
             }
             Ok(node)
         })();
         match r {
             Ok(node) => Ok(ActivationInfo {
                 fstype: "ext4".into(),
-                options: String::new(),
+                options: suid.describe().into(),
                 mountpoint: mountpoint.map(|p| p.display().to_string()),
                 device: Some(node.display().to_string()),
             }),
@@ -874,7 +875,9 @@ impl Snapshotter for ThinPool {
             )
         })?;
         let node = self.activate_node(dev.dev_id)?;
-        self.mounts.mount_dev(&node, target, "ext4", "")
+        // exec's private view: the image's setuid semantics hold inside.
+        self.mounts
+            .mount_dev(&node, target, "ext4", "", Suid::Honoured)
     }
 
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {

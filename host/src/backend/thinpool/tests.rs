@@ -5,7 +5,7 @@
 use super::*;
 use crate::backend::dm::RecordingDm;
 use crate::extract::ApplyStats;
-use crate::sys::RecordingMounts;
+use crate::sys::{RecordingMounts, Suid};
 
 struct Rig {
     dir: tempfile::TempDir,
@@ -141,7 +141,7 @@ fn cleanup_finishes_what_a_crash_left_and_reactivates_what_should_be_active() {
     r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
     r.pool.apply_layer(2, &[1], &mut ok_apply()).unwrap();
     r.pool.snapshot_image("img", &[2, 1]).unwrap();
-    r.pool.activate("a1", &[2, 1], None).unwrap();
+    r.pool.activate("a1", &[2, 1], None, Suid::Ignored).unwrap();
     // A crash while creating layer 3: row `creating`, create_thin recorded as
     // running, the message possibly sent (here: sent) and a node left behind.
     r.pool.new_device("layer:3", Some(2)).unwrap();
@@ -223,10 +223,13 @@ fn activation_is_a_writable_snapshot_and_deactivation_removes_it() {
     r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
     r.dm.take_calls();
     let mp = r.dir.path().join("mp");
-    let info = r.pool.activate("a1", &[1], Some(&mp)).unwrap();
+    let info = r
+        .pool
+        .activate("a1", &[1], Some(&mp), Suid::Ignored)
+        .unwrap();
     assert_eq!(info.mountpoint.as_deref(), Some(mp.to_str().unwrap()));
     assert!(
-        r.pool.activate("a1", &[1], None).is_err(),
+        r.pool.activate("a1", &[1], None, Suid::Ignored).is_err(),
         "names are unique"
     );
     r.pool.deactivate("a1", None).unwrap();
@@ -364,8 +367,8 @@ fn ids_someone_else_holds_are_skipped_never_deleted() {
 fn a_busy_device_does_not_stop_cleanup_and_is_retried() {
     let r = rig();
     r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
-    r.pool.activate("a1", &[1], None).unwrap();
-    r.pool.activate("a2", &[1], None).unwrap();
+    r.pool.activate("a1", &[1], None, Suid::Ignored).unwrap();
+    r.pool.activate("a2", &[1], None, Suid::Ignored).unwrap();
     // a1 is mounted by someone: its node cannot go.
     r.dm.state.lock().unwrap().busy.insert("tp-thin-2".into());
     let known = Known {
@@ -404,7 +407,7 @@ fn snapshots_keep_their_origins_size() {
     )
     .unwrap();
     r.dm.take_calls();
-    p.activate("a", &[1], None).unwrap();
+    p.activate("a", &[1], None, Suid::Ignored).unwrap();
     assert!(r
         .dm
         .take_calls()
