@@ -7,7 +7,8 @@ set -euo pipefail
 
 die() { echo "install-deps: error: $*" >&2; exit 1; }
 
-# build: gcc + libc6-dev (rustc's linker; C code of zstd-sys and rusqlite's bundled SQLite),
+# build: gcc + libc6-dev (rustc's linker; C code of zstd-sys and rusqlite's bundled SQLite;
+#        tests/e2e/exec_probe.c, linked static by the exec tests),
 #        pkg-config, ca-certificates (cargo fetching crates over TLS),
 #        libdevmapper-dev + libclang-dev (the devicemapper crate's ioctl bindings)
 # run (thin pool): dmsetup, e2fsprogs (mkfs.ext4), util-linux (losetup)

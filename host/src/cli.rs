@@ -105,13 +105,17 @@ pub enum Cmd {
         #[arg(long)]
         backend: Option<String>,
     },
-    /// Runs a command inside an activation (new mount, pid, UTS and IPC
-    /// namespaces, the image's Env, WorkingDir and User); exits with its
-    /// status.
+    /// Runs a command inside an activation (new mount, pid, UTS, IPC and
+    /// network namespaces, the image's Env, WorkingDir and User); exits with
+    /// its status.
     Exec {
         act: String,
         #[arg(long)]
         backend: Option<String>,
+        /// The command's network: `none`, a namespace of its own with only
+        /// `lo`; `host`, the host's.
+        #[arg(long, value_enum, default_value = "none")]
+        net: crate::exec::Net,
         /// The command and its arguments (default: the image's Entrypoint
         /// and Cmd).
         #[arg(last = true)]
@@ -556,6 +560,7 @@ pub fn main() -> Result<u8> {
         Cmd::Exec {
             act,
             backend: b,
+            net,
             cmd,
         } => {
             let cfg = config(
@@ -566,7 +571,7 @@ pub fn main() -> Result<u8> {
                 },
             )?;
             let store = open_store(&cfg.state_dir)?;
-            crate::exec::run(&cfg.state_dir, &store, &|| backend(&cfg), act, cmd)
+            crate::exec::run(&cfg.state_dir, &store, &|| backend(&cfg), act, cmd, *net)
         }
         Cmd::Pool { cmd } => {
             let cfg = config(

@@ -30,13 +30,17 @@
 //! 4. It unshares a pid namespace, blocks SIGINT, SIGTERM, SIGHUP and
 //!    SIGCHLD, and forks: the child is pid 1 of the new pid namespace.
 //!    The child takes new mount (a copy of the parent's, so `pivot_root`
-//!    does not move the parent), UTS and IPC namespaces; mounts a fresh
-//!    /proc, a tmpfs /dev (not `nodev`; nodes by mknod, or bind-mounted
-//!    from the host's where mknod is refused), /dev/pts (newinstance) and
-//!    /dev/shm; sets the hostname to the activation's name; `pivot_root`s
-//!    and detaches the old root. Only then does it read the image's
-//!    /etc/passwd and /etc/group (regular files, at most 1 MiB: untrusted
-//!    bytes) to resolve the config's `User`; it enters `WorkingDir`; starts
+//!    does not move the parent), UTS and IPC namespaces, and a network
+//!    namespace of its own where it brings up `lo` (unless `--net host`:
+//!    then the host's network); joins a new, anonymous session keyring;
+//!    mounts a fresh /proc, a tmpfs /dev (not `nodev`; nodes by mknod, or
+//!    bind-mounted from the host's where mknod is refused), /dev/pts
+//!    (newinstance) and /dev/shm; makes /proc's kernel settings read-only
+//!    and masks Docker's masked paths ([`harden_proc`]); sets the hostname
+//!    to the activation's name; `pivot_root`s and detaches the old root.
+//!    Only then does it read the image's /etc/passwd and /etc/group
+//!    (regular files, at most 1 MiB: untrusted bytes) to resolve the
+//!    config's `User`; it enters `WorkingDir`; starts
 //!    a session of its own (`setsid`: the command has no controlling
 //!    terminal, so it cannot push keystrokes into the operator's with
 //!    TIOCSTI, though its stdin, stdout and stderr may still be that
@@ -55,9 +59,25 @@
 //!    it handles, so a second SIGINT or SIGTERM kills it. tarpool's exit
 //!    status is the command's (128+N for death by signal N).
 //!
+//! What the command cannot do: write the host's kernel settings (/proc/sys,
+//! /proc/sysrq-trigger, /proc/irq, /proc/bus and /proc/fs are read-only
+//! mounts; without CAP_SYS_ADMIN it cannot remount them); read /proc/kcore,
+//! /proc/keys, /proc/interrupts, /proc/timer_list and Docker's other masked
+//! paths (exec mounts no /sys, so Docker's two /sys masks do not apply);
+//! see or reach the host's interfaces and host-local services (by default;
+//! `lo` is its own); open raw or packet sockets (no CAP_NET_RAW, even with
+//! `--net host`); reach the caller's session keyring and its keys.
+//!
 //! Not a sandbox: the command runs as root (or the image's `User`) of the
-//! host, with Docker's default capabilities minus CAP_MKNOD, without a user
-//! namespace, seccomp or cgroup.
+//! host, with Docker's default capabilities minus CAP_MKNOD and
+//! CAP_NET_RAW, without a user namespace, seccomp or cgroup. Keyrings are
+//! per user in the host's user namespace: the command still reaches its
+//! uid's user keyring and user session keyring (`@u`, `@us`; for a root
+//! command, uid 0's, shared with every root process of the host; a caller
+//! without a session keyring of its own uses `@us` as one), as under
+//! Docker without seccomp (Docker's profile refuses `keyctl`). With
+//! `--net host` it binds the host's ports, low ones too
+//! (CAP_NET_BIND_SERVICE).
 
 use anyhow::{bail, Context as _, Result};
 use rustix::fs::{Mode, OFlags};
@@ -97,15 +117,20 @@ const DEV_LINKS: [(&str, &str); 5] = [
 
 /// The capabilities the command may keep: Docker's default set without
 /// CAP_MKNOD (the activation is `nodev`, yet a node made elsewhere, say in
-/// /dev/shm, would open the host's disks). Everything else goes, from the
-/// bounding set too: CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_SYS_RAWIO,
-/// CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN...
-pub const KEPT_CAPS: [caps::Capability; 13] = [
+/// /dev/shm, would open the host's disks) and without CAP_NET_RAW (raw and
+/// packet sockets: with `--net host`, on the host's interfaces).
+/// Everything else goes, from the bounding set too: CAP_SYS_ADMIN,
+/// CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH,
+/// CAP_NET_ADMIN... Without CAP_SYS_ADMIN the command cannot mount, unmount
+/// or remount: the read-only and masked paths of /proc stay so (see
+/// [`harden_proc`]). CAP_NET_BIND_SERVICE stays, as in Docker: in the
+/// command's own network namespace it binds low ports nobody else sees;
+/// with `--net host` they are the host's, the operator's choice.
+pub const KEPT_CAPS: [caps::Capability; 12] = [
     caps::Capability::CAP_CHOWN,
     caps::Capability::CAP_DAC_OVERRIDE,
     caps::Capability::CAP_FSETID,
     caps::Capability::CAP_FOWNER,
-    caps::Capability::CAP_NET_RAW,
     caps::Capability::CAP_SETGID,
     caps::Capability::CAP_SETUID,
     caps::Capability::CAP_SETFCAP,
@@ -116,18 +141,50 @@ pub const KEPT_CAPS: [caps::Capability; 13] = [
     caps::Capability::CAP_AUDIT_WRITE,
 ];
 
+/// The paths of /proc made read-only (Docker's): kernel settings
+/// (/proc/sys: `kernel.core_pattern`, `kernel.panic`, `vm.*`...), the
+/// SysRq trigger, interrupt affinities, bus and filesystem tunables.
+const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+/// Docker's masked paths under /proc: files get /dev/null bound over them,
+/// directories an empty read-only tmpfs. Docker's two under /sys
+/// (`firmware`, `devices/virtual/powercap`) do not apply: exec mounts no
+/// /sys.
+const MASKED_PROC: [&str; 10] = [
+    "asound",
+    "acpi",
+    "interrupts",
+    "kcore",
+    "keys",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+];
+
+/// The command's network (`tarpool exec --net`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Net {
+    /// A network namespace of its own, with only `lo` (up).
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
 /// Opens the backend, only when the activation has to be mounted.
 pub type OpenBackend<'a> = dyn Fn() -> Result<Box<dyn Snapshotter>> + 'a;
 
 /// Runs `cmd` (default: the image's entrypoint and cmd) in activation `act`
-/// of the state directory `state_dir` (whose database `store` is); returns
-/// its exit status.
+/// of the state directory `state_dir` (whose database `store` is), on
+/// network `net`; returns its exit status.
 pub fn run(
     state_dir: &Path,
     store: &Store,
     open_backend: &OpenBackend<'_>,
     act: &str,
     cmd: &[String],
+    net: Net,
 ) -> Result<u8> {
     if !single_threaded() {
         bail!("internal error: `tarpool exec` must fork from a single-threaded process");
@@ -195,6 +252,7 @@ pub fn run(
         working_dir: config.working_dir.clone(),
         argv,
         env,
+        net,
     };
     spawn_and_wait(&plan)
 }
@@ -401,6 +459,7 @@ struct Plan {
     working_dir: String,
     argv: Vec<CString>,
     env: Vec<CString>,
+    net: Net,
 }
 
 fn cstrings(words: &[String]) -> Result<Vec<CString>> {
@@ -580,14 +639,18 @@ impl std::error::Error for ExecFailed {}
 /// The child, pid 1 of the new pid namespace: returns only on failure.
 /// `report`: the error pipe, the one descriptor above 2 kept (close-on-exec).
 fn child(plan: &Plan, mask: &libc::sigset_t, report: RawFd) -> Result<Infallible> {
+    let mut namespaces = UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
+    if plan.net == Net::None {
+        namespaces |= UnshareFlags::NEWNET;
+    }
     // SAFETY: no FILES flag: the descriptor table stays as it is; the new
     // mount namespace is a copy of the parent's (root already mounted).
-    unsafe {
-        rustix::thread::unshare_unsafe(
-            UnshareFlags::NEWNS | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC,
-        )
+    unsafe { rustix::thread::unshare_unsafe(namespaces) }
+        .context("creating mount, UTS, IPC and network namespaces")?;
+    if plan.net == Net::None {
+        loopback_up().context("bringing up lo")?;
     }
-    .context("creating mount, UTS and IPC namespaces")?;
+    join_session_keyring().context("joining a new session keyring")?;
     rustix::mount::mount_change(
         "/",
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
@@ -604,7 +667,9 @@ fn child(plan: &Plan, mask: &libc::sigset_t, report: RawFd) -> Result<Infallible
         "",
     )
     .context("mounting /proc")?;
-    make_dev(&real_dir(root, "dev", 0o755)?)?;
+    let dev = real_dir(root, "dev", 0o755)?;
+    make_dev(&dev)?;
+    harden_proc(&proc_, &dev.join("null"))?;
     rustix::system::sethostname(plan.act.as_bytes()).context("setting the hostname")?;
     pivot(root)?;
 
@@ -656,6 +721,96 @@ fn child(plan: &Plan, mask: &libc::sigset_t, report: RawFd) -> Result<Infallible
         libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
     }
     Err(exec(&plan.argv, &env).into())
+}
+
+/// Makes [`READ_ONLY_PROC`] read-only (bound onto itself, remounted
+/// `ro,nosuid,nodev,noexec`) and masks [`MASKED_PROC`] in the fresh /proc
+/// at `proc_`, binding `null` (the new /dev's null device) over files;
+/// paths this kernel lacks are skipped. Needs CAP_SYS_ADMIN, so before the
+/// capabilities go: without it the command cannot undo any of this.
+fn harden_proc(proc_: &Path, null: &Path) -> Result<()> {
+    let kind = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(m) => Ok(Some(m.is_dir())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+    };
+    let ro = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    for name in READ_ONLY_PROC {
+        let p = proc_.join(name);
+        if kind(&p)?.is_none() {
+            continue;
+        }
+        rustix::mount::mount_bind(&p, &p)
+            .and_then(|()| rustix::mount::mount_remount(&p, MountFlags::BIND | ro, ""))
+            .with_context(|| format!("making /proc/{name} read-only"))?;
+    }
+    for name in MASKED_PROC {
+        let p = proc_.join(name);
+        let masked = match kind(&p)? {
+            None => continue,
+            Some(true) => mount("tmpfs", &p, "tmpfs", ro, "mode=555"),
+            Some(false) => rustix::mount::mount_bind(null, &p).map_err(Into::into),
+        };
+        masked.with_context(|| format!("masking /proc/{name}"))?;
+    }
+    Ok(())
+}
+
+/// Brings up `lo` in the new network namespace (down there at first): then
+/// 127.0.0.1 and ::1 work.
+fn loopback_up() -> Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // SAFETY: plain system call, no memory effects.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket");
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data (a name and a union of integers, addresses
+    // and a pointer); all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: `req` is an ifreq naming "lo", alive for the call, in which
+    // the kernel writes the flags.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS");
+    }
+    // SAFETY: SIOCGIFFLAGS filled the union's flags member.
+    let flags = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: `req` is an ifreq naming "lo" with its flags, alive for the
+    // call, which only reads it.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS");
+    }
+    Ok(())
+}
+
+/// Gives the process a new, anonymous session keyring
+/// (`KEYCTL_JOIN_SESSION_KEYRING` with no name): the caller's session
+/// keyring and its keys are out of the command's reach. A kernel without
+/// keyrings (ENOSYS) has nothing to hide.
+fn join_session_keyring() -> Result<()> {
+    /// `linux/keyctl.h`.
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a null name: the kernel reads no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 /// Cuts the capabilities to [`KEPT_CAPS`]: the bounding set (by number, so
@@ -1045,6 +1200,17 @@ mod tests {
             Err("group \"nogroup\" is not in the image's /etc/group"),
         );
         assert_eq!(resolve_user("7", None, None).unwrap().uid, 7);
+    }
+
+    #[test]
+    fn kept_caps_cannot_undo_the_hardening() {
+        use caps::Capability::*;
+        // CAP_SYS_ADMIN would remount /proc/sys writable or unmount the
+        // masks; CAP_NET_RAW opens raw sockets; CAP_NET_ADMIN reconfigures
+        // the network.
+        for c in [CAP_SYS_ADMIN, CAP_NET_RAW, CAP_NET_ADMIN, CAP_MKNOD] {
+            assert!(!KEPT_CAPS.contains(&c), "{c:?}");
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `tarpool exec`: a command runs inside an activation, as pid 1 of its own
 //! namespaces, on the image's root, with the image's Env, WorkingDir and
 //! User, for an activation with a mount point and one without; with
-//! Docker's default capabilities minus CAP_MKNOD, no controlling terminal,
-//! no inherited descriptors, and a lock against a concurrent exec or
-//! deactivate.
+//! Docker's default capabilities minus CAP_MKNOD and CAP_NET_RAW, no
+//! controlling terminal, no inherited descriptors, and a lock against a
+//! concurrent exec or deactivate; /proc's kernel settings read-only and
+//! Docker's masked paths masked, a network namespace of its own (unless
+//! `--net host`) and a session keyring of its own.
 
 use crate::harness::*;
 use sha2::{Digest, Sha256};
@@ -16,22 +18,25 @@ use std::time::{Duration, Instant};
 /// The longest any one tarpool command may take here.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The capability sets of a root command: Docker's default set minus
-/// CAP_MKNOD (bit 27); no CAP_SYS_ADMIN (bit 21).
+/// CAP_MKNOD (bit 27) and CAP_NET_RAW (bit 13); no CAP_SYS_ADMIN (bit 21).
 const ROOT_CAPS: &str = "CapInh:\t0000000000000000
-CapPrm:\t00000000a00425fb
-CapEff:\t00000000a00425fb
-CapBnd:\t00000000a00425fb
+CapPrm:\t00000000a00405fb
+CapEff:\t00000000a00405fb
+CapBnd:\t00000000a00405fb
 CapAmb:\t0000000000000000";
 const USER_CAPS: &str = "CapInh:\t0000000000000000
 CapPrm:\t0000000000000000
 CapEff:\t0000000000000000
-CapBnd:\t00000000a00425fb
+CapBnd:\t00000000a00405fb
 CapAmb:\t0000000000000000";
+/// CAP_NET_RAW's bit.
+const CAP_NET_RAW: u64 = 1 << 13;
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\napp:x:1000:\nextra:x:2000:app\n";
-const APPLETS: [&str; 12] = [
+const APPLETS: [&str; 17] = [
     "sh", "echo", "id", "hostname", "cat", "pwd", "env", "ls", "test", "sleep", "grep", "mknod",
+    "head", "wc", "ip", "nc", "mount",
 ];
 
 fn header(path: &str, kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
@@ -53,9 +58,9 @@ fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
 }
 
 /// A docker-save archive: busybox, its applets, a user `app` (1000, also in
-/// group `extra` 2000), a marker file, and a config with Env, WorkingDir and
-/// User `user`.
-fn busybox_image(user: &str) -> Vec<u8> {
+/// group `extra` 2000), a marker file, the files `extra` (path, mode,
+/// contents), and a config with Env, WorkingDir and User `user`.
+fn busybox_image(user: &str, extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
     let mut l = tar::Builder::new(Vec::new());
     for (d, mode, uid) in [
         ("bin", 0o755, 0),
@@ -80,6 +85,9 @@ fn busybox_image(user: &str) -> Vec<u8> {
     file(&mut l, "etc/passwd", 0o644, PASSWD.as_bytes());
     file(&mut l, "etc/group", 0o644, GROUP.as_bytes());
     file(&mut l, "marker", 0o644, b"the image's root\n");
+    for (path, mode, data) in extra {
+        file(&mut l, path, *mode, data);
+    }
     let layer = l.into_inner().unwrap();
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
     let config = serde_json::json!({
@@ -159,9 +167,20 @@ fn run(env: &Env, args: &[&str]) -> Output {
 
 /// `tarpool exec ACT -- CMD...`
 fn exec(env: &Env, act: &str, cmd: &[&str]) -> Output {
-    let mut args = vec!["exec", act, "--"];
+    exec_with(env, act, &[], cmd)
+}
+
+/// `tarpool exec ACT OPTS... -- CMD...`
+fn exec_with(env: &Env, act: &str, opts: &[&str], cmd: &[&str]) -> Output {
+    run(env, &exec_args(act, opts, cmd))
+}
+
+fn exec_args<'a>(act: &'a str, opts: &[&'a str], cmd: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["exec", act];
+    args.extend_from_slice(opts);
+    args.push("--");
     args.extend_from_slice(cmd);
-    run(env, &args)
+    args
 }
 
 /// A `tarpool exec` in the background, its stdout read line by line.
@@ -235,8 +254,13 @@ fn assert_refused(out: &Output, stderr: &str) {
 
 /// Runs each `(command, exit status, stdout, stderr substring)` in `act`.
 fn check(env: &Env, act: &str, cases: &[(&[&str], i32, &str, &str)]) {
+    check_with(env, act, &[], cases)
+}
+
+/// [`check`], with exec's options `opts`.
+fn check_with(env: &Env, act: &str, opts: &[&str], cases: &[(&[&str], i32, &str, &str)]) {
     for (cmd, code, stdout, stderr) in cases {
-        let out = exec(env, act, cmd);
+        let out = exec_with(env, act, opts, cmd);
         let (o, e) = (
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
@@ -244,9 +268,12 @@ fn check(env: &Env, act: &str, cases: &[(&[&str], i32, &str, &str)]) {
         assert_eq!(
             (out.status.code(), o.trim_end_matches('\n')),
             (Some(*code), *stdout),
-            "exec {act} -- {cmd:?}: stderr: {e}"
+            "exec {act} {opts:?} -- {cmd:?}: stderr: {e}"
         );
-        assert!(e.contains(stderr), "exec {act} -- {cmd:?}: stderr: {e}");
+        assert!(
+            e.contains(stderr),
+            "exec {act} {opts:?} -- {cmd:?}: stderr: {e}"
+        );
     }
 }
 
@@ -358,6 +385,7 @@ fn check_root(env: &Env, act: &str) {
         let bits = u64::from_str_radix(line.rsplit('\t').next().unwrap(), 16).unwrap();
         assert_eq!(bits & (1 << 21), 0, "CAP_SYS_ADMIN: {status}");
         assert_eq!(bits & (1 << 27), 0, "CAP_MKNOD: {status}");
+        assert_eq!(bits & CAP_NET_RAW, 0, "CAP_NET_RAW: {status}");
     }
     check(
         env,
@@ -381,8 +409,8 @@ fn exec_runs_commands_inside_activations() {
     let env = Env::new();
     let bucket = env.dir.path().join("bucket");
     std::fs::create_dir_all(bucket.join("images")).unwrap();
-    std::fs::write(bucket.join("images/bb.tar"), busybox_image("app")).unwrap();
-    std::fs::write(bucket.join("images/bbroot.tar"), busybox_image("")).unwrap();
+    std::fs::write(bucket.join("images/bb.tar"), busybox_image("app", &[])).unwrap();
+    std::fs::write(bucket.join("images/bbroot.tar"), busybox_image("", &[])).unwrap();
     std::fs::create_dir(tmp(&env)).unwrap();
     let out = run(
         &env,
@@ -499,4 +527,303 @@ fn exec_runs_commands_inside_activations() {
         .unwrap()
         .collect();
     assert!(locks.is_empty(), "{locks:?}");
+}
+
+/// The paths of /proc exec makes read-only (Docker's).
+const READ_ONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+/// Docker's masked paths under /proc (exec mounts no /sys).
+const MASKED: [&str; 10] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+];
+/// The description of the key the keyring test puts in the caller's
+/// session keyring.
+const KEY: &str = "tarpool-exec-test";
+
+/// `tests/e2e/exec_probe.c`, linked statically into the test's directory.
+fn build_probe(env: &Env) -> PathBuf {
+    let bin = env.dir.path().join("probe");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&bin)
+        .arg(repo().join("tests/e2e/exec_probe.c"))
+        .status()
+        .expect("running cc (gcc and libc6-dev)");
+    assert!(st.success(), "building the probe: {st}");
+    bin
+}
+
+/// A state directory with a busybox image run as root, with
+/// `/bin/probe`, processed and activated as `bb`; and the probe's path on
+/// the host.
+fn probe_env() -> (Env, PathBuf) {
+    let env = Env::new();
+    let probe = build_probe(&env);
+    let bucket = env.dir.path().join("bucket");
+    std::fs::create_dir_all(bucket.join("images")).unwrap();
+    let bin = std::fs::read(&probe).unwrap();
+    let image = busybox_image("", &[("bin/probe", 0o755, &bin)]);
+    std::fs::write(bucket.join("images/bb.tar"), image).unwrap();
+    std::fs::create_dir(tmp(&env)).unwrap();
+    let out = run(
+        &env,
+        &["run", "--once", "--source", bucket.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "run failed: {out:?}");
+    env.json(&["activate", "bb", "--as", "bb"]);
+    (env, probe)
+}
+
+/// The paths of `paths` that exist on the host (the command's /proc is the
+/// same kernel's).
+fn on_host<'a>(paths: &[&'a str]) -> Vec<&'a str> {
+    paths
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect()
+}
+
+/// A command that prints `1` when `path`'s mount is read-only, nosuid, nodev
+/// and noexec.
+fn mounted_ro(path: &str) -> String {
+    format!("grep -c ' {path} ro,nosuid,nodev,noexec' /proc/self/mountinfo")
+}
+
+#[test]
+fn exec_cannot_change_kernel_settings() {
+    let (env, _) = probe_env();
+    // A root command writes the host's core_pattern: refused, the host's
+    // value stays (were it changed, it is put back before failing).
+    let core = "/proc/sys/kernel/core_pattern";
+    let before = std::fs::read_to_string(core).unwrap();
+    let write = format!("echo core.tarpool-exec-test >{core}");
+    let out = exec(&env, "bb", &["sh", "-c", &write]);
+    let after = std::fs::read_to_string(core).unwrap();
+    if after != before {
+        let _ = std::fs::write(core, &before);
+    }
+    assert_eq!(after, before, "exec changed the host's {core}: {out:?}");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Read-only file system"), "{stderr}");
+
+    let paths = on_host(&READ_ONLY);
+    assert!(paths.contains(&"/proc/sys"), "{paths:?}");
+    let mut cases: Vec<(Vec<String>, i32, String, &str)> = vec![
+        // Still readable.
+        (
+            vec!["cat".into(), core.into()],
+            0,
+            before.trim_end().to_string(),
+            "",
+        ),
+        // CAP_SYS_ADMIN is gone: no remounting it writable.
+        (
+            vec![
+                "mount".into(),
+                "-o".into(),
+                "remount,rw".into(),
+                "/proc/sys".into(),
+            ],
+            1,
+            String::new(),
+            "permission denied",
+        ),
+    ];
+    // access(2) says EROFS, even to root (on /proc/sys itself, a sysctl
+    // directory, EACCES whatever the mount: its files are asked instead).
+    let probed: Vec<&str> = [
+        core,
+        "/proc/sys/kernel/panic",
+        "/proc/sys/vm/overcommit_memory",
+    ]
+    .into_iter()
+    .chain(paths.iter().copied().filter(|p| *p != "/proc/sys"))
+    .collect();
+    let mut cmd = vec!["probe".to_string(), "writable".into()];
+    cmd.extend(probed.iter().map(|p| p.to_string()));
+    let want: Vec<String> = probed
+        .iter()
+        .map(|p| format!("{p}: Read-only file system"))
+        .collect();
+    cases.push((cmd, 0, want.join("\n"), ""));
+    for p in &paths {
+        cases.push((sh(&mounted_ro(p)), 0, "1".into(), ""));
+    }
+    check_owned(&env, "bb", &[], &cases);
+}
+
+#[test]
+fn exec_masks_dockers_masked_paths() {
+    let (env, _) = probe_env();
+    let paths = on_host(&MASKED);
+    assert!(paths.contains(&"/proc/keys"), "{paths:?}");
+    let mut cases: Vec<(Vec<String>, i32, String, &str)> = Vec::new();
+    for p in paths {
+        if Path::new(p).is_dir() {
+            // An empty read-only tmpfs.
+            cases.push((sh(&format!("ls -A {p}")), 0, String::new(), ""));
+            cases.push((sh(&mounted_ro(p)), 0, "1".into(), ""));
+            let write = vec!["probe".into(), "writable".into(), p.to_string()];
+            cases.push((write, 0, format!("{p}: Read-only file system"), ""));
+        } else {
+            // The null device: reads nothing.
+            let null = format!("test -c {p} && head -c 1 {p} | wc -c");
+            cases.push((sh(&null), 0, "0".into(), ""));
+        }
+    }
+    check_owned(&env, "bb", &[], &cases);
+}
+
+/// The interfaces `/proc/net/dev` lists, sorted.
+fn interfaces(dev: &str) -> Vec<String> {
+    let mut names: Vec<String> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split_once(':')?.0.trim().to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn exec_has_a_network_of_its_own() {
+    let (env, _) = probe_env();
+    let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    assert!(host.len() > 1, "the host has no interface but lo: {host:?}");
+    let dev = |opts: &[&str]| {
+        let out = exec_with(&env, "bb", opts, &["cat", "/proc/net/dev"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        interfaces(&String::from_utf8_lossy(&out.stdout))
+    };
+    // A round trip through 127.0.0.1 (the listener may need a moment).
+    let echo = "nc -l -p 7777 -e echo hi & i=0; while [ $i -lt 200 ]; do \
+                out=$(nc 127.0.0.1 7777 </dev/null 2>/dev/null); \
+                [ -n \"$out\" ] && { echo $out; exit 0; }; \
+                i=$((i+1)); sleep 0.05; done; exit 1";
+    for opts in [&[][..], &["--net", "none"]] {
+        // Only lo, up, and localhost works.
+        assert_eq!(dev(opts), ["lo"], "{opts:?}");
+        check_with(
+            &env,
+            "bb",
+            opts,
+            &[
+                (
+                    &["sh", "-c", "ip link show lo | grep -c 'LOOPBACK,UP'"],
+                    0,
+                    "1",
+                    "",
+                ),
+                (&["sh", "-c", echo], 0, "hi", ""),
+            ],
+        );
+    }
+    // The host's network, asked for.
+    assert_eq!(dev(&["--net", "host"]), host);
+    let out = exec_with(&env, "bb", &["--net", "bridge"], &["true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid value 'bridge'"), "{stderr}");
+}
+
+#[test]
+fn exec_has_no_cap_net_raw() {
+    let (env, _) = probe_env();
+    for opts in [&[][..], &["--net", "host"]] {
+        let out = exec_with(&env, "bb", opts, &["grep", "^Cap", "/proc/self/status"]);
+        let status = String::from_utf8_lossy(&out.stdout);
+        for set in ["CapBnd", "CapEff", "CapPrm"] {
+            let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+            let bits = u64::from_str_radix(line.rsplit('\t').next().unwrap(), 16).unwrap();
+            assert_eq!(bits & CAP_NET_RAW, 0, "CAP_NET_RAW, {opts:?}: {status}");
+        }
+        check_with(
+            &env,
+            "bb",
+            opts,
+            &[(
+                &["probe", "raw"],
+                0,
+                "packet: Operation not permitted\ninet: Operation not permitted",
+                "",
+            )],
+        );
+    }
+}
+
+#[test]
+fn exec_has_a_session_keyring_of_its_own() {
+    let (env, probe) = probe_env();
+    // `probe host-key` joins a new session keyring, puts KEY in it (for its
+    // possessors only) and runs `cmd`.
+    let with_key = |cmd: &Command| -> Output {
+        let mut c = Command::new(&probe);
+        c.args(["host-key", KEY, "secret"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .env("TMPDIR", tmp(&env))
+            .env_remove("TARPOOL_FAILPOINTS");
+        output(c)
+    };
+    let shown = |out: &Output| {
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // On the host, the probe finds the key: its "not available" below means
+    // something.
+    let mut host_probe = Command::new(&probe);
+    host_probe.args(["key", KEY]);
+    let out = with_key(&host_probe);
+    assert_eq!(shown(&out), (Some(0), "found: secret\n".into()), "{out:?}");
+    // The command's session keyring is a new one: the caller's key is out
+    // of its reach.
+    let inside = tarpool(&env, &exec_args("bb", &[], &["probe", "key", KEY]));
+    let out = with_key(&inside);
+    assert_eq!(
+        shown(&out),
+        (Some(1), "Required key not available\n".into()),
+        "{out:?}"
+    );
+    // And /proc/keys, which lists the keys it may view, is masked.
+    check(
+        &env,
+        "bb",
+        &[(
+            &["sh", "-c", "test -c /proc/keys && wc -c </proc/keys"],
+            0,
+            "0",
+            "",
+        )],
+    );
+}
+
+/// `sh -c SCRIPT`.
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+/// [`check_with`], for cases made at run time.
+fn check_owned(env: &Env, act: &str, opts: &[&str], cases: &[(Vec<String>, i32, String, &str)]) {
+    for (cmd, code, stdout, stderr) in cases {
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        check_with(env, act, opts, &[(&cmd, *code, stdout, stderr)]);
+    }
 }
