@@ -346,6 +346,9 @@ fn unpack_layers(
                 Some(l) if l.committed => {
                     // Below it, everything is committed already.
                     finish_sealing(ctx, &mut sealing, None)?;
+                    // Another image committed it since check-unpacked: this
+                    // image's own blob must hold it too.
+                    steps::verify_stored(ctx, i + 1, layer)?;
                     ctx.store.record_layer_progress(run, i, chain)?;
                     shared += 1;
                     continue;

@@ -558,36 +558,31 @@ fn media_kind(m: LayerMedia) -> BlobKind {
     }
 }
 
+/// Works out every layer's diff ID and chain ID, and which layers are
+/// already stored.
+///
+/// A stored layer is used only once this image's own blob for it has been
+/// shown to hold it: otherwise an image whose config claims another image's
+/// diff IDs (with junk layer blobs) would be handed that image's files. For
+/// every layer whose chain is stored (and every layer whose diff ID no
+/// manifest gave), the blob's digest is taken (a whole stored blob is named
+/// by it; a member of an archive is hashed here: bytes, never decoded) and
+/// checked against the manifest's; its diff ID is then either one verified
+/// before for that exact digest (`layer_blobs`), or the digest itself for an
+/// uncompressed layer, or computed now by the confined worker
+/// ([`crate::worker::Task::Hash`]), which decompresses without unpacking. A
+/// layer still to unpack is verified by the worker as it applies it.
 pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
-    // Diff IDs that no manifest gave: a raw tar's is the digest of its bytes.
+    let mut verified = vec![false; data.layers.len()];
+    let mut in_worker = 0;
+    // Diff IDs that no manifest gave.
     for (i, l) in data.layers.iter_mut().enumerate() {
-        if l.diff_id.is_some() {
-            continue;
+        if l.diff_id.is_none() {
+            let (diff, hashed) = blob_diff_id(ctx, i + 1, l)?;
+            in_worker += usize::from(hashed);
+            l.diff_id = Some(diff);
+            verified[i] = true;
         }
-        let whole_blob = l.offset == 0 && ctx.blobs.has(&l.blob, l.len);
-        if l.media == LayerMedia::Tar && whole_blob {
-            l.diff_id = Some(l.blob.clone());
-            continue;
-        }
-        let f = open_blob(ctx, &l.blob)?;
-        let r = archive::range(f, l.offset, l.len)
-            .map_err(|e| StepFailure::io("reading a layer", e))?;
-        let failed = Arc::new(AtomicBool::new(false));
-        let r = Watched {
-            inner: BufReader::with_capacity(1 << 20, r),
-            failed: failed.clone(),
-        };
-        let h = crate::blobs::HashingReader::new(decoded(l, r, &ctx.policy)?);
-        // An error the blob file did not raise is the decoder's verdict on
-        // the bytes.
-        let (diff, _) = h.finish().map_err(|e| {
-            if failed.load(Ordering::Relaxed) {
-                StepFailure::io("hashing a layer", e)
-            } else {
-                input(format!("layer {}: corrupt compressed data: {e}", i + 1))
-            }
-        })?;
-        l.diff_id = Some(diff);
     }
     let diffs: Vec<String> = data
         .layers
@@ -597,14 +592,97 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
     let chains = chain::chain_ids(&diffs);
     let mut present = 0;
     let mut report = Vec::new();
-    for (l, c) in data.layers.iter_mut().zip(&chains) {
+    for (i, (l, c)) in data.layers.iter_mut().zip(&chains).enumerate() {
         l.chain_id = Some(c.clone());
         let done = ctx.store.layer(c)?.is_some_and(|r| r.committed);
+        if done && !verified[i] {
+            in_worker += usize::from(verify_stored(ctx, i + 1, l)?);
+        }
         present += usize::from(done);
         report.push(json!({ "chain_id": c, "present": done }));
     }
     data.top_chain = chains.last().cloned();
-    Ok(json!({ "layers": report, "present": present, "to_unpack": data.layers.len() - present }))
+    Ok(json!({
+        "layers": report,
+        "present": present,
+        "to_unpack": data.layers.len() - present,
+        "hashed_in_worker": in_worker,
+    }))
+}
+
+/// Shows that layer `n`'s own blob holds the diff ID its image claims for
+/// it, before the image uses the stored layer of that chain (here, and in
+/// unpack-layers for a layer another image committed meanwhile). Returns
+/// whether the worker had to decompress the blob.
+pub fn verify_stored(ctx: &Ctx, n: usize, l: &PlannedLayer) -> Result<bool, StepFailure> {
+    let (diff, hashed) = blob_diff_id(ctx, n, l)?;
+    let claimed = l.diff_id.as_deref().unwrap_or_default();
+    if diff != claimed {
+        return Err(input(format!(
+            "layer {n}: diff ID mismatch: the image's config says {claimed}, its layer blob holds {diff}"
+        )));
+    }
+    Ok(hashed)
+}
+
+/// The diff ID layer `n`'s own blob holds, after checking the blob's digest
+/// against the manifest's; and whether the worker had to decompress it.
+fn blob_diff_id(ctx: &Ctx, n: usize, l: &PlannedLayer) -> Result<(String, bool), StepFailure> {
+    let digest = if l.offset == 0 && ctx.blobs.has(&l.blob, l.len) {
+        // The blob store names a blob by the sha256 it computed.
+        l.blob.clone()
+    } else {
+        let f = open_blob(ctx, &l.blob)?;
+        let r = archive::range(f, l.offset, l.len)
+            .map_err(|e| StepFailure::io("reading a layer", e))?;
+        let (d, len) = crate::blobs::HashingReader::new(BufReader::with_capacity(1 << 20, r))
+            .finish()
+            .map_err(|e| StepFailure::io("hashing a layer", e))?;
+        if len != l.len {
+            return Err(StepFailure::Retry(format!(
+                "layer {n}: the stored blob is shorter than the layer ({len} of {} bytes)",
+                l.len
+            )));
+        }
+        d
+    };
+    if let Some(want) = &l.digest {
+        if *want != digest {
+            return Err(input(format!(
+                "layer {n}: digest mismatch: manifest says {want}, blob is {digest}"
+            )));
+        }
+    }
+    if let Some(diff) = ctx.store.layer_blob(&digest, media_name(l.media))? {
+        return Ok((diff, false));
+    }
+    if l.media == LayerMedia::Tar {
+        // An uncompressed layer's diff ID is its digest.
+        return Ok((digest, false));
+    }
+    let req = crate::worker::Request {
+        task: crate::worker::Task::Hash,
+        root_fd: -1,
+        blob: ctx.blobs.path(&l.blob),
+        layer: l.clone(),
+        n,
+        policy: ctx.policy.clone(),
+        tar_cache: std::path::PathBuf::new(),
+        unconfined: ctx.unconfined_worker,
+        test_escape: None,
+        test_no_landlock: false,
+        progress: false,
+        bench_native_check: false,
+    };
+    let d = crate::worker::hash(req)?;
+    if d.digest != digest {
+        return Err(StepFailure::Retry(format!(
+            "layer {n}: the stored blob changed while it was read"
+        )));
+    }
+    ctx.store
+        .put_layer_blob(&d.digest, media_name(l.media), &d.diff_id)?;
+    Ok((d.diff_id, true))
 }
 
 /// Layer `l`'s decompressed bytes from its raw bytes `raw`, capped at the
@@ -762,6 +840,7 @@ pub fn apply_one(
         )
     })?;
     let req = crate::worker::Request {
+        task: crate::worker::Task::Apply,
         root_fd: 0,
         blob: ctx.blobs.path(&l.blob),
         layer: l.clone(),
@@ -783,7 +862,82 @@ pub fn apply_one(
         crate::progress::active().then_some(&report);
     let r = crate::worker::run(req, root, verdicts, on_progress);
     crate::progress::layer_done(image, n);
-    r
+    let (stats, digests) = r?;
+    // The worker checked both while applying: this blob holds this diff ID.
+    ctx.store
+        .put_layer_blob(&digests.digest, media_name(l.media), &digests.diff_id)?;
+    Ok(stats)
+}
+
+/// A layer blob's digest (of its bytes as stored) and diff ID (of its
+/// decompressed tar stream), as the confined worker computed them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerDigests {
+    pub digest: String,
+    pub diff_id: String,
+}
+
+/// The layer media as the store records it with a verified blob.
+fn media_name(m: LayerMedia) -> &'static str {
+    match m {
+        LayerMedia::Tar => "tar",
+        LayerMedia::Gzip => "gzip",
+        LayerMedia::Zstd => "zstd",
+        LayerMedia::Detect => "detect",
+    }
+}
+
+/// Hashes layer `n` (`l`, in `blob`): its digest, checked against the
+/// manifest's, and its diff ID. The worker's [`crate::worker::Task::Hash`]:
+/// the decompression happens there, confined, never in the service.
+pub(crate) fn hash_stream(
+    blob: File,
+    n: usize,
+    l: &PlannedLayer,
+    policy: &crate::core::policy::Policy,
+) -> Result<LayerDigests, StepFailure> {
+    use sha2::Digest as _;
+    let r =
+        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+    let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+    let failed = Arc::new(AtomicBool::new(false));
+    let raw = Tap {
+        inner: Watched {
+            inner: BufReader::with_capacity(1 << 20, r),
+            failed: failed.clone(),
+        },
+        state: raw_state.clone(),
+    };
+    let h = crate::blobs::HashingReader::new(decoded(l, raw, policy)?);
+    // An error the blob file did not raise is the decoder's verdict on the
+    // bytes.
+    let (diff_id, _) = h.finish().map_err(|e| {
+        if failed.load(Ordering::Relaxed) {
+            StepFailure::io("hashing a layer", e)
+        } else {
+            input(format!("layer {n}: corrupt compressed data: {e}"))
+        }
+    })?;
+    let (digest, raw_len) = tap_digest(&raw_state);
+    verify_raw(n, l, &digest, raw_len)?;
+    Ok(LayerDigests { digest, diff_id })
+}
+
+/// The checks on a layer's stored bytes once its stream has been read:
+/// nothing after the compressed stream, and the manifest's digest.
+fn verify_raw(n: usize, l: &PlannedLayer, digest: &str, raw_len: u64) -> Result<(), StepFailure> {
+    if raw_len != l.len {
+        return Err(input(format!(
+            "layer {n}: {} bytes follow the compressed stream",
+            l.len - raw_len
+        )));
+    }
+    match &l.digest {
+        Some(want) if want != digest => Err(input(format!(
+            "layer {n}: digest mismatch: manifest says {want}, blob is {digest}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Streams layer `n` (`l`, in `blob`) through the tar check onto `root`,
@@ -796,7 +950,7 @@ pub(crate) fn apply_stream(
     check: &mut dyn crate::extract::view::TarCheck,
     root: rustix::fd::BorrowedFd<'_>,
     verdicts: &mut Verdicts,
-) -> Result<crate::extract::ApplyStats, StepFailure> {
+) -> Result<(crate::extract::ApplyStats, LayerDigests), StepFailure> {
     use sha2::Digest as _;
     let r =
         archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
@@ -852,19 +1006,7 @@ pub(crate) fn apply_stream(
     })?;
     // apply_layer read the stream to its end: the digests cover it all.
     let (raw_digest, raw_len) = tap_digest(&raw_state);
-    if raw_len != l.len {
-        return Err(input(format!(
-            "layer {n}: {} bytes follow the compressed stream",
-            l.len - raw_len
-        )));
-    }
-    if let Some(want) = &l.digest {
-        if &raw_digest != want {
-            return Err(input(format!(
-                "layer {n}: digest mismatch: manifest says {want}, blob is {raw_digest}"
-            )));
-        }
-    }
+    verify_raw(n, l, &raw_digest, raw_len)?;
     let (diff_digest, _) = tap_digest(&diff_state);
     if let Some(want) = &l.diff_id {
         if &diff_digest != want {
@@ -873,5 +1015,11 @@ pub(crate) fn apply_stream(
             )));
         }
     }
-    Ok(stats)
+    Ok((
+        stats,
+        LayerDigests {
+            digest: raw_digest,
+            diff_id: diff_digest,
+        },
+    ))
 }

@@ -103,6 +103,17 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT NOT NULL,
     PRIMARY KEY (source, key)
 );
+-- Layer blobs whose diff ID the confined worker has computed or verified:
+-- the blob with this digest (of its stored bytes), read as this media,
+-- decompresses to the tar stream with this diff ID. An image may use a
+-- stored layer only through a blob shown to hold it.
+CREATE TABLE IF NOT EXISTS layer_blobs (
+    digest TEXT NOT NULL,
+    media TEXT NOT NULL,
+    diff_id TEXT NOT NULL,
+    verified_at INTEGER NOT NULL,
+    PRIMARY KEY (digest, media)
+);
 CREATE TABLE IF NOT EXISTS activations (
     id TEXT PRIMARY KEY,
     image TEXT NOT NULL,
@@ -618,6 +629,30 @@ impl Store {
             parent: r.get(2)?,
             diff_id: r.get(3)?,
             committed: r.get::<_, String>(4)? == "committed",
+        })
+    }
+
+    /// The diff ID the blob `digest`, read as `media`, was shown to hold.
+    pub fn layer_blob(&self, digest: &str, media: &str) -> Result<Option<String>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT diff_id FROM layer_blobs WHERE digest = ?1 AND media = ?2",
+                params![digest, media],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
+    /// Records that the blob `digest`, read as `media`, holds `diff_id`.
+    pub fn put_layer_blob(&self, digest: &str, media: &str, diff_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO layer_blobs (digest, media, diff_id, verified_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (digest, media) DO UPDATE SET diff_id = excluded.diff_id, verified_at = excluded.verified_at",
+                params![digest, media, diff_id, now_ms()],
+            )
+            .map(|_| ())
         })
     }
 

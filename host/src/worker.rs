@@ -18,6 +18,11 @@
 //! 5. decompresses, hashes and applies the layer through the tar check
 //!    ([`crate::steps::apply_stream`]) and writes a [`Reply`] on stdout.
 //!
+//! The same process, asked for [`Task::Hash`], only decompresses and hashes
+//! a layer (its digest and diff ID, for an image that would use a layer
+//! already stored): it gets no layer root, loads no tar check, may read the
+//! blob and nothing else, and keeps no capability.
+//!
 //! Landlock does not cover chmod, chown, setxattr or utimes: the extraction
 //! code makes those only through fds or `AT_SYMLINK_NOFOLLOW` calls relative
 //! to the root (see [`crate::extract`]). A kernel without a fully enforced
@@ -37,12 +42,27 @@ use serde::{Deserialize, Serialize};
 use crate::core::policy::{Action, Policy, Verdict};
 use crate::error::StepFailure;
 use crate::extract::ApplyStats;
-use crate::steps::PlannedLayer;
+use crate::steps::{LayerDigests, PlannedLayer};
+
+/// The worker's two jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// Decompress, verify and apply the layer onto the root.
+    #[default]
+    Apply,
+    /// Decompress and hash the layer only: its digest (verified against
+    /// the manifest's) and its diff ID. No layer root, no tar check, no
+    /// capabilities; Landlock lets it read the blob and nothing else.
+    Hash,
+}
 
 /// What the worker is asked to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
-    /// The layer root, an inherited O_DIRECTORY fd (set by [`run`]).
+    #[serde(default)]
+    pub task: Task,
+    /// The layer root, an inherited O_DIRECTORY fd (set by [`run`]; -1 for
+    /// [`Task::Hash`]).
     pub root_fd: i32,
     /// The blob holding the layer.
     pub blob: PathBuf,
@@ -79,7 +99,14 @@ pub type OnProgress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 pub enum Reply {
     Applied {
         stats: ApplyStats,
+        /// The layer's digest and diff ID, as verified while applying.
+        digests: LayerDigests,
         verdicts: Vec<Verdict>,
+        confinement: String,
+    },
+    /// Answer to [`Task::Hash`].
+    Hashed {
+        digests: LayerDigests,
         confinement: String,
     },
     Failed {
@@ -101,20 +128,19 @@ pub fn run(
     root: BorrowedFd<'_>,
     verdicts: &mut Vec<Verdict>,
     on_progress: Option<OnProgress<'_>>,
-) -> Result<ApplyStats, StepFailure> {
+) -> Result<(ApplyStats, LayerDigests), StepFailure> {
     req.progress = on_progress.is_some();
-    let exe = std::env::current_exe().map_err(|e| {
-        StepFailure::Retry(format!(
-            "extraction worker: finding the tarpool binary: {e}"
-        ))
-    })?;
-    let reply = spawn_observed(&exe, &mut req, root, on_progress)?;
+    req.task = Task::Apply;
+    let reply = spawn_observed(&current_exe()?, &mut req, Some(root), on_progress)?;
     match reply {
         Reply::Applied {
-            stats, verdicts: v, ..
+            stats,
+            digests,
+            verdicts: v,
+            ..
         } => {
             verdicts.extend(v);
-            Ok(stats)
+            Ok((stats, digests))
         }
         Reply::Failed {
             failure,
@@ -123,10 +149,32 @@ pub fn run(
             verdicts.extend(v);
             Err(failure)
         }
-        Reply::Escape { .. } => Err(StepFailure::Retry(
-            "the extraction worker answered a test request".into(),
+        Reply::Escape { .. } | Reply::Hashed { .. } => Err(StepFailure::Retry(
+            "the extraction worker answered another request".into(),
         )),
     }
+}
+
+/// Runs the worker for `req` as a [`Task::Hash`]: the layer's verified
+/// digest and its diff ID, decompressed in the confined process.
+pub fn hash(mut req: Request) -> Result<LayerDigests, StepFailure> {
+    req.task = Task::Hash;
+    req.root_fd = -1;
+    match spawn_observed(&current_exe()?, &mut req, None, None)? {
+        Reply::Hashed { digests, .. } => Ok(digests),
+        Reply::Failed { failure, .. } => Err(failure),
+        _ => Err(StepFailure::Retry(
+            "the extraction worker answered another request".into(),
+        )),
+    }
+}
+
+fn current_exe() -> Result<PathBuf, StepFailure> {
+    std::env::current_exe().map_err(|e| {
+        StepFailure::Retry(format!(
+            "extraction worker: finding the tarpool binary: {e}"
+        ))
+    })
 }
 
 /// Starts the worker (the tarpool binary at `exe`), sends `req`, and reads
@@ -136,14 +184,14 @@ pub fn spawn_with(
     req: &mut Request,
     root: BorrowedFd<'_>,
 ) -> Result<Reply, StepFailure> {
-    spawn_observed(exe, req, root, None)
+    spawn_observed(exe, req, Some(root), None)
 }
 
 /// [`spawn_with`], passing the worker's progress lines to `on_progress`.
 pub fn spawn_observed(
     exe: &std::path::Path,
     req: &mut Request,
-    root: BorrowedFd<'_>,
+    root: Option<BorrowedFd<'_>>,
     on_progress: Option<OnProgress<'_>>,
 ) -> Result<Reply, StepFailure> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -152,8 +200,11 @@ pub fn spawn_observed(
     let mut child = {
         let _one = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
         // dup() leaves the new fd inheritable (no O_CLOEXEC).
-        let inheritable = rustix::io::dup(root).map_err(|e| fail("passing the layer root", &e))?;
-        req.root_fd = inheritable.as_raw_fd();
+        let inheritable = root
+            .map(rustix::io::dup)
+            .transpose()
+            .map_err(|e| fail("passing the layer root", &e))?;
+        req.root_fd = inheritable.as_ref().map_or(-1, |fd| fd.as_raw_fd());
         let parent = rustix::process::getpid();
         let mut cmd = Command::new(exe);
         cmd.arg("__apply-layer")
@@ -282,6 +333,26 @@ fn work(req: &Request) -> Reply {
         failure,
         verdicts: Vec::new(),
     };
+    let blob = match File::open(&req.blob) {
+        Ok(f) => f,
+        Err(e) => return failed(StepFailure::io("worker: opening the layer blob", e)),
+    };
+    if req.task == Task::Hash {
+        let confinement = match confine(req, None) {
+            Ok(c) => c,
+            Err(e) => return failed(StepFailure::Retry(e)),
+        };
+        return match crate::steps::hash_stream(blob, req.n, &req.layer, &req.policy) {
+            Ok(digests) => Reply::Hashed {
+                digests,
+                confinement,
+            },
+            Err(failure) => failed(failure),
+        };
+    }
+    if req.root_fd < 0 {
+        return failed(StepFailure::Retry("worker: no layer root fd".into()));
+    }
     // SAFETY: the service passed this fd number for a directory it dup'ed
     // for us (see `spawn`); nothing else in this process owns or closes it,
     // so taking ownership of it here is sound.
@@ -291,15 +362,11 @@ fn work(req: &Request) -> Reply {
             "worker: the layer root fd is not open".into(),
         ));
     }
-    let blob = match File::open(&req.blob) {
-        Ok(f) => f,
-        Err(e) => return failed(StepFailure::io("worker: opening the layer blob", e)),
-    };
     let cache = match std::fs::read(&req.tar_cache) {
         Ok(b) => b,
         Err(e) => return failed(StepFailure::io("worker: reading the compiled tar check", e)),
     };
-    let confinement = match confine(req, root.as_fd()) {
+    let confinement = match confine(req, Some(root.as_fd())) {
         Ok(c) => c,
         Err(e) => return failed(StepFailure::Retry(e)),
     };
@@ -357,8 +424,9 @@ fn work(req: &Request) -> Reply {
         let _ = std::io::stderr().write_all(progress_line().as_bytes());
     }
     match applied {
-        Ok(stats) => Reply::Applied {
+        Ok((stats, digests)) => Reply::Applied {
             stats,
+            digests,
             verdicts,
             confinement,
         },
@@ -424,7 +492,9 @@ fn progress_line() -> String {
 
 /// no_new_privs, Landlock, capabilities (see the module docs). Returns a
 /// one-line description of what is in force.
-fn confine(req: &Request, root: BorrowedFd<'_>) -> Result<String, String> {
+/// `root` is the layer root ([`Task::Apply`]); without one ([`Task::Hash`])
+/// the worker may read the blob and nothing else, and keeps no capability.
+fn confine(req: &Request, root: Option<BorrowedFd<'_>>) -> Result<String, String> {
     use landlock::{
         Access, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
         RulesetStatus, ABI,
@@ -433,17 +503,22 @@ fn confine(req: &Request, root: BorrowedFd<'_>) -> Result<String, String> {
 
     let abi = ABI::V5;
     let blob = PathFd::new(&req.blob).map_err(|e| format!("worker: {e}"))?;
-    let cache = PathFd::new(&req.tar_cache).map_err(|e| format!("worker: {e}"))?;
+    let cache = match root {
+        Some(_) => Some(PathFd::new(&req.tar_cache).map_err(|e| format!("worker: {e}"))?),
+        None => None,
+    };
     let landlock = (|| -> Result<RulesetStatus, landlock::RulesetError> {
-        let status = Ruleset::default()
+        let mut rules = Ruleset::default()
             .handle_access(AccessFs::from_all(abi))?
             .handle_access(AccessNet::from_all(abi))?
             .create()?
-            .add_rule(PathBeneath::new(root, AccessFs::from_all(abi)))?
-            .add_rule(PathBeneath::new(blob, AccessFs::ReadFile))?
-            .add_rule(PathBeneath::new(cache, AccessFs::ReadFile))?
-            .restrict_self()?;
-        Ok(status.ruleset)
+            .add_rule(PathBeneath::new(blob, AccessFs::ReadFile))?;
+        if let (Some(root), Some(cache)) = (root, cache) {
+            rules = rules
+                .add_rule(PathBeneath::new(root, AccessFs::from_all(abi)))?
+                .add_rule(PathBeneath::new(cache, AccessFs::ReadFile))?;
+        }
+        Ok(rules.restrict_self()?.ruleset)
     })();
     #[cfg(debug_assertions)]
     let landlock = if req.test_no_landlock {
@@ -467,15 +542,22 @@ fn confine(req: &Request, root: BorrowedFd<'_>) -> Result<String, String> {
         }
     };
 
-    let keep = kept_capabilities(&req.policy);
+    let keep = match root {
+        Some(_) => kept_capabilities(&req.policy),
+        None => Vec::new(),
+    };
     let caps = drop_capabilities(&keep);
     let caps = match caps {
         Ok(bounding) => format!(
             "capabilities {}{}",
-            keep.iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
+            if keep.is_empty() {
+                "none".to_string()
+            } else {
+                keep.iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             if bounding {
                 ""
             } else {

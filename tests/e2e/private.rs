@@ -349,3 +349,249 @@ fn a_lost_database_is_refused_until_recovered_and_nothing_is_deleted() {
     assert_eq!(mode(&kept[0]), 0o4755);
     check_no_privilege(&kept[0]);
 }
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// A layer holding `files` (path, contents).
+fn layer_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, data) in files {
+        b.append(
+            &header(p, tar::EntryType::Regular, 0o644, data.len() as u64),
+            data.as_bytes(),
+        )
+        .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A docker-save archive of `layers` (as stored: tar or gzip) whose config
+/// claims `diff_ids`.
+fn docker_archive(layers: &[Vec<u8>], diff_ids: &[String]) -> Vec<u8> {
+    let config = serde_json::json!({
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    })
+    .to_string();
+    let names: Vec<String> = (0..layers.len()).map(|i| format!("l{i}.tar")).collect();
+    let manifest =
+        serde_json::json!([{ "Config": "config.json", "RepoTags": ["x:1"], "Layers": names }])
+            .to_string();
+    let mut members = vec![
+        ("manifest.json".to_string(), manifest.into_bytes()),
+        ("config.json".to_string(), config.into_bytes()),
+    ];
+    members.extend(names.into_iter().zip(layers.iter().cloned()));
+    let mut a = tar::Builder::new(Vec::new());
+    for (name, data) in &members {
+        a.append(
+            &header(name, tar::EntryType::Regular, 0o644, data.len() as u64),
+            &data[..],
+        )
+        .unwrap();
+    }
+    a.into_inner().unwrap()
+}
+
+/// An OCI layout directory at `dir` whose manifest names each layer by the
+/// digest `claimed` while the blob file holds `bytes`, and whose config
+/// claims `diff_ids`.
+fn oci_layout(dir: &Path, layers: &[(Vec<u8>, String)], diff_ids: &[String]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |digest: &str, data: &[u8]| {
+        std::fs::write(blobs.join(digest.strip_prefix("sha256:").unwrap()), data).unwrap();
+    };
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    })
+    .to_string();
+    put(&sha(config.as_bytes()), config.as_bytes());
+    let descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(bytes, claimed)| {
+            put(claimed, bytes);
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": claimed,
+                "size": bytes.len(),
+            })
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": sha(config.as_bytes()),
+            "size": config.len(),
+        },
+        "layers": descs,
+    })
+    .to_string();
+    put(&sha(manifest.as_bytes()), manifest.as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": sha(manifest.as_bytes()),
+            "size": manifest.len(),
+        }],
+    })
+    .to_string();
+    std::fs::write(dir.join("index.json"), index).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// The images' states after a run: (name, state, error fragment).
+fn check_states(env: &Env, expected: &[(&str, &str, &str)]) {
+    let st = env.status();
+    for (name, state, frag) in expected {
+        let (got, err) = &st[*name];
+        let err = err.clone().unwrap_or_default();
+        assert_eq!(got, state, "{name}: {err}");
+        assert!(
+            err.contains(frag),
+            "{name}: {err:?} does not contain {frag:?}"
+        );
+    }
+}
+
+#[test]
+fn an_image_cannot_claim_another_images_stored_layers() {
+    let env = Env::new();
+    let bucket = env.dir.path().join("bucket");
+    let images = bucket.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let secret = [
+        layer_of(&[("etc/secret", "the victim's key")]),
+        layer_of(&[("etc/more", "the victim's second layer")]),
+    ];
+    let secret_diffs: Vec<String> = secret.iter().map(|l| sha(l)).collect();
+    let zipped: Vec<Vec<u8>> = secret.iter().map(|l| gzip(l)).collect();
+    std::fs::write(
+        images.join("victim.tar"),
+        docker_archive(&secret, &secret_diffs),
+    )
+    .unwrap();
+    std::fs::write(
+        images.join("victim-gz.tar"),
+        docker_archive(&zipped, &secret_diffs),
+    )
+    .unwrap();
+    let src = ["run", "--once", "--source", bucket.to_str().unwrap()];
+    let out = env.run(&src);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_states(&env, &[("victim", "ready", ""), ("victim-gz", "ready", "")]);
+
+    let junk = [layer_of(&[("a", "junk")]), layer_of(&[("b", "junk")])];
+    // Claimants: the victim's diff IDs, their own (other) layer bytes.
+    std::fs::write(
+        images.join("claim-tar.tar"),
+        docker_archive(&junk, &secret_diffs),
+    )
+    .unwrap();
+    let junk_gz: Vec<Vec<u8>> = junk.iter().map(|l| gzip(l)).collect();
+    std::fs::write(
+        images.join("claim-gz.tar"),
+        docker_archive(&junk_gz, &secret_diffs),
+    )
+    .unwrap();
+    // A gzip stream whose trailing CRC is wrong: only decompressing it to
+    // the end (in the worker) tells.
+    let mut bad_crc = gzip(&junk[0]);
+    let at = bad_crc.len() - 6;
+    bad_crc[at] ^= 0xff;
+    std::fs::write(
+        images.join("claim-garbage.tar"),
+        docker_archive(&[bad_crc], &secret_diffs[..1]),
+    )
+    .unwrap();
+    // The manifest names the victim's blobs by digest; the files hold junk.
+    oci_layout(
+        &images.join("claim-oci"),
+        &[
+            (junk[0].clone(), sha(&secret[0])),
+            (junk[1].clone(), sha(&secret[1])),
+        ],
+        &secret_diffs,
+    );
+    // Honest images made of the same layer bytes may share them.
+    std::fs::write(
+        images.join("same.tar"),
+        docker_archive(&secret, &secret_diffs),
+    )
+    .unwrap();
+    std::fs::write(
+        images.join("same-gz.tar"),
+        docker_archive(&zipped, &secret_diffs),
+    )
+    .unwrap();
+    oci_layout(
+        &images.join("same-oci"),
+        &[
+            (secret[0].clone(), sha(&secret[0])),
+            (secret[1].clone(), sha(&secret[1])),
+        ],
+        &secret_diffs,
+    );
+    // Exits 1: some images failed.
+    let out = env.run(&src);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_states(
+        &env,
+        &[
+            ("victim", "ready", ""),
+            (
+                "claim-tar",
+                "failed",
+                "layer 1: diff ID mismatch: the image's config says",
+            ),
+            (
+                "claim-gz",
+                "failed",
+                "layer 1: diff ID mismatch: the image's config says",
+            ),
+            (
+                "claim-garbage",
+                "failed",
+                "layer 1: corrupt compressed data",
+            ),
+            (
+                "claim-oci",
+                "failed",
+                "layer 1: digest mismatch: manifest says",
+            ),
+            ("same", "ready", ""),
+            ("same-gz", "ready", ""),
+            ("same-oci", "ready", ""),
+        ],
+    );
+    // The shared gzip layers were verified when victim-gz was unpacked: no
+    // worker had to decompress them again for same-gz.
+    let audit = env.json(&["audit", "same-gz", "--json"]);
+    let text = audit.to_string();
+    assert!(text.contains("\"hashed_in_worker\":0"), "{text}");
+}

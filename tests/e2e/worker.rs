@@ -15,6 +15,7 @@ fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
     let cache = dir.join("cache.cwasm");
     std::fs::write(&cache, b"").unwrap();
     Request {
+        task: tarpool::worker::Task::Apply,
         root_fd: -1,
         blob,
         layer: serde_json::from_value(serde_json::json!({
@@ -139,9 +140,13 @@ fn the_worker_reports_its_progress_to_the_service() {
     let seen = std::sync::Mutex::new(Vec::new());
     let on = |raw: u64, entries: u64| seen.lock().unwrap().push((raw, entries));
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
-    let reply =
-        tarpool::worker::spawn_observed(exe, &mut req, std::os::fd::AsFd::as_fd(&root), Some(&on))
-            .unwrap();
+    let reply = tarpool::worker::spawn_observed(
+        exe,
+        &mut req,
+        Some(std::os::fd::AsFd::as_fd(&root)),
+        Some(&on),
+    )
+    .unwrap();
     let Reply::Applied { stats, .. } = reply else {
         panic!("{reply:?}");
     };
