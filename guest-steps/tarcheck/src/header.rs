@@ -12,6 +12,7 @@ const CHKSUM: (usize, usize) = (148, 156);
 pub(crate) const TYPEFLAG: usize = 156;
 pub(crate) const LINKNAME: (usize, usize) = (157, 257);
 const MAGIC: (usize, usize) = (257, 263);
+const VERSION: (usize, usize) = (263, 265);
 pub(crate) const DEVMAJOR: (usize, usize) = (329, 337);
 pub(crate) const DEVMINOR: (usize, usize) = (337, 345);
 const PREFIX: (usize, usize) = (345, 500);
@@ -31,7 +32,9 @@ pub(crate) fn cstr(f: &[u8]) -> &[u8] {
 }
 
 /// The header's name: `prefix/name` when the magic is POSIX ustar (GNU
-/// tar and Go do the same whatever the version bytes), else `name`.
+/// tar and Go do the same whatever the version bytes; tar-rs only with
+/// version `00`, so the checker refuses a prefix with another version, see
+/// [`nonstandard_prefix`]), else `name`.
 pub(crate) fn name(block: &Block) -> Vec<u8> {
     let name = cstr(field(block, NAME));
     if field(block, MAGIC) == b"ustar\0" {
@@ -45,6 +48,25 @@ pub(crate) fn name(block: &Block) -> Vec<u8> {
         }
     }
     name.to_vec()
+}
+
+/// The magic and version are POSIX ustar's (`ustar\0` `00`) or GNU tar's
+/// (`ustar ` ` \0`): the headers every reader takes for what they say.
+/// (tar-rs, for one, reads an extension header or a prefix field of any
+/// other header as a plain entry or as nothing.)
+pub(crate) fn standard_magic(block: &Block) -> bool {
+    matches!(
+        (field(block, MAGIC), field(block, VERSION)),
+        (b"ustar\0", b"00") | (b"ustar ", b" \0")
+    )
+}
+
+/// The name has a prefix that not every reader applies: POSIX magic, a
+/// version other than `00`, and a non-empty prefix field.
+pub(crate) fn nonstandard_prefix(block: &Block) -> bool {
+    field(block, MAGIC) == b"ustar\0"
+        && field(block, VERSION) != b"00"
+        && !cstr(field(block, PREFIX)).is_empty()
 }
 
 pub(crate) fn link_name(block: &Block) -> Vec<u8> {

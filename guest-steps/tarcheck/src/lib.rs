@@ -15,7 +15,11 @@
 //! Headers: v7, ustar (with its prefix field), GNU (base-256 numbers, long
 //! names and links) and PAX (`x` records; `g` is noted and ignored). GNU
 //! sparse files, unknown entry types, ambiguous extension headers and
-//! anything after the end-of-archive marker but zeros are refused.
+//! anything after the end-of-archive marker but zeros are refused, and so
+//! is whatever other readers read differently: a nonzero size on an entry
+//! that carries no data, an extension header without a ustar or GNU magic,
+//! a PAX newline that starts a record to readers splitting at newlines.
+//! `tests/fuzz/fuzz_targets/tarcheck_vs_tar.rs` compares with tar-rs.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -650,6 +654,13 @@ impl Checker {
                 self.last_q
             )));
         }
+        if !header::standard_magic(block) {
+            // Readers that go by the magic read it as an entry.
+            return Err(self.malformed(format!(
+                "{what} without a ustar or GNU magic after {}",
+                self.last_q
+            )));
+        }
         if flag == b'g' && self.pending.any() {
             return Err(self.malformed(format!(
                 "PAX global header between an extension header and its entry after {}",
@@ -754,6 +765,13 @@ impl Checker {
             }
             (Some(p), None) => p.clone(),
             (None, Some(l)) => l,
+            (None, None) if header::nonstandard_prefix(block) => {
+                // Readers that go by the version ignore the prefix.
+                return Err(self.malformed(format!(
+                    "ustar prefix field with a version other than 00 after {}",
+                    self.last_q
+                )));
+            }
             (None, None) => header::name(block),
         };
         self.last = show(&name);
@@ -936,6 +954,29 @@ impl Checker {
                 ));
             }
         };
+
+        // Size. Only regular files carry data: whether the size of any
+        // other entry skips data is where readers disagree (GNU tar and
+        // tar-rs skip it, Go's archive/tar does not), like a PAX/ustar
+        // size conflict. GNU tar writes 0 for these.
+        if kind != EntryKind::Regular && raw.size != 0 {
+            let what = match kind {
+                EntryKind::Directory => "directory",
+                EntryKind::Symlink => "symlink",
+                EntryKind::Hardlink => "hardlink",
+                EntryKind::CharDevice => "character device",
+                EntryKind::BlockDevice => "block device",
+                _ => "FIFO",
+            };
+            return Err(rej(
+                &disp,
+                rule::MALFORMED,
+                format!(
+                    "{what} with a nonzero size {}: only regular files carry data",
+                    raw.size
+                ),
+            ));
+        }
 
         // Path.
         let max_path = usize::try_from(self.policy.max_path_bytes).unwrap_or(usize::MAX);

@@ -42,6 +42,7 @@ pub(crate) fn parse(payload: &[u8], global: bool) -> Result<Pax, PaxError> {
         if !seen.insert(key) {
             return Err(bad(format!("duplicate PAX record {}", quoted(key))));
         }
+        newlines(key, value, rest.is_empty())?;
         if global {
             continue;
         }
@@ -105,6 +106,41 @@ fn record(buf: &[u8]) -> Result<Record<'_>, PaxError> {
         return Err(malformed());
     }
     Ok((key, value, &buf[len..]))
+}
+
+/// A newline inside a value is legal (records are length-delimited), but
+/// readers that split records at newlines (tar-rs) drop the record and read
+/// each piece after a newline as a record of its own, and stop at an empty
+/// piece. Refused where that changes what is read: in a path or link path
+/// (the reader would take the header's name), where a piece reads as a
+/// record (`LEN key=value` of its own length), and where a piece is empty
+/// and records follow (the reader would not see them). Binary xattr values
+/// may hold other newlines.
+fn newlines(key: &[u8], value: &[u8], last: bool) -> Result<(), PaxError> {
+    if !value.contains(&b'\n') {
+        return Ok(());
+    }
+    if key == b"path" || key == b"linkpath" {
+        return Err(bad(format!(
+            "PAX {} record contains a newline",
+            quoted(key)
+        )));
+    }
+    for piece in value.split(|b| *b == b'\n').skip(1) {
+        let is_record = piece.iter().position(|b| *b == b' ').is_some_and(|sp| {
+            std::str::from_utf8(&piece[..sp])
+                .ok()
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n == piece.len() + 1 && piece[sp..].contains(&b'='))
+        });
+        if (piece.is_empty() && !last) || is_record {
+            return Err(bad(format!(
+                "PAX record {} has a newline that starts another record to some readers",
+                quoted(key)
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn path_value(key: &[u8], v: &[u8]) -> Result<Vec<u8>, PaxError> {
@@ -322,6 +358,27 @@ mod tests {
             PaxError::Sparse
         );
         assert!(parse(b"22 GNU.sparse.major=1\n", true).is_ok());
+        // Newlines that make records to readers splitting at newlines.
+        for bad in [
+            &b"12 path=a\nb\n"[..],
+            b"16 linkpath=a\nb\n",
+            b"18 comment=x\n\nfoo\n11 path=ab\n",
+            b"26 comment=x\n13 path=evil\n",
+            b"27 SCHILY.xattr.user.x=a\n\n\n11 path=ab\n",
+        ] {
+            let e = parse(bad, false).unwrap_err();
+            assert!(
+                matches!(&e, PaxError::Malformed(m) if m.contains("newline")),
+                "{}: {e:?}",
+                quoted(bad)
+            );
+        }
+        // A newline in a binary xattr value that starts no record.
+        let p = parse(b"27 SCHILY.xattr.user.x=\x01\n\x02\n", false).unwrap();
+        assert_eq!(p.xattrs, vec![(b"user.x".to_vec(), b"\x01\n\x02".to_vec())]);
+        // An empty piece in the last record: nothing follows to be missed.
+        let p = parse(b"11 path=ab\n26 SCHILY.xattr.user.x=a\n\n", false).unwrap();
+        assert_eq!(p.xattrs, vec![(b"user.x".to_vec(), b"a\n".to_vec())]);
         let p = parse(b"13 mtime=1.5\n", false).unwrap();
         assert_eq!(p.mtime, Some((1, 500_000_000)));
     }
