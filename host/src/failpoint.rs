@@ -8,6 +8,11 @@
 //! of POINT wait until the file `TARPOOL_PAUSE_FILE` exists (or sleep
 //! `TARPOOL_PAUSE_MS`, default 3000 ms), so a test can signal the service
 //! while a transition is under way.
+//!
+//! Test machinery: compiled in only with the `failpoints` cargo feature,
+//! which the tests and benchmarks turn on (`./run-tests.sh`). A build
+//! without it (what ships) has no failpoints: the variables are ignored,
+//! with a warning, and every point is a no-op.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,8 +23,20 @@ pub struct Failpoints {
 }
 
 impl Failpoints {
+    #[cfg(feature = "failpoints")]
     pub fn from_env() -> Failpoints {
         Self::parse(&std::env::var("TARPOOL_FAILPOINTS").unwrap_or_default())
+    }
+
+    /// No failpoints in this build.
+    #[cfg(not(feature = "failpoints"))]
+    pub fn from_env() -> Failpoints {
+        if std::env::var_os("TARPOOL_FAILPOINTS").is_some() {
+            tracing::warn!(
+                "TARPOOL_FAILPOINTS is ignored: this tarpool was built without the failpoints feature"
+            );
+        }
+        Self::parse("")
     }
 
     pub fn parse(spec: &str) -> Failpoints {
@@ -60,6 +77,10 @@ impl Failpoints {
         *n <= upto
     }
 
+    #[cfg(not(feature = "failpoints"))]
+    pub fn hit(&self, _name: &str) {}
+
+    #[cfg(feature = "failpoints")]
     pub fn hit(&self, name: &str) {
         if self.fires(&format!("pause:{name}")) {
             tracing::warn!(failpoint = name, "failpoint: pausing");

@@ -56,12 +56,14 @@ BIN=$(realpath "$BIN" 2>/dev/null || echo "$BIN")
 MKFS_OPTS=(-q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0)
 
 [ "$(id -u)" = 0 ] || { echo "run as root (loop mounts)" >&2; exit 2; }
-[ -x "$BIN" ] || cargo build --release --locked -p tarpool
+# The failpoints feature (test machinery): the prep run stops before
+# unpack-layers with TARPOOL_FAILPOINTS. Built unless TARPOOL_BIN is given.
+[ -n "${TARPOOL_BIN:-}" ] || cargo build --release --locked -p tarpool --features failpoints
 NATIVE_BIN=${NATIVE_BIN:-target/release/tarpool-native}
 if [ ! -x "$NATIVE_BIN" ]; then
-    cargo build --release --locked -p tarpool --features bench-native-check
+    cargo build --release --locked -p tarpool --features bench-native-check,failpoints
     cp target/release/tarpool "$NATIVE_BIN"
-    cargo build --release --locked -p tarpool # the usual binary back in place
+    cargo build --release --locked -p tarpool --features failpoints # the usual binary back in place
 fi
 NATIVE_BIN=$(realpath "$NATIVE_BIN")
 if [ ! -d "$IMG/oci" ] || [ ! -f "$IMG/py-oci.tar" ]; then
