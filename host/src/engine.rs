@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::backend::Snapshotter;
 use crate::blobs::BlobStore;
-use crate::core::machine::{decide, Decision, Outcome, RetryPolicy, Step};
+use crate::core::machine::{decide, Decision, FailureKind, Outcome, RetryPolicy, Step};
 use crate::core::names::{self, printable};
 use crate::core::policy::Policy;
 use crate::core::sanitize::sanitize;
@@ -171,7 +171,12 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
         if let Some(img) = ctx.store.image(&unit.name)? {
             let same = img.fingerprint.as_deref() == Some(fingerprint.as_str());
             let settled = img.state == "ready"
-                || (img.state == "failed" && img.failure_kind.as_deref() == Some("input"));
+                || (img.state == "failed"
+                    && img
+                        .failure_kind
+                        .as_deref()
+                        .and_then(FailureKind::from_name)
+                        .is_some_and(FailureKind::settled));
             if same && settled {
                 summary.unchanged.push(unit.name.clone());
                 continue;
@@ -516,7 +521,7 @@ fn log_outcome(
             next_attempt = next,
             "transition will be retried"
         ),
-        Decision::Fail(reason) => {
+        Decision::Fail { reason, kind } => {
             tracing::error!(
                 image,
                 run,
@@ -524,6 +529,7 @@ fn log_outcome(
                 attempt,
                 ms,
                 reason = reason.as_str(),
+                kind = kind.name(),
                 "image failed"
             );
             crate::progress::image_done(image, &format!("failed: {reason}"));
@@ -600,14 +606,16 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
             Ok(_) => Outcome::Ok,
             Err(StepFailure::Input(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
             Err(StepFailure::Retry(m)) => Outcome::Retryable(ctx.sanitize(m)),
-            Err(StepFailure::Exhausted(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
+            Err(StepFailure::Exhausted(m)) => Outcome::Exhausted(ctx.sanitize(m)),
             Err(StepFailure::Cancelled) => Outcome::Cancelled,
         };
         let step = step.unwrap_or(Step::Completed);
         let decision = decide(step, run.attempt, &outcome, &ctx.retry);
         let output = result.as_ref().ok().map(|v| v.to_string());
         let err_text = match &outcome {
-            Outcome::Retryable(m) | Outcome::Unrecoverable(m) => Some(m.clone()),
+            Outcome::Retryable(m) | Outcome::Unrecoverable(m) | Outcome::Exhausted(m) => {
+                Some(m.clone())
+            }
             Outcome::Cancelled => Some("cancelled".to_string()),
             Outcome::Ok => None,
         };
@@ -694,12 +702,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                 )?;
                 sleep = Some(after);
             }
-            Decision::Fail(reason) => {
-                let kind = if matches!(outcome, Outcome::Unrecoverable(_)) {
-                    "input"
-                } else {
-                    "environment"
-                };
+            Decision::Fail { reason, kind } => {
                 ctx.store.finish_transition(
                     &run.id,
                     &Finish {
@@ -717,7 +720,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                         name: &run.image,
                         state: "failed",
                         error: Some(&reason),
-                        failure_kind: Some(kind),
+                        failure_kind: Some(kind.name()),
                         run: &run.id,
                         fingerprint: Some(&fingerprint),
                         format: None,
@@ -745,7 +748,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                         name: &run.image,
                         state: "cancelled",
                         error: Some("cancelled by request"),
-                        failure_kind: Some("cancelled"),
+                        failure_kind: Some(FailureKind::Cancelled.name()),
                         run: &run.id,
                         fingerprint: Some(&fingerprint),
                         format: None,

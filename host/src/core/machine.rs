@@ -70,7 +70,52 @@ pub enum Outcome {
     Retryable(String),
     /// The input is bad or a policy denied it: trying again cannot help.
     Unrecoverable(String),
+    /// A resource the image needs is used up (the thin pool's space): the
+    /// run fails now, without blaming the image.
+    Exhausted(String),
     Cancelled,
+}
+
+/// Why a run ended without its image ready. Decided here, once; the engine
+/// stores it and the next poll reads it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The image is bad, hostile or denied: settled until it changes.
+    Input,
+    /// The environment kept failing: the next poll tries again.
+    Environment,
+    /// A resource ran out (the pool's space): the next poll tries again,
+    /// once a `gc` or a larger pool may have made room.
+    Resource,
+    Cancelled,
+}
+
+impl FailureKind {
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailureKind::Input => "input",
+            FailureKind::Environment => "environment",
+            FailureKind::Resource => "resource",
+            FailureKind::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FailureKind> {
+        [
+            FailureKind::Input,
+            FailureKind::Environment,
+            FailureKind::Resource,
+            FailureKind::Cancelled,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
+    /// Whether an image that failed so stays failed until its source
+    /// changes (the other kinds are tried again at the next poll).
+    pub const fn settled(self) -> bool {
+        matches!(self, FailureKind::Input)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +158,10 @@ pub enum Decision {
         attempt: u32,
     },
     /// End the run as failed with this reason.
-    Fail(String),
+    Fail {
+        reason: String,
+        kind: FailureKind,
+    },
     Cancel,
 }
 
@@ -129,11 +177,18 @@ pub fn decide(step: Step, attempt: u32, outcome: &Outcome, retry: &RetryPolicy) 
             after: retry.backoff(attempt),
             attempt: attempt + 1,
         },
-        Outcome::Retryable(why) => Decision::Fail(format!(
-            "{}: gave up after {attempt} attempts: {why}",
-            step.name()
-        )),
-        Outcome::Unrecoverable(why) => Decision::Fail(format!("{}: {why}", step.name())),
+        Outcome::Retryable(why) => Decision::Fail {
+            reason: format!("{}: gave up after {attempt} attempts: {why}", step.name()),
+            kind: FailureKind::Environment,
+        },
+        Outcome::Unrecoverable(why) => Decision::Fail {
+            reason: format!("{}: {why}", step.name()),
+            kind: FailureKind::Input,
+        },
+        Outcome::Exhausted(why) => Decision::Fail {
+            reason: format!("{}: {why}", step.name()),
+            kind: FailureKind::Resource,
+        },
         Outcome::Cancelled => Decision::Cancel,
     }
 }
@@ -184,15 +239,45 @@ mod tests {
             Download,
             3,
             Retryable("eio".into()),
-            Decision::Fail("download: gave up after 3 attempts: eio".into()),
+            Decision::Fail {
+                reason: "download: gave up after 3 attempts: eio".into(),
+                kind: FailureKind::Environment,
+            },
         );
         check(
             ParseManifest,
             1,
             Unrecoverable("bad json".into()),
-            Decision::Fail("parse-manifest: bad json".into()),
+            Decision::Fail {
+                reason: "parse-manifest: bad json".into(),
+                kind: FailureKind::Input,
+            },
+        );
+        // A full pool: failed at once, not the image's fault.
+        check(
+            UnpackLayers,
+            1,
+            Exhausted("thin pool `p` is out of space".into()),
+            Decision::Fail {
+                reason: "unpack-layers: thin pool `p` is out of space".into(),
+                kind: FailureKind::Resource,
+            },
         );
         check(UnpackLayers, 1, Cancelled, Decision::Cancel);
+    }
+
+    #[test]
+    fn only_input_failures_are_settled() {
+        for (kind, settled) in [
+            (FailureKind::Input, true),
+            (FailureKind::Environment, false),
+            (FailureKind::Resource, false),
+            (FailureKind::Cancelled, false),
+        ] {
+            assert_eq!(kind.settled(), settled, "{kind:?}");
+            assert_eq!(FailureKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(FailureKind::from_name("nope"), None);
     }
 
     #[test]
