@@ -175,6 +175,21 @@ fn bad_images_fail_with_one_line_and_the_rest_complete() {
         ]),
     );
 
+    // A flat root filesystem that happens to hold a /manifest.json is one
+    // layer, not a broken docker-save archive.
+    put(
+        &bucket,
+        "images/flat.tar",
+        &layer(&[
+            E::File(b"manifest.json", br#"{"name":"app","start_url":"/"}"#),
+            E::Dir(b"etc/"),
+            E::File(b"etc/os-release", b"ID=debian\n"),
+            E::Dir(b"usr/"),
+            E::Dir(b"usr/bin/"),
+            E::File(b"usr/bin/x", b"#!/bin/sh\n"),
+        ]),
+    );
+
     check(
         &env,
         &bucket,
@@ -189,8 +204,10 @@ fn bad_images_fail_with_one_line_and_the_rest_complete() {
             ("stray", "notes.txt"),
             ("docker-missing", "missing/layer.tar"),
         ],
-        &["good", "device"],
+        &["good", "device", "flat"],
     );
+    let flat = env.json(&["audit", "flat", "--json"]).to_string();
+    assert!(flat.contains("single-layer"), "{flat}");
     // Device nodes are skipped by the default policy, on the record.
     let audit = env.json(&["audit", "device", "--json"]);
     assert!(
@@ -228,6 +245,22 @@ fn bad_images_fail_with_one_line_and_the_rest_complete() {
     ]);
     assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"hi\n");
     env.json(&["deactivate", "g"]);
+    env.json(&[
+        "activate",
+        "flat",
+        "--as",
+        "f",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    for (path, want) in [
+        ("manifest.json", &br#"{"name":"app","start_url":"/"}"#[..]),
+        ("etc/os-release", b"ID=debian\n"),
+        ("usr/bin/x", b"#!/bin/sh\n"),
+    ] {
+        assert_eq!(std::fs::read(mnt.join(path)).unwrap(), want, "{path}");
+    }
+    env.json(&["deactivate", "f"]);
 
     // Unchanged bad input is not retried; the decision is stable.
     let audit_before = env.json(&["audit", "dotdot", "--json"])["transitions"]
