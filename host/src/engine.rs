@@ -208,9 +208,9 @@ fn execute(
     let r = match step {
         Step::CheckImageExists => steps::check_image_exists(ctx, data, &mut verdicts),
         Step::Download => steps::download(ctx, data),
-        Step::Classify => steps::classify(ctx, data),
+        Step::Classify => steps::classify(ctx, data, &mut verdicts),
         Step::ParseManifest => steps::parse_manifest(ctx, data, &mut verdicts),
-        Step::CheckUnpacked => steps::check_unpacked(ctx, data),
+        Step::CheckUnpacked => steps::check_unpacked(ctx, data, &mut verdicts),
         Step::UnpackLayers => unpack_layers(ctx, run, image, data, &mut verdicts),
         Step::CreateSnapshot => create_snapshot(ctx, image, data),
         Step::UpdateTracking => {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::archive::{self, IndexedMember};
+use crate::capped::{over_limit, Capped};
 use crate::core::chain;
 use crate::core::names::{printable, Unit};
 use crate::core::policy::Verdict;
@@ -211,21 +212,21 @@ fn decoder<'a, R: Read + Send + 'a>(
     })
 }
 
-/// Reads at most `cap` bytes, failing when there are more.
-struct Capped<R> {
-    inner: R,
-    left: u64,
-    what: &'static str,
-}
-
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, self.what));
+/// A decoder's failure on layer `n`: over a policy limit (a reject, pushed
+/// to `verdicts`), or corrupt data.
+fn decode_failure(n: usize, e: &io::Error, verdicts: &mut Verdicts) -> StepFailure {
+    match over_limit(e) {
+        Some(o) => {
+            verdicts.push(Verdict {
+                rule: o.rule.into(),
+                action: "reject".into(),
+                layer: u32::try_from(n).ok(),
+                path: None,
+                detail: o.to_string(),
+            });
+            input(format!("layer {n}: {o}"))
         }
-        self.left -= n as u64;
-        Ok(n)
+        None => input(format!("layer {n}: corrupt compressed data: {e}")),
     }
 }
 
@@ -233,7 +234,11 @@ fn describe(kind: BlobKind, detail: &str) -> String {
     format!("{kind:?} ({detail})").to_lowercase()
 }
 
-pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+pub fn classify(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
     let u = unit(data)?.clone();
     let mut out = serde_json::Map::new();
     match u.kind {
@@ -275,19 +280,31 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                         )));
                     }
                     let d = decoder(c.kind, open_blob(ctx, &digest)?)?;
-                    let capped = Capped {
-                        inner: d,
-                        left: ctx
-                            .policy
-                            .decompressed_cap(o.size)
-                            .min(ctx.policy.max_image_bytes.limit),
-                        what: "decompressed archive is over the policy's limits (rules max-compression-ratio, max-image-bytes)",
-                    };
-                    ctx.blobs.ingest(capped, None).map_err(|e| match e.kind() {
-                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
-                            format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)),
-                        ),
-                        _ => StepFailure::io("decompressing the archive", e),
+                    let p = &ctx.policy;
+                    let capped = Capped::new(
+                        d,
+                        o.size,
+                        p.decompressed_cap(o.size),
+                        p.max_layer_bytes.limit,
+                        (p.max_image_bytes.limit, "max-image-bytes"),
+                    );
+                    ctx.blobs.ingest(capped, None).map_err(|e| {
+                        if let Some(over) = over_limit(&e) {
+                            verdicts.push(Verdict {
+                                rule: over.rule.into(),
+                                action: "reject".into(),
+                                layer: None,
+                                path: None,
+                                detail: over.to_string(),
+                            });
+                            return input(format!("`{}`: {over}", printable(&o.key)));
+                        }
+                        match e.kind() {
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
+                                format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)),
+                            ),
+                            _ => StepFailure::io("decompressing the archive", e),
+                        }
                     })?
                 }
                 k => {
@@ -558,7 +575,11 @@ fn media_kind(m: LayerMedia) -> BlobKind {
     }
 }
 
-pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+pub fn check_unpacked(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
     // Diff IDs that no manifest gave: a raw tar's is the digest of its bytes.
     for (i, l) in data.layers.iter_mut().enumerate() {
         if l.diff_id.is_some() {
@@ -584,7 +605,7 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
             if failed.load(Ordering::Relaxed) {
                 StepFailure::io("hashing a layer", e)
             } else {
-                input(format!("layer {}: corrupt compressed data: {e}", i + 1))
+                decode_failure(i + 1, &e, verdicts)
             }
         })?;
         l.diff_id = Some(diff);
@@ -614,16 +635,19 @@ fn decoded<'a, R: Read + Send + 'a>(
     raw: R,
     policy: &crate::core::policy::Policy,
 ) -> Result<Capped<Box<dyn Read + Send + 'a>>, StepFailure> {
-    Ok(Capped {
-        inner: decoder(media_kind(l.media), raw)?,
-        // An uncompressed layer is its own size: nothing to cap.
-        left: if l.media == LayerMedia::Tar {
-            u64::MAX
-        } else {
-            policy.decompressed_cap(l.len)
-        },
-        what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
-    })
+    // An uncompressed layer is its own size: nothing to cap.
+    let ratio_limit = if l.media == LayerMedia::Tar {
+        u64::MAX
+    } else {
+        policy.decompressed_cap(l.len)
+    };
+    Ok(Capped::new(
+        decoder(media_kind(l.media), raw)?,
+        l.len,
+        ratio_limit,
+        policy.max_layer_bytes.limit,
+        (u64::MAX, "max-layer-bytes"),
+    ))
 }
 
 /// Decompressed bytes handed from the decoding thread to the applying one.
@@ -826,6 +850,12 @@ pub(crate) fn apply_stream(
         crate::extract::apply_layer(root, ChannelReader::new(rx), check)
     });
     let stats = applied.map_err(|e| {
+        // The decompression stopped at a policy limit: a decision, not bad data.
+        if let crate::extract::ApplyError::Io { source, .. } = &e {
+            if over_limit(source).is_some() {
+                return decode_failure(n, source, verdicts);
+            }
+        }
         // A read error the blob file did not raise comes from the decoder:
         // the bytes are bad, not the environment.
         let e = match e {
