@@ -213,9 +213,9 @@ fn execute(
     let r = match step {
         Step::CheckImageExists => steps::check_image_exists(ctx, data, &mut verdicts),
         Step::Download => steps::download(ctx, data),
-        Step::Classify => steps::classify(ctx, data),
+        Step::Classify => steps::classify(ctx, data, &mut verdicts),
         Step::ParseManifest => steps::parse_manifest(ctx, data, &mut verdicts),
-        Step::CheckUnpacked => steps::check_unpacked(ctx, data),
+        Step::CheckUnpacked => steps::check_unpacked(ctx, data, &mut verdicts),
         Step::UnpackLayers => unpack_layers(ctx, run, image, data, &mut verdicts),
         Step::CreateSnapshot => create_snapshot(ctx, image, data),
         Step::UpdateTracking => {
@@ -353,7 +353,7 @@ fn unpack_layers(
                     finish_sealing(ctx, &mut sealing, None)?;
                     // Another image committed it since check-unpacked: this
                     // image's own blob must hold it too.
-                    steps::verify_stored(ctx, i + 1, layer)?;
+                    steps::verify_stored(ctx, i + 1, layer, verdicts)?;
                     ctx.store.record_layer_progress(run, i, chain)?;
                     shared += 1;
                     continue;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::archive::{self, IndexedMember};
+use crate::capped::{over_limit, Capped};
 use crate::core::chain;
 use crate::core::names::{printable, Unit};
 use crate::core::policy::Verdict;
@@ -211,21 +212,21 @@ fn decoder<'a, R: Read + Send + 'a>(
     })
 }
 
-/// Reads at most `cap` bytes, failing when there are more.
-struct Capped<R> {
-    inner: R,
-    left: u64,
-    what: &'static str,
-}
-
-impl<R: Read> Read for Capped<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, self.what));
+/// A decoder's failure on layer `n`: over a policy limit (a reject, pushed
+/// to `verdicts`), or corrupt data.
+fn decode_failure(n: usize, e: &io::Error, verdicts: &mut Verdicts) -> StepFailure {
+    match over_limit(e) {
+        Some(o) => {
+            verdicts.push(Verdict {
+                rule: o.rule.into(),
+                action: "reject".into(),
+                layer: u32::try_from(n).ok(),
+                path: None,
+                detail: o.to_string(),
+            });
+            input(format!("layer {n}: {o}"))
         }
-        self.left -= n as u64;
-        Ok(n)
+        None => input(format!("layer {n}: corrupt compressed data: {e}")),
     }
 }
 
@@ -233,7 +234,11 @@ fn describe(kind: BlobKind, detail: &str) -> String {
     format!("{kind:?} ({detail})").to_lowercase()
 }
 
-pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+pub fn classify(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
     let u = unit(data)?.clone();
     let mut out = serde_json::Map::new();
     match u.kind {
@@ -275,19 +280,31 @@ pub fn classify(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
                         )));
                     }
                     let d = decoder(c.kind, open_blob(ctx, &digest)?)?;
-                    let capped = Capped {
-                        inner: d,
-                        left: ctx
-                            .policy
-                            .decompressed_cap(o.size)
-                            .min(ctx.policy.max_image_bytes.limit),
-                        what: "decompressed archive is over the policy's limits (rules max-compression-ratio, max-image-bytes)",
-                    };
-                    ctx.blobs.ingest(capped, None).map_err(|e| match e.kind() {
-                        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
-                            format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)),
-                        ),
-                        _ => StepFailure::io("decompressing the archive", e),
+                    let p = &ctx.policy;
+                    let capped = Capped::new(
+                        d,
+                        o.size,
+                        p.decompressed_cap(o.size),
+                        p.max_layer_bytes.limit,
+                        (p.max_image_bytes.limit, "max-image-bytes"),
+                    );
+                    ctx.blobs.ingest(capped, None).map_err(|e| {
+                        if let Some(over) = over_limit(&e) {
+                            verdicts.push(Verdict {
+                                rule: over.rule.into(),
+                                action: "reject".into(),
+                                layer: None,
+                                path: None,
+                                detail: over.to_string(),
+                            });
+                            return input(format!("`{}`: {over}", printable(&o.key)));
+                        }
+                        match e.kind() {
+                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
+                                format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)),
+                            ),
+                            _ => StepFailure::io("decompressing the archive", e),
+                        }
                     })?
                 }
                 k => {
@@ -572,13 +589,17 @@ fn media_kind(m: LayerMedia) -> BlobKind {
 /// uncompressed layer, or computed now by the confined worker
 /// ([`crate::worker::Task::Hash`]), which decompresses without unpacking. A
 /// layer still to unpack is verified by the worker as it applies it.
-pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+pub fn check_unpacked(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
     let mut verified = vec![false; data.layers.len()];
     let mut in_worker = 0;
     // Diff IDs that no manifest gave.
     for (i, l) in data.layers.iter_mut().enumerate() {
         if l.diff_id.is_none() {
-            let (diff, hashed) = blob_diff_id(ctx, i + 1, l)?;
+            let (diff, hashed) = blob_diff_id(ctx, i + 1, l, verdicts)?;
             in_worker += usize::from(hashed);
             l.diff_id = Some(diff);
             verified[i] = true;
@@ -596,7 +617,7 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
         l.chain_id = Some(c.clone());
         let done = ctx.store.layer(c)?.is_some_and(|r| r.committed);
         if done && !verified[i] {
-            in_worker += usize::from(verify_stored(ctx, i + 1, l)?);
+            in_worker += usize::from(verify_stored(ctx, i + 1, l, verdicts)?);
         }
         present += usize::from(done);
         report.push(json!({ "chain_id": c, "present": done }));
@@ -614,8 +635,13 @@ pub fn check_unpacked(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailur
 /// it, before the image uses the stored layer of that chain (here, and in
 /// unpack-layers for a layer another image committed meanwhile). Returns
 /// whether the worker had to decompress the blob.
-pub fn verify_stored(ctx: &Ctx, n: usize, l: &PlannedLayer) -> Result<bool, StepFailure> {
-    let (diff, hashed) = blob_diff_id(ctx, n, l)?;
+pub fn verify_stored(
+    ctx: &Ctx,
+    n: usize,
+    l: &PlannedLayer,
+    verdicts: &mut Verdicts,
+) -> Result<bool, StepFailure> {
+    let (diff, hashed) = blob_diff_id(ctx, n, l, verdicts)?;
     let claimed = l.diff_id.as_deref().unwrap_or_default();
     if diff != claimed {
         return Err(input(format!(
@@ -627,7 +653,12 @@ pub fn verify_stored(ctx: &Ctx, n: usize, l: &PlannedLayer) -> Result<bool, Step
 
 /// The diff ID layer `n`'s own blob holds, after checking the blob's digest
 /// against the manifest's; and whether the worker had to decompress it.
-fn blob_diff_id(ctx: &Ctx, n: usize, l: &PlannedLayer) -> Result<(String, bool), StepFailure> {
+fn blob_diff_id(
+    ctx: &Ctx,
+    n: usize,
+    l: &PlannedLayer,
+    verdicts: &mut Verdicts,
+) -> Result<(String, bool), StepFailure> {
     let digest = if l.offset == 0 && ctx.blobs.has(&l.blob, l.len) {
         // The blob store names a blob by the sha256 it computed.
         l.blob.clone()
@@ -674,7 +705,7 @@ fn blob_diff_id(ctx: &Ctx, n: usize, l: &PlannedLayer) -> Result<(String, bool),
         progress: false,
         bench_native_check: false,
     };
-    let d = crate::worker::hash(req)?;
+    let d = crate::worker::hash(req, verdicts)?;
     if d.digest != digest {
         return Err(StepFailure::Retry(format!(
             "layer {n}: the stored blob changed while it was read"
@@ -692,16 +723,19 @@ fn decoded<'a, R: Read + Send + 'a>(
     raw: R,
     policy: &crate::core::policy::Policy,
 ) -> Result<Capped<Box<dyn Read + Send + 'a>>, StepFailure> {
-    Ok(Capped {
-        inner: decoder(media_kind(l.media), raw)?,
-        // An uncompressed layer is its own size: nothing to cap.
-        left: if l.media == LayerMedia::Tar {
-            u64::MAX
-        } else {
-            policy.decompressed_cap(l.len)
-        },
-        what: "decompressed layer is over the policy's ratio (rule max-compression-ratio)",
-    })
+    // An uncompressed layer is its own size: nothing to cap.
+    let ratio_limit = if l.media == LayerMedia::Tar {
+        u64::MAX
+    } else {
+        policy.decompressed_cap(l.len)
+    };
+    Ok(Capped::new(
+        decoder(media_kind(l.media), raw)?,
+        l.len,
+        ratio_limit,
+        policy.max_layer_bytes.limit,
+        (u64::MAX, "max-layer-bytes"),
+    ))
 }
 
 /// Decompressed bytes handed from the decoding thread to the applying one.
@@ -895,6 +929,7 @@ pub(crate) fn hash_stream(
     n: usize,
     l: &PlannedLayer,
     policy: &crate::core::policy::Policy,
+    verdicts: &mut Verdicts,
 ) -> Result<LayerDigests, StepFailure> {
     use sha2::Digest as _;
     let r =
@@ -915,7 +950,7 @@ pub(crate) fn hash_stream(
         if failed.load(Ordering::Relaxed) {
             StepFailure::io("hashing a layer", e)
         } else {
-            input(format!("layer {n}: corrupt compressed data: {e}"))
+            decode_failure(n, &e, verdicts)
         }
     })?;
     let (digest, raw_len) = tap_digest(&raw_state);
@@ -980,6 +1015,12 @@ pub(crate) fn apply_stream(
         crate::extract::apply_layer(root, ChannelReader::new(rx), check)
     });
     let stats = applied.map_err(|e| {
+        // The decompression stopped at a policy limit: a decision, not bad data.
+        if let crate::extract::ApplyError::Io { source, .. } = &e {
+            if over_limit(source).is_some() {
+                return decode_failure(n, source, verdicts);
+            }
+        }
         // A read error the blob file did not raise comes from the decoder:
         // the bytes are bad, not the environment.
         let e = match e {

@@ -1564,6 +1564,33 @@ mod tests {
         eprintln!("flat 400000 members: {:?}, fuel {used}", t.elapsed());
         assert_eq!(l.format, "single-layer");
         assert!(used < MANIFEST_FUEL / 4, "{used}");
+
+        // The same with a /manifest.json: an app's, then a docker list of
+        // 30000 paths that are not there (each member is looked up).
+        let mut ms = ms;
+        for (what, bytes, budget) in [
+            ("an app's", &br#"{"name":"app"}"#[..], MANIFEST_FUEL / 4),
+            ("a docker", &manifest[..], MANIFEST_FUEL / 2),
+        ] {
+            ms.retain(|m| m.name != "manifest.json");
+            ms.push(Member {
+                name: "manifest.json".into(),
+                size: bytes.len() as u64,
+            });
+            let mut read = |_: &str| Ok(bytes.to_vec());
+            let t = std::time::Instant::now();
+            let l = steps
+                .parse_manifest(UnitKind::Archive, &ms, &mut read)
+                .unwrap()
+                .0;
+            let used = MANIFEST_FUEL - FUEL_LEFT.get();
+            eprintln!(
+                "flat 400000 members and {what} manifest.json: {:?}, fuel {used}",
+                t.elapsed()
+            );
+            assert_eq!(l.format, "single-layer");
+            assert!(used < budget, "{used}");
+        }
     }
 
     fn tempdir(tag: &str) -> PathBuf {

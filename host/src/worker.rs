@@ -157,12 +157,19 @@ pub fn run(
 
 /// Runs the worker for `req` as a [`Task::Hash`]: the layer's verified
 /// digest and its diff ID, decompressed in the confined process.
-pub fn hash(mut req: Request) -> Result<LayerDigests, StepFailure> {
+/// Rejections are pushed to `verdicts`.
+pub fn hash(mut req: Request, verdicts: &mut Vec<Verdict>) -> Result<LayerDigests, StepFailure> {
     req.task = Task::Hash;
     req.root_fd = -1;
     match spawn_observed(&current_exe()?, &mut req, None, None)? {
         Reply::Hashed { digests, .. } => Ok(digests),
-        Reply::Failed { failure, .. } => Err(failure),
+        Reply::Failed {
+            failure,
+            verdicts: v,
+        } => {
+            verdicts.extend(v);
+            Err(failure)
+        }
         _ => Err(StepFailure::Retry(
             "the extraction worker answered another request".into(),
         )),
@@ -342,12 +349,14 @@ fn work(req: &Request) -> Reply {
             Ok(c) => c,
             Err(e) => return failed(StepFailure::Retry(e)),
         };
-        return match crate::steps::hash_stream(blob, req.n, &req.layer, &req.policy) {
+        let mut verdicts = Vec::new();
+        return match crate::steps::hash_stream(blob, req.n, &req.layer, &req.policy, &mut verdicts)
+        {
             Ok(digests) => Reply::Hashed {
                 digests,
                 confinement,
             },
-            Err(failure) => failed(failure),
+            Err(failure) => Reply::Failed { failure, verdicts },
         };
     }
     if req.root_fd < 0 {

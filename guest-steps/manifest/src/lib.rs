@@ -4,7 +4,9 @@
 //! The built-in manifest component. It knows `ad-hoc` (a prefix of `1.tar`,
 //! `2.tar`, ...), `oci-layout` (a prefix with `oci-layout` and
 //! `index.json`), `oci-archive`, `docker-archive` and `single-layer` (any
-//! other archive); for a prefix that is none of these (no OCI markers and
+//! other archive, such as a root filesystem that holds a `/manifest.json`:
+//! the archive's structure, not a marker's name, decides; see
+//! `ArchiveShape`); for a prefix that is none of these (no OCI markers and
 //! no member named like a layer) it answers `none`, and the host asks the
 //! next manifest component. Every JSON document passes the `strict`
 //! pre-pass (no duplicate or case-variant keys) before it is decoded; the
@@ -95,8 +97,8 @@ fn parse_inner(
             .iter()
             .any(|m| m.name.ends_with(marker) && normalize(&m.name).is_ok_and(|n| n == marker))
     };
-    let oci = has("oci-layout") && has("index.json");
-    let docker = has("manifest.json");
+    let mut oci = has("oci-layout") && has("index.json");
+    let mut docker = has("manifest.json");
     match unit {
         UnitKind::Prefix => {
             if members.is_empty() {
@@ -120,12 +122,29 @@ fn parse_inner(
             parse_ad_hoc(members).map(Some)
         }
         UnitKind::Archive => {
+            // A marker's name alone does not make an image archive: a flat
+            // root filesystem may hold a `/manifest.json` too. The archive's
+            // structure decides (see [`ArchiveShape`]).
+            let mut legacy = has("repositories");
+            let mut pre = Vec::new();
+            if oci || docker || legacy {
+                let shape = ArchiveShape::of(members, read, &mut pre);
+                oci &= shape.oci_valid || !shape.foreign;
+                docker &= shape.docker_valid || !shape.foreign;
+                legacy &= !shape.foreign;
+            }
+            // The markers `ArchiveShape` read are not read twice.
+            let mut read = |name: &str| match pre.iter().position(|(n, _)| n == name) {
+                Some(i) => pre.swap_remove(i).1,
+                None => read(name),
+            };
+            let read: &mut Read<'_> = &mut read;
             let layout = if oci {
                 let idx = Index::new(members);
                 parse_oci_unit(&idx, read, opts, ImageFormat::OciArchive, docker, true)?
             } else if docker {
                 parse_docker(&Index::new(members), read, opts)?
-            } else if has("repositories") && legacy_v1(members) {
+            } else if legacy && legacy_v1(members) {
                 return Err("legacy docker image format (v1.0) is not supported".into());
             } else {
                 ImageLayout {
@@ -143,6 +162,187 @@ fn parse_inner(
             };
             Ok(Some(layout))
         }
+    }
+}
+
+/// What an archive's structure says it is, before either description is
+/// parsed in earnest.
+///
+/// An image archive holds nothing but its descriptions and what they name:
+/// `docker save` writes `manifest.json`, `repositories`, the config and the
+/// layers (and, before Docker 25, `<id>/json` and `<id>/VERSION`; since,
+/// an OCI layout beside them); an OCI archive `oci-layout`, `index.json`
+/// and `blobs/`. A member outside that set (`etc/os-release`, `usr/bin/x`)
+/// is one no image archive has, so the archive is a flat root filesystem
+/// that happens to hold a file with a marker's name, unless that file
+/// really describes an image in the archive (a docker `manifest.json`
+/// whose every `Config` and `Layers` path is a member; an `index.json`
+/// with a manifest whose blob is a member). An archive with no foreign
+/// member is an image archive whatever its descriptions say, so a broken
+/// one (a layer missing, a manifest that does not decode) fails with the
+/// description's own error rather than being unpacked as files.
+struct ArchiveShape {
+    /// A member no image archive holds (beside what its manifest names).
+    foreign: bool,
+    /// `manifest.json` lists images whose config and layers are members.
+    docker_valid: bool,
+    /// `index.json` lists a manifest whose blob is a member.
+    oci_valid: bool,
+}
+
+/// A docker `manifest.json` entry, decoded leniently (no strict pre-pass)
+/// to see which members it names.
+#[derive(Deserialize)]
+struct LooseDockerEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct LooseIndex {
+    manifests: Vec<LooseDescriptor>,
+}
+
+#[derive(Deserialize)]
+struct LooseDescriptor {
+    digest: String,
+}
+
+impl ArchiveShape {
+    /// Reads the top-level `manifest.json` and `index.json` (each when it
+    /// is one member) into `pre`, by member name, for the parse after.
+    fn of(
+        members: &[Member],
+        read: &mut Read<'_>,
+        pre: &mut Vec<(String, Result<Vec<u8>, String>)>,
+    ) -> ArchiveShape {
+        // Most archives hold image members only: then nothing is read here.
+        if members
+            .iter()
+            .all(|m| normal_form(&m.name).is_some_and(|n| image_archive_member(&n)))
+        {
+            return ArchiveShape {
+                foreign: false,
+                docker_valid: false,
+                oci_valid: false,
+            };
+        }
+        let mut docker_refs: Option<HashSet<String>> = None;
+        let mut oci_refs: HashSet<String> = HashSet::new();
+        for marker in ["manifest.json", "index.json"] {
+            let mut found = members.iter().filter(|m| {
+                m.name.ends_with(marker) && normalize(&m.name).is_ok_and(|n| n == marker)
+            });
+            let (Some(m), None) = (found.next(), found.next()) else {
+                continue;
+            };
+            let got = read(&m.name);
+            let bytes = match &got {
+                Ok(b) if u64::try_from(b.len()) == Ok(m.size) => Some(b.as_slice()),
+                _ => None,
+            };
+            if marker == "manifest.json" {
+                docker_refs = bytes.and_then(docker_names);
+            } else if let Some(b) = bytes {
+                oci_refs = oci_names(b);
+            }
+            pre.push((m.name.clone(), got));
+        }
+        if docker_refs.as_ref().is_none_or(HashSet::is_empty) && oci_refs.is_empty() {
+            // Nothing can explain the member found above.
+            return ArchiveShape {
+                foreign: true,
+                docker_valid: false,
+                oci_valid: false,
+            };
+        }
+        let mut present: HashSet<&str> = HashSet::new();
+        let mut foreign = false;
+        for m in members {
+            let Some(norm) = normal_form(&m.name) else {
+                foreign = true;
+                continue;
+            };
+            let norm: &str = &norm;
+            if let Some(r) = docker_refs.as_ref().and_then(|r| r.get(norm)) {
+                present.insert(r);
+            } else if let Some(r) = oci_refs.get(norm) {
+                present.insert(r);
+            } else if !image_archive_member(norm) {
+                foreign = true;
+            }
+        }
+        ArchiveShape {
+            foreign,
+            docker_valid: docker_refs
+                .as_ref()
+                .is_some_and(|r| !r.is_empty() && r.iter().all(|n| present.contains(n.as_str()))),
+            oci_valid: oci_refs.iter().any(|n| present.contains(n.as_str())),
+        }
+    }
+}
+
+/// The members a docker `manifest.json` names, normalised; `None` when it
+/// is not a list of image entries or names a path no member can have.
+fn docker_names(bytes: &[u8]) -> Option<HashSet<String>> {
+    let entries: Vec<LooseDockerEntry> = serde_json::from_slice(bytes).ok()?;
+    let mut names = HashSet::new();
+    for e in entries {
+        for path in std::iter::once(e.config).chain(e.layers) {
+            names.insert(normalize(&path).ok()?);
+        }
+    }
+    Some(names)
+}
+
+/// The blob members an `index.json` names (an empty set when it names
+/// none or is not an index).
+fn oci_names(bytes: &[u8]) -> HashSet<String> {
+    let Ok(index) = serde_json::from_slice::<LooseIndex>(bytes) else {
+        return HashSet::new();
+    };
+    index
+        .manifests
+        .iter()
+        .filter_map(|d| sha256_hex("index.json", &d.digest).ok())
+        .map(|hex| format!("blobs/sha256/{hex}"))
+        .collect()
+}
+
+/// A member name normalised, borrowed when it already is (as the host's
+/// archive index names members); `None` when it cannot be.
+fn normal_form(name: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let normal = !name.contains('\0')
+        && name
+            .split('/')
+            .all(|p| !p.is_empty() && p != "." && p != "..");
+    if normal {
+        Some(std::borrow::Cow::Borrowed(name))
+    } else {
+        normalize(name).ok().map(std::borrow::Cow::Owned)
+    }
+}
+
+/// Whether a member (normalised name) is one an image archive may hold
+/// besides what its manifest names: the markers; OCI blobs
+/// (`blobs/<algorithm>/<digest>`); a config or layer at the top
+/// (`<hex>.json`, `<hex>.tar`, `<hex>.tar.gz`, `sha256:<hex>`); docker's
+/// v1.0 `<id>/json`, `<id>/VERSION` and `<id>/layer.tar`.
+fn image_archive_member(norm: &str) -> bool {
+    match norm.split_once('/') {
+        None => {
+            matches!(
+                norm,
+                "manifest.json" | "repositories" | "oci-layout" | "index.json"
+            ) || norm.starts_with("sha256:")
+                || [".json", ".tar", ".tar.gz", ".tgz", ".tar.zst"]
+                    .iter()
+                    .any(|ext| norm.ends_with(ext))
+        }
+        Some(("blobs", rest)) => rest.split('/').count() == 2,
+        Some((_, rest)) => matches!(rest, "json" | "VERSION" | "layer.tar"),
     }
 }
 

@@ -667,6 +667,184 @@ fn single_layer_archive() {
     );
 }
 
+/// Data-driven check of an archive's format: `Ok(format)` or an error
+/// containing `Err(s)`.
+fn check_format(unit: &Unit, expected: Result<ImageFormat, &str>) {
+    match (
+        unit.run_opts(UnitKind::Archive, &ManifestOptions::default()),
+        expected,
+    ) {
+        (Ok(Some(l)), Ok(f)) => assert_eq!(l.format, f.name(), "{l:?}"),
+        (Err(e), Err(sub)) => assert!(e.contains(sub), "error {e:?} lacks {sub:?}"),
+        (got, want) => panic!("got {got:?}, want {want:?}"),
+    }
+}
+
+/// A marker's name alone does not make an image archive: a flat root
+/// filesystem with a `/manifest.json` (or `oci-layout` and `index.json`)
+/// is one layer; an archive of nothing but image members is an image
+/// archive, broken or not.
+#[test]
+fn archive_kind_by_structure() {
+    use ImageFormat::{DockerArchive, OciArchive, SingleLayer};
+    let rootfs = |names: &[&str]| adhoc(names).with("manifest.json", r#"{"name":"app"}"#);
+    let d = docker(&["aaa/layer.tar", "bbb/layer.tar"], "c.json");
+    let o = oci(&[GZ, TAR]);
+    let dual = docker25(2);
+    let docker_list = r#"[{"Config":"c.json","RepoTags":["x:1"],"Layers":["l.tar"]}]"#;
+    let cases: Vec<(&str, Unit, Result<ImageFormat, &str>)> = vec![
+        // Flat root filesystems that hold a file with a marker's name.
+        (
+            "rootfs with /manifest.json",
+            rootfs(&["etc/os-release", "usr/bin/x"]),
+            Ok(SingleLayer),
+        ),
+        (
+            "./-prefixed rootfs",
+            adhoc(&["./etc/os-release", "./usr/bin/x"]).with("./manifest.json", "{}"),
+            Ok(SingleLayer),
+        ),
+        (
+            "an app directory",
+            rootfs(&["index.html", "app.js"]),
+            Ok(SingleLayer),
+        ),
+        (
+            "a docker-like manifest.json naming no member",
+            adhoc(&["etc/passwd"]).with("manifest.json", docker_list),
+            Ok(SingleLayer),
+        ),
+        (
+            "a docker-like manifest.json naming one member of two",
+            adhoc(&["etc/passwd", "l.tar"]).with("manifest.json", docker_list),
+            Ok(SingleLayer),
+        ),
+        (
+            "an unreadable manifest.json",
+            rootfs(&["etc/passwd"]).with("manifest.json", vec![0xffu8; 3]),
+            Ok(SingleLayer),
+        ),
+        (
+            "oci-layout and index.json that names no blob",
+            rootfs(&["etc/passwd"])
+                .with("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#)
+                .with("index.json", r#"{"manifests":[]}"#),
+            Ok(SingleLayer),
+        ),
+        (
+            "an OCI archive whose manifest blob is missing, among files",
+            o.clone().without(&blob(200)).with("etc/os-release", "x"),
+            Ok(SingleLayer),
+        ),
+        (
+            "a docker archive missing a layer, among files",
+            d.clone().without("bbb/layer.tar").with("usr/bin/x", "x"),
+            Ok(SingleLayer),
+        ),
+        // Image archives: every member is one an image archive holds...
+        ("docker save", d.clone(), Ok(DockerArchive)),
+        (
+            "./-prefixed docker save",
+            {
+                let mut u = Unit::default();
+                for (k, v) in &d.files {
+                    u = u.with(&format!("./{k}"), v.clone());
+                }
+                u
+            },
+            Ok(DockerArchive),
+        ),
+        ("OCI archive", o.clone(), Ok(OciArchive)),
+        ("Docker 25 save", dual.clone(), Ok(OciArchive)),
+        (
+            "docker save with an unknown top-level config name",
+            docker(&["l.tar.gz"], "sha256:abc"),
+            Ok(DockerArchive),
+        ),
+        // ...or its description names members that are all there, whatever
+        // else the archive holds.
+        (
+            "docker save with a stray file",
+            d.clone().with("notes/README.md", "x"),
+            Ok(DockerArchive),
+        ),
+        (
+            "OCI archive with a stray file",
+            o.clone().with("etc/os-release", "x"),
+            Ok(OciArchive),
+        ),
+        (
+            "Docker 25 save with a stray file",
+            dual.clone().with("etc/os-release", "x"),
+            Ok(OciArchive),
+        ),
+        // Broken image archives with nothing else around keep their error.
+        (
+            "docker save missing a layer",
+            d.clone().without("bbb/layer.tar"),
+            Err("manifest.json: layer 2 names missing member `bbb/layer.tar`"),
+        ),
+        (
+            "docker save whose manifest.json is an object",
+            d.clone().with("manifest.json", r#"{"name":"app"}"#),
+            Err("manifest.json: invalid type: map"),
+        ),
+        (
+            "docker save whose manifest.json is not JSON",
+            d.clone().with("manifest.json", vec![0xffu8; 3]),
+            Err("manifest.json: expected value"),
+        ),
+        (
+            "docker save whose manifest.json climbs out",
+            replace(&d, "manifest.json", "aaa/layer.tar", "../aaa/layer.tar"),
+            Err("leaves the image"),
+        ),
+        (
+            "OCI archive missing its manifest blob",
+            o.clone().without(&blob(200)),
+            Err("index.json names missing member `blobs/sha256/0000"),
+        ),
+        (
+            "Docker 25 save whose two descriptions disagree",
+            replace(&dual, "manifest.json", &format!(",\"{}\"", blob(2)), ""),
+            Err("rootfs lists 2 diff_ids but the manifest.json has 1 layers"),
+        ),
+    ];
+    for (what, unit, want) in cases {
+        eprintln!("{what}");
+        check_format(&unit, want);
+    }
+}
+
+/// The markers the structure check reads are read once.
+#[test]
+fn markers_are_read_once() {
+    for u in [
+        docker(&["aaa/layer.tar"], "c.json"),
+        docker25(1),
+        docker25(1).with("etc/os-release", "x"),
+        adhoc(&["etc/passwd"]).with("manifest.json", "{}"),
+    ] {
+        let mut reads: BTreeMap<String, usize> = BTreeMap::new();
+        let mut read = |name: &str| {
+            *reads.entry(name.to_string()).or_default() += 1;
+            u.files
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no member {name}"))
+        };
+        parse(
+            UnitKind::Archive,
+            &u.members(),
+            &ManifestOptions::default(),
+            &mut read,
+        )
+        .unwrap();
+        assert_eq!(reads.get("manifest.json"), Some(&1), "{reads:?}");
+        assert!(reads.get("index.json").is_none_or(|n| *n == 1), "{reads:?}");
+    }
+}
+
 #[test]
 fn hostile_json() {
     let a = UnitKind::Archive;
