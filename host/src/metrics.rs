@@ -4,10 +4,10 @@
 //! Every value is derived at scrape time from SQLite (the transitions,
 //! decisions, images, runs and layers tables) and from the backend's pool
 //! status, so the counters survive restarts and cost nothing between
-//! scrapes. [`render`] is pure; the server is a deliberately small HTTP/1.1
-//! responder: one request per connection, a capped request head read under
-//! a timeout, a bounded number of connections, errors logged and never
-//! fatal to the service.
+//! scrapes. [`render`] is pure; the server is hyper's HTTP/1 server,
+//! bounded: one request per connection, a capped request head read under a
+//! timeout, a bounded number of connections, a bounded life for each,
+//! errors logged and never fatal to the service.
 //!
 //! At most one gather (the blocking reads of SQLite and the pool) runs at a
 //! time, on a thread of its own outside the runtime: a scrape arriving while
@@ -17,12 +17,10 @@
 //! service's stop never waits for it (the runtime does not own the thread).
 
 use std::fmt::Write as _;
-use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::backend::PoolUsage;
 use crate::engine::Ctx;
@@ -34,13 +32,19 @@ pub const BUCKETS_MS: [u64; 12] = [
     10, 50, 100, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000,
 ];
 
-/// The most bytes of a request head (request line and headers) read.
+/// The most bytes of a request head (request line and headers, its blank
+/// line included); hyper's smallest read buffer, too.
 const MAX_HEAD: usize = 8 * 1024;
 /// Connections served at once; more are answered 503 and closed.
 const MAX_CONNECTIONS: usize = 8;
+/// The time to send a request head.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a connection lives: the head's time, the scrape's and 10 s
+/// to take the response.
+const CONNECTION_TIMEOUT: Duration = READ_TIMEOUT
+    .saturating_add(SCRAPE_TIMEOUT)
+    .saturating_add(Duration::from_secs(10));
 
 /// What a scrape shows: the store's counts, the pool's usage (when the
 /// backend has a pool) and the build.
@@ -322,9 +326,10 @@ pub fn spawn(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) -> anyhow::Result
         reader,
         flight: Arc::new(Flight::default()),
     });
+    let scrape = move || scraper.clone().scrape();
     Ok(Server {
         ctx,
-        task: tokio::spawn(serve(listener, scraper)),
+        task: tokio::spawn(serve(listener, scrape, LIMITS)),
     })
 }
 
@@ -349,6 +354,17 @@ impl Scraper {
             counts,
             pool,
         }))
+    }
+
+    /// A scrape's result: the gather's under way, or a new one's.
+    async fn scrape(self: Arc<Self>) -> Result<Arc<str>, Miss> {
+        let g = self.clone();
+        let work = move || {
+            g.gather()
+                .map(Arc::from)
+                .map_err(|e| format!("{e:#}").into())
+        };
+        self.flight.join(SCRAPE_TIMEOUT, work).await
     }
 }
 
@@ -459,12 +475,55 @@ impl WarnLimit {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, scraper: Arc<Scraper>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+/// How the server bounds its clients.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Connections served at once; more are answered [`BUSY`] and closed.
+    connections: usize,
+    /// The time a client has to send its request head.
+    read: Duration,
+    /// The most a connection lives: its head, its scrape and its response.
+    connection: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    connections: MAX_CONNECTIONS,
+    read: READ_TIMEOUT,
+    connection: CONNECTION_TIMEOUT,
+};
+
+/// The answer when every connection slot is taken: written at once,
+/// without reading the request (never queued), and the connection closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+    Content-Type: text/plain; charset=utf-8\r\n\
+    Content-Length: 5\r\n\
+    Connection: close\r\n\r\n\
+    busy\n";
+
+/// Serves HTTP/1 with hyper: one request per connection, its head capped
+/// at [`MAX_HEAD`] (431 beyond) and read under `limits.read`, at most
+/// `limits.connections` connections at once. `GET /metrics` answers what
+/// `scrape` gives.
+async fn serve<F, Fut>(listener: tokio::net::TcpListener, scrape: F, limits: Limits)
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Arc<str>, Miss>> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     let limit = Arc::new(WarnLimit::default());
     let started = std::time::Instant::now();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.read)
+        // The head (request line and headers) and the read buffer: hyper
+        // answers 431 once MAX_HEAD bytes have come without the head's end.
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(false)
+        // `Content-Type`, not `content-type`: as the server always wrote.
+        .title_case_headers(true);
     loop {
-        let (mut sock, peer) = match listener.accept().await {
+        let (sock, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: wait, keep serving.
@@ -474,113 +533,37 @@ async fn serve(listener: tokio::net::TcpListener, scraper: Arc<Scraper>) {
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // Answered at once (never queued) and closed; a best effort.
-            let _ = sock.try_write(&response(503, "Service Unavailable", &[], b"busy\n"));
+            // A best effort.
+            let _ = sock.try_write(BUSY);
             continue;
         };
-        let s = scraper.clone();
+        let scrape = scrape.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+            let route = route(req.method(), req.uri().path());
+            let scrape = scrape.clone();
+            async move { Ok::<_, std::convert::Infallible>(respond(route, scrape).await) }
+        });
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(sock), service);
         let limit = limit.clone();
         tokio::spawn(async move {
+            // Held until the connection ends, the scrape's wait included.
             let _slot = slot;
-            if let Err(e) = handle(&mut sock, &s).await {
-                match limit.admit(started.elapsed().as_millis() as u64) {
-                    Some(held) => tracing::warn!(
-                        peer = %peer,
-                        error = %e,
-                        earlier_failures_not_logged = held,
-                        "metrics: request failed (at most one such warning a minute)"
-                    ),
-                    None => tracing::debug!(peer = %peer, error = %e, "metrics: request"),
-                }
+            let e = match tokio::time::timeout(limits.connection, conn).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => format!("{:#}", anyhow::Error::from(e)),
+                Err(_) => format!("connection not done within {:?}", limits.connection),
+            };
+            match limit.admit(started.elapsed().as_millis() as u64) {
+                Some(held) => tracing::warn!(
+                    peer = %peer,
+                    error = %e,
+                    earlier_failures_not_logged = held,
+                    "metrics: request failed (at most one such warning a minute)"
+                ),
+                None => tracing::debug!(peer = %peer, error = %e, "metrics: request"),
             }
         });
     }
-}
-
-async fn handle(sock: &mut tokio::net::TcpStream, s: &Arc<Scraper>) -> io::Result<()> {
-    let head = tokio::time::timeout(READ_TIMEOUT, read_head(sock))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "request head not sent in time"))??;
-    let resp = match route(&head) {
-        Route::Metrics => {
-            // The connection slot stays held until the gather's result
-            // comes or the scrape gives up.
-            let g = s.clone();
-            let work = move || {
-                g.gather()
-                    .map(Arc::from)
-                    .map_err(|e| format!("{e:#}").into())
-            };
-            match s.flight.join(SCRAPE_TIMEOUT, work).await {
-                Ok(body) => response(
-                    200,
-                    "OK",
-                    &[("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
-                    body.as_bytes(),
-                ),
-                Err(Miss::Failed(e)) => {
-                    tracing::error!(error = %e, "metrics: scrape failed");
-                    response(500, "Internal Server Error", &[], b"scrape failed\n")
-                }
-                Err(Miss::TimedOut) => {
-                    tracing::error!(
-                        timeout = ?SCRAPE_TIMEOUT,
-                        "metrics: scrape took too long; its gather goes on and the next scrapes wait for it"
-                    );
-                    response(503, "Service Unavailable", &[], b"scrape timed out\n")
-                }
-            }
-        }
-        Route::NotFound => response(404, "Not Found", &[], b"not found; try /metrics\n"),
-        Route::MethodNotAllowed => response(
-            405,
-            "Method Not Allowed",
-            &[("Allow", "GET")],
-            b"only GET\n",
-        ),
-        Route::TooLarge => response(
-            431,
-            "Request Header Fields Too Large",
-            &[],
-            b"request head too large\n",
-        ),
-        Route::BadRequest => response(400, "Bad Request", &[], b"bad request\n"),
-    };
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        sock.write_all(&resp).await?;
-        sock.shutdown().await
-    })
-    .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "response not taken in time"))?
-}
-
-/// The request head, up to its blank line; a head over [`MAX_HEAD`] comes
-/// back as its first `MAX_HEAD` bytes (and routes to 431).
-async fn read_head(sock: &mut tokio::net::TcpStream) -> io::Result<Vec<u8>> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = sock.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before the request head ended",
-            ));
-        }
-        let from = head.len().saturating_sub(3);
-        head.extend_from_slice(&buf[..n]);
-        if head_end(&head[from..]).is_some() || head.len() >= MAX_HEAD {
-            head.truncate(MAX_HEAD);
-            return Ok(head);
-        }
-    }
-}
-
-/// Where the blank line ending a head is, if it has arrived.
-fn head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| b.windows(2).position(|w| w == b"\n\n"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -588,60 +571,72 @@ enum Route {
     Metrics,
     NotFound,
     MethodNotAllowed,
-    TooLarge,
-    BadRequest,
 }
 
-/// What a request head asks for.
-fn route(head: &[u8]) -> Route {
-    if head_end(head).is_none() {
-        return if head.len() >= MAX_HEAD {
-            Route::TooLarge
-        } else {
-            Route::BadRequest
-        };
-    }
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Ok(line) = std::str::from_utf8(line) else {
-        return Route::BadRequest;
-    };
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Route::BadRequest;
-    };
-    if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return Route::BadRequest;
-    }
-    if method != "GET" {
-        return Route::MethodNotAllowed;
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    if path == "/metrics" {
+/// What a request asks for (`path` without its query).
+fn route(method: &hyper::Method, path: &str) -> Route {
+    if method != hyper::Method::GET {
+        Route::MethodNotAllowed
+    } else if path == "/metrics" {
         Route::Metrics
     } else {
         Route::NotFound
     }
 }
 
-fn response(code: u16, reason: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut head = format!("HTTP/1.1 {code} {reason}\r\n");
-    if !headers.iter().any(|(k, _)| *k == "Content-Type") {
-        head.push_str("Content-Type: text/plain; charset=utf-8\r\n");
+/// The response to a request routed to `route`; `scrape` is called for
+/// `GET /metrics` only.
+async fn respond<Fut>(route: Route, scrape: impl FnOnce() -> Fut) -> hyper::Response<String>
+where
+    Fut: std::future::Future<Output = Result<Arc<str>, Miss>>,
+{
+    use hyper::StatusCode;
+    match route {
+        Route::Metrics => match scrape().await {
+            Ok(body) => {
+                let mut r = response(StatusCode::OK, body.to_string());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static(
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            Err(Miss::Failed(e)) => {
+                tracing::error!(error = %e, "metrics: scrape failed");
+                response(StatusCode::INTERNAL_SERVER_ERROR, "scrape failed\n".into())
+            }
+            Err(Miss::TimedOut) => {
+                tracing::error!(
+                    timeout = ?SCRAPE_TIMEOUT,
+                    "metrics: scrape took too long; its gather goes on and the next scrapes wait for it"
+                );
+                response(StatusCode::SERVICE_UNAVAILABLE, "scrape timed out\n".into())
+            }
+        },
+        Route::NotFound => response(StatusCode::NOT_FOUND, "not found; try /metrics\n".into()),
+        Route::MethodNotAllowed => {
+            let mut r = response(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+            r.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("GET"),
+            );
+            r
+        }
     }
-    for (k, v) in headers {
-        let _ = write!(head, "{k}: {v}\r\n");
-    }
-    let _ = write!(
-        head,
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+}
+
+/// A plain-text response; hyper adds `Content-Length` (and `Connection:
+/// close`, keep-alive being off).
+fn response(status: hyper::StatusCode, body: String) -> hyper::Response<String> {
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
+    r
 }
 
 #[cfg(test)]
@@ -1113,26 +1108,129 @@ mod tests {
 
     #[test]
     fn routes() {
-        let big = format!(
-            "GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n",
-            "a".repeat(MAX_HEAD)
-        );
-        for (head, want) in [
-            ("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", Route::Metrics),
-            ("GET /metrics?x=1 HTTP/1.0\r\n\r\n", Route::Metrics),
-            ("GET /metrics HTTP/1.1\n\n", Route::Metrics),
-            ("GET / HTTP/1.1\r\n\r\n", Route::NotFound),
-            ("GET /metricsx HTTP/1.1\r\n\r\n", Route::NotFound),
-            ("POST /metrics HTTP/1.1\r\n\r\n", Route::MethodNotAllowed),
-            ("HEAD /metrics HTTP/1.1\r\n\r\n", Route::MethodNotAllowed),
-            ("GET /metrics\r\n\r\n", Route::BadRequest),
-            ("GET /metrics HTTP/2\r\n\r\n", Route::BadRequest),
-            ("GET  /metrics HTTP/1.1\r\n\r\n", Route::BadRequest),
-            ("GET http://x/metrics HTTP/1.1\r\n\r\n", Route::BadRequest),
-            ("GET /metrics HTTP/1.1\r\n", Route::BadRequest),
-            (&big[..MAX_HEAD], Route::TooLarge),
+        use hyper::Method;
+        for (method, path, want) in [
+            (Method::GET, "/metrics", Route::Metrics),
+            (Method::GET, "/", Route::NotFound),
+            (Method::GET, "/metricsx", Route::NotFound),
+            (Method::GET, "/metrics/x", Route::NotFound),
+            (Method::POST, "/metrics", Route::MethodNotAllowed),
+            (Method::HEAD, "/metrics", Route::MethodNotAllowed),
         ] {
-            assert_eq!(route(head.as_bytes()), want, "{head:?}");
+            assert_eq!(route(&method, path), want, "{method} {path}");
         }
+    }
+
+    /// Sends `request` as is and reads until the server closes.
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    /// The wire: what hyper answers with the limits the server sets.
+    #[tokio::test]
+    async fn serves_get_metrics_only_within_limits() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let result = Arc::new(std::sync::Mutex::new(Ok::<Arc<str>, Miss>("up 1\n".into())));
+        let scrape = {
+            let result = result.clone();
+            move || {
+                let r = match &*result.lock().unwrap() {
+                    Ok(b) => Ok(b.clone()),
+                    Err(Miss::TimedOut) => Err(Miss::TimedOut),
+                    Err(Miss::Failed(e)) => Err(Miss::Failed(e.clone())),
+                };
+                async move { r }
+            }
+        };
+        let limits = Limits {
+            connections: 2,
+            read: Duration::from_millis(300),
+            connection: Duration::from_secs(10),
+        };
+        let server = tokio::spawn(serve(listener, scrape, limits));
+
+        let ok = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        for h in [
+            "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n",
+            "Content-Length: 5\r\n",
+            "Connection: close\r\n",
+        ] {
+            assert!(ok.contains(h), "{h:?} in {ok}");
+        }
+        assert!(ok.ends_with("\r\n\r\nup 1\n"), "{ok}");
+        let status = |text: &str| text.split(' ').nth(1).unwrap_or("").to_string();
+        for (request, want) in [
+            (&b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"[..], "200"),
+            (b"GET /metrics HTTP/1.1\n\n", "200"),
+            // The absolute form, which HTTP/1.1 servers must accept.
+            (b"GET http://x/metrics HTTP/1.1\r\n\r\n", "200"),
+            (b"GET / HTTP/1.1\r\n\r\n", "404"),
+            (b"GET /metricsx HTTP/1.1\r\n\r\n", "404"),
+            (b"POST /metrics HTTP/1.1\r\n\r\n", "405"),
+            (b"HEAD /metrics HTTP/1.1\r\n\r\n", "405"),
+            (b"BREW\r\n\r\n", "400"),
+            (b"GET /metrics\r\n\r\n", "400"),
+            (b"GET /metrics HTTP/2\r\n\r\n", "400"),
+        ] {
+            let got = exchange(addr, request).await;
+            assert_eq!(status(&got), want, "{request:?}: {got}");
+        }
+        let got = exchange(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(got.contains("\r\nAllow: GET\r\n"), "{got}");
+
+        // A head of exactly MAX_HEAD bytes is read; one byte more is 431.
+        let head = |len: usize, end: &[u8]| {
+            let mut h = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+            h.resize(len - end.len(), b'a');
+            h.extend_from_slice(end);
+            h
+        };
+        let got = exchange(addr, &head(MAX_HEAD, b"\r\n\r\n")).await;
+        assert_eq!(status(&got), "200", "{got}");
+        let got = exchange(addr, &head(MAX_HEAD, b"")).await;
+        assert_eq!(status(&got), "431", "{got}");
+
+        // Scrapes that fail or time out.
+        *result.lock().unwrap() = Err(Miss::Failed("no pool".into()));
+        let got = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 500 "), "{got}");
+        *result.lock().unwrap() = Err(Miss::TimedOut);
+        let got = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(got.starts_with("HTTP/1.1 503 "), "{got}");
+        assert!(got.ends_with("scrape timed out\n"), "{got}");
+        *result.lock().unwrap() = Ok("up 1\n".into());
+
+        // Slow clients hold the connections: the next is answered busy at
+        // once; theirs close, unanswered, when the head's time is over.
+        let t = std::time::Instant::now();
+        let slow: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(exchange(addr, b"GET /met")))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let busy = exchange(addr, b"").await;
+        assert_eq!(busy.as_bytes(), BUSY);
+        assert!(busy.starts_with("HTTP/1.1 503 "), "{busy}");
+        for s in slow {
+            assert_eq!(s.await.unwrap(), "");
+        }
+        assert!(t.elapsed() >= limits.read, "{:?}", t.elapsed());
+        // Their slots are free again (just after their sockets close).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+            if status(&got) == "200" {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{got}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.abort();
     }
 }
