@@ -80,6 +80,29 @@ impl BlobStore {
         File::open(self.path(digest))
     }
 
+    /// A new, empty file in the store's temporary directory (removed when
+    /// dropped unless [`BlobStore::adopt`]ed): where the extraction worker
+    /// writes a decompressed archive.
+    pub fn staging(&self) -> io::Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("staging-")
+            .tempfile_in(&self.tmp)
+    }
+
+    /// Hashes the file `staged` (written by another process) and moves it
+    /// into the store under its digest. Returns `sha256:<hex>` and the size.
+    pub fn adopt(&self, staged: tempfile::NamedTempFile) -> io::Result<(String, u64)> {
+        let (digest, size) = HashingReader::new(File::open(staged.path())?).finish()?;
+        staged.as_file().sync_all()?;
+        let dest = self.path(&digest);
+        if dest.exists() {
+            return Ok((digest, size));
+        }
+        staged.persist(&dest).map_err(|e| e.error)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok((digest, size))
+    }
+
     /// Streams `reader` into the store. With `expected_size`, refuses to start
     /// when the disk lacks room, and rejects a stream of another length.
     /// Returns `sha256:<hex>` and the size.

@@ -4,7 +4,6 @@
 pub mod archive;
 pub mod backend;
 pub mod blobs;
-pub mod capped;
 pub mod cli;
 pub mod core;
 pub mod engine;

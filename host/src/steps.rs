@@ -6,17 +6,15 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::os::fd::AsFd as _;
 
 use crate::archive::{self, IndexedMember};
-use crate::capped::{over_limit, Capped};
 use crate::core::chain;
 use crate::core::names::{printable, Unit};
 use crate::core::policy::Verdict;
 use crate::engine::Ctx;
 use crate::error::StepFailure;
-use crate::extract::view::{CheckError, Mode};
+use crate::extract::view::Mode;
 use crate::model::{BlobKind, ImageFormat, LayerMedia, Member, RuntimeConfig, UnitKind};
 use crate::source::{read_up_to, SourceError};
 
@@ -194,42 +192,6 @@ fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, StepFailure> {
         .map_err(|e| StepFailure::io("opening a stored blob", e))
 }
 
-/// A decompressing reader for `kind`.
-fn decoder<'a, R: Read + Send + 'a>(
-    kind: BlobKind,
-    r: R,
-) -> Result<Box<dyn Read + Send + 'a>, StepFailure> {
-    Ok(match kind {
-        BlobKind::Tar => Box::new(r),
-        BlobKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
-            1 << 20,
-            r,
-        ))),
-        BlobKind::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| StepFailure::io("zstd", e))?)
-        }
-        k => return Err(input(format!("cannot decode a blob of kind {k:?}"))),
-    })
-}
-
-/// A decoder's failure on layer `n`: over a policy limit (a reject, pushed
-/// to `verdicts`), or corrupt data.
-fn decode_failure(n: usize, e: &io::Error, verdicts: &mut Verdicts) -> StepFailure {
-    match over_limit(e) {
-        Some(o) => {
-            verdicts.push(Verdict {
-                rule: o.rule.into(),
-                action: "reject".into(),
-                layer: u32::try_from(n).ok(),
-                path: None,
-                detail: o.to_string(),
-            });
-            input(format!("layer {n}: {o}"))
-        }
-        None => input(format!("layer {n}: corrupt compressed data: {e}")),
-    }
-}
-
 fn describe(kind: BlobKind, detail: &str) -> String {
     format!("{kind:?} ({detail})").to_lowercase()
 }
@@ -268,9 +230,17 @@ pub fn classify(
             let (tar_digest, size) = match c.kind {
                 BlobKind::Tar => (digest.clone(), o.size),
                 BlobKind::Gzip | BlobKind::Zstd => {
-                    let mut d = decoder(c.kind, open_blob(ctx, &digest)?)?;
-                    let inner = head_of(&mut d)?;
-                    let ic = ctx.steps.classify(&inner, u64::MAX)?;
+                    // Decompressed by the confined worker into a file here;
+                    // this process only hashes and adopts the bytes.
+                    let (tar_digest, size) = decompress_archive(
+                        ctx, &digest, c.kind, o.size, verdicts,
+                    )
+                    .map_err(|e| match e {
+                        StepFailure::Input(m) => input(format!("`{}`: {m}", printable(&o.key))),
+                        e => e,
+                    })?;
+                    let inner = head_of(&mut open_blob(ctx, &tar_digest)?)?;
+                    let ic = ctx.steps.classify(&inner, size)?;
                     if ic.kind != BlobKind::Tar {
                         return Err(input(format!(
                             "`{}` is {} but does not hold a tar archive: {}",
@@ -279,33 +249,7 @@ pub fn classify(
                             describe(ic.kind, &ic.detail)
                         )));
                     }
-                    let d = decoder(c.kind, open_blob(ctx, &digest)?)?;
-                    let p = &ctx.policy;
-                    let capped = Capped::new(
-                        d,
-                        o.size,
-                        p.decompressed_cap(o.size),
-                        p.max_layer_bytes.limit,
-                        (p.max_image_bytes.limit, "max-image-bytes"),
-                    );
-                    ctx.blobs.ingest(capped, None).map_err(|e| {
-                        if let Some(over) = over_limit(&e) {
-                            verdicts.push(Verdict {
-                                rule: over.rule.into(),
-                                action: "reject".into(),
-                                layer: None,
-                                path: None,
-                                detail: over.to_string(),
-                            });
-                            return input(format!("`{}`: {over}", printable(&o.key)));
-                        }
-                        match e.kind() {
-                            io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => input(
-                                format!("`{}`: corrupt compressed archive: {e}", printable(&o.key)),
-                            ),
-                            _ => StepFailure::io("decompressing the archive", e),
-                        }
-                    })?
+                    (tar_digest, size)
                 }
                 k => {
                     return Err(input(format!(
@@ -328,6 +272,53 @@ pub fn classify(
         }
     }
     Ok(Value::Object(out))
+}
+
+/// Has the confined worker decompress the archive blob `digest` (`kind`,
+/// `size` bytes) into a staging file, then adopts the file into the blob
+/// store: its digest and size.
+fn decompress_archive(
+    ctx: &Ctx,
+    digest: &str,
+    kind: BlobKind,
+    size: u64,
+    verdicts: &mut Verdicts,
+) -> Result<(String, u64), StepFailure> {
+    let staging = ctx
+        .blobs
+        .staging()
+        .map_err(|e| StepFailure::io("creating a staging file", e))?;
+    let req = crate::worker::Request {
+        task: crate::worker::Task::Decompress,
+        root_fd: -1,
+        blob: ctx.blobs.path(digest),
+        layer: PlannedLayer {
+            member: String::new(),
+            media: if kind == BlobKind::Zstd {
+                LayerMedia::Zstd
+            } else {
+                LayerMedia::Gzip
+            },
+            blob: digest.to_string(),
+            offset: 0,
+            len: size,
+            digest: None,
+            diff_id: None,
+            chain_id: None,
+        },
+        n: 0,
+        policy: ctx.policy.clone(),
+        tar_cache: std::path::PathBuf::new(),
+        unconfined: ctx.unconfined_worker,
+        test_escape: None,
+        test_no_landlock: false,
+        progress: false,
+        bench_native_check: false,
+    };
+    crate::worker::decompress(req, staging.as_file().as_fd(), verdicts)?;
+    ctx.blobs
+        .adopt(staging)
+        .map_err(|e| StepFailure::io("storing the decompressed archive", e))
 }
 
 /// Content-addressed members (`blobs/sha256/<hex>`) must hash to their name:
@@ -567,14 +558,6 @@ pub fn parse_manifest(
     }))
 }
 
-fn media_kind(m: LayerMedia) -> BlobKind {
-    match m {
-        LayerMedia::Gzip => BlobKind::Gzip,
-        LayerMedia::Zstd => BlobKind::Zstd,
-        _ => BlobKind::Tar,
-    }
-}
-
 /// Works out every layer's diff ID and chain ID, and which layers are
 /// already stored.
 ///
@@ -716,146 +699,6 @@ fn blob_diff_id(
     Ok((d.diff_id, true))
 }
 
-/// Layer `l`'s decompressed bytes from its raw bytes `raw`, capped at the
-/// policy's decompression ratio.
-fn decoded<'a, R: Read + Send + 'a>(
-    l: &PlannedLayer,
-    raw: R,
-    policy: &crate::core::policy::Policy,
-) -> Result<Capped<Box<dyn Read + Send + 'a>>, StepFailure> {
-    // An uncompressed layer is its own size: nothing to cap.
-    let ratio_limit = if l.media == LayerMedia::Tar {
-        u64::MAX
-    } else {
-        policy.decompressed_cap(l.len)
-    };
-    Ok(Capped::new(
-        decoder(media_kind(l.media), raw)?,
-        l.len,
-        ratio_limit,
-        policy.max_layer_bytes.limit,
-        (u64::MAX, "max-layer-bytes"),
-    ))
-}
-
-/// Decompressed bytes handed from the decoding thread to the applying one.
-const STAGE_CHUNK: usize = 1 << 20;
-
-/// The decoding stage: reads `r` to its end in chunks, sending each (or the
-/// error that stopped it); stops early when the receiver is gone.
-fn decompress_into<R: Read>(mut r: R, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
-    loop {
-        let mut buf = vec![0u8; STAGE_CHUNK];
-        match crate::extract::read_full(&mut r, &mut buf) {
-            Ok(0) => return,
-            Ok(got) => {
-                buf.truncate(got);
-                if tx.send(Ok(buf)).is_err() || got < STAGE_CHUNK {
-                    return;
-                }
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-/// The applying stage's view of the decoded stream.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    cur: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl ChannelReader {
-    fn new(rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
-        ChannelReader {
-            rx,
-            cur: Vec::new(),
-            pos: 0,
-            done: false,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.cur = chunk;
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => {
-                    self.done = true;
-                    return Err(e);
-                }
-                // The decoder finished (or stopped after sending its error).
-                Err(_) => {
-                    self.done = true;
-                    return Ok(0);
-                }
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Notes whether the underlying (blob file) reader failed, to tell an
-/// environment error from a decoder's verdict on the bytes.
-struct Watched<R> {
-    inner: R,
-    failed: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for Watched<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf).inspect_err(|e| {
-            if e.kind() != io::ErrorKind::Interrupted {
-                self.failed.store(true, Ordering::Relaxed);
-            }
-        })?;
-        crate::progress::RAW_BYTES.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// Shares a running hash between a tap and its owner.
-#[derive(Clone)]
-struct Tap<R> {
-    inner: R,
-    state: Arc<Mutex<(sha2::Sha256, u64)>>,
-}
-
-impl<R: Read> Read for Tap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest as _;
-        let n = self.inner.read(buf)?;
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.0.update(&buf[..n]);
-        s.1 += n as u64;
-        Ok(n)
-    }
-}
-
-fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
-    use sha2::Digest as _;
-    let s = state.lock().unwrap_or_else(|p| p.into_inner());
-    (
-        format!("sha256:{}", hex::encode(s.0.clone().finalize())),
-        s.1,
-    )
-}
-
 /// Applies one layer through `root` in the confined extraction worker
 /// ([`crate::worker`]), which verifies its digests as it streams.
 ///
@@ -919,148 +762,4 @@ fn media_name(m: LayerMedia) -> &'static str {
         LayerMedia::Zstd => "zstd",
         LayerMedia::Detect => "detect",
     }
-}
-
-/// Hashes layer `n` (`l`, in `blob`): its digest, checked against the
-/// manifest's, and its diff ID. The worker's [`crate::worker::Task::Hash`]:
-/// the decompression happens there, confined, never in the service.
-pub(crate) fn hash_stream(
-    blob: File,
-    n: usize,
-    l: &PlannedLayer,
-    policy: &crate::core::policy::Policy,
-    verdicts: &mut Verdicts,
-) -> Result<LayerDigests, StepFailure> {
-    use sha2::Digest as _;
-    let r =
-        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
-    let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let failed = Arc::new(AtomicBool::new(false));
-    let raw = Tap {
-        inner: Watched {
-            inner: BufReader::with_capacity(1 << 20, r),
-            failed: failed.clone(),
-        },
-        state: raw_state.clone(),
-    };
-    let h = crate::blobs::HashingReader::new(decoded(l, raw, policy)?);
-    // An error the blob file did not raise is the decoder's verdict on the
-    // bytes.
-    let (diff_id, _) = h.finish().map_err(|e| {
-        if failed.load(Ordering::Relaxed) {
-            StepFailure::io("hashing a layer", e)
-        } else {
-            decode_failure(n, &e, verdicts)
-        }
-    })?;
-    let (digest, raw_len) = tap_digest(&raw_state);
-    verify_raw(n, l, &digest, raw_len)?;
-    Ok(LayerDigests { digest, diff_id })
-}
-
-/// The checks on a layer's stored bytes once its stream has been read:
-/// nothing after the compressed stream, and the manifest's digest.
-fn verify_raw(n: usize, l: &PlannedLayer, digest: &str, raw_len: u64) -> Result<(), StepFailure> {
-    if raw_len != l.len {
-        return Err(input(format!(
-            "layer {n}: {} bytes follow the compressed stream",
-            l.len - raw_len
-        )));
-    }
-    match &l.digest {
-        Some(want) if want != digest => Err(input(format!(
-            "layer {n}: digest mismatch: manifest says {want}, blob is {digest}"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Streams layer `n` (`l`, in `blob`) through the tar check onto `root`,
-/// verifying its digests: the worker's job.
-pub(crate) fn apply_stream(
-    blob: File,
-    n: usize,
-    l: &PlannedLayer,
-    policy: &crate::core::policy::Policy,
-    check: &mut dyn crate::extract::view::TarCheck,
-    root: rustix::fd::BorrowedFd<'_>,
-    verdicts: &mut Verdicts,
-) -> Result<(crate::extract::ApplyStats, LayerDigests), StepFailure> {
-    use sha2::Digest as _;
-    let r =
-        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
-    crate::progress::RAW_BYTES.store(0, Ordering::Relaxed);
-    crate::progress::ENTRIES.store(0, Ordering::Relaxed);
-    let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let failed = Arc::new(AtomicBool::new(false));
-    let raw = Tap {
-        inner: Watched {
-            inner: BufReader::with_capacity(1 << 20, r),
-            failed: failed.clone(),
-        },
-        state: raw_state.clone(),
-    };
-    let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let decoded = decoded(l, raw, policy)?;
-    // Two stages on two cores: a helper thread decompresses and hashes both
-    // the compressed bytes (digest) and the decompressed ones (diff ID); this
-    // thread runs the tar check and writes, the heavier half.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
-    let diff = Tap {
-        inner: decoded,
-        state: diff_state.clone(),
-    };
-    let applied = std::thread::scope(|s| {
-        s.spawn(move || decompress_into(diff, tx));
-        crate::extract::apply_layer(root, ChannelReader::new(rx), check)
-    });
-    let stats = applied.map_err(|e| {
-        // The decompression stopped at a policy limit: a decision, not bad data.
-        if let crate::extract::ApplyError::Io { source, .. } = &e {
-            if over_limit(source).is_some() {
-                return decode_failure(n, source, verdicts);
-            }
-        }
-        // A read error the blob file did not raise comes from the decoder:
-        // the bytes are bad, not the environment.
-        let e = match e {
-            crate::extract::ApplyError::Io { context, source }
-                if context.starts_with("reading layer") && !failed.load(Ordering::Relaxed) =>
-            {
-                crate::extract::ApplyError::Input(format!("corrupt layer data: {source}"))
-            }
-            e => e,
-        };
-        if let crate::extract::ApplyError::Check(CheckError::Rejected { path, rule, reason }) = &e {
-            verdicts.push(Verdict {
-                rule: rule.clone(),
-                action: "reject".into(),
-                layer: u32::try_from(n).ok(),
-                path: Some(path.clone()),
-                detail: reason.clone(),
-            });
-        }
-        match StepFailure::from(e) {
-            StepFailure::Input(m) => StepFailure::Input(format!("layer {n}: {m}")),
-            other => other,
-        }
-    })?;
-    // apply_layer read the stream to its end: the digests cover it all.
-    let (raw_digest, raw_len) = tap_digest(&raw_state);
-    verify_raw(n, l, &raw_digest, raw_len)?;
-    let (diff_digest, _) = tap_digest(&diff_state);
-    if let Some(want) = &l.diff_id {
-        if &diff_digest != want {
-            return Err(input(format!(
-                "layer {n}: diff ID mismatch: expected {want}, unpacked {diff_digest}"
-            )));
-        }
-    }
-    Ok((
-        stats,
-        LayerDigests {
-            digest: raw_digest,
-            diff_id: diff_digest,
-        },
-    ))
 }

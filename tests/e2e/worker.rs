@@ -161,3 +161,80 @@ fn the_worker_reports_its_progress_to_the_service() {
     assert!(stats.entries >= 300, "{stats:?}");
     assert!(dir.join("root/d2/f299").exists());
 }
+
+/// What the worker's decompress task makes of `blob` (compressed as
+/// `media`): the bytes it wrote and its confinement, or its failure.
+fn decompress(blob: &[u8], media: &str) -> Result<(Vec<u8>, String), String> {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let mut req = request(dir, dir.join("unused"));
+    std::fs::write(&req.blob, blob).unwrap();
+    req.task = tarpool::worker::Task::Decompress;
+    req.test_escape = None;
+    req.layer.media = serde_json::from_value(serde_json::json!(media)).unwrap();
+    req.layer.len = blob.len() as u64;
+    let out_path = dir.join("staging");
+    let out = File::create(&out_path).unwrap();
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
+    match spawn_with(exe, &mut req, std::os::fd::AsFd::as_fd(&out)).unwrap() {
+        Reply::Decompressed { bytes, confinement } => {
+            let got = std::fs::read(&out_path).unwrap();
+            assert_eq!(got.len() as u64, bytes);
+            Ok((got, confinement))
+        }
+        Reply::Failed { failure, .. } => Err(failure.to_string()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Image archives are decompressed by the confined worker, never by the
+/// service: a corrupt stream is the worker's diagnosis, a good one lands in
+/// the file the service passed, written with no capability and no path.
+#[test]
+fn archives_are_decompressed_by_the_confined_worker() {
+    use std::io::Write as _;
+    let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&data).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut bad_crc = gz.clone();
+    let at = bad_crc.len() - 6;
+    bad_crc[at] ^= 0xff;
+    let zst = zstd::encode_all(&data[..], 3).unwrap();
+    let mut bad_zst = zst.clone();
+    let mid = bad_zst.len() / 2;
+    bad_zst.truncate(mid);
+    for (name, blob, media, want) in [
+        ("gzip", &gz, "gzip", Ok(())),
+        ("zstd", &zst, "zstd", Ok(())),
+        (
+            "gzip, bad crc",
+            &bad_crc,
+            "gzip",
+            Err("corrupt compressed archive"),
+        ),
+        (
+            "zstd, cut short",
+            &bad_zst,
+            "zstd",
+            Err("corrupt compressed archive"),
+        ),
+    ] {
+        match (decompress(blob, media), want) {
+            (Ok((got, confinement)), Ok(())) => {
+                assert!(got == data, "{name}: other bytes");
+                assert!(
+                    confinement.contains("no_new_privs")
+                        && confinement.contains("landlock fully enforced")
+                        && confinement.contains("capabilities none"),
+                    "{name}: {confinement}"
+                );
+            }
+            (Err(e), Err(frag)) => assert!(e.contains(frag), "{name}: {e}"),
+            (got, want) => panic!(
+                "{name}: got {:?}, expected {want:?}",
+                got.map(|(b, c)| (b.len(), c))
+            ),
+        }
+    }
+}

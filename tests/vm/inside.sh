@@ -179,6 +179,12 @@ set +e; tp $S $C exec sh1 -- /bin/sh -c 'exit 7'; rc=$?; set -e
 [ $rc = 7 ] || fail "exec exit status $rc, expected 7"
 mkdir -p $S/msh
 tp $S $C activate shell --as sh2 --mount $S/msh > /dev/null
+# The activation's mount point is nosuid,nodev; the state directory private.
+opts=$(awk -v m="$S/msh" '$2 == m { print $4 }' /proc/mounts)
+case ",$opts," in *,nosuid,*) ;; *) fail "the thin activation is mounted without nosuid: $opts";; esac
+case ",$opts," in *,nodev,*) ;; *) fail "the thin activation is mounted without nodev: $opts";; esac
+[ "$(stat -c %a $S)" = 700 ] || fail "the state directory is $(stat -c %a $S), not 700"
+[ "$(stat -c %a $S/state.db)" = 600 ] || fail "state.db is $(stat -c %a $S/state.db), not 600"
 got=$(tp $S $C exec sh2 -- /bin/sh -c 'ls /written 2>&1; echo $$')
 case "$got" in *"No such file"*1) ;; *) fail "activations are not separate: $got";; esac
 tp $S $C deactivate sh2 > /dev/null
@@ -186,6 +192,42 @@ tp $S $C deactivate sh1 > /dev/null
 echo "exec: pid 1, hostname, the image's root, writes kept per activation, exit status passed through"
 tp $S $C pool status
 $CHECK consistent $S tpex
+
+step "a full pool is not the image's fault: after gc, the next poll brings it to ready"
+S=$W/re; C=$(config tpre)
+mkdir -p $S && cp -r $W/fam/cache $S/cache
+# Room for one 40 MB image (46 MiB of pool data), not two.
+tp $S $C pool init --data-size 80M --meta-size 8M > /dev/null
+R=$W/re-src/images
+mkdir -p $R/first $R/second
+cp "$B/medium/images/medium/1.tar" $R/first/1.tar
+# The same files and one more: another 40 MB layer.
+cp "$B/medium/images/medium/1.tar" $R/second/1.tar
+tar --append -f $R/second/1.tar -C "$HERE" check.py
+states() { python3 -c "import sqlite3; print(' '.join(f'{n}={s}/{k or \"\"}' for n, s, k in sqlite3.connect('$S/state.db').execute('SELECT name, state, failure_kind FROM images ORDER BY name')))"; }
+set +e
+tp $S $C run --once --jobs 1 --source "dir:$W/re-src" > $S/re1.out 2>&1; rc=$?
+set -e
+got=$(states)
+echo "two images, room for one: $got"
+case "$rc $got" in
+    "1 first=ready/ second=failed/resource") fits=first ;;
+    "1 first=failed/resource second=ready/") fits=second ;;
+    *) cat $S/re1.out; fail "expected one image ready and one failed for lack of space (exit 1), got exit $rc: $got" ;;
+esac
+# The one that fitted changes into a small image: its 40 MB layer is
+# garbage once gc runs.
+cp "$B/small/images/small/1.tar" $R/$fits/1.tar
+set +e
+tp $S $C run --once --jobs 1 --source "dir:$W/re-src" > $S/re2.out 2>&1
+set -e
+tp $S $C gc > /dev/null
+tp $S $C run --once --jobs 1 --source "dir:$W/re-src" > $S/re3.out 2>&1 \
+    || { cat $S/re3.out; fail "after gc, the next poll did not bring the image to ready"; }
+got=$(states)
+[ "$got" = "first=ready/ second=ready/" ] || fail "after gc: $got"
+echo "after gc, the next poll: $got"
+$CHECK consistent $S tpre
 
 step "activation time"
 echo "activation (writable snapshot + node + mount), ms per activation, under TCG emulation:"

@@ -16,12 +16,18 @@
 //!    capabilities), from the effective, permitted, inheritable, ambient
 //!    and bounding sets;
 //! 5. decompresses, hashes and applies the layer through the tar check
-//!    ([`crate::steps::apply_stream`]) and writes a [`Reply`] on stdout.
+//!    (`stream::apply_stream`) and writes a [`Reply`] on stdout.
 //!
 //! The same process, asked for [`Task::Hash`], only decompresses and hashes
 //! a layer (its digest and diff ID, for an image that would use a layer
-//! already stored): it gets no layer root, loads no tar check, may read the
-//! blob and nothing else, and keeps no capability.
+//! already stored); asked for [`Task::Decompress`], it decompresses a whole
+//! image archive into a file the service made. Either way it gets no layer
+//! root, loads no tar check, may read the blob and write nothing by path,
+//! and keeps no capability.
+//!
+//! Every decoder run on untrusted bytes (gzip, zstd, the decompression
+//! limits) lives in this module's private `stream` and `capped` modules:
+//! the service process cannot call one; it only copies and hashes bytes.
 //!
 //! Landlock does not cover chmod, chown, setxattr or utimes: the extraction
 //! code makes those only through fds or `AT_SYMLINK_NOFOLLOW` calls relative
@@ -39,6 +45,9 @@ use std::sync::Mutex;
 use rustix::fd::{AsFd, BorrowedFd};
 use serde::{Deserialize, Serialize};
 
+mod capped;
+mod stream;
+
 use crate::core::policy::{Action, Policy, Verdict};
 use crate::error::StepFailure;
 use crate::extract::ApplyStats;
@@ -54,6 +63,12 @@ pub enum Task {
     /// the manifest's) and its diff ID. No layer root, no tar check, no
     /// capabilities; Landlock lets it read the blob and nothing else.
     Hash,
+    /// Decompress a whole image archive (`layer` describes the blob: its
+    /// media and size) into the file passed as the inherited fd: the
+    /// service hashes that file and adopts it into the blob store. No tar
+    /// check, no capabilities; Landlock lets it read the blob and write
+    /// nothing by path.
+    Decompress,
 }
 
 /// What the worker is asked to do.
@@ -61,8 +76,9 @@ pub enum Task {
 pub struct Request {
     #[serde(default)]
     pub task: Task,
-    /// The layer root, an inherited O_DIRECTORY fd (set by [`run`]; -1 for
-    /// [`Task::Hash`]).
+    /// The inherited fd (set by the spawn): the layer root, an O_DIRECTORY
+    /// fd, for [`Task::Apply`]; the file to write for [`Task::Decompress`];
+    /// -1 for [`Task::Hash`].
     pub root_fd: i32,
     /// The blob holding the layer.
     pub blob: PathBuf,
@@ -109,6 +125,8 @@ pub enum Reply {
         digests: LayerDigests,
         confinement: String,
     },
+    /// Answer to [`Task::Decompress`]: the bytes written.
+    Decompressed { bytes: u64, confinement: String },
     Failed {
         failure: StepFailure,
         verdicts: Vec<Verdict>,
@@ -149,9 +167,9 @@ pub fn run(
             verdicts.extend(v);
             Err(failure)
         }
-        Reply::Escape { .. } | Reply::Hashed { .. } => Err(StepFailure::Retry(
-            "the extraction worker answered another request".into(),
-        )),
+        Reply::Escape { .. } | Reply::Hashed { .. } | Reply::Decompressed { .. } => Err(
+            StepFailure::Retry("the extraction worker answered another request".into()),
+        ),
     }
 }
 
@@ -163,6 +181,30 @@ pub fn hash(mut req: Request, verdicts: &mut Vec<Verdict>) -> Result<LayerDigest
     req.root_fd = -1;
     match spawn_observed(&current_exe()?, &mut req, None, None)? {
         Reply::Hashed { digests, .. } => Ok(digests),
+        Reply::Failed {
+            failure,
+            verdicts: v,
+        } => {
+            verdicts.extend(v);
+            Err(failure)
+        }
+        _ => Err(StepFailure::Retry(
+            "the extraction worker answered another request".into(),
+        )),
+    }
+}
+
+/// Runs the worker for `req` as a [`Task::Decompress`] into `out` (a file
+/// the caller made, open for writing); returns the bytes written. Rejections
+/// are pushed to `verdicts`.
+pub fn decompress(
+    mut req: Request,
+    out: BorrowedFd<'_>,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<u64, StepFailure> {
+    req.task = Task::Decompress;
+    match spawn_observed(&current_exe()?, &mut req, Some(out), None)? {
+        Reply::Decompressed { bytes, .. } => Ok(bytes),
         Reply::Failed {
             failure,
             verdicts: v,
@@ -350,8 +392,7 @@ fn work(req: &Request) -> Reply {
             Err(e) => return failed(StepFailure::Retry(e)),
         };
         let mut verdicts = Vec::new();
-        return match crate::steps::hash_stream(blob, req.n, &req.layer, &req.policy, &mut verdicts)
-        {
+        return match stream::hash_stream(blob, req.n, &req.layer, &req.policy, &mut verdicts) {
             Ok(digests) => Reply::Hashed {
                 digests,
                 confinement,
@@ -360,7 +401,22 @@ fn work(req: &Request) -> Reply {
         };
     }
     if req.root_fd < 0 {
-        return failed(StepFailure::Retry("worker: no layer root fd".into()));
+        return failed(StepFailure::Retry("worker: no inherited fd".into()));
+    }
+    if req.task == Task::Decompress {
+        // SAFETY: the service passed this fd number for the file it dup'ed
+        // for us (see `spawn`); nothing else in this process owns or closes
+        // it, so taking ownership of it here is sound.
+        let out = File::from(unsafe { OwnedFd::from_raw_fd(req.root_fd) });
+        let confinement = match confine(req, None) {
+            Ok(c) => c,
+            Err(e) => return failed(StepFailure::Retry(e)),
+        };
+        let mut verdicts = Vec::new();
+        return match stream::decompress_archive(blob, &req.layer, &req.policy, out, &mut verdicts) {
+            Ok(bytes) => Reply::Decompressed { bytes, confinement },
+            Err(failure) => Reply::Failed { failure, verdicts },
+        };
     }
     // SAFETY: the service passed this fd number for a directory it dup'ed
     // for us (see `spawn`); nothing else in this process owns or closes it,
@@ -419,7 +475,7 @@ fn work(req: &Request) -> Reply {
         std::thread::spawn(report_progress);
     }
     let mut verdicts = Vec::new();
-    let applied = crate::steps::apply_stream(
+    let applied = stream::apply_stream(
         blob,
         req.n,
         &req.layer,
