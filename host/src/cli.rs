@@ -915,6 +915,13 @@ fn status_inner(store: &Store, json: bool) -> Result<u8> {
             "name": n,
             "state": state,
             "error": error,
+            // Why it failed: input (settled until the image changes),
+            // environment or resource (tried again at the next poll).
+            "failure_kind": if state == "failed" {
+                img.and_then(|i| i.failure_kind.clone())
+            } else {
+                None
+            },
             "run": run.map(|r| r.id.clone()).or_else(|| img.and_then(|i| i.last_run.clone())),
             "step": run.and_then(|r| r.next_step.clone()),
             "format": img.and_then(|i| i.format.clone()),

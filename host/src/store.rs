@@ -9,8 +9,13 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
-#[error("state database: {0}")]
-pub struct StoreError(#[from] rusqlite::Error);
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The database's schema is one this tarpool cannot use.
+    #[error("state database: {0}")]
+    Schema(String),
+}
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -122,6 +127,71 @@ CREATE TABLE IF NOT EXISTS activations (
     created_at INTEGER NOT NULL
 );
 "#;
+
+/// The schema's migrations, in order: migration `i` takes a database from
+/// `PRAGMA user_version` `i` to `i + 1`. Released entries are never edited;
+/// a schema change is a new entry at the end.
+const MIGRATIONS: &[fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>] = &[adopt];
+
+/// Migration 1: the schema (every table, the thin pool's included), for a
+/// new database or one made before schema versions. Such an older database
+/// may lack columns added in place before versions existed; they are added
+/// here, the only place where columns are looked for.
+fn adopt(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(crate::backend::thinpool::SCHEMA)?;
+    for (table, column, decl) in [
+        ("objects", "modified", "TEXT NOT NULL DEFAULT ''"),
+        ("decisions", "layer", "INTEGER"),
+        ("decisions", "path", "TEXT"),
+        ("decisions", "action", "TEXT NOT NULL DEFAULT ''"),
+        ("decisions", "reason", "TEXT NOT NULL DEFAULT ''"),
+        ("runs", "policy_sha256", "TEXT"),
+        ("images", "config", "TEXT"),
+    ] {
+        let has: bool = tx.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Brings the database to the newest schema this tarpool knows, in one
+/// IMMEDIATE transaction (another process may be opening it too), taken only
+/// when a migration is due. A database from a newer tarpool is refused.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let known = MIGRATIONS.len();
+    let version = |c: &Connection| -> rusqlite::Result<usize> {
+        c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+    };
+    let newer = |v: usize| {
+        StoreError::Schema(format!(
+            "its schema is version {v}, newer than this tarpool's ({known}); use the tarpool that made it"
+        ))
+    };
+    match version(conn)? {
+        v if v == known => return Ok(()),
+        v if v > known => return Err(newer(v)),
+        _ => {}
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let from = version(&tx)?;
+    if from > known {
+        return Err(newer(from));
+    }
+    for m in &MIGRATIONS[from..] {
+        m(&tx)?;
+    }
+    tx.pragma_update(None, "user_version", known as i64)?;
+    tx.commit()?;
+    Ok(())
+}
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -263,7 +333,7 @@ impl Store {
         let mut pause = std::time::Duration::from_millis(5);
         loop {
             match Self::open_once(path) {
-                Err(StoreError(rusqlite::Error::SqliteFailure(e, _)))
+                Err(StoreError::Sql(rusqlite::Error::SqliteFailure(e, _)))
                     if matches!(
                         e.code,
                         rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
@@ -283,42 +353,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        conn.execute_batch(SCHEMA)?;
-        // Columns added since the first schema; added in place to older
-        // state databases. Another process (the service, a `status`) may be
-        // opening the same new database: the check and the additions are one
-        // IMMEDIATE transaction, taken only when something is missing.
-        let added = [
-            ("objects", "modified", "TEXT NOT NULL DEFAULT ''"),
-            ("decisions", "layer", "INTEGER"),
-            ("decisions", "path", "TEXT"),
-            ("decisions", "action", "TEXT NOT NULL DEFAULT ''"),
-            ("decisions", "reason", "TEXT NOT NULL DEFAULT ''"),
-            ("runs", "policy_sha256", "TEXT"),
-            ("images", "config", "TEXT"),
-        ];
-        let has = |c: &Connection, table: &str, column: &str| -> rusqlite::Result<bool> {
-            c.query_row(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1)"
-                ),
-                [column],
-                |r| r.get(0),
-            )
-        };
-        let mut missing = false;
-        for (table, column, _) in added {
-            missing |= !has(&conn, table, column)?;
-        }
-        if missing {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for (table, column, decl) in added {
-                if !has(&tx, table, column)? {
-                    tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
-                }
-            }
-            tx.commit()?;
-        }
+        migrate(&mut conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -1072,6 +1107,51 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn migrations_bring_every_database_to_the_newest_schema() {
+        let d = tempfile::tempdir().unwrap();
+        // A new database.
+        let new = d.path().join("new.db");
+        Store::open(&new).unwrap();
+        assert_eq!(user_version(&new), MIGRATIONS.len() as i64);
+        Store::open(&new).unwrap();
+        assert_eq!(user_version(&new), MIGRATIONS.len() as i64, "idempotent");
+        // One made before schema versions, without the columns added since.
+        let old = d.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE images (name TEXT PRIMARY KEY, state TEXT NOT NULL, error TEXT,
+                 failure_kind TEXT, last_run TEXT, fingerprint TEXT, format TEXT, top_chain TEXT,
+                 layers TEXT, updated_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+        let s = Store::open(&old).unwrap();
+        assert_eq!(user_version(&old), MIGRATIONS.len() as i64);
+        assert!(
+            s.images().unwrap().is_empty(),
+            "the config column was added"
+        );
+        // One from a newer tarpool.
+        let newer = d.path().join("newer.db");
+        Connection::open(&newer)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let e = Store::open(&newer).err().unwrap().to_string();
+        assert!(
+            e.contains("schema is version 99, newer than this tarpool's"),
+            "{e}"
+        );
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let d = tempfile::tempdir().unwrap();

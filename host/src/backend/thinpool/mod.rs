@@ -127,7 +127,9 @@ struct PoolFiles {
     zero_blocks: bool,
 }
 
-const SCHEMA: &str = r#"
+/// The thin pool's tables, created by the store's migrations
+/// ([`crate::store`]).
+pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS thin_ids (
     pool TEXT PRIMARY KEY,
     next_dev_id INTEGER NOT NULL
@@ -248,12 +250,13 @@ impl ThinPool {
             fs::create_dir_all(dir.join(d))?;
         }
         let volume = parse_size(&cfg.volume_size).map_err(io::Error::other)?;
+        // The store's migrations make the pool's tables.
+        crate::store::Store::open(&state_dir.join("state.db")).map_err(io::Error::other)?;
         let conn = Connection::open(state_dir.join("state.db")).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql)?;
-        conn.execute_batch(SCHEMA).map_err(sql)?;
         let lock = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
