@@ -15,7 +15,11 @@
 //!    (and MKNOD / SETFCAP when the policy allows device nodes / file
 //!    capabilities), from the effective, permitted, inheritable, ambient
 //!    and bounding sets;
-//! 5. decompresses, hashes and applies the layer through the tar check
+//! 5. installs the seccomp allowlist ([`seccomp`]): listed escape routes
+//!    (sockets, truncate by path, ioctl, mount, ptrace, bpf, keyctl,
+//!    io_uring, ...) fail with EPERM, an unlisted call kills the worker
+//!    (SIGSYS, reported by the service as such);
+//! 6. decompresses, hashes and applies the layer through the tar check
 //!    (`stream::apply_stream`) and writes a [`Reply`] on stdout.
 //!
 //! The same process, asked for [`Task::Hash`], only decompresses and hashes
@@ -31,8 +35,17 @@
 //!
 //! Landlock does not cover chmod, chown, setxattr or utimes: the extraction
 //! code makes those only through fds or `AT_SYMLINK_NOFOLLOW` calls relative
-//! to the root (see [`crate::extract`]). A kernel without a fully enforced
-//! Landlock makes the worker refuse, unless the operator opted out
+//! to the root (see [`crate::extract`]). seccomp denies setxattr by path,
+//! but cannot tell a path's target: `fchownat`, `fchmodat` and `utimensat`
+//! stay allowed, so a worker compromised by the tar bytes could still change
+//! owner, mode or times (never content) of a file outside the root; only a
+//! mount namespace (or chroot) around the root would close that.
+//! Landlock at any ABI plus seccomp keeps writes beneath the layer root and
+//! the worker off the network: on an older ABI (Debian 12: 2) the ruleset
+//! is partially enforced and seccomp denies what it does not cover
+//! (truncate: ABI 3, TCP: ABI 4, device ioctls: ABI 5). A kernel without
+//! Landlock at all, or where the filter cannot be installed, makes the
+//! worker refuse and say which, unless the operator opted out
 //! (`unconfined_worker = true`, logged).
 
 use std::fs::File;

@@ -8,7 +8,9 @@
 //! gives"): sockets (TCP is Landlock's from ABI 4, other families never),
 //! truncate by path (ABI 3), device ioctls (ABI 5), and the calls Landlock
 //! never covers (mount, ptrace, bpf, keyctl, namespaces, io_uring, exec,
-//! signals to other processes, xattrs and modes by path).
+//! signals to other processes, setxattr by path). It cannot see a path:
+//! `fchownat`, `fchmodat` and `utimensat` are allowed (extraction needs
+//! them relative to the root fd) and could name a file outside the root.
 //!
 //! Actions, as two stacked filters (the kernel takes the strictest answer):
 //! - a call in [`ALLOWED`] runs (some with argument conditions);
@@ -296,11 +298,20 @@ pub const DENIED: &[(i64, &str)] = &[
     (libc::SYS_setresgid, "no identity changes"),
     (libc::SYS_setgroups, "no identity changes"),
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_chmod, "mode by path: Landlock never covers"),
+    (
+        libc::SYS_chmod,
+        "mode by path: unused (fchmodat is what extraction uses)",
+    ),
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_chown, "owner by path: Landlock never covers"),
+    (
+        libc::SYS_chown,
+        "owner by path: unused (fchownat is what extraction uses)",
+    ),
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_lchown, "owner by path: Landlock never covers"),
+    (
+        libc::SYS_lchown,
+        "owner by path: unused (fchownat is what extraction uses)",
+    ),
     #[cfg(target_arch = "x86_64")]
     (libc::SYS_iopl, "no port I/O"),
     #[cfg(target_arch = "x86_64")]
