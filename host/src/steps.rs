@@ -312,6 +312,8 @@ fn decompress_archive(
         unconfined: ctx.unconfined_worker,
         test_escape: None,
         test_no_landlock: false,
+        test_landlock_abi: None,
+        test_escape_kind: Default::default(),
         progress: false,
         bench_native_check: false,
     };
@@ -685,6 +687,8 @@ fn blob_diff_id(
         unconfined: ctx.unconfined_worker,
         test_escape: None,
         test_no_landlock: false,
+        test_landlock_abi: None,
+        test_escape_kind: Default::default(),
         progress: false,
         bench_native_check: false,
     };
@@ -727,6 +731,8 @@ pub fn apply_one(
         unconfined: ctx.unconfined_worker,
         test_escape: None,
         test_no_landlock: false,
+        test_landlock_abi: None,
+        test_escape_kind: Default::default(),
         progress: false,
         bench_native_check: cfg!(feature = "bench-native-check")
             && std::env::var_os("TARPOOL_BENCH_NATIVE_CHECK").is_some(),

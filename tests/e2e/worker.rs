@@ -2,10 +2,14 @@
 //! debug-build test hook) to create a file outside the layer root with the
 //! path checks bypassed, it gets EACCES from Landlock; inside the root the
 //! same hook succeeds, so the test can tell the two apart.
+//!
+//! The same holds with the Landlock ABI limited to 1 or 2 (Debian 12's
+//! kernel has 2), where the seccomp allowlist denies what the ruleset does
+//! not cover: connecting a socket, truncating a file by path.
 
 use crate::harness::*;
 use std::fs::File;
-use tarpool::worker::{spawn_with, Reply, Request};
+use tarpool::worker::{spawn_with, Escape, Reply, Request};
 
 fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
     // Any readable files do for the blob and the cache: the hook answers
@@ -29,23 +33,110 @@ fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
         unconfined: false,
         test_escape: Some(escape),
         test_no_landlock: false,
+        test_landlock_abi: None,
+        test_escape_kind: Default::default(),
         progress: false,
         bench_native_check: false,
     }
 }
 
 fn attempt(escape_to: &str) -> (i32, String, bool) {
+    attempt_with(escape_to, Escape::Create, None)
+}
+
+/// The test hook's `kind` of escape towards `escape_to` (relative to the
+/// test's directory, which holds `root` and `outside`), with the Landlock
+/// ABI limited to `abi`: the errno, the confinement, whether the target
+/// exists afterwards.
+fn attempt_with(escape_to: &str, kind: Escape, abi: Option<u8>) -> (i32, String, bool) {
     let env = Env::new();
     let dir = env.dir.path();
     std::fs::create_dir_all(dir.join("root/sub")).unwrap();
     std::fs::create_dir_all(dir.join("outside")).unwrap();
     let root = File::open(dir.join("root")).unwrap();
     let target = dir.join(escape_to);
+    if kind == Escape::Truncate {
+        std::fs::write(&target, b"precious").unwrap();
+    }
     let mut req = request(dir, target.clone());
+    req.test_escape_kind = kind;
+    req.test_landlock_abi = abi;
+    if kind == Escape::Connect {
+        req.test_escape = Some(escape_to.into());
+    }
     let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
     let reply = spawn_with(exe, &mut req, std::os::fd::AsFd::as_fd(&root)).unwrap();
     match reply {
-        Reply::Escape { errno, confinement } => (errno, confinement, target.exists()),
+        Reply::Escape { errno, confinement } => {
+            if kind == Escape::Truncate && errno != 0 {
+                assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+            }
+            (errno, confinement, target.exists())
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// On every Landlock ABI from 1 (and the kernel's own), a worker that
+/// tries to write outside its root, truncate a file there by path, or
+/// connect a TCP socket is denied: by Landlock where its ABI covers the
+/// access, by the seccomp filter where it does not.
+#[test]
+fn on_every_landlock_abi_the_worker_cannot_write_outside_truncate_or_connect() {
+    // Something listening, so a connect that got through would succeed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    for abi in [Some(1), Some(2), Some(3), None] {
+        let (errno, confinement, exists) = attempt_with("outside/escaped", Escape::Create, abi);
+        assert_eq!(errno, libc::EACCES, "{abi:?}: {confinement}");
+        assert!(!exists, "{abi:?}: the worker wrote outside its root");
+        assert!(confinement.contains("seccomp allowlist"), "{confinement}");
+        match abi {
+            Some(n) => assert!(
+                confinement.contains(&format!("landlock fully enforced (ABI {n})")),
+                "{confinement}"
+            ),
+            None => assert!(
+                confinement.contains("landlock fully enforced"),
+                "{confinement}"
+            ),
+        }
+        // Truncate by path: Landlock's from ABI 3; seccomp's everywhere.
+        let (errno, confinement, _) = attempt_with("outside/file", Escape::Truncate, abi);
+        assert!(
+            errno == libc::EPERM || errno == libc::EACCES,
+            "{abi:?}: truncate gave errno {errno}: {confinement}"
+        );
+        // Inside the root too: truncate(2) is not on the allowlist at all.
+        let (errno, _, _) = attempt_with("root/file", Escape::Truncate, abi);
+        assert_eq!(errno, libc::EPERM, "{abi:?}");
+        // TCP: Landlock's from ABI 4; no socket at all under seccomp.
+        let (errno, confinement, _) = attempt_with(&addr, Escape::Connect, abi);
+        assert_eq!(errno, libc::EPERM, "{abi:?}: {confinement}");
+    }
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "a worker connected");
+}
+
+/// A system call outside the allowlist kills the worker (SIGSYS), and the
+/// service says why it stopped.
+#[test]
+fn a_call_outside_the_seccomp_allowlist_kills_the_worker() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    let root = File::open(dir.join("root")).unwrap();
+    let mut req = request(dir, dir.join("root/x"));
+    req.test_escape_kind = Escape::Unlisted;
+    let exe = std::path::Path::new(env!("CARGO_BIN_EXE_tarpool"));
+    match spawn_with(exe, &mut req, std::os::fd::AsFd::as_fd(&root)) {
+        Err(e) => {
+            let e = e.to_string();
+            assert!(
+                e.contains("SIGSYS") && e.contains("seccomp allowlist"),
+                "{e}"
+            );
+        }
         other => panic!("{other:?}"),
     }
 }

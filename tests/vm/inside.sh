@@ -22,9 +22,6 @@ uname -r
 config() {
     cat > "$W/$1.toml" <<CFG
 backend = "thinpool"
-# Debian 12's kernel has Landlock ABI 2: the worker's ruleset is only
-# partially enforced there, which the worker refuses without this opt-out.
-unconfined_worker = true
 max_attempts = 2
 retry_base_ms = 10
 retry_cap_ms = 50

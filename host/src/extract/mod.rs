@@ -808,6 +808,17 @@ impl<'r> Applier<'r> {
             Ok(()) => {}
             Err(Errno::NOENT) => return Err(missing()),
             Err(Errno::MLINK) => return Err(input(disp, "too many hardlinks to one file")),
+            // Both ends are beneath one root: EXDEV is Landlock ABI 1, which
+            // denies every link across directories (REFER is ABI 2), not
+            // the image's fault.
+            Err(Errno::XDEV) => {
+                return Err(ApplyError::Io {
+                    context: format!(
+                        "`{disp}`: creating hardlink across directories (Landlock ABI 1 denies it; Linux 5.19+ allows it)"
+                    ),
+                    source: Errno::XDEV.into(),
+                })
+            }
             Err(e) => return Err(os_err(disp, "creating hardlink", e)),
         }
         self.stats.hardlinks += 1;

@@ -15,7 +15,11 @@
 //!    (and MKNOD / SETFCAP when the policy allows device nodes / file
 //!    capabilities), from the effective, permitted, inheritable, ambient
 //!    and bounding sets;
-//! 5. decompresses, hashes and applies the layer through the tar check
+//! 5. installs the seccomp allowlist ([`seccomp`]): listed escape routes
+//!    (sockets, truncate by path, ioctl, mount, ptrace, bpf, keyctl,
+//!    io_uring, ...) fail with EPERM, an unlisted call kills the worker
+//!    (SIGSYS, reported by the service as such);
+//! 6. decompresses, hashes and applies the layer through the tar check
 //!    (`stream::apply_stream`) and writes a [`Reply`] on stdout.
 //!
 //! The same process, asked for [`Task::Hash`], only decompresses and hashes
@@ -31,8 +35,17 @@
 //!
 //! Landlock does not cover chmod, chown, setxattr or utimes: the extraction
 //! code makes those only through fds or `AT_SYMLINK_NOFOLLOW` calls relative
-//! to the root (see [`crate::extract`]). A kernel without a fully enforced
-//! Landlock makes the worker refuse, unless the operator opted out
+//! to the root (see [`crate::extract`]). seccomp denies setxattr by path,
+//! but cannot tell a path's target: `fchownat`, `fchmodat` and `utimensat`
+//! stay allowed, so a worker compromised by the tar bytes could still change
+//! owner, mode or times (never content) of a file outside the root; only a
+//! mount namespace (or chroot) around the root would close that.
+//! Landlock at any ABI plus seccomp keeps writes beneath the layer root and
+//! the worker off the network: on an older ABI (Debian 12: 2) the ruleset
+//! is partially enforced and seccomp denies what it does not cover
+//! (truncate: ABI 3, TCP: ABI 4, device ioctls: ABI 5). A kernel without
+//! Landlock at all, or where the filter cannot be installed, makes the
+//! worker refuse and say which, unless the operator opted out
 //! (`unconfined_worker = true`, logged).
 
 use std::fs::File;
@@ -46,6 +59,7 @@ use rustix::fd::{AsFd, BorrowedFd};
 use serde::{Deserialize, Serialize};
 
 mod capped;
+pub mod seccomp;
 mod stream;
 
 use crate::core::policy::{Action, Policy, Verdict};
@@ -98,6 +112,13 @@ pub struct Request {
     /// is not enforced.
     #[serde(default)]
     pub test_no_landlock: bool,
+    /// Test hook (debug builds only): request this Landlock ABI (1..=5)
+    /// instead of the newest, as on an older kernel.
+    #[serde(default)]
+    pub test_landlock_abi: Option<u8>,
+    /// Test hook (debug builds only): what `test_escape` attempts.
+    #[serde(default)]
+    pub test_escape_kind: Escape,
     /// Print progress lines ([`crate::progress::WORKER_LINE`]) on stderr.
     #[serde(default)]
     pub progress: bool,
@@ -105,6 +126,21 @@ pub struct Request {
     /// unless built with the `bench-native-check` feature).
     #[serde(default)]
     pub bench_native_check: bool,
+}
+
+/// The escape a confined worker attempts under the `test_escape` hook.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Escape {
+    /// Create (and write) the file at the path.
+    #[default]
+    Create,
+    /// Truncate the file at the path, by path (`truncate(2)`).
+    Truncate,
+    /// Connect a TCP socket to the address the path spells (`127.0.0.1:80`).
+    Connect,
+    /// Make a system call outside the seccomp allowlist (`acct(NULL)`):
+    /// the filter kills the worker.
+    Unlisted,
 }
 
 /// Called with (compressed bytes read, entries) while a worker runs.
@@ -335,7 +371,12 @@ pub fn spawn_observed(
     match serde_json::from_slice::<Reply>(&out) {
         Ok(reply) => Ok(reply),
         Err(_) => {
-            let out_status = status;
+            use std::os::unix::process::ExitStatusExt as _;
+            let out_status = if status.signal() == Some(libc::SIGSYS) {
+                format!("{status}: a system call outside the worker's seccomp allowlist killed it")
+            } else {
+                status.to_string()
+            };
             let said = said.as_str();
             Err(StepFailure::Retry(format!(
                 "the extraction worker stopped without an answer ({}){}",
@@ -437,8 +478,37 @@ fn work(req: &Request) -> Reply {
     };
     #[cfg(debug_assertions)]
     if let Some(target) = &req.test_escape {
-        let errno = match File::create(target) {
-            Ok(_) => 0,
+        let result = match req.test_escape_kind {
+            Escape::Create => File::create(target).map(drop),
+            Escape::Truncate => {
+                use std::os::unix::ffi::OsStrExt as _;
+                let path = std::ffi::CString::new(target.as_os_str().as_bytes())
+                    .map_err(std::io::Error::other);
+                path.and_then(|p| {
+                    // SAFETY: `p` is a NUL-terminated string that outlives
+                    // the call; truncate(2) only reads it.
+                    match unsafe { libc::truncate(p.as_ptr(), 0) } {
+                        0 => Ok(()),
+                        _ => Err(std::io::Error::last_os_error()),
+                    }
+                })
+            }
+            Escape::Connect => target
+                .to_string_lossy()
+                .parse::<std::net::SocketAddr>()
+                .map_err(std::io::Error::other)
+                .and_then(std::net::TcpStream::connect)
+                .map(drop),
+            // SAFETY: acct(NULL) takes no pointer to read; unconfined it
+            // would at most switch process accounting off (and fails
+            // without CAP_SYS_PACCT, which the worker dropped).
+            Escape::Unlisted => match unsafe { libc::syscall(libc::SYS_acct, 0usize) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        };
+        let errno = match result {
+            Ok(()) => 0,
             Err(e) => e.raw_os_error().unwrap_or(-1),
         };
         return Reply::Escape { errno, confinement };
@@ -555,7 +625,7 @@ fn progress_line() -> String {
     )
 }
 
-/// no_new_privs, Landlock, capabilities (see the module docs). Returns a
+/// no_new_privs, Landlock, capabilities, seccomp (see the module docs). Returns a
 /// one-line description of what is in force.
 /// `root` is the layer root ([`Task::Apply`]); without one ([`Task::Hash`])
 /// the worker may read the blob and nothing else, and keeps no capability.
@@ -566,16 +636,27 @@ fn confine(req: &Request, root: Option<BorrowedFd<'_>>) -> Result<String, String
     };
     rustix::thread::set_no_new_privs(true).map_err(|e| format!("worker: no_new_privs: {e}"))?;
 
-    let abi = ABI::V5;
+    const ABIS: [ABI; 5] = [ABI::V1, ABI::V2, ABI::V3, ABI::V4, ABI::V5];
+    let number = |abi: ABI| ABIS.iter().take_while(|&&v| v <= abi).count();
+    #[allow(unused_mut)]
+    let mut abi = ABI::V5;
+    #[cfg(debug_assertions)]
+    if let Some(n) = req.test_landlock_abi {
+        abi = ABIS[usize::from(n.clamp(1, 5)) - 1];
+    }
     let blob = PathFd::new(&req.blob).map_err(|e| format!("worker: {e}"))?;
     let cache = match root {
         Some(_) => Some(PathFd::new(&req.tar_cache).map_err(|e| format!("worker: {e}"))?),
         None => None,
     };
-    let landlock = (|| -> Result<RulesetStatus, landlock::RulesetError> {
-        let mut rules = Ruleset::default()
-            .handle_access(AccessFs::from_all(abi))?
-            .handle_access(AccessNet::from_all(abi))?
+    let landlock = (|| -> Result<landlock::RestrictionStatus, landlock::RulesetError> {
+        let mut ruleset = Ruleset::default().handle_access(AccessFs::from_all(abi))?;
+        // TCP is Landlock's from ABI 4 (seccomp denies sockets anyway);
+        // an empty set is an error.
+        if abi >= ABI::V4 {
+            ruleset = ruleset.handle_access(AccessNet::from_all(abi))?;
+        }
+        let mut rules = ruleset
             .create()?
             .add_rule(PathBeneath::new(blob, AccessFs::ReadFile))?;
         if let (Some(root), Some(cache)) = (root, cache) {
@@ -583,26 +664,41 @@ fn confine(req: &Request, root: Option<BorrowedFd<'_>>) -> Result<String, String
                 .add_rule(PathBeneath::new(root, AccessFs::from_all(abi)))?
                 .add_rule(PathBeneath::new(cache, AccessFs::ReadFile))?;
         }
-        Ok(rules.restrict_self()?.ruleset)
+        rules.restrict_self()
     })();
+    // The ABI in force: the one requested, or the kernel's if older.
+    let landlock = landlock.map(|status| {
+        let kernel = match status.landlock {
+            landlock::LandlockStatus::Available { effective_abi, .. } => effective_abi,
+            _ => ABI::Unsupported,
+        };
+        (status.ruleset, number(abi.min(kernel)))
+    });
     #[cfg(debug_assertions)]
     let landlock = if req.test_no_landlock {
-        Ok(RulesetStatus::NotEnforced)
+        Ok((RulesetStatus::NotEnforced, 0))
     } else {
         landlock
     };
+    const OPT_OUT: &str = "set unconfined_worker = true to override";
+    // Landlock at any ABI bounds writes to the layer root; seccomp (below)
+    // denies what an older ABI leaves open. Without Landlock at all the
+    // guarantee cannot be had.
     let landlock = match landlock {
-        Ok(RulesetStatus::FullyEnforced) => "landlock fully enforced".to_string(),
-        Ok(other) if req.unconfined => format!("landlock {other:?} (operator opt-out)"),
-        Ok(other) => {
+        Ok((RulesetStatus::FullyEnforced, n)) => format!("landlock fully enforced (ABI {n})"),
+        Ok((RulesetStatus::PartiallyEnforced, n)) => {
+            format!("landlock partially enforced (ABI {n})")
+        }
+        Ok((other, _)) if req.unconfined => format!("landlock {other:?} (operator opt-out)"),
+        Ok((other, _)) => {
             return Err(format!(
-                "worker: Landlock is not fully enforced on this kernel ({other:?}); refusing to extract unconfined (set unconfined_worker = true to override)"
+                "worker: Landlock is not enforced on this kernel ({other:?}): writes could not be kept beneath the layer root; refusing to extract unconfined ({OPT_OUT})"
             ))
         }
         Err(e) if req.unconfined => format!("landlock unavailable: {e} (operator opt-out)"),
         Err(e) => {
             return Err(format!(
-                "worker: cannot apply Landlock ({e}); refusing to extract unconfined (set unconfined_worker = true to override)"
+                "worker: cannot apply Landlock ({e}): writes could not be kept beneath the layer root; refusing to extract unconfined ({OPT_OUT})"
             ))
         }
     };
@@ -632,7 +728,18 @@ fn confine(req: &Request, root: Option<BorrowedFd<'_>>) -> Result<String, String
         Err(e) if req.unconfined => format!("capabilities not dropped: {e} (operator opt-out)"),
         Err(e) => return Err(format!("worker: dropping capabilities: {e}")),
     };
-    Ok(format!("no_new_privs, {landlock}, {caps}"))
+    // Last, so none of the calls above need allowing; before the first
+    // byte of the layer is read.
+    let seccomp = match seccomp::install() {
+        Ok(s) => s,
+        Err(e) if req.unconfined => format!("seccomp not installed: {e} (operator opt-out)"),
+        Err(e) => {
+            return Err(format!(
+                "worker: cannot install the seccomp filter ({e}): sockets, truncate and ioctl could not be denied where Landlock does not cover them; refusing to extract unconfined ({OPT_OUT})"
+            ))
+        }
+    };
+    Ok(format!("no_new_privs, {landlock}, {caps}, {seccomp}"))
 }
 
 /// The capabilities extraction needs under `policy`.
