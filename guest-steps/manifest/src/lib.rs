@@ -21,6 +21,10 @@
 //! blames the input.
 
 use guest_text::one_line;
+use oci_spec::image::{
+    Arch, Config, Descriptor, History, ImageConfiguration, ImageIndex, ImageManifest, MediaType,
+    Os, Platform, RootFs,
+};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -64,11 +68,9 @@ pub const MAX_CONFIG_ENTRIES: usize = 1000;
 /// Longest runtime-config string (an `Env` entry, `WorkingDir`...), in bytes.
 pub const MAX_CONFIG_STRING: usize = 64 * 1024;
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker's media types, which oci-spec reads as [`MediaType::Other`].
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 /// Works out the image's layers. `Ok(None)`: the unit is not in a format
@@ -549,15 +551,17 @@ struct OciLayoutFile {
     image_layout_version: String,
 }
 
-/// An index (`index.json` or a nested one). The fields of a manifest and
-/// of schema 1 are decoded only to reject a document that has them.
+/// The parts of an index (`index.json` or a nested one) checked before it
+/// is decoded as an [`ImageIndex`]: `manifests` may be null (`docker save
+/// IMAGE@DIGEST`) and `schemaVersion` absent, and the fields of a manifest
+/// and of schema 1 are looked for only to reject a document that has them.
 #[derive(Deserialize)]
-struct IndexDoc {
+struct IndexProbe {
     #[serde(rename = "schemaVersion")]
     schema_version: Option<u64>,
     #[serde(rename = "mediaType")]
     media_type: Option<String>,
-    manifests: Option<Vec<Descriptor>>,
+    manifests: Option<Vec<DigestProbe>>,
     #[serde(default)]
     config: Seen,
     #[serde(default)]
@@ -566,69 +570,74 @@ struct IndexDoc {
     fs_layers: Seen,
 }
 
-/// An image manifest; `manifests` and `fsLayers` only to reject them.
+/// The same for an image manifest ([`ImageManifest`]); `manifests` and
+/// `fsLayers` only to reject them.
 #[derive(Deserialize)]
-struct ManifestDoc {
+struct ManifestProbe {
     #[serde(rename = "schemaVersion")]
     schema_version: Option<u64>,
     #[serde(rename = "mediaType")]
     media_type: Option<String>,
-    config: Option<Descriptor>,
-    layers: Option<Vec<Descriptor>>,
+    config: Option<DigestProbe>,
+    layers: Option<Vec<DigestProbe>>,
     #[serde(default)]
     manifests: Seen,
     #[serde(rename = "fsLayers", default)]
     fs_layers: Seen,
 }
 
-#[derive(Deserialize, Clone)]
-struct Descriptor {
-    #[serde(rename = "mediaType")]
-    media_type: String,
-    digest: String,
-    size: u64,
-    platform: Option<Platform>,
-    /// Where a foreign layer may be fetched from; tarpool never does.
-    urls: Option<Vec<String>>,
+/// A descriptor's digest, read as a string so that one oci-spec's
+/// [`Digest`](oci_spec::image::Digest) refuses is named as before (see
+/// [`check_digest`]).
+#[derive(Deserialize)]
+struct DigestProbe {
+    /// Absent: oci-spec names what is wrong with the descriptor.
+    digest: Option<String>,
 }
 
-#[derive(Deserialize, Clone)]
-struct Platform {
-    architecture: String,
-    os: String,
+/// Rejects a digest oci-spec would not decode with the message tarpool
+/// gives a digest it cannot use, naming the descriptor (`what`). A digest
+/// oci-spec takes (`sha512:...` too) passes: it is checked where used.
+fn check_digest(what: &str, d: &DigestProbe) -> Result<(), String> {
+    let Some(digest) = &d.digest else {
+        return Ok(());
+    };
+    match oci_spec::image::Digest::try_from(digest.as_str()) {
+        Ok(_) => Ok(()),
+        Err(e) => match sha256_hex(what, digest) {
+            Err(mine) => Err(mine),
+            Ok(_) => Err(format!("{what}: {e}")),
+        },
+    }
+}
+
+/// An image config (OCI or docker) with the fields of oci-spec's
+/// [`ImageConfiguration`] and its types, but `os` and `architecture` may
+/// be absent or null and `rootfs.diff_ids` absent (docker omits it for an
+/// image of no layers), where [`ImageConfiguration`] requires them; it is
+/// made one by [`decode_config`].
+#[derive(Deserialize)]
+struct ConfigDoc {
+    created: Option<String>,
+    author: Option<String>,
+    architecture: Option<Arch>,
+    os: Option<Os>,
+    #[serde(rename = "os.version")]
+    os_version: Option<String>,
+    #[serde(rename = "os.features")]
+    os_features: Option<Vec<String>>,
     variant: Option<String>,
-}
-
-/// The parts of an image config (OCI or docker) tarpool reads.
-#[derive(Deserialize)]
-struct ImageConfig {
-    rootfs: RootFs,
-    os: Option<String>,
-    architecture: Option<String>,
-    config: Option<RunConfig>,
+    config: Option<Config>,
+    rootfs: RootFsDoc,
+    history: Option<Vec<History>>,
 }
 
 #[derive(Deserialize)]
-struct RootFs {
+struct RootFsDoc {
     #[serde(rename = "type")]
     kind: String,
-    /// Docker omits it for an image of no layers.
     #[serde(default)]
     diff_ids: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RunConfig {
-    #[serde(rename = "Env")]
-    env: Option<Vec<String>>,
-    #[serde(rename = "Entrypoint")]
-    entrypoint: Option<Vec<String>>,
-    #[serde(rename = "Cmd")]
-    cmd: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir")]
-    working_dir: Option<String>,
-    #[serde(rename = "User")]
-    user: Option<String>,
 }
 
 /// An OCI layout or archive; with `docker` (a `manifest.json` too, as
@@ -675,17 +684,18 @@ fn parse_oci(
             quote_name(&layout.image_layout_version)
         ));
     }
-    let index: IndexDoc = read_json(
-        read,
-        idx.get("index.json", "index.json")?,
-        "index.json",
-        &strict::INDEX_OR_MANIFEST,
-    )?;
-    let entries = match check_index("index.json", &index, None)? {
-        Some(e) if !e.is_empty() => e,
-        _ if docker_fallback => return Ok(None),
-        Some(_) => return Err("index.json lists no manifests".into()),
-        None => return Err("index.json: `manifests` is missing or null".into()),
+    let index_member = idx.get("index.json", "index.json")?;
+    let bytes = read_bytes(read, index_member, "index.json")?;
+    let probe: IndexProbe = decode(&bytes, "index.json", &strict::INDEX_OR_MANIFEST)?;
+    let index = match check_index("index.json", &probe, None)? {
+        true => decode_index(&bytes, "index.json", &probe)?,
+        false if docker_fallback => return Ok(None),
+        false => return Err("index.json: `manifests` is missing or null".into()),
+    };
+    let entries = match index.manifests().as_slice() {
+        [] if docker_fallback => return Ok(None),
+        [] => return Err("index.json lists no manifests".into()),
+        e => e,
     };
 
     let mut chosen = choose("index.json", entries, opts)?;
@@ -693,76 +703,72 @@ fn parse_oci(
     // Digests of the nested indexes followed, outermost first.
     let mut path: Vec<String> = Vec::new();
     let max_depth = usize::try_from(opts.max_index_depth).unwrap_or(usize::MAX);
-    while is_index(&chosen.media_type) {
-        sha256_hex(&label, &chosen.digest)?;
-        if path.contains(&chosen.digest) {
-            return Err(format!("{label}: index cycle at {}", chosen.digest));
+    while is_index(chosen.media_type()) {
+        let digest = chosen.digest().as_ref();
+        sha256_hex(&label, digest)?;
+        if path.iter().any(|d| d == digest) {
+            return Err(format!("{label}: index cycle at {digest}"));
         }
         if path.len() >= max_depth {
             return Err(format!(
                 "{label} points to a further index; at most {max_depth} nested indexes are followed"
             ));
         }
-        path.push(chosen.digest.clone());
-        let nested_label = format!("nested index {}", short(&chosen.digest));
-        let nested: IndexDoc = read_blob(
-            idx,
-            read,
-            &chosen,
-            &label,
-            &nested_label,
-            &strict::INDEX_OR_MANIFEST,
-        )?;
-        let entries = check_index(&nested_label, &nested, Some(&chosen.media_type))?
-            .ok_or_else(|| format!("{nested_label}: `manifests` is missing or null"))?;
-        chosen = choose(&nested_label, entries, opts)?;
+        path.push(digest.to_owned());
+        let nested_label = format!("nested index {}", short(digest));
+        let bytes = read_blob(idx, read, &chosen, &label, &nested_label)?;
+        let probe: IndexProbe = decode(&bytes, &nested_label, &strict::INDEX_OR_MANIFEST)?;
+        if !check_index(&nested_label, &probe, Some(chosen.media_type().as_ref()))? {
+            return Err(format!("{nested_label}: `manifests` is missing or null"));
+        }
+        let nested = decode_index(&bytes, &nested_label, &probe)?;
+        chosen = choose(&nested_label, nested.manifests(), opts)?;
         label = nested_label;
     }
-    if !is_manifest(&chosen.media_type) {
+    if !is_manifest(chosen.media_type()) {
         return Err(format!(
             "{label}: entry {} has unsupported media type {}",
-            short(&chosen.digest),
-            quote_name(&chosen.media_type)
+            short(chosen.digest().as_ref()),
+            quote_name(chosen.media_type().as_ref())
         ));
     }
-    let manifest: ManifestDoc = read_blob(
-        idx,
-        read,
-        &chosen,
-        &label,
-        "manifest",
-        &strict::INDEX_OR_MANIFEST,
-    )?;
-    let (config_desc, layer_descs) = check_manifest(&manifest, &chosen.media_type)?;
-    if config_desc.media_type != OCI_CONFIG && config_desc.media_type != DOCKER_CONFIG {
+    let bytes = read_blob(idx, read, &chosen, &label, "manifest")?;
+    let probe: ManifestProbe = decode(&bytes, "manifest", &strict::INDEX_OR_MANIFEST)?;
+    check_manifest(&probe, chosen.media_type().as_ref())?;
+    let manifest: ImageManifest =
+        decode_oci(&bytes, "manifest", probe.schema_version.is_none(), |v| {
+            v.entry("schemaVersion").or_insert(2.into());
+        })?;
+    let (config_desc, layer_descs) = (manifest.config(), manifest.layers());
+    let image_config = match config_desc.media_type() {
+        MediaType::ImageConfig => true,
+        MediaType::Other(m) => m == DOCKER_CONFIG,
+        _ => false,
+    };
+    if !image_config {
         return Err(format!(
             "manifest: config media type {} is not a container image config",
-            quote_name(&config_desc.media_type)
+            quote_name(config_desc.media_type().as_ref())
         ));
     }
-    let config: ImageConfig = read_blob(
-        idx,
-        read,
-        config_desc,
-        "manifest",
-        "config",
-        &strict::IMAGE_CONFIG,
-    )?;
+    let bytes = read_blob(idx, read, config_desc, "manifest", "config")?;
+    let mut config = decode_config(&bytes)?;
     check_platform(&config, opts)?;
-    let runtime = runtime_config(config.config)?;
-    let diff_ids = diff_ids(config.rootfs, layer_descs.len(), "manifest")?;
+    let runtime = runtime_config(config.config().as_ref())?;
+    let diff_ids = diff_ids(config.rootfs_mut(), layer_descs.len(), "manifest")?;
 
     let mut layers = Vec::with_capacity(layer_descs.len());
     for (i, (desc, diff_id)) in layer_descs.iter().zip(diff_ids).enumerate() {
         let what = format!("manifest: layer {}", i + 1);
-        let media = layer_media(&desc.media_type).ok_or_else(|| {
+        let media_type = desc.media_type().as_ref();
+        let media = layer_media(desc.media_type()).ok_or_else(|| {
             format!(
                 "{what} has unsupported media type {}",
-                quote_name(&desc.media_type)
+                quote_name(media_type)
             )
         })?;
-        let hex = sha256_hex(&what, &desc.digest)?;
-        let foreign = desc.urls.as_ref().is_some_and(|u| !u.is_empty());
+        let hex = sha256_hex(&what, desc.digest().as_ref())?;
+        let foreign = desc.urls().as_ref().is_some_and(|u| !u.is_empty());
         if foreign && !idx.contains(&format!("blobs/sha256/{hex}")) {
             return Err(format!(
                 "{what} is a foreign layer (it has `urls`) whose blob is not in the image; layers are never fetched"
@@ -772,27 +778,78 @@ fn parse_oci(
         layers.push(LayerRef {
             member: member.name.clone(),
             media,
-            digest: Some(desc.digest.clone()),
+            digest: Some(desc.digest().to_string()),
             diff_id: Some(diff_id),
-            size: Some(desc.size),
+            size: Some(desc.size()),
         });
     }
     Ok(Some(ImageLayout {
         format: format.name().into(),
         layers,
-        config_digest: Some(config_desc.digest.clone()),
+        config_digest: Some(config_desc.digest().to_string()),
         config: Some(runtime),
     }))
 }
 
-/// Checks an index document is one (catalogue F49, F50) and returns its
-/// entries (`None`: `manifests` missing or null). `expected`: the media
-/// type of the descriptor that led to it (none for `index.json`).
-fn check_index<'d>(
+/// Decodes a document with oci-spec's type after its probe has passed;
+/// with `fill`, through a JSON value first completed by `fill` with what
+/// the type requires but tarpool accepts absent (so that what was
+/// accepted before oci-spec still is).
+fn decode_oci<T: DeserializeOwned>(
+    bytes: &[u8],
     label: &str,
-    doc: &'d IndexDoc,
-    expected: Option<&str>,
-) -> Result<Option<&'d [Descriptor]>, String> {
+    incomplete: bool,
+    fill: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Result<T, String> {
+    if !incomplete {
+        return serde_json::from_slice(bytes).map_err(|e| format!("{label}: {e}"));
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("{label}: {e}"))?;
+    if let Some(map) = value.as_object_mut() {
+        fill(map);
+    }
+    T::deserialize(value).map_err(|e| format!("{label}: {e}"))
+}
+
+/// An index whose probe passed (`manifests` is there); an absent
+/// `schemaVersion` is taken as 2, as it was before oci-spec.
+fn decode_index(bytes: &[u8], label: &str, probe: &IndexProbe) -> Result<ImageIndex, String> {
+    decode_oci(bytes, label, probe.schema_version.is_none(), |v| {
+        v.entry("schemaVersion").or_insert(2.into());
+    })
+}
+
+/// Decodes an image config (OCI or docker) after the strict pre-pass; an
+/// absent or null `os` or `architecture` is empty (no constraint, see
+/// [`check_platform`]), absent `rootfs.diff_ids` none.
+fn decode_config(bytes: &[u8]) -> Result<ImageConfiguration, String> {
+    let doc: ConfigDoc = decode(bytes, "config", &strict::IMAGE_CONFIG)?;
+    let mut rootfs = RootFs::default();
+    rootfs.set_typ(doc.rootfs.kind);
+    rootfs.set_diff_ids(doc.rootfs.diff_ids);
+    let mut config = ImageConfiguration::default();
+    config
+        .set_created(doc.created)
+        .set_author(doc.author)
+        .set_architecture(
+            doc.architecture
+                .unwrap_or_else(|| Arch::Other(String::new())),
+        )
+        .set_os(doc.os.unwrap_or_else(|| Os::Other(String::new())))
+        .set_os_version(doc.os_version)
+        .set_os_features(doc.os_features)
+        .set_variant(doc.variant)
+        .set_config(doc.config)
+        .set_rootfs(rootfs)
+        .set_history(doc.history);
+    Ok(config)
+}
+
+/// Checks an index document is one (catalogue F49, F50); `false`:
+/// `manifests` is missing or null. `expected`: the media type of the
+/// descriptor that led to it (none for `index.json`).
+fn check_index(label: &str, doc: &IndexProbe, expected: Option<&str>) -> Result<bool, String> {
     if doc.fs_layers.0 {
         return Err(format!(
             "{label}: schema 1 manifest (`fsLayers`) is not supported"
@@ -815,7 +872,7 @@ fn check_index<'d>(
                     quote_name(want)
                 ))
             }
-            None if !is_index(mt) => {
+            None if !is_index(&MediaType::from(mt.as_str())) => {
                 return Err(format!(
                     "{label}: mediaType {} is not an image index",
                     quote_name(mt)
@@ -824,15 +881,18 @@ fn check_index<'d>(
             _ => {}
         }
     }
-    Ok(doc.manifests.as_deref())
+    let Some(entries) = &doc.manifests else {
+        return Ok(false);
+    };
+    for d in entries {
+        check_digest(label, d)?;
+    }
+    Ok(true)
 }
 
-/// Checks a manifest document is one (catalogue F49, F50) and returns its
-/// config and layer descriptors.
-fn check_manifest<'d>(
-    doc: &'d ManifestDoc,
-    expected: &str,
-) -> Result<(&'d Descriptor, &'d [Descriptor]), String> {
+/// Checks a manifest document is one (catalogue F49, F50) with a config
+/// and layers.
+fn check_manifest(doc: &ManifestProbe, expected: &str) -> Result<(), String> {
     if doc.fs_layers.0 {
         return Err("manifest: schema 1 manifest (`fsLayers`) is not supported".into());
     }
@@ -857,7 +917,11 @@ fn check_manifest<'d>(
         .layers
         .as_deref()
         .ok_or("manifest: `layers` is missing or null")?;
-    Ok((config, layers))
+    check_digest("manifest", config)?;
+    for (i, d) in layers.iter().enumerate() {
+        check_digest(&format!("manifest: layer {}", i + 1), d)?;
+    }
+    Ok(())
 }
 
 fn check_schema(label: &str, version: Option<u64>) -> Result<(), String> {
@@ -867,29 +931,31 @@ fn check_schema(label: &str, version: Option<u64>) -> Result<(), String> {
     }
 }
 
-fn is_manifest(media_type: &str) -> bool {
-    media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
+fn is_manifest(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageManifest)
+        || matches!(media_type, MediaType::Other(m) if m == DOCKER_MANIFEST)
 }
 
-fn is_index(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_LIST
+fn is_index(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::ImageIndex)
+        || matches!(media_type, MediaType::Other(m) if m == DOCKER_LIST)
 }
 
-fn is_schema1(media_type: &str) -> bool {
-    media_type.starts_with("application/vnd.docker.distribution.manifest.v1+")
+fn is_schema1(media_type: &MediaType) -> bool {
+    matches!(media_type, MediaType::Other(m) if m.starts_with("application/vnd.docker.distribution.manifest.v1+"))
 }
 
-fn layer_media(media_type: &str) -> Option<LayerMedia> {
+fn layer_media(media_type: &MediaType) -> Option<LayerMedia> {
     Some(match media_type {
-        "application/vnd.oci.image.layer.v1.tar"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
-        | "application/vnd.docker.image.rootfs.diff.tar" => LayerMedia::Tar,
-        "application/vnd.oci.image.layer.v1.tar+gzip"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
-        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => LayerMedia::Gzip,
-        "application/vnd.oci.image.layer.v1.tar+zstd"
-        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => LayerMedia::Zstd,
+        MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => LayerMedia::Tar,
+        MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => LayerMedia::Gzip,
+        MediaType::ImageLayerZstd | MediaType::ImageLayerNonDistributableZstd => LayerMedia::Zstd,
+        MediaType::Other(m) => match m.as_str() {
+            "application/vnd.docker.image.rootfs.diff.tar" => LayerMedia::Tar,
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+            | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => LayerMedia::Gzip,
+            _ => return None,
+        },
         _ => return None,
     })
 }
@@ -902,6 +968,14 @@ fn platform_name(opts: &ManifestOptions) -> String {
         name.push_str(v);
     }
     name
+}
+
+/// Whether an index entry's os and architecture are the options'.
+/// Compared as oci-spec's values, not as their names: oci-spec reads
+/// `armbe` as [`Arch::ARM64be`], whose name is `arm64be`.
+fn platform_os_arch(p: &Platform, opts: &ManifestOptions) -> bool {
+    *p.os() == Os::from(opts.os.as_str())
+        && *p.architecture() == Arch::from(opts.architecture.as_str())
 }
 
 /// Whether an index entry's variant is the one the options ask for.
@@ -931,24 +1005,24 @@ fn choose(
     let mut seen = HashSet::new();
     let distinct: Vec<&Descriptor> = entries
         .iter()
-        .filter(|d| is_manifest(&d.media_type) || is_index(&d.media_type))
-        .filter(|d| seen.insert(d.digest.as_str()))
+        .filter(|d| is_manifest(d.media_type()) || is_index(d.media_type()))
+        .filter(|d| seen.insert(d.digest().as_ref()))
         .collect();
     match distinct.as_slice() {
-        [] if entries.iter().any(|d| is_schema1(&d.media_type)) => {
+        [] if entries.iter().any(|d| is_schema1(d.media_type())) => {
             return Err(format!("{label}: schema 1 manifests are not supported"))
         }
         [] => {
             return Err(format!(
                 "{label}: none of its {} entries is an image manifest or index (first has media type {})",
                 entries.len(),
-                quote_name(&first.media_type)
+                quote_name(first.media_type().as_ref())
             ))
         }
         [one] => return Ok((*one).clone()),
         _ => {}
     }
-    if distinct.iter().all(|d| d.platform.is_none()) {
+    if distinct.iter().all(|d| d.platform().is_none()) {
         return Err(format!(
             "{label} holds {} images without platforms; cannot choose one",
             distinct.len()
@@ -959,18 +1033,18 @@ fn choose(
         .iter()
         .copied()
         .filter(|d| {
-            d.platform
+            d.platform()
                 .as_ref()
-                .is_some_and(|p| p.os == opts.os && p.architecture == opts.architecture)
+                .is_some_and(|p| platform_os_arch(p, opts))
         })
         .collect();
     let exact: Vec<&Descriptor> = matching
         .iter()
         .copied()
         .filter(|d| {
-            d.platform
+            d.platform()
                 .as_ref()
-                .is_some_and(|p| variant_matches(p.variant.as_deref(), opts))
+                .is_some_and(|p| variant_matches(p.variant().as_deref(), opts))
         })
         .collect();
     // Without a variant asked for, the os/architecture decides unless it
@@ -1025,57 +1099,63 @@ fn is_hex64(s: &str) -> bool {
 /// The member holding a descriptor's blob, checked to exist with the
 /// descriptor's size.
 fn blob_member<'m>(idx: &Index<'m>, desc: &Descriptor, what: &str) -> Result<&'m Member, String> {
-    let hex = sha256_hex(what, &desc.digest)?;
+    let hex = sha256_hex(what, desc.digest().as_ref())?;
     let path = format!("blobs/sha256/{hex}");
     let member = idx.get(what, &path)?;
-    if member.size != desc.size {
+    if member.size != desc.size() {
         return Err(format!(
             "{what}: member {} is {} bytes but its descriptor says {}",
             quote_name(&path),
             member.size,
-            desc.size
+            desc.size()
         ));
     }
     Ok(member)
 }
 
-fn read_blob<T: DeserializeOwned>(
+/// Reads the blob a descriptor names.
+fn read_blob(
     idx: &Index<'_>,
     read: &mut Read<'_>,
     desc: &Descriptor,
     referrer: &str,
     label: &str,
-    shape: &Shape,
-) -> Result<T, String> {
+) -> Result<Vec<u8>, String> {
     let member = blob_member(idx, desc, referrer)?;
-    read_json(read, member, label, shape)
+    read_bytes(read, member, label)
 }
 
-fn diff_ids(rootfs: RootFs, layers: usize, manifest: &str) -> Result<Vec<String>, String> {
-    if rootfs.kind != "layers" {
+/// The config's diff_ids, checked and taken out of it.
+fn diff_ids(rootfs: &mut RootFs, layers: usize, manifest: &str) -> Result<Vec<String>, String> {
+    if rootfs.typ() != "layers" {
         return Err(format!(
             "config: unsupported rootfs type {}",
-            quote_name(&rootfs.kind)
+            quote_name(rootfs.typ())
         ));
     }
-    if rootfs.diff_ids.len() != layers {
+    let ids = rootfs.diff_ids();
+    if ids.len() != layers {
         return Err(format!(
             "config: rootfs lists {} diff_ids but the {manifest} has {layers} layers",
-            rootfs.diff_ids.len()
+            ids.len()
         ));
     }
-    for (i, d) in rootfs.diff_ids.iter().enumerate() {
+    for (i, d) in ids.iter().enumerate() {
         sha256_hex(&format!("config: diff_id {}", i + 1), d)?;
     }
-    Ok(rootfs.diff_ids)
+    Ok(std::mem::take(rootfs.diff_ids_mut()))
 }
 
 /// Rejects an image whose config names another os or architecture than
 /// the options' (catalogue F60 "foreign OS"); absent or empty fields pass.
-fn check_platform(config: &ImageConfig, opts: &ManifestOptions) -> Result<(), String> {
-    let os = config.os.as_deref().filter(|s| !s.is_empty());
-    let arch = config.architecture.as_deref().filter(|s| !s.is_empty());
-    if os.is_none_or(|o| o == opts.os) && arch.is_none_or(|a| a == opts.architecture) {
+fn check_platform(config: &ImageConfiguration, opts: &ManifestOptions) -> Result<(), String> {
+    let (os, arch) = (config.os().to_string(), config.architecture().to_string());
+    let os = Some(os.as_str()).filter(|s| !s.is_empty());
+    let arch = Some(arch.as_str()).filter(|s| !s.is_empty());
+    // As in `platform_os_arch`, oci-spec's values are compared.
+    if os.is_none_or(|_| *config.os() == Os::from(opts.os.as_str()))
+        && arch.is_none_or(|_| *config.architecture() == Arch::from(opts.architecture.as_str()))
+    {
         return Ok(());
     }
     let image = format!(
@@ -1093,20 +1173,20 @@ fn check_platform(config: &ImageConfig, opts: &ManifestOptions) -> Result<(), St
 
 /// The runtime config, each list at most [`MAX_CONFIG_ENTRIES`] long and
 /// each string at most [`MAX_CONFIG_STRING`] bytes without NUL.
-fn runtime_config(config: Option<RunConfig>) -> Result<RuntimeConfig, String> {
+fn runtime_config(config: Option<&Config>) -> Result<RuntimeConfig, String> {
     let Some(c) = config else {
         return Ok(RuntimeConfig::default());
     };
     Ok(RuntimeConfig {
-        env: config_list("Env", c.env)?,
-        entrypoint: config_list("Entrypoint", c.entrypoint)?,
-        cmd: config_list("Cmd", c.cmd)?,
-        working_dir: config_string("WorkingDir", c.working_dir)?,
-        user: config_string("User", c.user)?,
+        env: config_list("Env", c.env().as_deref())?,
+        entrypoint: config_list("Entrypoint", c.entrypoint().as_deref())?,
+        cmd: config_list("Cmd", c.cmd().as_deref())?,
+        working_dir: config_string("WorkingDir", c.working_dir().as_deref())?,
+        user: config_string("User", c.user().as_deref())?,
     })
 }
 
-fn config_list(what: &str, list: Option<Vec<String>>) -> Result<Vec<String>, String> {
+fn config_list(what: &str, list: Option<&[String]>) -> Result<Vec<String>, String> {
     let list = list.unwrap_or_default();
     if list.len() > MAX_CONFIG_ENTRIES {
         return Err(format!(
@@ -1114,14 +1194,14 @@ fn config_list(what: &str, list: Option<Vec<String>>) -> Result<Vec<String>, Str
             list.len()
         ));
     }
-    list.into_iter()
+    list.iter()
         .enumerate()
         .map(|(i, s)| config_string(&format!("{what} entry {}", i + 1), Some(s)))
         .collect()
 }
 
-fn config_string(what: &str, s: Option<String>) -> Result<String, String> {
-    let s = s.unwrap_or_default();
+fn config_string(what: &str, s: Option<&str>) -> Result<String, String> {
+    let s = s.unwrap_or_default().to_owned();
     if s.len() > MAX_CONFIG_STRING {
         return Err(format!(
             "config: {what} is {} bytes (at most {MAX_CONFIG_STRING})",
@@ -1173,10 +1253,11 @@ fn parse_docker(
 
     let config_path = normalize(&entry.config).map_err(|e| format!("manifest.json: Config {e}"))?;
     let config_member = idx.get("manifest.json: Config", &config_path)?;
-    let config: ImageConfig = read_json(read, config_member, "config", &strict::IMAGE_CONFIG)?;
+    let bytes = read_bytes(read, config_member, "config")?;
+    let mut config = decode_config(&bytes)?;
     check_platform(&config, opts)?;
-    let runtime = runtime_config(config.config)?;
-    let diff_ids = diff_ids(config.rootfs, entry.layers.len(), "manifest.json")?;
+    let runtime = runtime_config(config.config().as_ref())?;
+    let diff_ids = diff_ids(config.rootfs_mut(), entry.layers.len(), "manifest.json")?;
 
     let mut layers = Vec::with_capacity(entry.layers.len());
     for (i, (path, diff_id)) in entry.layers.iter().zip(diff_ids).enumerate() {

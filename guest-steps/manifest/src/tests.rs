@@ -1,5 +1,9 @@
 use super::*;
 
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
 const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const ZST: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -1921,4 +1925,67 @@ fn f66_duplicate_and_case_variant_keys() {
     ] {
         check(&replace(&d, "manifest.json", from, to), a, Err(want));
     }
+}
+
+/// What oci-spec's types require but tarpool accepted before it still is:
+/// no `schemaVersion` in an index or a manifest, a config without `os` and
+/// `architecture` (or with them null), a config without `diff_ids` for no
+/// layers; an `armbe` image is chosen for `armbe`, though oci-spec names
+/// that architecture `arm64be`.
+#[test]
+fn oci_spec_leniencies_kept() {
+    let a = UnitKind::Archive;
+    let u = oci(&[GZ]);
+    check(
+        &replace(&u, "index.json", "\"schemaVersion\":2,", ""),
+        a,
+        Ok(1),
+    );
+    check(&edit_manifest(&u, "\"schemaVersion\":2,", ""), a, Ok(1));
+    check(
+        &edit_config(&u, r#""architecture":"amd64","os":"linux","#, ""),
+        a,
+        Ok(1),
+    );
+    check(
+        &edit_config(
+            &u,
+            r#""architecture":"amd64","os":"linux","#,
+            r#""architecture":null,"os":null,"#,
+        ),
+        a,
+        Ok(1),
+    );
+    let none = oci(&[]);
+    check(&edit_config(&none, r#","diff_ids":[]"#, ""), a, Ok(0));
+    // Still rejected: a null diff_ids, a schemaVersion other than 2.
+    check(
+        &edit_config(&none, r#""diff_ids":[]"#, r#""diff_ids":null"#),
+        a,
+        Err("config: invalid type: null"),
+    );
+    let armbe = ManifestOptions {
+        architecture: "armbe".into(),
+        ..ManifestOptions::default()
+    };
+    let u = edit_config(&u, r#""architecture":"amd64""#, r#""architecture":"armbe""#);
+    let entries = [
+        platform_desc(&u, 200, "linux", "armbe", None),
+        platform_desc(&u, 200, "linux", "amd64", None),
+    ];
+    // Two entries of one digest are one image: give the amd64 one its own.
+    let other = u.files[&blob(200)].clone();
+    let u = with_index(
+        &u.with(&blob(201), other),
+        &[entries[0].clone(), entries[1].replace(&hex(200), &hex(201))],
+    );
+    check_opts(&u, a, &armbe, Ok(1));
+    // The one thing lost: oci-spec reads `armbe` and `arm64be` as one
+    // architecture, so `arm64be` takes the `armbe` image too (before
+    // oci-spec it found none).
+    let arm64be = ManifestOptions {
+        architecture: "arm64be".into(),
+        ..ManifestOptions::default()
+    };
+    check_opts(&u, a, &arm64be, Ok(1));
 }
