@@ -274,6 +274,32 @@ pub fn classify(
     Ok(Value::Object(out))
 }
 
+/// A request to the extraction worker for `task` on layer `n` (`l`, in its
+/// blob), under this run's policy and opt-out; no test hooks.
+fn worker_request(
+    ctx: &Ctx,
+    task: crate::worker::Task,
+    l: PlannedLayer,
+    n: usize,
+) -> crate::worker::Request {
+    crate::worker::Request {
+        task,
+        root_fd: -1,
+        blob: ctx.blobs.path(&l.blob),
+        layer: l,
+        n,
+        policy: ctx.policy.clone(),
+        tar_cache: std::path::PathBuf::new(),
+        unconfined: ctx.unconfined_worker,
+        test_escape: None,
+        test_no_landlock: false,
+        test_landlock_abi: None,
+        test_escape_kind: Default::default(),
+        progress: false,
+        bench_native_check: false,
+    }
+}
+
 /// Has the confined worker decompress the archive blob `digest` (`kind`,
 /// `size` bytes) into a staging file, then adopts the file into the blob
 /// store: its digest and size.
@@ -288,35 +314,21 @@ fn decompress_archive(
         .blobs
         .staging()
         .map_err(|e| StepFailure::io("creating a staging file", e))?;
-    let req = crate::worker::Request {
-        task: crate::worker::Task::Decompress,
-        root_fd: -1,
-        blob: ctx.blobs.path(digest),
-        layer: PlannedLayer {
-            member: String::new(),
-            media: if kind == BlobKind::Zstd {
-                LayerMedia::Zstd
-            } else {
-                LayerMedia::Gzip
-            },
-            blob: digest.to_string(),
-            offset: 0,
-            len: size,
-            digest: None,
-            diff_id: None,
-            chain_id: None,
+    let layer = PlannedLayer {
+        member: String::new(),
+        media: if kind == BlobKind::Zstd {
+            LayerMedia::Zstd
+        } else {
+            LayerMedia::Gzip
         },
-        n: 0,
-        policy: ctx.policy.clone(),
-        tar_cache: std::path::PathBuf::new(),
-        unconfined: ctx.unconfined_worker,
-        test_escape: None,
-        test_no_landlock: false,
-        test_landlock_abi: None,
-        test_escape_kind: Default::default(),
-        progress: false,
-        bench_native_check: false,
+        blob: digest.to_string(),
+        offset: 0,
+        len: size,
+        digest: None,
+        diff_id: None,
+        chain_id: None,
     };
+    let req = worker_request(ctx, crate::worker::Task::Decompress, layer, 0);
     crate::worker::decompress(req, staging.as_file().as_fd(), verdicts)?;
     ctx.blobs
         .adopt(staging)
@@ -676,22 +688,7 @@ fn blob_diff_id(
         // An uncompressed layer's diff ID is its digest.
         return Ok((digest, false));
     }
-    let req = crate::worker::Request {
-        task: crate::worker::Task::Hash,
-        root_fd: -1,
-        blob: ctx.blobs.path(&l.blob),
-        layer: l.clone(),
-        n,
-        policy: ctx.policy.clone(),
-        tar_cache: std::path::PathBuf::new(),
-        unconfined: ctx.unconfined_worker,
-        test_escape: None,
-        test_no_landlock: false,
-        test_landlock_abi: None,
-        test_escape_kind: Default::default(),
-        progress: false,
-        bench_native_check: false,
-    };
+    let req = worker_request(ctx, crate::worker::Task::Hash, l.clone(), n);
     let d = crate::worker::hash(req, verdicts)?;
     if d.digest != digest {
         return Err(StepFailure::Retry(format!(
@@ -720,23 +717,10 @@ pub fn apply_one(
             "the compiled tar check is not cached (is the state directory writable?)".into(),
         )
     })?;
-    let req = crate::worker::Request {
-        task: crate::worker::Task::Apply,
-        root_fd: 0,
-        blob: ctx.blobs.path(&l.blob),
-        layer: l.clone(),
-        n,
-        policy: ctx.policy.clone(),
-        tar_cache: tar_cache.to_path_buf(),
-        unconfined: ctx.unconfined_worker,
-        test_escape: None,
-        test_no_landlock: false,
-        test_landlock_abi: None,
-        test_escape_kind: Default::default(),
-        progress: false,
-        bench_native_check: cfg!(feature = "bench-native-check")
-            && std::env::var_os("TARPOOL_BENCH_NATIVE_CHECK").is_some(),
-    };
+    let mut req = worker_request(ctx, crate::worker::Task::Apply, l.clone(), n);
+    req.tar_cache = tar_cache.to_path_buf();
+    req.bench_native_check = cfg!(feature = "bench-native-check")
+        && std::env::var_os("TARPOOL_BENCH_NATIVE_CHECK").is_some();
     let total = l.len;
     let report = move |bytes: u64, entries: u64| {
         crate::progress::layer(image, n, of, bytes, total, entries);

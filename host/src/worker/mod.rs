@@ -215,19 +215,11 @@ pub fn run(
 pub fn hash(mut req: Request, verdicts: &mut Vec<Verdict>) -> Result<LayerDigests, StepFailure> {
     req.task = Task::Hash;
     req.root_fd = -1;
-    match spawn_observed(&current_exe()?, &mut req, None, None)? {
-        Reply::Hashed { digests, .. } => Ok(digests),
-        Reply::Failed {
-            failure,
-            verdicts: v,
-        } => {
-            verdicts.extend(v);
-            Err(failure)
-        }
-        _ => Err(StepFailure::Retry(
-            "the extraction worker answered another request".into(),
-        )),
-    }
+    let reply = spawn_observed(&current_exe()?, &mut req, None, None)?;
+    answer(reply, verdicts, |r| match r {
+        Reply::Hashed { digests, .. } => Some(digests),
+        _ => None,
+    })
 }
 
 /// Runs the worker for `req` as a [`Task::Decompress`] into `out` (a file
@@ -239,8 +231,21 @@ pub fn decompress(
     verdicts: &mut Vec<Verdict>,
 ) -> Result<u64, StepFailure> {
     req.task = Task::Decompress;
-    match spawn_observed(&current_exe()?, &mut req, Some(out), None)? {
-        Reply::Decompressed { bytes, .. } => Ok(bytes),
+    let reply = spawn_observed(&current_exe()?, &mut req, Some(out), None)?;
+    answer(reply, verdicts, |r| match r {
+        Reply::Decompressed { bytes, .. } => Some(bytes),
+        _ => None,
+    })
+}
+
+/// The worker's `reply` as the caller's result: what `pick` takes from the
+/// answer it expects, or the failure (its verdicts pushed to `verdicts`).
+fn answer<T>(
+    reply: Reply,
+    verdicts: &mut Vec<Verdict>,
+    pick: impl FnOnce(Reply) -> Option<T>,
+) -> Result<T, StepFailure> {
+    match reply {
         Reply::Failed {
             failure,
             verdicts: v,
@@ -248,9 +253,9 @@ pub fn decompress(
             verdicts.extend(v);
             Err(failure)
         }
-        _ => Err(StepFailure::Retry(
-            "the extraction worker answered another request".into(),
-        )),
+        r => pick(r).ok_or_else(|| {
+            StepFailure::Retry("the extraction worker answered another request".into())
+        }),
     }
 }
 
