@@ -34,7 +34,8 @@ pub struct ManifestOptions {
 }
 
 impl Default for ManifestOptions {
-    /// linux/amd64, no variant, one nested index (the host's defaults).
+    /// linux/amd64, no variant, one nested index: the guests' tests' default
+    /// (the host always passes its own options; its `max_index_depth` is 4).
     fn default() -> Self {
         ManifestOptions {
             os: "linux".into(),
