@@ -182,7 +182,7 @@ impl<R: Read> Read for Watched<R> {
 #[derive(Clone)]
 struct Tap<R> {
     inner: R,
-    state: Arc<Mutex<(sha2::Sha256, u64)>>,
+    state: TapState,
 }
 
 impl<R: Read> Read for Tap<R> {
@@ -196,7 +196,7 @@ impl<R: Read> Read for Tap<R> {
     }
 }
 
-fn tap_digest(state: &Arc<Mutex<(sha2::Sha256, u64)>>) -> (String, u64) {
+fn tap_digest(state: &TapState) -> (String, u64) {
     use sha2::Digest as _;
     let s = state.lock().unwrap_or_else(|p| p.into_inner());
     (
@@ -215,18 +215,7 @@ pub(super) fn hash_stream(
     policy: &crate::core::policy::Policy,
     verdicts: &mut Verdicts,
 ) -> Result<LayerDigests, StepFailure> {
-    use sha2::Digest as _;
-    let r =
-        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
-    let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let failed = Arc::new(AtomicBool::new(false));
-    let raw = Tap {
-        inner: Watched {
-            inner: BufReader::with_capacity(1 << 20, r),
-            failed: failed.clone(),
-        },
-        state: raw_state.clone(),
-    };
+    let (raw, raw_state, failed) = raw_layer(blob, l)?;
     let h = crate::blobs::HashingReader::new(decoded(l, raw, policy)?);
     // An error the blob file did not raise is the decoder's verdict on the
     // bytes.
@@ -240,6 +229,34 @@ pub(super) fn hash_stream(
     let (digest, raw_len) = tap_digest(&raw_state);
     verify_raw(n, l, &digest, raw_len)?;
     Ok(LayerDigests { digest, diff_id })
+}
+
+/// A running hash and byte count, shared between a [`Tap`] and its owner.
+type TapState = Arc<Mutex<(sha2::Sha256, u64)>>;
+
+/// A layer's stored bytes as [`raw_layer`] reads them.
+type RawReader = Tap<Watched<BufReader<io::Take<File>>>>;
+
+/// Layer `l`'s stored bytes in `blob`: a reader that hashes them as they
+/// pass (its state gives the digest) and notes whether the file itself
+/// failed (to tell a read error from a decoder's verdict on the bytes).
+fn raw_layer(
+    blob: File,
+    l: &PlannedLayer,
+) -> Result<(RawReader, TapState, Arc<AtomicBool>), StepFailure> {
+    use sha2::Digest as _;
+    let r =
+        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+    let state: TapState = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
+    let failed = Arc::new(AtomicBool::new(false));
+    let raw = Tap {
+        inner: Watched {
+            inner: BufReader::with_capacity(1 << 20, r),
+            failed: failed.clone(),
+        },
+        state: state.clone(),
+    };
+    Ok((raw, state, failed))
 }
 
 /// The checks on a layer's stored bytes once its stream has been read:
@@ -271,19 +288,9 @@ pub(super) fn apply_stream(
     verdicts: &mut Verdicts,
 ) -> Result<(crate::extract::ApplyStats, LayerDigests), StepFailure> {
     use sha2::Digest as _;
-    let r =
-        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
     crate::progress::RAW_BYTES.store(0, Ordering::Relaxed);
     crate::progress::ENTRIES.store(0, Ordering::Relaxed);
-    let raw_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
-    let failed = Arc::new(AtomicBool::new(false));
-    let raw = Tap {
-        inner: Watched {
-            inner: BufReader::with_capacity(1 << 20, r),
-            failed: failed.clone(),
-        },
-        state: raw_state.clone(),
-    };
+    let (raw, raw_state, failed) = raw_layer(blob, l)?;
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let decoded = decoded(l, raw, policy)?;
     // Two stages on two cores: a helper thread decompresses and hashes both
