@@ -13,5 +13,13 @@ cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets --features tarpool/failpoints -- -D warnings
 cargo clippy --locked -p tarpool --lib --bins -- -D warnings
 cargo test --locked --workspace --features tarpool/failpoints
-# The thin-pool backend on a real kernel's dm-thin, in one VM boot.
-tests/vm/thinpool.sh target/debug/tarpool
+# The thin-pool backend on a real kernel's dm-thin, in one VM boot; the
+# worker's confinement tests run there too, on that kernel's Landlock. The
+# same arguments as above: nothing is rebuilt, cargo names the executable.
+e2e=$(cargo test --locked --workspace --features tarpool/failpoints --no-run --message-format=json \
+    | python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
+        print(m["executable"])')
+tests/vm/thinpool.sh target/debug/tarpool "$e2e"

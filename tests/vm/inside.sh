@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs inside the VM (tests/vm/thinpool.sh boots it): tarpool's thin-pool
 # backend against the real kernel's dm-thin.
-#   inside.sh TARPOOL BUCKETS
+#   inside.sh TARPOOL BUCKETS [E2E_TEST_BINARY]
 set -euo pipefail
 T=$1
 B=$2
+E=${3:-}
 HERE=$(cd "$(dirname "$0")" && pwd)
 CHECK="python3 $HERE/check.py"
 W=/run/tpvm
@@ -33,6 +34,18 @@ CFG
 }
 
 tp() { local s=$1 c=$2; shift 2; "$T" --state-dir "$s" --config "$c" "$@"; }
+
+# ---- 0. the worker's confinement on this kernel ----
+if [ -n "$E" ]; then
+    step "the confined worker on this kernel (Landlock ABI $(python3 -c 'import ctypes; print(ctypes.CDLL(None, use_errno=True).syscall(444, None, 0, 1))')): escapes denied or killed"
+    mkdir -p $W/tmp
+    set +e
+    TMPDIR=$W/tmp "$E" --test-threads 1 worker:: 2>&1 | tee $W/worker.out
+    rc=${PIPESTATUS[0]}
+    set -e
+    [ "$rc" = 0 ] || fail "the worker's confinement tests"
+    grep -q "test result: ok. [1-9]" $W/worker.out || fail "no worker confinement test ran"
+fi
 
 # ---- 1. the exercise's bucket in miniature ----
 step "families: 3 x 5 layers, layers 1-3 shared, in a 640 MB pool"
