@@ -37,6 +37,53 @@ pub struct Args {
     pub cmd: Cmd,
 }
 
+/// How `exec` and `bundle` run an activation.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunOpts {
+    /// The container's network: `none`, a namespace of its own with only
+    /// `lo`; `host`, the host's.
+    #[arg(long, value_enum, default_value = "none")]
+    net: crate::container::Net,
+    /// `auto`: a user namespace whose root is an unprivileged host uid
+    /// (`userns_base` in the config), the activation id-mapped; `host`: the
+    /// host's, so the container's root is the host's.
+    #[arg(long, value_enum, default_value = "auto")]
+    userns: crate::container::Userns,
+    /// Memory limit (e.g. 64M, 2G); swap is not allowed beyond it.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Most processes and threads at once.
+    #[arg(long)]
+    pids: Option<i64>,
+    /// CPU time, in CPUs (0.5: half of one).
+    #[arg(long)]
+    cpus: Option<f64>,
+}
+
+impl RunOpts {
+    fn options(&self) -> Result<crate::container::Options> {
+        let memory = match &self.memory {
+            Some(m) => Some(
+                i64::try_from(
+                    crate::backend::thinpool::parse_size(m)
+                        .map_err(|e| anyhow::anyhow!("--memory {m}: {e}"))?,
+                )
+                .map_err(|_| anyhow::anyhow!("--memory {m}: too large"))?,
+            ),
+            None => None,
+        };
+        Ok(crate::container::Options {
+            net: self.net,
+            userns: self.userns,
+            limits: crate::container::Limits {
+                memory,
+                pids: self.pids,
+                cpus: self.cpus,
+            },
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Discover images in the source and bring each to ready.
@@ -105,17 +152,31 @@ pub enum Cmd {
         #[arg(long)]
         backend: Option<String>,
     },
-    /// Runs a command inside an activation (new mount, pid, UTS, IPC and
-    /// network namespaces, the image's Env, WorkingDir and User); exits with
-    /// its status.
+    /// Runs a command in an activation as an OCI container (the configured
+    /// `runtime`, crun by default): new pid, mount, IPC, UTS, cgroup and
+    /// network namespaces, a user namespace whose root is an unprivileged
+    /// host uid, Docker's capabilities and seccomp profile, the image's Env,
+    /// WorkingDir and User; exits with its status.
     Exec {
         act: String,
         #[arg(long)]
         backend: Option<String>,
-        /// The command's network: `none`, a namespace of its own with only
-        /// `lo`; `host`, the host's.
-        #[arg(long, value_enum, default_value = "none")]
-        net: crate::exec::Net,
+        #[command(flatten)]
+        run: RunOpts,
+        /// The command and its arguments (default: the image's Entrypoint
+        /// and Cmd).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Writes an OCI runtime bundle of an activation made with `--mount`
+    /// into the new directory DIR: `config.json` and `rootfs`, mounted until
+    /// the activation is deactivated. Any OCI runtime runs it (`crun run
+    /// --bundle DIR ID`).
+    Bundle {
+        act: String,
+        dir: PathBuf,
+        #[command(flatten)]
+        run: RunOpts,
         /// The command and its arguments (default: the image's Entrypoint
         /// and Cmd).
         #[arg(last = true)]
@@ -232,6 +293,13 @@ struct FileConfig {
     /// The devicemapper thin pool (`--backend thinpool`).
     #[serde(default)]
     thinpool: crate::backend::thinpool::ThinConfig,
+    /// `exec` and `bundle`: the OCI runtime (`crun`, `runc` or a path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime: Option<String>,
+    /// `exec` and `bundle`: the first host uid and gid of the container's
+    /// user namespace (65536 from it are mapped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    userns_base: Option<u32>,
 }
 
 fn load_file(args: &Args) -> Result<FileConfig> {
@@ -273,6 +341,7 @@ struct Config {
     metrics_addr: Option<String>,
     gc: bool,
     thinpool: crate::backend::thinpool::ThinConfig,
+    container: crate::container::Settings,
 }
 
 impl Config {
@@ -294,6 +363,8 @@ impl Config {
             retry_cap_ms: Some(self.retry.cap.as_millis() as u64),
             steps: Some(self.steps.clone()),
             thinpool: self.thinpool.clone(),
+            runtime: Some(self.container.runtime.clone()),
+            userns_base: Some(self.container.userns_base),
         }
     }
 }
@@ -374,6 +445,13 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
         metrics_addr,
         gc: file.gc.unwrap_or(true),
         thinpool: file.thinpool,
+        container: {
+            let d = crate::container::Settings::default();
+            crate::container::Settings {
+                runtime: file.runtime.unwrap_or(d.runtime),
+                userns_base: file.userns_base.unwrap_or(d.userns_base),
+            }
+        },
     })
 }
 
@@ -560,7 +638,7 @@ pub fn main() -> Result<u8> {
         Cmd::Exec {
             act,
             backend: b,
-            net,
+            run,
             cmd,
         } => {
             let cfg = config(
@@ -570,8 +648,26 @@ pub fn main() -> Result<u8> {
                     ..Overrides::default()
                 },
             )?;
+            let opts = run.options()?;
             let store = open_store(&cfg.state_dir)?;
-            crate::exec::run(&cfg.state_dir, &store, &|| backend(&cfg), act, cmd, *net)
+            crate::container::exec(
+                &cfg.state_dir,
+                &store,
+                &|| backend(&cfg),
+                &cfg.container,
+                act,
+                cmd,
+                &opts,
+            )
+        }
+        Cmd::Bundle { act, dir, run, cmd } => {
+            let cfg = config(&args, &Overrides::default())?;
+            let opts = run.options()?;
+            let store = open_store(&cfg.state_dir)?;
+            let made =
+                crate::container::bundle(&cfg.state_dir, &store, &cfg.container, act, dir, cmd, &opts)?;
+            println!("{made}");
+            Ok(0)
         }
         Cmd::Pool { cmd } => {
             let cfg = config(
@@ -1123,9 +1219,11 @@ fn deactivate(cfg: &Config, act: &str) -> Result<u8> {
     };
     exists()?;
     // Never while a `tarpool exec` runs in it: "activation ACT is in use".
-    let lock = crate::exec::lock_activation(&cfg.state_dir, act, true)?;
+    let lock = crate::container::lock_activation(&cfg.state_dir, act, true)?;
     // Again under the lock: another deactivate may have just removed it.
     let row = exists()?;
+    crate::container::release(&cfg.state_dir, &store, &cfg.container, act)
+        .with_context(|| format!("deactivating {act}"))?;
     let b = backend(cfg)?;
     b.deactivate(act, row.mountpoint.as_deref().map(Path::new))
         .with_context(|| format!("deactivating {act}"))?;

@@ -131,7 +131,19 @@ CREATE TABLE IF NOT EXISTS activations (
 /// The schema's migrations, in order: migration `i` takes a database from
 /// `PRAGMA user_version` `i` to `i + 1`. Released entries are never edited;
 /// a schema change is a new entry at the end.
-const MIGRATIONS: &[fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>] = &[adopt];
+const MIGRATIONS: &[fn(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>] = &[adopt, bundles];
+
+/// Migration 2: `tarpool bundle`'s bundles, whose root filesystems stay
+/// mounted until their activation is deactivated.
+fn bundles(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS bundles (
+            dir TEXT PRIMARY KEY,
+            activation TEXT NOT NULL,
+            created_at INTEGER NOT NULL
+        )",
+    )
+}
 
 /// Migration 1: the schema (every table, the thin pool's included), for a
 /// new database or one made before schema versions. Such an older database
@@ -864,6 +876,33 @@ impl Store {
             parents.get(c).copied().flatten()
         });
         Ok(layers.into_iter().partition(|l| keep.contains(&l.chain_id)))
+    }
+
+    /// A bundle made of activation `act` in `dir` (`tarpool bundle`).
+    pub fn add_bundle(&self, dir: &str, act: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO bundles (dir, activation, created_at) VALUES (?1, ?2, ?3)",
+                params![dir, act, now_ms()],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The directories of activation `act`'s bundles.
+    pub fn bundles_of(&self, act: &str) -> Result<Vec<String>> {
+        self.with(|c| {
+            let mut s = c.prepare("SELECT dir FROM bundles WHERE activation = ?1 ORDER BY dir")?;
+            let rows = s.query_map([act], |r| r.get(0))?.collect();
+            rows
+        })
+    }
+
+    pub fn remove_bundle(&self, dir: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM bundles WHERE dir = ?1", [dir])
+                .map(|_| ())
+        })
     }
 
     pub fn remove_activation(&self, id: &str) -> Result<()> {

@@ -62,6 +62,77 @@ pub trait MountOps: Send + Sync {
     fn private_namespace(&self) -> io::Result<()>;
     /// Mount points at or below `dir` in this thread's namespace, deepest first.
     fn mounts_under(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+    /// Mounts at `target` a clone of the mount at `source` (the subtree
+    /// from `source` down, not its submounts), id-mapped through the user
+    /// namespace `userns`: a file stored as uid N is seen (and written) as
+    /// the host uid that namespace's N maps to.
+    fn idmapped_clone(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: rustix::fd::BorrowedFd<'_>,
+    ) -> io::Result<()>;
+}
+
+/// Runs `f` with this thread's filesystem uid and gid `id`, keeping every
+/// capability the thread has (the kernel drops the filesystem ones from the
+/// effective set when the filesystem uid leaves 0; they are raised again
+/// from the permitted set), then restores both.
+pub fn with_fs_ids<T>(id: u32, f: impl FnOnce() -> T) -> io::Result<T> {
+    use caps::CapSet;
+    let effective = caps::read(None, CapSet::Effective).map_err(io::Error::other)?;
+    // SAFETY: setfsuid/setfsgid only change this thread's filesystem ids,
+    // restored below.
+    let (old_u, old_g) = unsafe { (libc::setfsuid(id), libc::setfsgid(id)) };
+    let raised = caps::set(None, CapSet::Effective, &effective).map_err(io::Error::other);
+    let r = raised.map(|()| f());
+    // SAFETY: as above; back to 0 the kernel raises the filesystem
+    // capabilities again.
+    unsafe {
+        libc::setfsuid(old_u as libc::uid_t);
+        libc::setfsgid(old_g as libc::gid_t);
+    }
+    let _ = caps::set(None, CapSet::Effective, &effective);
+    r
+}
+
+/// The kernel's `struct mount_attr` (`linux/mount.h`).
+#[repr(C)]
+pub struct MountAttr {
+    pub attr_set: u64,
+    pub attr_clr: u64,
+    pub propagation: u64,
+    pub userns_fd: u64,
+}
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr(2)` on `path` relative to `dirfd`.
+pub fn mount_setattr(
+    dirfd: libc::c_int,
+    path: &Path,
+    flags: libc::c_uint,
+    attr: &MountAttr,
+) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `path` is a NUL-terminated string and `attr` a `mount_attr`
+    // of the size passed; both outlive the call, which only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn overlay_options(lower: &[PathBuf], upper_work: Option<(&Path, &Path)>) -> String {
@@ -148,6 +219,53 @@ impl MountOps for LinuxMounts {
         Ok(())
     }
 
+    fn idmapped_clone(
+        &self,
+        source: &Path,
+        target: &Path,
+        userns: rustix::fd::BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        use rustix::fd::{AsFd as _, AsRawFd as _};
+        use rustix::mount::{move_mount, open_tree, MoveMountFlags, OpenTreeFlags};
+        let tree = open_tree(
+            rustix::fs::CWD,
+            source,
+            OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+        )?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        };
+        mount_setattr(
+            tree.as_raw_fd(),
+            Path::new(""),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr,
+        )
+        .map_err(|e| match e.raw_os_error() {
+            // The filesystem cannot be id-mapped (overlayfs, or tmpfs
+            // before Linux 6.3), or the kernel cannot (before 5.12).
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EPERM) => io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "this kernel cannot id-map the filesystem at {} ({e})",
+                    source.display()
+                ),
+            ),
+            _ => e,
+        })?;
+        move_mount(
+            tree.as_fd(),
+            "",
+            rustix::fs::CWD,
+            target,
+            MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+        )?;
+        Ok(())
+    }
+
     fn mounts_under(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
         let text = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
         let mut out: Vec<PathBuf> = text
@@ -204,6 +322,19 @@ impl MountOps for RecordingMounts {
             target.display(),
             overlay_options(lower, upper_work),
             suid.describe()
+        ));
+        Ok(())
+    }
+    fn idmapped_clone(
+        &self,
+        source: &Path,
+        target: &Path,
+        _userns: rustix::fd::BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        self.calls.lock().unwrap().push(format!(
+            "idmap {} {}",
+            source.display(),
+            target.display()
         ));
         Ok(())
     }

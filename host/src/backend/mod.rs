@@ -141,6 +141,22 @@ pub trait Snapshotter: Send + Sync {
     /// programs work as the image means.
     fn mount_activation(&self, act: &str, chain: &[i64], target: &Path) -> std::io::Result<()>;
 
+    /// [`Snapshotter::mount_activation`], with the activation's files
+    /// id-mapped through the user namespace `userns` (for a container whose
+    /// root is an unprivileged host uid): what is stored as uid N is seen
+    /// and written as the uid the namespace maps N to (`host_root` for 0),
+    /// and stored as N again. `scratch` is an empty directory the backend
+    /// may mount on (the caller unmounts it, after `target`).
+    fn mount_activation_idmapped(
+        &self,
+        act: &str,
+        chain: &[i64],
+        target: &Path,
+        scratch: &Path,
+        userns: rustix::fd::BorrowedFd<'_>,
+        host_root: u32,
+    ) -> std::io::Result<()>;
+
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> std::io::Result<()>;
 
     /// After a crash, and for `gc`: removes temporary mounts and whatever

@@ -220,6 +220,32 @@ impl Snapshotter for Overlay {
         self.mount_at(act, chain, target, Suid::Honoured)
     }
 
+    /// overlayfs itself cannot be id-mapped; its layers can (Linux 5.19):
+    /// the backend's tree, id-mapped at `scratch`, gives the overlay its
+    /// lower, upper and work directories. overlayfs does its own work (its
+    /// work directory, copy-up) with its mounter's credentials, which must
+    /// be mapped through the upper directory's id-map: the overlay is
+    /// mounted with filesystem ids `host_root` (stored as 0) and every
+    /// capability this process has.
+    fn mount_activation_idmapped(
+        &self,
+        act: &str,
+        chain: &[i64],
+        target: &Path,
+        scratch: &Path,
+        userns: rustix::fd::BorrowedFd<'_>,
+        host_root: u32,
+    ) -> io::Result<()> {
+        self.mounts.idmapped_clone(&self.root, scratch, userns)?;
+        let mapped = Overlay {
+            root: scratch.to_path_buf(),
+            mounts: self.mounts.clone(),
+        };
+        crate::sys::with_fs_ids(host_root, || {
+            mapped.mount_at(act, chain, target, Suid::Honoured)
+        })?
+    }
+
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {
         if let Some(mp) = mountpoint {
             let mp = fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());

@@ -883,6 +883,21 @@ impl Snapshotter for ThinPool {
             .mount_dev(&node, target, "ext4", "", Suid::Honoured)
     }
 
+    /// ext4 can be id-mapped (Linux 5.12): the activation's filesystem,
+    /// mounted at `scratch`, is cloned id-mapped at `target`.
+    fn mount_activation_idmapped(
+        &self,
+        act: &str,
+        chain: &[i64],
+        target: &Path,
+        scratch: &Path,
+        userns: rustix::fd::BorrowedFd<'_>,
+        _host_root: u32,
+    ) -> io::Result<()> {
+        self.mount_activation(act, chain, scratch)?;
+        self.mounts.idmapped_clone(scratch, target, userns)
+    }
+
     fn deactivate(&self, act: &str, mountpoint: Option<&Path>) -> io::Result<()> {
         if let Some(mp) = mountpoint {
             let mp = fs::canonicalize(mp).unwrap_or_else(|_| mp.to_path_buf());
