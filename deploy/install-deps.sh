@@ -13,12 +13,14 @@ die() { echo "install-deps: error: $*" >&2; exit 1; }
 #        libdevmapper-dev + libclang-dev (the devicemapper crate's ioctl bindings)
 # run (thin pool): dmsetup, e2fsprogs (mkfs.ext4), util-linux (losetup)
 # tests/fixtures: GNU tar, gzip, zstd, pigz, python3, umoci, skopeo
+# exec (OCI runtimes): crun (the default), runc (the tests run both)
 # tests/vm (dm-thin on a real kernel): linux-image-amd64, qemu-system-x86,
 #        busybox-static (virtme-ng's init), thin-provisioning-tools (thin_ls)
 PACKAGES=(
     gcc libc6-dev pkg-config ca-certificates libdevmapper-dev libclang-dev
     dmsetup e2fsprogs util-linux
     tar gzip zstd pigz python3 umoci skopeo
+    crun runc
     linux-image-amd64 qemu-system-x86 busybox-static thin-provisioning-tools
 )
 WASM_TARGET=wasm32-wasip2
@@ -79,6 +81,19 @@ else
         || python3 -m pip install --quiet --break-system-packages virtme-ng \
         || die "pip install virtme-ng failed"
     hash -r
+fi
+
+# crun refuses a hybrid cgroup host (v1 controllers, a v2 `unified` mount)
+# while any controller is still on the v2 hierarchy ("cgroups in hybrid mode
+# not supported, drop all controllers from cgroupv2"). Bind each such
+# controller to a v1 hierarchy of its own, as the others are. Only on such a
+# host; a pure v2 host (/sys/fs/cgroup is cgroup2) needs nothing.
+if [ -f /sys/fs/cgroup/unified/cgroup.controllers ]; then
+    for c in $(cat /sys/fs/cgroup/unified/cgroup.controllers); do
+        echo "install-deps: binding the $c cgroup controller to a v1 hierarchy (for crun on a hybrid host)"
+        mkdir -p "/sys/fs/cgroup/$c"
+        mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c" || die "mounting the $c cgroup controller"
+    done
 fi
 
 echo "install-deps: done"

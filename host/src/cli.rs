@@ -664,8 +664,15 @@ pub fn main() -> Result<u8> {
             let cfg = config(&args, &Overrides::default())?;
             let opts = run.options()?;
             let store = open_store(&cfg.state_dir)?;
-            let made =
-                crate::container::bundle(&cfg.state_dir, &store, &cfg.container, act, dir, cmd, &opts)?;
+            let made = crate::container::bundle(
+                &cfg.state_dir,
+                &store,
+                &cfg.container,
+                act,
+                dir,
+                cmd,
+                &opts,
+            )?;
             println!("{made}");
             Ok(0)
         }

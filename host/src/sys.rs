@@ -331,11 +331,10 @@ impl MountOps for RecordingMounts {
         target: &Path,
         _userns: rustix::fd::BorrowedFd<'_>,
     ) -> io::Result<()> {
-        self.calls.lock().unwrap().push(format!(
-            "idmap {} {}",
-            source.display(),
-            target.display()
-        ));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("idmap {} {}", source.display(), target.display()));
         Ok(())
     }
     fn unmount(&self, target: &Path, detach: bool) -> io::Result<()> {

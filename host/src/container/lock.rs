@@ -138,4 +138,3 @@ pub fn chain(store: &Store, act: &str, top: &str) -> Result<Vec<i64>> {
     }
     Ok(ids)
 }
-

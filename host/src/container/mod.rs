@@ -95,7 +95,11 @@ fn id_range(settings: &Settings, userns: Userns) -> Result<Option<IdRange>> {
 
 /// The image's runtime config and the command to run (`cmd`, or the
 /// image's Entrypoint and Cmd).
-fn image_command(store: &Store, row: &ActivationRow, cmd: &[String]) -> Result<(RuntimeConfig, Vec<String>)> {
+fn image_command(
+    store: &Store,
+    row: &ActivationRow,
+    cmd: &[String],
+) -> Result<(RuntimeConfig, Vec<String>)> {
     let act = &row.id;
     let img = store
         .image(&row.image)?
@@ -183,14 +187,13 @@ fn prepare(
     } else {
         format!("/{}", config.working_dir)
     };
-    let prog = match user::find_command(dir.as_fd(), &words[0], &env, &cwd) {
-        Ok(p) => p,
-        Err(e) => return Ok(Prepared::NotRunnable(e)),
-    };
-    let mut args = words.to_vec();
-    args[0] = prog;
+    // Found here first, for a shell's exit status and a clear message; the
+    // runtime searches the same PATH and keeps argv[0] as given.
+    if let Err(e) = user::find_command(dir.as_fd(), &words[0], &env, &cwd) {
+        return Ok(Prepared::NotRunnable(e));
+    }
     Ok(Prepared::Ready(spec::Command {
-        args,
+        args: words.to_vec(),
         env,
         cwd,
         uid: ids.uid,
@@ -280,7 +283,12 @@ pub fn exec(
                     let idmap = scratch.subdir("idmap")?;
                     let host_root = userns.map_or(0, |r| r.host);
                     let r = backend.mount_activation_idmapped(
-                        act, &chain, &view, &idmap, ns.as_fd(), host_root,
+                        act,
+                        &chain,
+                        &view,
+                        &idmap,
+                        ns.as_fd(),
+                        host_root,
                     );
                     if lock::is_mount_point(&idmap) {
                         scratch.mounted(&idmap);
@@ -385,8 +393,12 @@ pub fn bundle(
         }
     };
     let id = container_id(act);
-    let written = write_spec(&dir.join("config.json"), act, &id, &command, userns, opts)
-        .and_then(|()| store.add_bundle(&dir.to_string_lossy(), act).map_err(Into::into));
+    let written =
+        write_spec(&dir.join("config.json"), act, &id, &command, userns, opts).and_then(|()| {
+            store
+                .add_bundle(&dir.to_string_lossy(), act)
+                .map_err(Into::into)
+        });
     if let Err(e) = written {
         undo(true);
         return Err(e);

@@ -27,8 +27,13 @@ pub fn set_nodev(root: &Path) -> Result<()> {
         propagation: 0,
         userns_fd: 0,
     };
-    mount_setattr(libc::AT_FDCWD, root, libc::AT_RECURSIVE as libc::c_uint, &attr)
-        .with_context(|| format!("making {} nodev", root.display()))
+    mount_setattr(
+        libc::AT_FDCWD,
+        root,
+        libc::AT_RECURSIVE as libc::c_uint,
+        &attr,
+    )
+    .with_context(|| format!("making {} nodev", root.display()))
 }
 
 /// A user namespace with `range` as its uid and gid map, held by its file
@@ -170,7 +175,7 @@ pub fn pin_mount_targets(rootfs: &Path, as_uid: Option<u32>) -> Result<()> {
         )
         .ok()
         .and_then(|fd| rustix::fs::fstatfs(fd).ok());
-        if !now.is_some_and(|f| i64::from(f.f_type) == libc::TMPFS_MAGIC) {
+        if now.is_none_or(|f| f.f_type != libc::TMPFS_MAGIC) {
             bail!("the image's /{name} changed while it was being pinned: refusing to run it");
         }
     }

@@ -30,7 +30,11 @@ impl Runtime {
         let name = Path::new(program)
             .file_name()
             .and_then(|n| n.to_str())
-            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            .filter(|n| {
+                !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            })
             .with_context(|| format!("runtime {program:?}: not a program name or path"))?
             .to_string();
         let base = state_dir.join("runtime");
@@ -57,9 +61,21 @@ impl Runtime {
         })
     }
 
+    /// `RUNTIME --root ROOT`, run with no signal blocked (tarpool blocks
+    /// the ones it forwards while a container runs).
     fn cmd(&self) -> Command {
         let mut c = Command::new(&self.program);
         c.arg("--root").arg(&self.root);
+        // SAFETY: runs in the child between fork and exec; sigemptyset and
+        // sigprocmask are async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                Ok(())
+            });
+        }
         c
     }
 
@@ -106,14 +122,18 @@ impl Runtime {
             }
             let path = self.locks.join(format!("{id}.lock"));
             let held = match std::fs::File::open(&path) {
-                Ok(f) => rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-                    .is_err(),
+                Ok(f) => {
+                    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                        .is_err()
+                }
                 Err(_) => false,
             };
             if held {
                 continue;
             }
-            tracing::warn!("deleting container {id}, left by a tarpool exec that ended without cleaning up");
+            tracing::warn!(
+                "deleting container {id}, left by a tarpool exec that ended without cleaning up"
+            );
             self.delete(id);
             let _ = std::fs::remove_file(&path);
             n += 1;
@@ -134,7 +154,10 @@ impl Runtime {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
                 let e = String::from_utf8_lossy(&o.stderr);
-                if !(e.contains("does not exist") || e.contains("not found") || e.contains("No such")) {
+                if !(e.contains("does not exist")
+                    || e.contains("not found")
+                    || e.contains("No such"))
+                {
                     tracing::warn!("{} delete {id}: {}", self.program.display(), e.trim());
                 }
             }
@@ -271,11 +294,13 @@ fn sigset(signals: &[libc::c_int]) -> libc::sigset_t {
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| {
             use std::os::unix::fs::PermissionsExt as _;
-            p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         })
 }

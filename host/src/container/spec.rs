@@ -10,11 +10,10 @@
 //! namespace whose root is an unprivileged host uid.
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, MountBuilder,
-    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, LinuxResourcesBuilder, LinuxSeccomp, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::path::PathBuf;
 
@@ -116,7 +115,7 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// Who runs what, where: resolved by the caller from the image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {
-    /// An absolute path in the image first.
+    /// The program (searched in `env`'s PATH by the runtime) first.
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
@@ -149,7 +148,12 @@ pub enum SpecError {
     Oci(#[from] oci_spec::OciSpecError),
 }
 
-fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<oci_spec::runtime::Mount, SpecError> {
+fn mount(
+    dest: &str,
+    typ: &str,
+    source: &str,
+    options: &[&str],
+) -> Result<oci_spec::runtime::Mount, SpecError> {
     Ok(MountBuilder::default()
         .destination(dest)
         .typ(typ)
@@ -162,10 +166,18 @@ fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<oci_sp
 pub fn build(input: &Input<'_>) -> Result<Spec, SpecError> {
     let c = input.command;
     let caps: oci_spec::runtime::Capabilities = CAPS.iter().copied().collect();
+    // A command run as another user than root gets none to use (as under
+    // Docker): only the bounding set, which a setuid-root program of the
+    // image may take up.
+    let usable = if c.uid == 0 {
+        caps.clone()
+    } else {
+        oci_spec::runtime::Capabilities::new()
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps)
+        .bounding(caps)
+        .effective(usable.clone())
+        .permitted(usable)
         .inheritable(oci_spec::runtime::Capabilities::new())
         .ambient(oci_spec::runtime::Capabilities::new())
         .build()?;
@@ -203,7 +215,14 @@ pub fn build(input: &Input<'_>) -> Result<Spec, SpecError> {
             "/dev/pts",
             "devpts",
             "devpts",
-            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
         )?,
         mount(
             "/dev/shm",
@@ -211,14 +230,29 @@ pub fn build(input: &Input<'_>) -> Result<Spec, SpecError> {
             "shm",
             &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
         )?,
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
     ];
     // sysfs needs the network namespace's owner: with the host's network
     // under a user namespace the runtimes cannot mount it, so it is bound
     // from the host's, read-only (runc's own fallback, made explicit).
     mounts.push(match (input.net, input.userns) {
-        (Net::Host, Some(_)) => mount("/sys", "none", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"])?,
-        _ => mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+        (Net::Host, Some(_)) => mount(
+            "/sys",
+            "none",
+            "/sys",
+            &["rbind", "nosuid", "noexec", "nodev", "ro"],
+        )?,
+        _ => mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
     });
 
     let mut namespaces = vec![
@@ -250,9 +284,7 @@ pub fn build(input: &Input<'_>) -> Result<Spec, SpecError> {
     ]);
     if let Some(m) = l.memory {
         if m < 4 << 20 {
-            return Err(SpecError::Limit(format!(
-                "--memory {m}: at least 4 MiB"
-            )));
+            return Err(SpecError::Limit(format!("--memory {m}: at least 4 MiB")));
         }
         resources = resources.memory(LinuxMemoryBuilder::default().limit(m).swap(m).build()?);
     }
@@ -263,7 +295,7 @@ pub fn build(input: &Input<'_>) -> Result<Spec, SpecError> {
         resources = resources.pids(LinuxPidsBuilder::default().limit(p).build()?);
     }
     if let Some(cpus) = l.cpus {
-        if !(cpus.is_finite() && cpus >= 0.01 && cpus <= 1024.0) {
+        if !(cpus.is_finite() && (0.01..=1024.0).contains(&cpus)) {
             return Err(SpecError::Limit(format!(
                 "--cpus {cpus}: between 0.01 and 1024"
             )));
@@ -281,8 +313,18 @@ pub fn build(input: &Input<'_>) -> Result<Spec, SpecError> {
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(PathBuf::from(&input.cgroup))
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
         .seccomp(input.seccomp.clone());
     if let Some(r) = input.userns {
         let map = vec![LinuxIdMappingBuilder::default()
@@ -365,29 +407,158 @@ mod tests {
         let cases: Vec<(Net, Option<IdRange>, Limits, &str, Value)> = vec![
             (Net::None, None, none, "/ociVersion", json!("1.0.2")),
             (Net::None, None, none, "/hostname", json!("act")),
-            (Net::None, None, none, "/root", json!({"path": "rootfs", "readonly": false})),
-            (Net::None, None, none, "/process/user", json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]})),
+            (
+                Net::None,
+                None,
+                none,
+                "/root",
+                json!({"path": "rootfs", "readonly": false}),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/process/user",
+                json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]}),
+            ),
             (Net::None, None, none, "/process/cwd", json!("/work")),
             (Net::None, None, none, "/process/args/0", json!("/bin/sh")),
-            (Net::None, None, none, "/process/noNewPrivileges", json!(false)),
-            (Net::None, None, none, "/process/capabilities/ambient", json!([])),
-            (Net::None, None, none, "/process/capabilities/inheritable", json!([])),
-            (Net::None, None, none, "/linux/namespaces", ns(&["pid", "mount", "ipc", "uts", "cgroup", "network"])),
-            (Net::Host, None, none, "/linux/namespaces", ns(&["pid", "mount", "ipc", "uts", "cgroup"])),
-            (Net::None, Some(RANGE), none, "/linux/namespaces", ns(&["pid", "mount", "ipc", "uts", "cgroup", "network", "user"])),
-            (Net::None, Some(RANGE), none, "/linux/uidMappings", json!([{"hostID": 524288, "containerID": 0, "size": 65536}])),
-            (Net::None, Some(RANGE), none, "/linux/gidMappings", json!([{"hostID": 524288, "containerID": 0, "size": 65536}])),
+            (
+                Net::None,
+                None,
+                none,
+                "/process/noNewPrivileges",
+                json!(false),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/process/capabilities/ambient",
+                json!([]),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/process/capabilities/inheritable",
+                json!([]),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/linux/namespaces",
+                ns(&["pid", "mount", "ipc", "uts", "cgroup", "network"]),
+            ),
+            (
+                Net::Host,
+                None,
+                none,
+                "/linux/namespaces",
+                ns(&["pid", "mount", "ipc", "uts", "cgroup"]),
+            ),
+            (
+                Net::None,
+                Some(RANGE),
+                none,
+                "/linux/namespaces",
+                ns(&["pid", "mount", "ipc", "uts", "cgroup", "network", "user"]),
+            ),
+            (
+                Net::None,
+                Some(RANGE),
+                none,
+                "/linux/uidMappings",
+                json!([{"hostID": 524288, "containerID": 0, "size": 65536}]),
+            ),
+            (
+                Net::None,
+                Some(RANGE),
+                none,
+                "/linux/gidMappings",
+                json!([{"hostID": 524288, "containerID": 0, "size": 65536}]),
+            ),
             (Net::None, None, none, "/linux/uidMappings", Value::Null),
-            (Net::None, None, none, "/linux/cgroupsPath", json!("/tarpool/act.1")),
-            (Net::None, None, none, "/linux/resources/memory", Value::Null),
-            (Net::None, None, Limits { memory: Some(64 << 20), ..none }, "/linux/resources/memory", json!({"limit": 67108864, "swap": 67108864})),
-            (Net::None, None, Limits { pids: Some(32), ..none }, "/linux/resources/pids", json!({"limit": 32})),
-            (Net::None, None, Limits { cpus: Some(0.5), ..none }, "/linux/resources/cpu", json!({"quota": 50000, "period": 100000})),
-            (Net::None, None, none, "/linux/resources/devices", json!([{"allow": false, "access": "rwm"}])),
-            (Net::None, None, none, "/linux/readonlyPaths/3", json!("/proc/sys")),
-            (Net::None, None, none, "/linux/maskedPaths/3", json!("/proc/kcore")),
-            (Net::None, None, none, "/mounts/5", json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]})),
-            (Net::Host, Some(RANGE), none, "/mounts/5", json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]})),
+            (
+                Net::None,
+                None,
+                none,
+                "/linux/cgroupsPath",
+                json!("/tarpool/act.1"),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/linux/resources/memory",
+                Value::Null,
+            ),
+            (
+                Net::None,
+                None,
+                Limits {
+                    memory: Some(64 << 20),
+                    ..none
+                },
+                "/linux/resources/memory",
+                json!({"limit": 67108864, "swap": 67108864}),
+            ),
+            (
+                Net::None,
+                None,
+                Limits {
+                    pids: Some(32),
+                    ..none
+                },
+                "/linux/resources/pids",
+                json!({"limit": 32}),
+            ),
+            (
+                Net::None,
+                None,
+                Limits {
+                    cpus: Some(0.5),
+                    ..none
+                },
+                "/linux/resources/cpu",
+                json!({"quota": 50000, "period": 100000}),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/linux/resources/devices",
+                json!([{"allow": false, "access": "rwm"}]),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/linux/readonlyPaths/3",
+                json!("/proc/sys"),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/linux/maskedPaths/3",
+                json!("/proc/kcore"),
+            ),
+            (
+                Net::None,
+                None,
+                none,
+                "/mounts/5",
+                json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+            ),
+            (
+                Net::Host,
+                Some(RANGE),
+                none,
+                "/mounts/5",
+                json!({"destination": "/sys", "type": "none", "source": "/sys", "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}),
+            ),
         ];
         for (net, userns, limits, pointer, want) in cases {
             check(net, userns, limits, pointer, want);
@@ -397,12 +568,20 @@ mod tests {
     #[test]
     fn capabilities_are_dockers_without_mknod_and_net_raw() {
         let s = spec(Net::None, None, Limits::default()).unwrap();
-        let mut got: Vec<String> = serde_json::from_value(s["process"]["capabilities"]["bounding"].clone()).unwrap();
+        let mut got: Vec<String> =
+            serde_json::from_value(s["process"]["capabilities"]["bounding"].clone()).unwrap();
         got.sort();
         let mut want = cap_names();
         want.sort();
         assert_eq!(got, want);
-        for c in ["CAP_SYS_ADMIN", "CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_MKNOD", "CAP_SYS_MODULE", "CAP_SYS_PTRACE"] {
+        for c in [
+            "CAP_SYS_ADMIN",
+            "CAP_NET_RAW",
+            "CAP_NET_ADMIN",
+            "CAP_MKNOD",
+            "CAP_SYS_MODULE",
+            "CAP_SYS_PTRACE",
+        ] {
             assert!(!got.iter().any(|g| g == c), "{c}");
         }
         assert_eq!(got.len(), 12);
@@ -412,10 +591,34 @@ mod tests {
     fn bad_limits_are_refused() {
         let none = Limits::default();
         for (limits, want) in [
-            (Limits { memory: Some(1024), ..none }, "--memory 1024: at least 4 MiB"),
-            (Limits { pids: Some(0), ..none }, "--pids 0: at least 1"),
-            (Limits { cpus: Some(0.0), ..none }, "--cpus 0: between 0.01 and 1024"),
-            (Limits { cpus: Some(f64::NAN), ..none }, "--cpus NaN: between 0.01 and 1024"),
+            (
+                Limits {
+                    memory: Some(1024),
+                    ..none
+                },
+                "--memory 1024: at least 4 MiB",
+            ),
+            (
+                Limits {
+                    pids: Some(0),
+                    ..none
+                },
+                "--pids 0: at least 1",
+            ),
+            (
+                Limits {
+                    cpus: Some(0.0),
+                    ..none
+                },
+                "--cpus 0: between 0.01 and 1024",
+            ),
+            (
+                Limits {
+                    cpus: Some(f64::NAN),
+                    ..none
+                },
+                "--cpus NaN: between 0.01 and 1024",
+            ),
         ] {
             assert_eq!(spec(Net::None, None, limits), Err(want.to_string()));
         }

@@ -307,8 +307,11 @@ mod tests {
         std::fs::create_dir_all(r.join("bin")).unwrap();
         std::fs::create_dir_all(r.join("work")).unwrap();
         std::fs::write(r.join("bin/busybox"), b"").unwrap();
-        std::fs::set_permissions(r.join("bin/busybox"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            r.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         symlink("busybox", r.join("bin/sh")).unwrap();
         std::fs::write(r.join("bin/data"), b"").unwrap();
         // A symlink to a host path resolves inside the image.
