@@ -34,9 +34,9 @@ const CAP_NET_RAW: u64 = 1 << 13;
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\napp:x:1000:\nextra:x:2000:app\n";
-const APPLETS: [&str; 21] = [
+const APPLETS: [&str; 22] = [
     "sh", "echo", "id", "hostname", "cat", "pwd", "env", "ls", "test", "sleep", "grep", "mknod",
-    "head", "wc", "ip", "nc", "mount", "tr", "seq", "touch", "stat",
+    "head", "wc", "ip", "nc", "mount", "tr", "seq", "touch", "stat", "time",
 ];
 
 fn header(path: &str, kind: tar::EntryType, mode: u32, uid: u64, size: u64) -> tar::Header {
@@ -61,7 +61,21 @@ fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) {
 /// group `extra` 2000), a marker file, the files `extra` (path, mode,
 /// contents), and a config with Env, WorkingDir and User `user`.
 fn busybox_image(user: &str, extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    busybox_image_links(user, extra, &[])
+}
+
+/// [`busybox_image`], with the symlinks `links` (path, target), which
+/// replace the image's directory of the same path.
+fn busybox_image_links(
+    user: &str,
+    extra: &[(&str, u32, &[u8])],
+    links: &[(&str, &str)],
+) -> Vec<u8> {
     let mut l = tar::Builder::new(Vec::new());
+    for (path, target) in links {
+        let mut h = header(path, tar::EntryType::Symlink, 0o777, 0, 0);
+        l.append_link(&mut h, path, target).unwrap();
+    }
     for (d, mode, uid) in [
         ("bin", 0o755, 0),
         ("etc", 0o755, 0),
@@ -72,6 +86,9 @@ fn busybox_image(user: &str, extra: &[(&str, u32, &[u8])]) -> Vec<u8> {
         ("tmp", 0o1777, 0),
         ("work", 0o755, 0),
     ] {
+        if links.iter().any(|(p, _)| *p == d) {
+            continue;
+        }
         let h = header(d, tar::EntryType::Directory, mode, uid, 0);
         l.append(&h, &[][..]).unwrap();
     }
@@ -963,6 +980,24 @@ fn exec_limits_userns_and_bundle(rt: &str) {
         "{out:?}"
     );
     check(&env, "bb", &[(&["sh", "-c", forks], 0, "all started", "")]);
+    // --cpus 0.2: a busy loop gets at most a fifth of a CPU (CPU time over
+    // wall time, as busybox `time` measures them); without it, more.
+    let spin = "time -f '%e %U %S' sh -c 'i=0; while [ $i -lt 600000 ]; do i=$((i+1)); done' 2>&1";
+    let share = |opts: &[&str]| -> f64 {
+        let out = exec_with(&env, "bb", opts, &["sh", "-c", spin]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        assert_eq!(v.len(), 3, "{out:?}");
+        (v[1] + v[2]) / v[0].max(0.01)
+    };
+    let limited = share(&["--cpus", "0.2"]);
+    let free = share(&[]);
+    assert!(limited < 0.3, "--cpus 0.2 gave {limited:.2} of a CPU");
+    assert!(free > 0.4, "without --cpus: {free:.2} of a CPU");
+    eprintln!("{rt}: a busy loop got {limited:.2} of a CPU under --cpus 0.2, {free:.2} without");
     check(
         &env,
         "bb",
@@ -1055,4 +1090,140 @@ fn exec_limits_userns_and_bundle_crun() {
 #[test]
 fn exec_limits_userns_and_bundle_runc() {
     exec_limits_userns_and_bundle("runc")
+}
+
+/// Escapes fail, each one its own case: writing /proc/sysrq-trigger,
+/// mounting, loading a module, ptrace of a host process, a host file
+/// through /proc/1/root; and the shapes of runc's 2025 escapes, an image
+/// whose /dev/null or /dev/console is a symlink to a host path (the
+/// runtime's own /dev covers them) or whose /proc or /dev is one (refused).
+/// Nothing outside the activation changes.
+fn exec_escapes_fail(rt: &str) {
+    let (env, probe) = probe_env(rt);
+    let bin = std::fs::read(&probe).unwrap();
+    let core = "/proc/sys/kernel/core_pattern";
+    let before = std::fs::read_to_string(core).unwrap();
+    // A host process to trace, and a host file to reach.
+    let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let host_file = env.dir.path().join("host-only");
+    std::fs::write(&host_file, "host\n").unwrap();
+    let ptrace_pid = sleeper.id().to_string();
+    let through_proc1 = format!(
+        "cat /proc/1/root{} 2>&1 || echo unreachable",
+        host_file.display()
+    );
+    let sysrq = "echo h >/proc/sysrq-trigger 2>/dev/null && echo written || echo refused";
+    let cases: Vec<(Vec<&str>, i32, String)> = vec![
+        (vec!["sh", "-c", sysrq], 0, "refused".into()),
+        (
+            vec!["probe", "mount", "/tmp"],
+            0,
+            "mount: Operation not permitted".into(),
+        ),
+        (
+            vec!["probe", "module"],
+            0,
+            "finit_module: Operation not permitted\ninit_module: Operation not permitted".into(),
+        ),
+        (
+            vec![
+                "sh",
+                "-c",
+                "/bin/probe ptrace $0 | grep -vx 'ptrace: ok'",
+                &ptrace_pid,
+            ],
+            0,
+            String::new(),
+        ),
+        (
+            vec!["sh", "-c", &through_proc1],
+            0,
+            format!(
+                "cat: can't open '/proc/1/root{}': No such file or directory\nunreachable",
+                host_file.display()
+            ),
+        ),
+    ];
+    for (cmd, code, want) in &cases {
+        let out = exec(&env, "bb", cmd);
+        let got = String::from_utf8_lossy(&out.stdout);
+        if want.is_empty() {
+            // ptrace: any refusal (ESRCH: not in its pid namespace).
+            assert!(
+                got.starts_with("ptrace: ") && out.status.code() == Some(*code),
+                "{cmd:?}: {out:?}"
+            );
+        } else {
+            assert_eq!(
+                (out.status.code(), got.trim_end()),
+                (Some(*code), want.as_str()),
+                "{cmd:?}: {out:?}"
+            );
+        }
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+
+    // The runc 2025 shapes. /dev/null and /dev/console links to host
+    // files: the runtime's /dev is its own, the links are never followed.
+    let bucket = env.dir.path().join("bucket2");
+    std::fs::create_dir_all(bucket.join("images")).unwrap();
+    let links = busybox_image_links(
+        "",
+        &[("bin/probe", 0o755, &bin)],
+        &[("dev/null", core), ("dev/console", "/proc/sysrq-trigger")],
+    );
+    std::fs::write(bucket.join("images/links.tar"), links).unwrap();
+    let proc_link = busybox_image_links("", &[], &[("proc", "/")]);
+    std::fs::write(bucket.join("images/proclink.tar"), proc_link).unwrap();
+    let dev_link = busybox_image_links("", &[], &[("dev", "/dev")]);
+    std::fs::write(bucket.join("images/devlink.tar"), dev_link).unwrap();
+    let out = run(
+        &env,
+        &["run", "--once", "--source", bucket.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for (img, act) in [("links", "l"), ("proclink", "p"), ("devlink", "d")] {
+        env.json(&["activate", img, "--as", act]);
+    }
+    check(
+        &env,
+        "l",
+        &[(
+            &[
+                "sh",
+                "-c",
+                "echo x >/dev/null && test -c /dev/null && echo null ok",
+            ],
+            0,
+            "null ok",
+            "",
+        )],
+    );
+    for (act, name) in [("p", "proc"), ("d", "dev")] {
+        let out = exec(&env, act, &["true"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("the image's /{name} is a symlink, where the runtime mounts /{name}: refusing to run it")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(core).unwrap(),
+        before,
+        "{core} changed"
+    );
+    assert_eq!(std::fs::read_to_string(&host_file).unwrap(), "host\n");
+}
+
+#[test]
+fn exec_escapes_fail_crun() {
+    exec_escapes_fail("crun")
+}
+
+#[test]
+fn exec_escapes_fail_runc() {
+    exec_escapes_fail("runc")
 }

@@ -8,6 +8,11 @@
  *                               asking); prints each answer
  *   probe key DESC              looks for the user key DESC in the session
  *                               keyring; prints "found: DATA" or the error
+ *   probe module                tries finit_module(2) and init_module(2) (an
+ *                               empty module: only the permission is asked)
+ *   probe ptrace PID            tries to PTRACE_ATTACH to PID
+ *   probe mount DIR             tries to mount a tmpfs on DIR
+ *   (each of these three prints "NAME: ok" or "NAME: ERROR")
  *   probe host-key DESC DATA CMD...
  *                               joins a new session keyring, adds the user
  *                               key DESC (readable by its possessors only),
@@ -17,6 +22,10 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -67,6 +76,24 @@ int main(int argc, char **argv) {
         printf("found: %.*s\n", (int)(n < (long)sizeof buf ? n : (long)sizeof buf), buf);
         return 0;
     }
+    if (argc == 2 && strcmp(argv[1], "module") == 0) {
+        int fd = open("/bin/busybox", O_RDONLY | O_CLOEXEC);
+        long r = syscall(SYS_finit_module, fd, "", 0);
+        printf("finit_module: %s\n", r == 0 ? "ok" : strerror(errno));
+        r = syscall(SYS_init_module, "", 0UL, "");
+        printf("init_module: %s\n", r == 0 ? "ok" : strerror(errno));
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "ptrace") == 0) {
+        long r = ptrace(PTRACE_ATTACH, atoi(argv[2]), NULL, NULL);
+        printf("ptrace: %s\n", r == 0 ? "ok" : strerror(errno));
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "mount") == 0) {
+        int r = mount("probe", argv[2], "tmpfs", 0, "");
+        printf("mount: %s\n", r == 0 ? "ok" : strerror(errno));
+        return 0;
+    }
     if (argc >= 5 && strcmp(argv[1], "host-key") == 0) {
         if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, NULL) < 0) {
             perror("joining a new session keyring");
@@ -82,6 +109,6 @@ int main(int argc, char **argv) {
         perror(argv[4]);
         return 127;
     }
-    fprintf(stderr, "usage: probe raw | writable PATH... | key DESC | host-key DESC DATA CMD...\n");
+    fprintf(stderr, "usage: probe raw | writable PATH... | key DESC | module | ptrace PID | mount DIR | host-key DESC DATA CMD...\n");
     return 2;
 }

@@ -200,6 +200,31 @@ case "$got" in *"No such file"*1) ;; *) fail "activations are not separate: $got
 tp $S $C deactivate sh2 > /dev/null
 tp $S $C deactivate sh1 > /dev/null
 echo "exec: pid 1, hostname, the image's root, writes kept per activation, exit status passed through"
+# Under both OCI runtimes: root is not root (the thin activation id-mapped),
+# the memory and pids limits hold, and a bundle runs under the runtime itself.
+for rt in crun runc; do
+    C2=$W/tpex-$rt.toml
+    { echo "runtime = \"$rt\""; cat $C; } > $C2
+    tp $S $C2 activate shell --as rt-$rt > /dev/null
+    got=$(tp $S $C2 exec rt-$rt -- /bin/sh -c 'cat /proc/self/uid_map; echo x > /f; stat -c %u /f')
+    want=$(printf '         0     524288      65536\n0')
+    [ "$got" = "$want" ] || fail "$rt: the container's root: $got"
+    set +e
+    tp $S $C2 exec rt-$rt --memory 64M -- /bin/sh -c 'x=$(head -c 200000000 /dev/zero | tr "\0" a)'; rc=$?
+    tp $S $C2 exec rt-$rt --pids 16 -- /bin/sh -c 'for i in $(seq 30); do sleep 1 & done; echo all started' > $S/pids.out 2>&1; prc=$?
+    set -e
+    [ $rc = 137 ] || fail "$rt: past --memory 64M: exit $rc, expected 137"
+    [ $prc = 2 ] || { cat $S/pids.out; fail "$rt: --pids 16: exit $prc, expected 2"; }
+    tp $S $C2 deactivate rt-$rt > /dev/null
+    mkdir -p $S/mb-$rt
+    tp $S $C2 activate shell --as mb-$rt --mount $S/mb-$rt > /dev/null
+    tp $S $C2 bundle mb-$rt $W/bundle-$rt -- /bin/sh -c 'echo bundled $(hostname)' > /dev/null
+    got=$($rt --root $W/rt-$rt run --bundle $W/bundle-$rt vm-$rt < /dev/null)
+    [ "$got" = "bundled mb-$rt" ] || fail "$rt: the bundle printed: $got"
+    tp $S $C2 deactivate mb-$rt > /dev/null
+    [ ! -e $W/bundle-$rt ] || fail "$rt: the bundle outlived its activation"
+    echo "exec under $rt: root is host uid 524288, killed past --memory 64M, --pids 16 holds, its bundle runs"
+done
 tp $S $C pool status
 $CHECK consistent $S tpex
 

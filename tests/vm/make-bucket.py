@@ -152,7 +152,7 @@ def shell(t):
     add_dir(t, "bin")
     with open("/bin/busybox", "rb") as f:
         add_file(t, "bin/busybox", f.read(), 0o755)
-    for applet in ("sh", "echo", "cat", "hostname", "id", "ls", "pwd"):
+    for applet in ("sh", "echo", "cat", "hostname", "id", "ls", "pwd", "head", "tr", "stat", "seq", "sleep"):
         ti = tarfile.TarInfo(f"bin/{applet}")
         ti.type = tarfile.SYMTYPE
         ti.linkname = "busybox"
