@@ -18,11 +18,12 @@ use std::process::{Command, Stdio};
 
 const TARGET: &str = "wasm32-wasip2";
 /// (package, variable naming its `.wasm`).
-const GUESTS: [(&str, &str); 4] = [
+const GUESTS: [(&str, &str); 5] = [
     ("classify", "TARPOOL_CLASSIFY_WASM"),
     ("manifest", "TARPOOL_MANIFEST_WASM"),
     ("rootfs-dir", "TARPOOL_ROOTFS_DIR_WASM"),
     ("tarcheck", "TARPOOL_TARCHECK_WASM"),
+    ("user", "TARPOOL_USER_WASM"),
 ];
 
 /// Variables the outer build sets (or a developer's shell may) that would

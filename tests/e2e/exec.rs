@@ -1227,3 +1227,103 @@ fn exec_escapes_fail_crun() {
 fn exec_escapes_fail_runc() {
     exec_escapes_fail("runc")
 }
+
+/// The container a SIGKILLed exec leaves (its runtime dies with it, the
+/// command runs on) is deleted by the next exec of the activation: its
+/// processes end and the runtime lists nothing.
+fn exec_cleans_up_after_a_killed_exec(rt: &str) {
+    let (env, _) = probe_env(rt);
+    let mut r = Running::start(&env, "bb", "echo ready; exec sleep 600");
+    r.expect("ready");
+    r.signal("-KILL");
+    assert_eq!(wait(&mut r.child).code(), None);
+    let list = || {
+        let out = Command::new(rt)
+            .arg("--root")
+            .arg(env.state().join("runtime").join(rt))
+            .args(["list", "-q"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let sleepers = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.unwrap().path().join("cmdline")).ok())
+            .filter(|c| c.as_slice() == b"sleep\x00600\x00")
+            .count()
+    };
+    // Left behind: the container and its command.
+    let left = list();
+    assert!(left.starts_with("bb."), "{left:?}");
+    assert_eq!(sleepers(), 1);
+    check(&env, "bb", &[(&["echo", "hi"], 0, "hi", "")]);
+    assert_eq!(list(), "", "the stale container is still listed");
+    let end = Instant::now() + TIMEOUT;
+    while sleepers() > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sleepers(), 0, "the stale container's command still runs");
+    // Nothing of exec's stays in its temporary directory.
+    let temps: Vec<_> = std::fs::read_dir(tmp(&env))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("tarpool-exec-"))
+        .collect();
+    assert!(temps.len() <= 1, "{temps:?}");
+}
+
+#[test]
+fn exec_cleans_up_after_a_killed_exec_crun() {
+    exec_cleans_up_after_a_killed_exec("crun")
+}
+
+#[test]
+fn exec_cleans_up_after_a_killed_exec_runc() {
+    exec_cleans_up_after_a_killed_exec("runc")
+}
+
+/// The image's `User` is resolved by the user step from the image's own
+/// files: a user the image does not have, or an /etc/passwd over 1 MiB, is
+/// a one-line error that blames the image (exit 2), before any runtime.
+#[test]
+fn exec_resolves_the_images_user_or_says_why_not() {
+    let env = env_for("crun");
+    let bucket = env.dir.path().join("bucket");
+    std::fs::create_dir_all(bucket.join("images")).unwrap();
+    std::fs::create_dir(tmp(&env)).unwrap();
+    std::fs::write(bucket.join("images/ghost.tar"), busybox_image("ghost", &[])).unwrap();
+    let big = vec![b'x'; (1 << 20) + 1];
+    std::fs::write(
+        bucket.join("images/bigpw.tar"),
+        busybox_image("app", &[("etc/passwd", 0o644, &big)]),
+    )
+    .unwrap();
+    let out = run(
+        &env,
+        &["run", "--once", "--source", bucket.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    for (img, want) in [
+        (
+            "ghost",
+            "tarpool: error: activation ghost: user `ghost` is not in the image's /etc/passwd\n",
+        ),
+        (
+            "bigpw",
+            "tarpool: error: activation bigpw: the image's /etc/passwd is over 1048576 bytes\n",
+        ),
+    ] {
+        env.json(&["activate", img, "--as", img]);
+        let out = exec(&env, img, &["true"]);
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).as_ref()
+            ),
+            (Some(2), want),
+            "{out:?}"
+        );
+    }
+}

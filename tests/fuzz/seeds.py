@@ -13,6 +13,7 @@ here, in each target's input format (see fuzz_targets/*.rs):
   manifest                   kind byte + NUL-separated `name\\x01content`
   rootfs_dir                 member-bits byte + metadata.yaml
   names                      newline-separated object keys
+  user                       User spec NUL /etc/passwd NUL /etc/group
 
 Run from anywhere: python3 tests/fuzz/seeds.py
 """
@@ -393,7 +394,7 @@ def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     seeds = {t: [] for t in ["tarcheck", "tarcheck_vs_tar", "extract", "classify",
-                             "manifest", "rootfs_dir", "names"]}
+                             "manifest", "rootfs_dir", "names", "user"]}
     layers = bucket_tars() + synthetic() + [
         pytar(tarfile.GNU_FORMAT, "py-gnu"),
         pytar(tarfile.PAX_FORMAT, "py-pax"),
@@ -481,6 +482,12 @@ def main():
 
     # names: listings of keys.
     keys = [k for k, _ in bucket_files()]
+    # user: SPEC NUL PASSWD NUL GROUP
+    passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbroken\n"
+    group = b"root:x:0:\napp:x:1000:\nextra:x:2000:app,other\n"
+    for spec in [b"", b"app", b"1000", b"app:extra", b"5:6", b"nobody", b"app:nogroup"]:
+        seeds["user"].append(("spec-" + (spec.decode().replace(":", "-") or "empty"),
+                              spec + b"\0" + passwd + b"\0" + group))
     seeds["names"] += [
         ("bucket", "\n".join(keys).encode()),
         ("odd-keys", "\n".join([

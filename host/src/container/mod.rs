@@ -166,6 +166,7 @@ fn view_of_mount_point(act: &str, mp: &Path, view: &Path, userns: Option<&OwnedF
 /// Makes the container's view at `view` ready (`nodev`, mount targets
 /// pinned) and resolves the command from the image's files.
 fn prepare(
+    users: &crate::wasm::UserStep,
     view: &Path,
     userns: Option<IdRange>,
     config: &RuntimeConfig,
@@ -177,8 +178,10 @@ fn prepare(
     let dir = std::fs::File::open(view).with_context(|| format!("opening {}", view.display()))?;
     let passwd = user::read_db(dir.as_fd(), "/etc/passwd").map_err(anyhow::Error::msg)?;
     let group = user::read_db(dir.as_fd(), "/etc/group").map_err(anyhow::Error::msg)?;
-    let ids = user::resolve_user(&config.user, passwd.as_deref(), group.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    // Parsed by the user step, in WebAssembly: the bytes are the image's.
+    let ids = users
+        .resolve(&config.user, passwd.as_deref(), group.as_deref())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let env = user::environment(&config.env, hostname, &ids.home);
     let cwd = if config.working_dir.is_empty() {
         "/".to_string()
@@ -231,6 +234,12 @@ fn write_spec(
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The user step, compiled or from the state directory's component cache.
+fn user_step(state_dir: &Path) -> Result<crate::wasm::UserStep> {
+    crate::wasm::UserStep::load(&state_dir.join("cache"))
+        .map_err(|e| anyhow::anyhow!("loading the user step: {e}"))
+}
+
 /// A container id for activation `act`: `ACT.ULID` (lower case).
 fn container_id(act: &str) -> String {
     format!("{act}.{}", ulid::Ulid::new().to_string().to_lowercase())
@@ -261,6 +270,7 @@ pub fn exec(
     }
     let userns = id_range(settings, opts.userns)?;
     let runtime = runtime::Runtime::new(state_dir, &settings.runtime)?;
+    let users = user_step(state_dir)?;
     // Held until the container has ended (dropped last).
     let (row, bind, _lock) = lock::lock_for_exec(store, state_dir, act)?;
     let (config, words) = image_command(store, &row, cmd)?;
@@ -302,7 +312,7 @@ pub fn exec(
     }
     scratch.mounted(&view);
     drop(ns);
-    let command = match prepare(&view, userns, &config, &words, act)
+    let command = match prepare(&users, &view, userns, &config, &words, act)
         .with_context(|| format!("activation {act}"))?
     {
         Prepared::Ready(c) => c,
@@ -341,6 +351,7 @@ pub fn bundle(
         bail!("internal error: `tarpool bundle` must run single-threaded");
     }
     let userns = id_range(settings, opts.userns)?;
+    let users = user_step(state_dir)?;
     let dir = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
     let row = store
         .activation(act)?
@@ -379,7 +390,7 @@ pub fn bundle(
     let ns = userns.map(rootfs::user_namespace).transpose();
     let prepared = ns.and_then(|ns| {
         view_of_mount_point(act, &mp, &view, ns.as_ref())?;
-        prepare(&view, userns, &config, &words, act)
+        prepare(&users, &view, userns, &config, &words, act)
     });
     let command = match prepared {
         Ok(Prepared::Ready(c)) => c,

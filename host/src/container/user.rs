@@ -1,9 +1,9 @@
-//! Who the container's command runs as and which file it is: the config's
-//! `User` resolved against the image's own /etc/passwd and /etc/group, and
-//! the command searched in the image's PATH. The image's files are read
-//! beneath its root (`openat2(RESOLVE_IN_ROOT)`: a symlink to a host path
-//! resolves inside the image), as regular files of at most
-//! [`MAX_DB_BYTES`].
+//! Reading what the container's command needs from the image: its
+//! /etc/passwd and /etc/group, as bytes for the user step to parse (the
+//! host never does; `guest-steps/user`), and whether the command is in the
+//! image's PATH. The image's files are opened beneath its root
+//! (`openat2(RESOLVE_IN_ROOT)`: a symlink to a host path resolves inside
+//! the image), as regular files of at most [`MAX_DB_BYTES`].
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
@@ -14,16 +14,6 @@ use std::io::Read as _;
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The most of the image's /etc/passwd or /etc/group that is read.
 pub const MAX_DB_BYTES: u64 = 1 << 20;
-
-/// Who the command runs as.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Ids {
-    pub uid: u32,
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
-    pub home: String,
-}
 
 /// Why a command cannot run, with a shell's exit status (127: not found,
 /// 126: not executable).
@@ -52,9 +42,9 @@ fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<Owned
     }
 }
 
-/// Reads one of the image's user databases: a regular file of at most
-/// [`MAX_DB_BYTES`], or None when it does not exist.
-pub fn read_db(root: BorrowedFd<'_>, path: &str) -> Result<Option<String>, String> {
+/// Reads one of the image's user databases, unparsed: a regular file of at
+/// most [`MAX_DB_BYTES`], or None when it does not exist.
+pub fn read_db(root: BorrowedFd<'_>, path: &str) -> Result<Option<Vec<u8>>, String> {
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
     let fd = match open_in_root(root, path, flags) {
         Ok(fd) => fd,
@@ -76,86 +66,7 @@ pub fn read_db(root: BorrowedFd<'_>, path: &str) -> Result<Option<String>, Strin
     if bytes.len() as u64 > MAX_DB_BYTES {
         return Err(format!("the image's {path} is over {MAX_DB_BYTES} bytes"));
     }
-    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-/// Resolves a config's `User` (`uid`, `uid:gid`, `name`, `name:group`, or
-/// empty for root) against the image's /etc/passwd and /etc/group.
-/// Supplementary groups are the /etc/group entries listing the user's name,
-/// unless the spec names a group.
-pub fn resolve_user(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<Ids, String> {
-    // name, uid, gid, home
-    let users: Vec<(&str, u32, u32, &str)> = passwd
-        .unwrap_or("")
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            Some((
-                *f.first()?,
-                f.get(2)?.parse().ok()?,
-                f.get(3)?.parse().ok()?,
-                f.get(5).copied().unwrap_or(""),
-            ))
-        })
-        .collect();
-    // name, gid, members
-    let groups: Vec<(&str, u32, &str)> = group
-        .unwrap_or("")
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            Some((
-                *f.first()?,
-                f.get(2)?.parse().ok()?,
-                f.get(3).copied().unwrap_or(""),
-            ))
-        })
-        .collect();
-    let (u, g) = match spec.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (spec, None),
-    };
-    let u = if u.is_empty() { "0" } else { u };
-    let entry = match u.parse::<u32>() {
-        Ok(uid) => users
-            .iter()
-            .find(|e| e.1 == uid)
-            .copied()
-            .map_or((None, uid, 0, "/"), |e| (Some(e.0), e.1, e.2, e.3)),
-        Err(_) => users
-            .iter()
-            .find(|e| e.0 == u)
-            .map(|e| (Some(e.0), e.1, e.2, e.3))
-            .ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?,
-    };
-    let (name, uid, mut gid, home) = entry;
-    let mut supplementary = Vec::new();
-    match g {
-        Some(g) if g.parse::<u32>().is_ok() => gid = g.parse().unwrap_or(0),
-        Some(g) => {
-            gid = groups
-                .iter()
-                .find(|e| e.0 == g)
-                .map(|e| e.1)
-                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?
-        }
-        None => {
-            if let Some(name) = name {
-                for e in &groups {
-                    if e.2.split(',').any(|m| m.trim() == name) && !supplementary.contains(&e.1) {
-                        supplementary.push(e.1);
-                    }
-                }
-            }
-        }
-    }
-    supplementary.truncate(65536);
-    Ok(Ids {
-        uid,
-        gid,
-        groups: supplementary,
-        home: if home.is_empty() { "/" } else { home }.to_string(),
-    })
+    Ok(Some(bytes))
 }
 
 /// The image's Env with PATH, HOSTNAME and HOME added where it sets none.
@@ -245,43 +156,6 @@ pub fn find_command(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const PASSWD: &str =
-        "root:x:0:0:root:/root:/bin/sh\nbroken line\napp:x:1000:1000::/home/app:/bin/sh\n";
-    const GROUP: &str = "root:x:0:\napp:x:1000:\nextra:x:2000:app,other\nwheel:x:10:root\n";
-
-    fn check(spec: &str, want: Result<(u32, u32, &[u32], &str), &str>) {
-        let got = resolve_user(spec, Some(PASSWD), Some(GROUP));
-        let want = want
-            .map(|(uid, gid, groups, home)| Ids {
-                uid,
-                gid,
-                groups: groups.to_vec(),
-                home: home.into(),
-            })
-            .map_err(|e| e.to_string());
-        assert_eq!(got, want, "{spec:?}");
-    }
-
-    #[test]
-    fn users_resolve_from_the_images_databases() {
-        check("", Ok((0, 0, &[10], "/root")));
-        check("app", Ok((1000, 1000, &[2000], "/home/app")));
-        check("1000", Ok((1000, 1000, &[2000], "/home/app")));
-        check("4242", Ok((4242, 0, &[], "/")));
-        check("app:extra", Ok((1000, 2000, &[], "/home/app")));
-        check("app:7", Ok((1000, 7, &[], "/home/app")));
-        check("5:6", Ok((5, 6, &[], "/")));
-        check(
-            "nobody",
-            Err("user \"nobody\" is not in the image's /etc/passwd"),
-        );
-        check(
-            "app:nogroup",
-            Err("group \"nogroup\" is not in the image's /etc/group"),
-        );
-        assert_eq!(resolve_user("7", None, None).unwrap().uid, 7);
-    }
 
     #[test]
     fn env_gets_a_default_path_hostname_and_home() {
