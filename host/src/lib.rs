@@ -6,14 +6,12 @@ pub mod backend;
 pub mod blobs;
 pub mod cli;
 pub mod container;
-pub mod core;
 pub mod engine;
 pub mod error;
 pub mod extract;
 pub mod failpoint;
 pub mod logging;
 pub mod metrics;
-pub mod model;
 pub mod progress;
 pub mod s3;
 pub mod source;
@@ -23,3 +21,8 @@ pub mod store;
 pub mod sys;
 pub mod wasm;
 pub mod worker;
+
+/// The pure core, its own crate (`host/core`): `crate::core::...` and
+/// `crate::model` name it here.
+pub use tarpool_core as core;
+pub use tarpool_core::model;

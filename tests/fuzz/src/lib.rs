@@ -1,10 +1,6 @@
 //! The host's parsers, compiled in by path so they can be fuzzed alone.
 
-#[path = "../../../host/src/model.rs"]
-pub mod model;
-
-#[path = "../../../host/src/core/names.rs"]
-pub mod names;
+pub use tarpool_core::{model, names};
 
 #[path = "../../../host/src/extract/mod.rs"]
 pub mod extract;
