@@ -1010,7 +1010,9 @@ fn status_inner(store: &Store, json: bool) -> Result<u8> {
                 let started = !store.transitions_for(n)?.iter().all(|t| t.run != r.id);
                 (if started { "running" } else { "pending" }, None)
             }
-            (None, Some(i)) if i.state == "cancelled" => ("failed", i.error.clone()),
+            (None, Some(i)) if i.state == crate::core::states::ImageState::Cancelled => {
+                ("failed", i.error.clone())
+            }
             (None, Some(i)) => (i.state.as_str(), i.error.clone()),
             (None, None) => ("pending", None),
         };
@@ -1021,7 +1023,7 @@ fn status_inner(store: &Store, json: bool) -> Result<u8> {
             // Why it failed: input (settled until the image changes),
             // environment or resource (tried again at the next poll).
             "failure_kind": if state == "failed" {
-                img.and_then(|i| i.failure_kind.clone())
+                img.and_then(|i| i.failure_kind)
             } else {
                 None
             },
@@ -1142,7 +1144,7 @@ fn activate(
     let img = store
         .image(name)?
         .with_context(|| format!("no image named {name}"))?;
-    if img.state != "ready" {
+    if img.state != crate::core::states::ImageState::Ready {
         bail!("image {name} is {}, not ready", img.state);
     }
     let act = as_

@@ -2,6 +2,7 @@
 //! decision function of `core::machine`, persisting every outcome in SQLite
 //! before the next transition starts.
 
+use crate::core::states::{ImageState, RunStatus, TransitionOutcome};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -170,13 +171,9 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
         let fingerprint = unit.fingerprint();
         if let Some(img) = ctx.store.image(&unit.name)? {
             let same = img.fingerprint.as_deref() == Some(fingerprint.as_str());
-            let settled = img.state == "ready"
-                || (img.state == "failed"
-                    && img
-                        .failure_kind
-                        .as_deref()
-                        .and_then(FailureKind::from_name)
-                        .is_some_and(FailureKind::settled));
+            let settled = img.state == ImageState::Ready
+                || (img.state == ImageState::Failed
+                    && img.failure_kind.is_some_and(FailureKind::settled));
             if same && settled {
                 summary.unchanged.push(unit.name.clone());
                 continue;
@@ -558,7 +555,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
         let Some(run) = ctx.store.run(run_id)? else {
             return Ok(());
         };
-        if run.status != "running" {
+        if run.status != RunStatus::Running {
             return Ok(());
         }
         if ctx.shutdown.load(Ordering::SeqCst) {
@@ -641,7 +638,7 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                 let layers = layers_json(&data);
                 let tracking = (step == Step::UpdateTracking).then(|| ImageUpdate {
                     name: &run.image,
-                    state: "ready",
+                    state: ImageState::Ready,
                     error: None,
                     failure_kind: None,
                     run: &run.id,
@@ -655,10 +652,10 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     &run.id,
                     &Finish {
                         version: &version,
-                        outcome: "ok",
+                        outcome: TransitionOutcome::Ok,
                         output: output.as_deref(),
                         error: None,
-                        status: "running",
+                        status: RunStatus::Running,
                         next_step: Some(next.name()),
                         attempt: 1,
                         data: &new_data,
@@ -672,10 +669,10 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     &run.id,
                     &Finish {
                         version: &version,
-                        outcome: "ok",
+                        outcome: TransitionOutcome::Ok,
                         output: output.as_deref(),
                         error: None,
-                        status: "completed",
+                        status: RunStatus::Completed,
                         next_step: None,
                         attempt: 1,
                         data: &new_data,
@@ -689,10 +686,10 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     &run.id,
                     &Finish {
                         version: &version,
-                        outcome: "retry",
+                        outcome: TransitionOutcome::Retry,
                         output: None,
                         error: err_text.as_deref(),
-                        status: "running",
+                        status: RunStatus::Running,
                         next_step: Some(step.name()),
                         attempt,
                         data: &run.data,
@@ -707,10 +704,10 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     &run.id,
                     &Finish {
                         version: &version,
-                        outcome: "failed",
+                        outcome: TransitionOutcome::Failed,
                         output: None,
                         error: err_text.as_deref(),
-                        status: "failed",
+                        status: RunStatus::Failed,
                         next_step: Some(step.name()),
                         attempt: run.attempt,
                         data: &run.data,
@@ -718,9 +715,9 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     },
                     Some(&ImageUpdate {
                         name: &run.image,
-                        state: "failed",
+                        state: ImageState::Failed,
                         error: Some(&reason),
-                        failure_kind: Some(kind.name()),
+                        failure_kind: Some(kind),
                         run: &run.id,
                         fingerprint: Some(&fingerprint),
                         format: None,
@@ -735,10 +732,10 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     &run.id,
                     &Finish {
                         version: &version,
-                        outcome: "cancelled",
+                        outcome: TransitionOutcome::Cancelled,
                         output: None,
                         error: Some("cancelled"),
-                        status: "cancelled",
+                        status: RunStatus::Cancelled,
                         next_step: Some(step.name()),
                         attempt: run.attempt,
                         data: &run.data,
@@ -746,9 +743,9 @@ pub fn drive(ctx: &Ctx, run_id: &str) -> anyhow::Result<()> {
                     },
                     Some(&ImageUpdate {
                         name: &run.image,
-                        state: "cancelled",
+                        state: ImageState::Cancelled,
                         error: Some("cancelled by request"),
-                        failure_kind: Some(FailureKind::Cancelled.name()),
+                        failure_kind: Some(FailureKind::Cancelled),
                         run: &run.id,
                         fingerprint: Some(&fingerprint),
                         format: None,

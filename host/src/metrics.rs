@@ -917,10 +917,10 @@ mod tests {
         s.begin_transition("V1", "R1", "a", "download", 1).unwrap();
         let fin = Finish {
             version: "V1",
-            outcome: "ok",
+            outcome: crate::core::states::TransitionOutcome::Ok,
             output: Some(r#"{"fetched":1,"bytes":5}"#),
             error: None,
-            status: "running",
+            status: crate::core::states::RunStatus::Running,
             next_step: Some("classify"),
             attempt: 1,
             data: "{}",
@@ -983,14 +983,18 @@ mod tests {
             outcome,
             output: None,
             error: Some("network"),
-            status: "running",
+            status: crate::core::states::RunStatus::Running,
             next_step: Some("download"),
             attempt: 1,
             data: "{}",
             run_error: None,
         };
-        s.finish_transition("R1", &fin("V1", "retry"), None)
-            .unwrap();
+        s.finish_transition(
+            "R1",
+            &fin("V1", crate::core::states::TransitionOutcome::Retry),
+            None,
+        )
+        .unwrap();
         s.begin_transition("V2", "R1", "a", "download", 2).unwrap();
         // Started 8 hours before the restart that marks it.
         rusqlite::Connection::open(&path)

@@ -19,6 +19,36 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+use crate::core::machine::FailureKind;
+use crate::core::states::{ImageState, RunStatus, TransitionOutcome};
+
+/// Reads column `i` as one of the typed states: the one place where the
+/// store turns their text back into values (writing uses `as_str`).
+fn typed<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// [`typed`], for a nullable column.
+fn typed_opt<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<T>>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    match r.get::<_, Option<String>>(i)? {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        }),
+    }
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -216,7 +246,7 @@ fn now_ms() -> i64 {
 pub struct RunRow {
     pub id: String,
     pub image: String,
-    pub status: String,
+    pub status: RunStatus,
     pub next_step: Option<String>,
     pub attempt: u32,
     pub data: String,
@@ -266,9 +296,9 @@ pub struct NewDecision<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageRow {
     pub name: String,
-    pub state: String,
+    pub state: ImageState,
     pub error: Option<String>,
-    pub failure_kind: Option<String>,
+    pub failure_kind: Option<FailureKind>,
     pub last_run: Option<String>,
     pub fingerprint: Option<String>,
     pub format: Option<String>,
@@ -299,11 +329,11 @@ pub struct ActivationRow {
 /// The end of a transition execution, written in one SQLite transaction.
 pub struct Finish<'a> {
     pub version: &'a str,
-    pub outcome: &'a str,
+    pub outcome: TransitionOutcome,
     pub output: Option<&'a str>,
     pub error: Option<&'a str>,
     /// The run's new row values.
-    pub status: &'a str,
+    pub status: RunStatus,
     pub next_step: Option<&'a str>,
     pub attempt: u32,
     pub data: &'a str,
@@ -423,7 +453,7 @@ impl Store {
         Ok(RunRow {
             id: r.get(0)?,
             image: r.get(1)?,
-            status: r.get(2)?,
+            status: typed(r, 2)?,
             next_step: r.get(3)?,
             attempt: r.get(4)?,
             data: r.get(5)?,
@@ -519,11 +549,11 @@ impl Store {
             let t = now_ms();
             tx.execute(
                 "UPDATE transitions SET outcome = ?2, output = ?3, error = ?4, finished_at = ?5 WHERE version = ?1",
-                params![f.version, f.outcome, f.output, f.error, t],
+                params![f.version, f.outcome.as_str(), f.output, f.error, t],
             )?;
             tx.execute(
                 "UPDATE runs SET status = ?2, next_step = ?3, attempt = ?4, data = ?5, error = ?6, updated_at = ?7 WHERE id = ?1",
-                params![run, f.status, f.next_step, f.attempt, f.data, f.run_error, t],
+                params![run, f.status.as_str(), f.next_step, f.attempt, f.data, f.run_error, t],
             )?;
             if let Some(u) = image {
                 u.write(&tx, t)?;
@@ -591,9 +621,9 @@ impl Store {
                     let layers: Option<String> = r.get(8)?;
                     Ok(ImageRow {
                         name: r.get(0)?,
-                        state: r.get(1)?,
+                        state: typed(r, 1)?,
                         error: r.get(2)?,
-                        failure_kind: r.get(3)?,
+                        failure_kind: typed_opt(r, 3)?,
                         last_run: r.get(4)?,
                         fingerprint: r.get(5)?,
                         format: r.get(6)?,
@@ -847,7 +877,7 @@ impl Store {
             images: self
                 .images()?
                 .into_iter()
-                .filter(|i| i.state == "ready")
+                .filter(|i| i.state == ImageState::Ready)
                 .map(|i| i.name)
                 .collect(),
             activations: self.activations()?.into_iter().map(|a| a.id).collect(),
@@ -861,7 +891,7 @@ impl Store {
         let mut roots: Vec<String> = self
             .images()?
             .into_iter()
-            .filter(|i| i.state == "ready")
+            .filter(|i| i.state == ImageState::Ready)
             .filter_map(|i| i.top_chain)
             .collect();
         roots.extend(self.activations()?.into_iter().map(|a| a.top_chain));
@@ -978,9 +1008,9 @@ impl Store {
 /// The image row written when a run ends.
 pub struct ImageUpdate<'a> {
     pub name: &'a str,
-    pub state: &'a str,
+    pub state: ImageState,
     pub error: Option<&'a str>,
-    pub failure_kind: Option<&'a str>,
+    pub failure_kind: Option<FailureKind>,
     pub run: &'a str,
     pub fingerprint: Option<&'a str>,
     pub format: Option<&'a str>,
@@ -1002,9 +1032,9 @@ impl ImageUpdate<'_> {
                config = COALESCE(excluded.config, images.config)",
             params![
                 self.name,
-                self.state,
+                self.state.as_str(),
                 self.error,
-                self.failure_kind,
+                self.failure_kind.map(FailureKind::name),
                 self.run,
                 self.fingerprint,
                 self.format,
@@ -1222,10 +1252,10 @@ mod tests {
             "01A",
             &Finish {
                 version: "01V",
-                outcome: "ok",
+                outcome: crate::core::states::TransitionOutcome::Ok,
                 output: Some("{\"x\":1}"),
                 error: None,
-                status: "running",
+                status: crate::core::states::RunStatus::Running,
                 next_step: Some("classify"),
                 attempt: 1,
                 data: "{\"d\":2}",

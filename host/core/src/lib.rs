@@ -11,3 +11,4 @@ pub mod model;
 pub mod names;
 pub mod policy;
 pub mod sanitize;
+pub mod states;

@@ -77,8 +77,9 @@ pub enum Outcome {
 }
 
 /// Why a run ended without its image ready. Decided here, once; the engine
-/// stores it and the next poll reads it back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// stores it and the next poll reads it back. Its text is [`FailureKind::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FailureKind {
     /// The image is bad, hostile or denied: settled until it changes.
     Input,
@@ -115,6 +116,16 @@ impl FailureKind {
     /// changes (the other kinds are tried again at the next poll).
     pub const fn settled(self) -> bool {
         matches!(self, FailureKind::Input)
+    }
+}
+
+impl std::str::FromStr for FailureKind {
+    type Err = crate::states::UnknownState;
+    fn from_str(s: &str) -> Result<FailureKind, Self::Err> {
+        FailureKind::from_name(s).ok_or_else(|| crate::states::UnknownState {
+            kind: "FailureKind",
+            text: s.chars().take(64).collect(),
+        })
     }
 }
 

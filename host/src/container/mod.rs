@@ -104,7 +104,7 @@ fn image_command(
     let img = store
         .image(&row.image)?
         .with_context(|| format!("activation {act}: image {} is not tracked", row.image))?;
-    if img.state != "ready" {
+    if img.state != crate::core::states::ImageState::Ready {
         bail!(
             "activation {act}: image {} is {}, not ready",
             row.image,
