@@ -1272,6 +1272,23 @@ fn exec_cleans_up_after_a_killed_exec(rt: &str) {
         .filter(|p| p.to_string_lossy().contains("tarpool-exec-"))
         .collect();
     assert!(temps.len() <= 1, "{temps:?}");
+
+    // Deactivate deletes one too, under whichever runtime left it, even
+    // with the config naming another runtime since (one not installed).
+    let mut r = Running::start(&env, "bb", "echo ready; exec sleep 600");
+    r.expect("ready");
+    r.signal("-KILL");
+    assert_eq!(wait(&mut r.child).code(), None);
+    assert!(list().starts_with("bb."));
+    std::fs::write(config(&env), "runtime = \"/nonexistent/oci-runtime\"\n").unwrap();
+    let out = run(&env, &["deactivate", "bb"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(list(), "", "deactivate left the stale container");
+    let end = Instant::now() + TIMEOUT;
+    while sleepers() > 0 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sleepers(), 0, "the stale container's command still runs");
 }
 
 #[test]

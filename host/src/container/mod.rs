@@ -429,9 +429,31 @@ pub fn bundle(
 /// `act`'s bundles (their `config.json`, `rootfs` and directory, if then
 /// empty).
 pub fn release(state_dir: &Path, store: &Store, settings: &Settings, act: &str) -> Result<()> {
-    let runtime_dir = state_dir.join("runtime");
-    if runtime_dir.exists() {
-        runtime::Runtime::new(state_dir, &settings.runtime)?.reap(&format!("{act}."))?;
+    // Every runtime tarpool has run (one state directory each), not only
+    // the configured one: the config may have changed since. One that
+    // cannot be asked (uninstalled since) is a warning, not a reason to
+    // keep the activation.
+    let mut names = vec![settings.runtime.clone()];
+    if let Ok(dir) = std::fs::read_dir(state_dir.join("runtime")) {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != "locks"
+                && !names
+                    .iter()
+                    .any(|n| runtime::state_name(n) == Some(name.as_str()))
+            {
+                names.push(name);
+            }
+        }
+    } else {
+        names.clear();
+    }
+    for name in names {
+        let reaped =
+            runtime::Runtime::new(state_dir, &name).and_then(|r| r.reap(&format!("{act}.")));
+        if let Err(e) = reaped {
+            tracing::warn!("activation {act}: looking for containers left under {name}: {e:#}");
+        }
     }
     for dir in store.bundles_of(act)? {
         let d = PathBuf::from(&dir);

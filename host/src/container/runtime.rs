@@ -27,14 +27,7 @@ impl Runtime {
     /// `state_dir/runtime`.
     pub fn new(state_dir: &Path, program: &str) -> Result<Runtime> {
         use std::os::unix::fs::DirBuilderExt as _;
-        let name = Path::new(program)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| {
-                !n.is_empty()
-                    && n.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            })
+        let name = state_name(program)
             .with_context(|| format!("runtime {program:?}: not a program name or path"))?
             .to_string();
         let base = state_dir.join("runtime");
@@ -265,6 +258,20 @@ impl Runtime {
             self.kill(id, sig);
         }
     }
+}
+
+/// The name of `program`'s state directory under `STATE/runtime`: its file
+/// name (`crun` for `/usr/bin/crun`).
+pub fn state_name(program: &str) -> Option<&str> {
+    Path::new(program)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            !n.is_empty()
+                && *n != "locks"
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
 }
 
 /// Container `id` is supervised (its lock held) until this is dropped,
