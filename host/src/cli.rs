@@ -95,8 +95,8 @@ pub enum Cmd {
         #[arg(long)]
         source: Option<String>,
         /// auto, overlay or thinpool.
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
+        backend: Option<crate::core::states::Backend>,
         /// Images processed at once.
         #[arg(long)]
         jobs: Option<usize>,
@@ -143,14 +143,14 @@ pub enum Cmd {
         /// program as root. Only for images you trust as you trust the host.
         #[arg(long, requires = "mount")]
         suid: bool,
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
+        backend: Option<crate::core::states::Backend>,
     },
     /// Unmounts and removes an activation.
     Deactivate {
         act: String,
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
+        backend: Option<crate::core::states::Backend>,
     },
     /// Runs a command in an activation as an OCI container (the configured
     /// `runtime`, crun by default): new pid, mount, IPC, UTS, cgroup and
@@ -159,8 +159,8 @@ pub enum Cmd {
     /// WorkingDir and User; exits with its status.
     Exec {
         act: String,
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
+        backend: Option<crate::core::states::Backend>,
         #[command(flatten)]
         run: RunOpts,
         /// The command and its arguments (default: the image's Entrypoint
@@ -205,8 +205,8 @@ pub enum Cmd {
     /// Removes layers and snapshots no image or activation references, and
     /// reports what it reclaimed. Refuses while `tarpool run` is running.
     Gc {
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
+        backend: Option<crate::core::states::Backend>,
         #[arg(long)]
         json: bool,
     },
@@ -220,8 +220,8 @@ pub enum ConfigCmd {
         /// Overrides, as for `run`.
         #[arg(long)]
         source: Option<String>,
-        #[arg(long)]
-        backend: Option<String>,
+        #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
+        backend: Option<crate::core::states::Backend>,
         #[arg(long)]
         jobs: Option<usize>,
         #[arg(long)]
@@ -260,7 +260,7 @@ struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    backend: Option<String>,
+    backend: Option<crate::core::states::Backend>,
     #[serde(skip_serializing_if = "Option::is_none")]
     jobs: Option<usize>,
     /// Seconds between polls of the source (`run` without `--once`).
@@ -318,7 +318,7 @@ fn load_file(args: &Args) -> Result<FileConfig> {
 #[derive(Debug, Default, Clone)]
 struct Overrides<'a> {
     source: Option<&'a str>,
-    backend: Option<&'a str>,
+    backend: Option<crate::core::states::Backend>,
     jobs: Option<usize>,
     interval: Option<u64>,
     metrics_addr: Option<&'a str>,
@@ -328,7 +328,7 @@ struct Overrides<'a> {
 struct Config {
     state_dir: PathBuf,
     source: String,
-    backend: String,
+    backend: crate::core::states::Backend,
     jobs: usize,
     interval: u64,
     /// As configured: `default`, `strict` or a file.
@@ -350,7 +350,7 @@ impl Config {
         FileConfig {
             state_dir: Some(self.state_dir.clone()),
             source: Some(self.source.clone()),
-            backend: Some(self.backend.clone()),
+            backend: Some(self.backend),
             jobs: Some(self.jobs),
             interval: Some(self.interval),
             policy: Some(self.policy_spec.clone()),
@@ -428,9 +428,8 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
             .unwrap_or_else(|| EXAMPLE_BUCKET.to_string()),
         backend: o
             .backend
-            .map(str::to_string)
             .or(file.backend)
-            .unwrap_or_else(|| "auto".into()),
+            .unwrap_or(crate::core::states::Backend::Auto),
         jobs,
         interval,
         policy_spec: file.policy.unwrap_or_else(|| "default".into()),
@@ -560,7 +559,7 @@ pub fn main() -> Result<u8> {
         } => {
             let o = Overrides {
                 source: source.as_deref(),
-                backend: backend.as_deref(),
+                backend: *backend,
                 jobs: *jobs,
                 interval: *interval,
                 metrics_addr: metrics_addr.as_deref(),
@@ -578,7 +577,7 @@ pub fn main() -> Result<u8> {
         } => {
             let o = Overrides {
                 source: source.as_deref(),
-                backend: backend.as_deref(),
+                backend: *backend,
                 jobs: *jobs,
                 ..Overrides::default()
             };
@@ -614,7 +613,7 @@ pub fn main() -> Result<u8> {
             let cfg = config(
                 &args,
                 &Overrides {
-                    backend: backend.as_deref(),
+                    backend: *backend,
                     ..Overrides::default()
                 },
             )?;
@@ -629,7 +628,7 @@ pub fn main() -> Result<u8> {
             let cfg = config(
                 &args,
                 &Overrides {
-                    backend: backend.as_deref(),
+                    backend: *backend,
                     ..Overrides::default()
                 },
             )?;
@@ -644,7 +643,7 @@ pub fn main() -> Result<u8> {
             let cfg = config(
                 &args,
                 &Overrides {
-                    backend: b.as_deref(),
+                    backend: *b,
                     ..Overrides::default()
                 },
             )?;
@@ -680,7 +679,7 @@ pub fn main() -> Result<u8> {
             let cfg = config(
                 &args,
                 &Overrides {
-                    backend: Some("thinpool"),
+                    backend: Some(crate::core::states::Backend::Thinpool),
                     ..Overrides::default()
                 },
             )?;
@@ -702,7 +701,7 @@ pub fn main() -> Result<u8> {
             let cfg = config(
                 &args,
                 &Overrides {
-                    backend: backend.as_deref(),
+                    backend: *backend,
                     ..Overrides::default()
                 },
             )?;
@@ -727,7 +726,7 @@ pub fn main() -> Result<u8> {
 
 fn backend(cfg: &Config) -> Result<Box<dyn crate::backend::Snapshotter>> {
     crate::backend::open(
-        &cfg.backend,
+        cfg.backend,
         &cfg.state_dir,
         Arc::new(crate::sys::LinuxMounts),
         &cfg.thinpool,

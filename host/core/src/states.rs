@@ -103,6 +103,25 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// The snapshotter (`--backend`, the config's `backend`).
+    Backend {
+        /// overlayfs where the kernel has it.
+        Auto => "auto",
+        Overlay => "overlay",
+        /// A devicemapper thin pool (`tarpool pool init`).
+        Thinpool => "thinpool",
+    }
+}
+
+impl Backend {
+    /// Parses `--backend`: the error names the choices.
+    pub fn parse_arg(s: &str) -> Result<Backend, String> {
+        s.parse()
+            .map_err(|_| format!("unknown backend `{s}` (expected auto, overlay or thinpool)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +152,11 @@ mod tests {
         check(ImageState::ALL);
         check(RunStatus::ALL);
         check(TransitionOutcome::ALL);
+        check(Backend::ALL);
+        assert_eq!(
+            Backend::parse_arg("zfs"),
+            Err("unknown backend `zfs` (expected auto, overlay or thinpool)".into())
+        );
         assert_eq!(
             "x".parse::<RunStatus>().unwrap_err().to_string(),
             "unknown RunStatus \"x\""

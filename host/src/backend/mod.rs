@@ -176,13 +176,14 @@ fn io_fail(context: &str) -> impl FnOnce(std::io::Error) -> StepFailure + '_ {
 
 /// Picks the backend for `--backend`.
 pub fn open(
-    choice: &str,
+    choice: crate::core::states::Backend,
     state_dir: &Path,
     mounts: std::sync::Arc<dyn crate::sys::MountOps>,
     thin: &thinpool::ThinConfig,
 ) -> Result<Box<dyn Snapshotter>, String> {
+    use crate::core::states::Backend;
     match choice {
-        "auto" | "overlay" => {
+        Backend::Auto | Backend::Overlay => {
             if !overlay_supported() {
                 return Err("this kernel does not support overlayfs".into());
             }
@@ -190,16 +191,13 @@ pub fn open(
                 .map(|o| Box::new(o) as Box<dyn Snapshotter>)
                 .map_err(|e| format!("overlay backend: {e}"))
         }
-        "thinpool" => {
+        Backend::Thinpool => {
             let dm = dm::LinuxDm::new(&state_dir.join("thinpool").join("dev"))
                 .map_err(|e| format!("thin-pool backend: {e}"))?;
             thinpool::ThinPool::open(state_dir, thin.clone(), std::sync::Arc::new(dm), mounts)
                 .map(|t| Box::new(t) as Box<dyn Snapshotter>)
                 .map_err(|e| format!("thin-pool backend: {e}"))
         }
-        other => Err(format!(
-            "unknown backend `{other}` (expected auto, overlay or thinpool)"
-        )),
     }
 }
 
