@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    downloads: PathBuf,
 }
 
 /// A reader that hashes what passes through it.
@@ -58,12 +59,22 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 }
 
 impl BlobStore {
-    pub fn new(state_dir: &Path) -> io::Result<BlobStore> {
-        let dir = state_dir.join("blobs/sha256");
-        let tmp = state_dir.join("tmp");
+    pub fn new(state_dir: &crate::statedir::StateDir) -> io::Result<BlobStore> {
+        let dir = state_dir.blobs();
+        let tmp = state_dir.tmp();
         fs::create_dir_all(&dir)?;
         fs::create_dir_all(&tmp)?;
-        Ok(BlobStore { dir, tmp })
+        Ok(BlobStore {
+            dir,
+            tmp,
+            downloads: state_dir.downloads(),
+        })
+    }
+
+    /// Where partial downloads live: beside the blob store, not in `tmp/`
+    /// (emptied at start-up), so that they survive a crash.
+    pub fn downloads_dir(&self) -> &Path {
+        &self.downloads
     }
 
     /// `digest` is `sha256:<hex>`, already checked by the caller.
@@ -161,7 +172,7 @@ mod tests {
     #[test]
     fn ingest_is_content_addressed_and_checks_size() {
         let d = tempfile::tempdir().unwrap();
-        let s = BlobStore::new(d.path()).unwrap();
+        let s = BlobStore::new(&crate::statedir::StateDir::new(d.path())).unwrap();
         let (a, n) = s.ingest(&b"hello"[..], Some(5)).unwrap();
         assert_eq!(
             a,

@@ -1,5 +1,6 @@
 //! Command-line parsing into a checked configuration, and the commands.
 
+use crate::statedir::StateDir;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
@@ -326,7 +327,7 @@ struct Overrides<'a> {
 
 /// The checked configuration every command works from.
 struct Config {
-    state_dir: PathBuf,
+    state_dir: crate::statedir::StateDir,
     source: String,
     backend: crate::core::states::Backend,
     jobs: usize,
@@ -348,7 +349,7 @@ impl Config {
     /// The effective configuration as the file that would give it.
     fn as_file(&self) -> FileConfig {
         FileConfig {
-            state_dir: Some(self.state_dir.clone()),
+            state_dir: Some(self.state_dir.to_path_buf()),
             source: Some(self.source.clone()),
             backend: Some(self.backend),
             jobs: Some(self.jobs),
@@ -420,7 +421,7 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
     let state_dir = std::path::absolute(&state_dir)
         .with_context(|| format!("resolving state directory {}", state_dir.display()))?;
     Ok(Config {
-        state_dir,
+        state_dir: crate::statedir::StateDir::new(state_dir),
         source: o
             .source
             .map(str::to_string)
@@ -457,11 +458,10 @@ fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
 /// Makes the state directory private (creating it if need be) and refuses
 /// one that holds tarpool's data but no usable database: a start without it
 /// would treat every layer and activation as unknown and delete them.
-fn check_state_dir(state_dir: &Path) -> Result<()> {
+fn check_state_dir(state_dir: &StateDir) -> Result<()> {
     crate::statedir::prepare(state_dir)
         .with_context(|| format!("preparing state directory {}", state_dir.display()))?;
-    let db = state_dir.join("state.db");
-    let usable = Store::holds_schema(&db);
+    let usable = Store::holds_schema(&state_dir.db());
     if usable.as_ref().is_ok_and(|u| *u) {
         return Ok(());
     }
@@ -483,17 +483,17 @@ fn check_state_dir(state_dir: &Path) -> Result<()> {
     }
 }
 
-fn open_store(state_dir: &Path) -> Result<Store> {
+fn open_store(state_dir: &StateDir) -> Result<Store> {
     check_state_dir(state_dir)?;
-    Ok(Store::open(&state_dir.join("state.db"))?)
+    Ok(Store::open(&state_dir.db())?)
 }
 
 /// Holds the state directory's run lock for the life of the value.
 struct RunLock(#[allow(dead_code)] std::fs::File);
 
-fn lock_state(state_dir: &Path) -> Result<RunLock> {
+fn lock_state(state_dir: &StateDir) -> Result<RunLock> {
     use std::io::Write as _;
-    let path = state_dir.join("run.lock");
+    let path = state_dir.run_lock();
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -739,7 +739,7 @@ fn build_ctx(cfg: &Config, shutdown: &Arc<std::sync::atomic::AtomicBool>) -> Res
     let store = open_store(&cfg.state_dir)?;
     let source = crate::source::parse(&cfg.source)?;
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
-    let steps = crate::wasm::Steps::load_with(&cfg.state_dir.join("cache"), &cfg.steps)
+    let steps = crate::wasm::Steps::load_with(&cfg.state_dir.cache(), &cfg.steps)
         .context("loading the format steps")?;
     if let Some(w) = steps.cache_warning() {
         tracing::warn!("{w}");
@@ -1251,7 +1251,7 @@ fn pool_init(
 ) -> Result<u8> {
     // The database first: the pool's tables live in it.
     open_store(&cfg.state_dir)?;
-    let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.join("thinpool").join("dev"))?;
+    let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.thinpool_dev())?;
     let node = crate::backend::thinpool::ThinPool::init(
         &cfg.state_dir,
         &cfg.thinpool,
@@ -1266,14 +1266,14 @@ fn pool_init(
         "thin pool `{}` created ({}); its files are in {}",
         cfg.thinpool.pool,
         node.display(),
-        cfg.state_dir.join("thinpool").display()
+        cfg.state_dir.thinpool().display()
     );
     Ok(0)
 }
 
 fn open_thinpool(cfg: &Config) -> Result<crate::backend::thinpool::ThinPool> {
     open_store(&cfg.state_dir)?;
-    let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.join("thinpool").join("dev"))?;
+    let dm = crate::backend::dm::LinuxDm::new(&cfg.state_dir.thinpool_dev())?;
     Ok(crate::backend::thinpool::ThinPool::open(
         &cfg.state_dir,
         cfg.thinpool.clone(),
@@ -1317,10 +1317,12 @@ fn pool_status(cfg: &Config, json: bool) -> Result<u8> {
 }
 
 fn recover(cfg: &Config, wipe: bool, json: bool) -> Result<u8> {
-    let dir = crate::statedir::prepare(&cfg.state_dir)
-        .with_context(|| format!("preparing state directory {}", cfg.state_dir.display()))?;
+    let dir = StateDir::new(
+        crate::statedir::prepare(&cfg.state_dir)
+            .with_context(|| format!("preparing state directory {}", cfg.state_dir.display()))?,
+    );
     let _lock = lock_state(&dir)?;
-    if Store::holds_schema(&dir.join("state.db")).unwrap_or(false) {
+    if Store::holds_schema(&dir.db()).unwrap_or(false) {
         bail!(
             "state directory {}: state.db is usable; there is nothing to recover",
             dir.display()
@@ -1329,7 +1331,7 @@ fn recover(cfg: &Config, wipe: bool, json: bool) -> Result<u8> {
     let id = ulid::Ulid::new().to_string();
     let done = crate::statedir::recover(&dir, &id, wipe)
         .with_context(|| format!("recovering state directory {}", dir.display()))?;
-    Store::open(&dir.join("state.db"))?;
+    Store::open(&dir.db())?;
     tracing::info!(entries = ?done.entries, moved_to = ?done.moved_to, wiped = wipe, "state directory recovered: a new database");
     if json {
         println!("{}", serde_json::to_string(&done)?);

@@ -5,7 +5,6 @@
 use crate::core::states::{ImageState, RunStatus, TransitionOutcome};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +22,7 @@ use crate::store::{Finish, ImageUpdate, Store};
 use crate::wasm::Steps;
 
 pub struct Ctx {
-    pub state_dir: PathBuf,
+    pub state_dir: crate::statedir::StateDir,
     pub store: Store,
     pub blobs: BlobStore,
     pub steps: Steps,
@@ -55,7 +54,7 @@ pub struct Summary {
 impl Ctx {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        state_dir: PathBuf,
+        state_dir: crate::statedir::StateDir,
         store: Store,
         blobs: BlobStore,
         steps: Steps,
@@ -126,7 +125,7 @@ impl Ctx {
         for e in &report.errors {
             tracing::warn!(error = %e, "cleanup left something for next time");
         }
-        let tmp = self.state_dir.join("tmp");
+        let tmp = self.state_dir.tmp();
         if let Ok(rd) = std::fs::read_dir(&tmp) {
             for e in rd.flatten() {
                 let _ =

@@ -318,7 +318,7 @@ impl Drop for Server {
 pub fn spawn(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) -> anyhow::Result<Server> {
     // Its own read-only connection: a scrape never waits on the engine's,
     // and WAL lets it read while the engine writes.
-    let reader = Store::open_read_only(&ctx.state_dir.join("state.db"))
+    let reader = Store::open_read_only(&ctx.state_dir.db())
         .context("opening the state database for metrics")?;
     let ctx = Arc::new(std::sync::Mutex::new(ctx));
     let scraper = Arc::new(Scraper {

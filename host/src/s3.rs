@@ -504,17 +504,9 @@ impl Read for LazyBody {
     }
 }
 
-/// Where partial downloads live: beside the blob store, not in `tmp/`
-/// (which is emptied at start-up), so that they survive a crash.
+/// Where partial downloads live (the state directory's).
 fn downloads_dir(blobs: &BlobStore) -> PathBuf {
-    // blobs.path(d) is STATE/blobs/sha256/<hex>.
-    let p = blobs.path("sha256:0");
-    let state = p
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("."));
-    state.join("downloads")
+    blobs.downloads_dir().to_path_buf()
 }
 
 /// The progress file: a header naming the object version and the part size,

@@ -21,6 +21,96 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+/// A state directory, and every path tarpool keeps under it, named once:
+/// nothing else joins a name onto a state directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    /// The state directory at `root` (absolute: the worker and the mount
+    /// helpers change the working directory).
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir(root.into())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
+    /// The SQLite database: the machine's state and the audit.
+    pub fn db(&self) -> PathBuf {
+        self.0.join("state.db")
+    }
+
+    /// The lock `run` holds: one service per state directory.
+    pub fn run_lock(&self) -> PathBuf {
+        self.0.join("run.lock")
+    }
+
+    /// Compiled WebAssembly components.
+    pub fn cache(&self) -> PathBuf {
+        self.0.join("cache")
+    }
+
+    /// The content-addressed blob store (`sha256/<hex>`).
+    pub fn blobs(&self) -> PathBuf {
+        self.0.join("blobs").join("sha256")
+    }
+
+    /// Partial downloads, kept across a crash.
+    pub fn downloads(&self) -> PathBuf {
+        self.0.join("downloads")
+    }
+
+    /// Scratch files, emptied at start-up.
+    pub fn tmp(&self) -> PathBuf {
+        self.0.join("tmp")
+    }
+
+    /// The overlay backend's layers and activations.
+    pub fn overlay(&self) -> PathBuf {
+        self.0.join("overlay")
+    }
+
+    /// The thin-pool backend's files.
+    pub fn thinpool(&self) -> PathBuf {
+        self.0.join("thinpool")
+    }
+
+    /// Where the thin-pool backend makes its device nodes.
+    pub fn thinpool_dev(&self) -> PathBuf {
+        self.thinpool().join("dev")
+    }
+
+    /// The activations' lock files.
+    pub fn locks(&self) -> PathBuf {
+        self.0.join("locks")
+    }
+
+    /// The OCI runtimes' state (`runtime/NAME`, `runtime/locks`).
+    pub fn runtime(&self) -> PathBuf {
+        self.0.join("runtime")
+    }
+
+    /// What `recover` moved aside.
+    pub fn recovered(&self) -> PathBuf {
+        self.0.join("recovered")
+    }
+}
+
+impl std::ops::Deref for StateDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for StateDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
 /// The umask tarpool runs with: nothing it creates is readable by others.
 pub const PRIVATE_UMASK: u32 = 0o077;
 
@@ -210,6 +300,31 @@ pub fn repair(dir: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout every command and the service share (existing state
+    /// directories depend on these names).
+    #[test]
+    fn state_dir_layout() {
+        let d = StateDir::new("/s");
+        let cases: [(PathBuf, &str); 13] = [
+            (d.db(), "/s/state.db"),
+            (d.run_lock(), "/s/run.lock"),
+            (d.cache(), "/s/cache"),
+            (d.blobs(), "/s/blobs/sha256"),
+            (d.downloads(), "/s/downloads"),
+            (d.tmp(), "/s/tmp"),
+            (d.overlay(), "/s/overlay"),
+            (d.thinpool(), "/s/thinpool"),
+            (d.thinpool_dev(), "/s/thinpool/dev"),
+            (d.locks(), "/s/locks"),
+            (d.runtime(), "/s/runtime"),
+            (d.recovered(), "/s/recovered"),
+            (d.root().to_path_buf(), "/s"),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got, Path::new(want));
+        }
+    }
 
     fn mode(p: &Path) -> u32 {
         std::fs::symlink_metadata(p).unwrap().mode() & 0o7777

@@ -177,7 +177,7 @@ fn io_fail(context: &str) -> impl FnOnce(std::io::Error) -> StepFailure + '_ {
 /// Picks the backend for `--backend`.
 pub fn open(
     choice: crate::core::states::Backend,
-    state_dir: &Path,
+    state_dir: &crate::statedir::StateDir,
     mounts: std::sync::Arc<dyn crate::sys::MountOps>,
     thin: &thinpool::ThinConfig,
 ) -> Result<Box<dyn Snapshotter>, String> {
@@ -192,7 +192,7 @@ pub fn open(
                 .map_err(|e| format!("overlay backend: {e}"))
         }
         Backend::Thinpool => {
-            let dm = dm::LinuxDm::new(&state_dir.join("thinpool").join("dev"))
+            let dm = dm::LinuxDm::new(&state_dir.thinpool_dev())
                 .map_err(|e| format!("thin-pool backend: {e}"))?;
             thinpool::ThinPool::open(state_dir, thin.clone(), std::sync::Arc::new(dm), mounts)
                 .map(|t| Box::new(t) as Box<dyn Snapshotter>)

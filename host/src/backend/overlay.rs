@@ -23,8 +23,11 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    pub fn new(state_dir: &Path, mounts: Arc<dyn MountOps>) -> io::Result<Overlay> {
-        let root = state_dir.join("overlay");
+    pub fn new(
+        state_dir: &crate::statedir::StateDir,
+        mounts: Arc<dyn MountOps>,
+    ) -> io::Result<Overlay> {
+        let root = state_dir.overlay();
         for d in ["layers", "mnt", "activations"] {
             fs::create_dir_all(root.join(d))?;
         }
@@ -336,7 +339,7 @@ mod tests {
     fn overlay() -> (tempfile::TempDir, Arc<RecordingMounts>, Overlay) {
         let d = tempfile::tempdir().unwrap();
         let rec = Arc::new(RecordingMounts::default());
-        let o = Overlay::new(d.path(), rec.clone()).unwrap();
+        let o = Overlay::new(&crate::statedir::StateDir::new(d.path()), rec.clone()).unwrap();
         (d, rec, o)
     }
 

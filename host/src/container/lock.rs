@@ -6,6 +6,7 @@
 use anyhow::{bail, Context as _, Result};
 use std::path::{Path, PathBuf};
 
+use crate::statedir::StateDir;
 use crate::store::{ActivationRow, Store};
 use crate::sys::MountOps as _;
 
@@ -34,13 +35,13 @@ impl ActivationLock {
 
 /// Takes activation `act`'s lock without waiting (in `state_dir/locks`,
 /// made 0700): held elsewhere, the error "activation ACT is in use".
-pub fn lock_activation(state_dir: &Path, act: &str, exclusive: bool) -> Result<ActivationLock> {
+pub fn lock_activation(state_dir: &StateDir, act: &str, exclusive: bool) -> Result<ActivationLock> {
     use rustix::fs::FlockOperation;
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
     if !crate::core::names::valid_activation_name(act) {
         bail!("invalid activation name {act:?}");
     }
-    let dir = state_dir.join("locks");
+    let dir = state_dir.locks();
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -88,7 +89,7 @@ pub fn lock_activation(state_dir: &Path, act: &str, exclusive: bool) -> Result<A
 /// activation as read under the lock, and whether to bind its mount point.
 pub fn lock_for_exec(
     store: &Store,
-    state_dir: &Path,
+    state_dir: &StateDir,
     act: &str,
 ) -> Result<(ActivationRow, bool, ActivationLock)> {
     let read = || -> Result<(ActivationRow, bool)> {

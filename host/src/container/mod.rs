@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::Snapshotter;
 use crate::model::RuntimeConfig;
+use crate::statedir::StateDir;
 use crate::store::{ActivationRow, Store};
 use crate::sys::MountOps as _;
 pub use lock::{lock_activation, ActivationLock};
@@ -235,8 +236,8 @@ fn write_spec(
 }
 
 /// The user step, compiled or from the state directory's component cache.
-fn user_step(state_dir: &Path) -> Result<crate::wasm::UserStep> {
-    crate::wasm::UserStep::load(&state_dir.join("cache"))
+fn user_step(state_dir: &StateDir) -> Result<crate::wasm::UserStep> {
+    crate::wasm::UserStep::load(&state_dir.cache())
         .map_err(|e| anyhow::anyhow!("loading the user step: {e}"))
 }
 
@@ -257,7 +258,7 @@ fn single_threaded() -> bool {
 /// returns its exit status (128+N for death by signal N; 127 for a command
 /// not found in the image, 126 for one not executable).
 pub fn exec(
-    state_dir: &Path,
+    state_dir: &StateDir,
     store: &Store,
     open_backend: &OpenBackend<'_>,
     settings: &Settings,
@@ -338,7 +339,7 @@ pub fn exec(
 /// mounted on the host until `tarpool deactivate ACT`. Any OCI runtime can
 /// run it. Returns what it made, for JSON output.
 pub fn bundle(
-    state_dir: &Path,
+    state_dir: &StateDir,
     store: &Store,
     settings: &Settings,
     act: &str,
@@ -428,13 +429,13 @@ pub fn bundle(
 /// running in `act` (its supervisor killed) and unmounts and removes
 /// `act`'s bundles (their `config.json`, `rootfs` and directory, if then
 /// empty).
-pub fn release(state_dir: &Path, store: &Store, settings: &Settings, act: &str) -> Result<()> {
+pub fn release(state_dir: &StateDir, store: &Store, settings: &Settings, act: &str) -> Result<()> {
     // Every runtime tarpool has run (one state directory each), not only
     // the configured one: the config may have changed since. One that
     // cannot be asked (uninstalled since) is a warning, not a reason to
     // keep the activation.
     let mut names = vec![settings.runtime.clone()];
-    if let Ok(dir) = std::fs::read_dir(state_dir.join("runtime")) {
+    if let Ok(dir) = std::fs::read_dir(state_dir.runtime()) {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name != "locks"

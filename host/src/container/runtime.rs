@@ -25,12 +25,12 @@ pub struct Runtime {
 impl Runtime {
     /// `program` (a name searched in PATH, or a path), with its state under
     /// `state_dir/runtime`.
-    pub fn new(state_dir: &Path, program: &str) -> Result<Runtime> {
+    pub fn new(state_dir: &crate::statedir::StateDir, program: &str) -> Result<Runtime> {
         use std::os::unix::fs::DirBuilderExt as _;
         let name = state_name(program)
             .with_context(|| format!("runtime {program:?}: not a program name or path"))?
             .to_string();
-        let base = state_dir.join("runtime");
+        let base = state_dir.runtime();
         let root = base.join(&name);
         let locks = base.join("locks");
         for d in [&base, &root, &locks] {

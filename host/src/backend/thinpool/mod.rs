@@ -240,19 +240,19 @@ impl ThinPool {
     /// (set up again from its files when the device is gone, as after a
     /// reboot).
     pub fn open(
-        state_dir: &Path,
+        state_dir: &crate::statedir::StateDir,
         cfg: ThinConfig,
         dm: Arc<dyn DmOps>,
         mounts: Arc<dyn MountOps>,
     ) -> io::Result<ThinPool> {
-        let dir = state_dir.join("thinpool");
+        let dir = state_dir.thinpool();
         for d in ["mnt", "dev"] {
             fs::create_dir_all(dir.join(d))?;
         }
         let volume = parse_size(&cfg.volume_size).map_err(io::Error::other)?;
         // The store's migrations make the pool's tables.
-        crate::store::Store::open(&state_dir.join("state.db")).map_err(io::Error::other)?;
-        let conn = Connection::open(state_dir.join("state.db")).map_err(sql)?;
+        crate::store::Store::open(&state_dir.db()).map_err(io::Error::other)?;
+        let conn = Connection::open(state_dir.db()).map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(sql)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -348,14 +348,14 @@ impl ThinPool {
     /// `tarpool pool init`: sparse data and metadata files in the state
     /// directory, on loop devices, as a new pool named `cfg.pool`.
     pub fn init(
-        state_dir: &Path,
+        state_dir: &crate::statedir::StateDir,
         cfg: &ThinConfig,
         dm: &dyn DmOps,
         data_size: Option<&str>,
         meta_size: Option<&str>,
         block_size: Option<&str>,
     ) -> Result<PathBuf, String> {
-        let dir = state_dir.join("thinpool");
+        let dir = state_dir.thinpool();
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         if dm.node(&cfg.pool).map_err(|e| e.to_string())?.is_some() {
             return Err(format!(

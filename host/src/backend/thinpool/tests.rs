@@ -27,7 +27,7 @@ fn reopen(dir: &tempfile::TempDir, dm: &Arc<RecordingDm>) -> ThinPool {
         ..ThinConfig::default()
     };
     ThinPool::open(
-        dir.path(),
+        &crate::statedir::StateDir::new(dir.path()),
         cfg,
         dm.clone(),
         Arc::new(RecordingMounts::default()),
@@ -247,7 +247,7 @@ fn a_missing_pool_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let dm = Arc::new(RecordingDm::default());
     let e = ThinPool::open(
-        dir.path(),
+        &crate::statedir::StateDir::new(dir.path()),
         ThinConfig::default(),
         dm,
         Arc::new(RecordingMounts::default()),
@@ -266,7 +266,15 @@ fn pool_init_writes_sparse_files_and_a_thin_pool_table() {
     let dir = tempfile::tempdir().unwrap();
     let dm = RecordingDm::default();
     let cfg = ThinConfig::default();
-    ThinPool::init(dir.path(), &cfg, &dm, Some("640M"), Some("16M"), None).unwrap();
+    ThinPool::init(
+        &crate::statedir::StateDir::new(dir.path()),
+        &cfg,
+        &dm,
+        Some("640M"),
+        Some("16M"),
+        None,
+    )
+    .unwrap();
     let data = dir.path().join("thinpool/data.img");
     assert_eq!(std::fs::metadata(&data).unwrap().len(), 640 << 20);
     let calls = dm.take_calls();
@@ -275,7 +283,15 @@ fn pool_init_writes_sparse_files_and_a_thin_pool_table() {
         "create tarpool 1310720 thin-pool /dev/loop-fake /dev/loop-fake 128 4096 2 error_if_no_space skip_block_zeroing"
     );
     assert!(
-        ThinPool::init(dir.path(), &cfg, &dm, Some("640M"), None, None).is_err(),
+        ThinPool::init(
+            &crate::statedir::StateDir::new(dir.path()),
+            &cfg,
+            &dm,
+            Some("640M"),
+            None,
+            None
+        )
+        .is_err(),
         "exists"
     );
     for (d, m, b) in [
@@ -285,7 +301,7 @@ fn pool_init_writes_sparse_files_and_a_thin_pool_table() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         assert!(ThinPool::init(
-            dir.path(),
+            &crate::statedir::StateDir::new(dir.path()),
             &cfg,
             &RecordingDm::default(),
             Some(d),
@@ -400,7 +416,7 @@ fn snapshots_keep_their_origins_size() {
         ..ThinConfig::default()
     };
     let p = ThinPool::open(
-        r.dir.path(),
+        &crate::statedir::StateDir::new(r.dir.path()),
         cfg,
         r.dm.clone(),
         Arc::new(RecordingMounts::default()),
