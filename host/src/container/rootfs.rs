@@ -134,7 +134,7 @@ pub fn pin_mount_targets(rootfs: &Path, as_uid: Option<u32>) -> Result<()> {
                 }
             }
             Err(Errno::NOENT) => {
-                let made = as_ids(as_uid, || {
+                let mkdir = || {
                     rustix::fs::mkdirat(&view, name, Mode::from_raw_mode(0o755)).and_then(|()| {
                         // 0755 whatever the umask (tarpool's is 077).
                         let d = rustix::fs::openat(
@@ -145,7 +145,11 @@ pub fn pin_mount_targets(rootfs: &Path, as_uid: Option<u32>) -> Result<()> {
                         )?;
                         rustix::fs::fchmod(d, Mode::from_raw_mode(0o755))
                     })
-                });
+                };
+                let made = match as_uid {
+                    Some(uid) => crate::sys::with_fs_ids(uid, mkdir)?.map_err(Into::into),
+                    None => mkdir().map_err(std::io::Error::from),
+                };
                 made.with_context(|| format!("making the image's /{name}"))?
             }
             Err(e) => return Err(e).with_context(|| format!("reading the image's /{name}")),
@@ -180,21 +184,6 @@ pub fn pin_mount_targets(rootfs: &Path, as_uid: Option<u32>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Runs `f` with this thread's filesystem uid and gid `uid` (when given).
-fn as_ids<T>(uid: Option<u32>, f: impl FnOnce() -> T) -> T {
-    let Some(uid) = uid else { return f() };
-    // SAFETY: setfsuid/setfsgid only change this thread's filesystem ids;
-    // the previous ones are restored below.
-    let (old_u, old_g) = unsafe { (libc::setfsuid(uid), libc::setfsgid(uid)) };
-    let r = f();
-    // SAFETY: as above.
-    unsafe {
-        libc::setfsuid(old_u as libc::uid_t);
-        libc::setfsgid(old_g as libc::gid_t);
-    }
-    r
 }
 
 /// A directory of this process's, removed with its mounts when dropped:

@@ -6,7 +6,7 @@
 //! the image), as regular files of at most [`MAX_DB_BYTES`].
 
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{FileType, OFlags};
 use rustix::io::Errno;
 use std::io::Read as _;
 
@@ -24,22 +24,11 @@ pub struct NotRunnable {
     pub msg: String,
 }
 
+/// Opens the image path `path` beneath `root` (the extraction's resolver:
+/// symlinks resolve inside the image, magic links are refused).
 fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
     let rel = path.trim_start_matches('/');
-    let rel = if rel.is_empty() { "." } else { rel };
-    let mut tries = 0;
-    loop {
-        match rustix::fs::openat2(
-            root,
-            rel,
-            flags | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        ) {
-            Err(Errno::AGAIN) if tries < 16 => tries += 1,
-            r => return r,
-        }
-    }
+    crate::extract::fsops::open_in_root(root, rel.as_bytes(), flags | OFlags::CLOEXEC)
 }
 
 /// Reads one of the image's user databases, unparsed: a regular file of at

@@ -38,7 +38,7 @@ pub(super) fn dir_read_flags() -> OFlags {
 
 /// Opens `path` (normalised, root-relative) with every symlink resolved as
 /// if `root` were `/`. Magic links (/proc) are refused.
-pub(super) fn open_in_root(
+pub(crate) fn open_in_root(
     root: BorrowedFd<'_>,
     path: &[u8],
     flags: OFlags,

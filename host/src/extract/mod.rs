@@ -28,7 +28,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-mod fsops;
+pub(crate) mod fsops;
 mod names;
 #[cfg(feature = "native-check")]
 pub mod native;
