@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::backend::PoolUsage;
-use crate::engine::Ctx;
+use crate::backend::{PoolUsage, Snapshotter};
+use crate::statedir::StateDir;
 use crate::store::Store;
 
 /// Upper bounds (milliseconds) of the transition duration histogram's
@@ -296,14 +296,14 @@ fn escape_label(v: &str) -> String {
 
 /// The running metrics server; stops when dropped.
 pub struct Server {
-    ctx: Arc<std::sync::Mutex<Arc<Ctx>>>,
+    pool: Shared,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Server {
-    /// Reads the pool through `ctx` from now on (after a reload).
-    pub fn follow(&self, ctx: Arc<Ctx>) {
-        *self.ctx.lock().unwrap_or_else(|p| p.into_inner()) = ctx;
+    /// Reads the pool through `backend` from now on (after a reload).
+    pub fn follow(&self, backend: Arc<dyn Snapshotter>) {
+        *self.pool.lock().unwrap_or_else(|p| p.into_inner()) = backend;
     }
 }
 
@@ -315,26 +315,35 @@ impl Drop for Server {
 
 /// Serves `GET /metrics` on `listener` (bound by the caller, so a bad
 /// address or a port in use is a startup error). Call from the runtime.
-pub fn spawn(listener: tokio::net::TcpListener, ctx: Arc<Ctx>) -> anyhow::Result<Server> {
+/// It reads only the state database (its own read-only connection) and the
+/// pool's usage through `backend`.
+pub fn spawn(
+    listener: tokio::net::TcpListener,
+    state_dir: &StateDir,
+    backend: Arc<dyn Snapshotter>,
+) -> anyhow::Result<Server> {
     // Its own read-only connection: a scrape never waits on the engine's,
     // and WAL lets it read while the engine writes.
-    let reader = Store::open_read_only(&ctx.state_dir.db())
-        .context("opening the state database for metrics")?;
-    let ctx = Arc::new(std::sync::Mutex::new(ctx));
+    let reader =
+        Store::open_read_only(&state_dir.db()).context("opening the state database for metrics")?;
+    let pool: Shared = Arc::new(std::sync::Mutex::new(backend));
     let scraper = Arc::new(Scraper {
-        ctx: ctx.clone(),
+        pool: pool.clone(),
         reader,
         flight: Arc::new(Flight::default()),
     });
     let scrape = move || scraper.clone().scrape();
     Ok(Server {
-        ctx,
+        pool,
         task: tokio::spawn(serve(listener, scrape, LIMITS)),
     })
 }
 
+/// The backend whose pool a scrape reads, replaced on a reload.
+type Shared = Arc<std::sync::Mutex<Arc<dyn Snapshotter>>>;
+
 struct Scraper {
-    ctx: Arc<std::sync::Mutex<Arc<Ctx>>>,
+    pool: Shared,
     reader: Store,
     /// The gather in flight, which scrapes share.
     flight: Arc<Flight>,
@@ -344,8 +353,8 @@ impl Scraper {
     /// Reads everything a scrape shows (blocking: SQLite and the pool).
     fn gather(&self) -> anyhow::Result<String> {
         let counts = self.reader.metrics_counts(&BUCKETS_MS)?;
-        let ctx = self.ctx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let pool = ctx.backend.usage().unwrap_or_else(|e| {
+        let backend = self.pool.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let pool = backend.usage().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "metrics: reading the pool's usage");
             None
         });

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod machine;
 pub mod model;
 pub mod names;
+pub mod plan;
 pub mod policy;
 pub mod sanitize;
 pub mod states;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// One transition of an image run, in registration order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Step {
+pub enum Transition {
     CheckImageExists,
     Download,
     Classify,
@@ -21,44 +21,44 @@ pub enum Step {
 
 /// The registration order. `Completed` is the last transition; its success
 /// ends the run.
-pub const STEPS: [Step; 9] = [
-    Step::CheckImageExists,
-    Step::Download,
-    Step::Classify,
-    Step::ParseManifest,
-    Step::CheckUnpacked,
-    Step::UnpackLayers,
-    Step::CreateSnapshot,
-    Step::UpdateTracking,
-    Step::Completed,
+pub const TRANSITIONS: [Transition; 9] = [
+    Transition::CheckImageExists,
+    Transition::Download,
+    Transition::Classify,
+    Transition::ParseManifest,
+    Transition::CheckUnpacked,
+    Transition::UnpackLayers,
+    Transition::CreateSnapshot,
+    Transition::UpdateTracking,
+    Transition::Completed,
 ];
 
-impl Step {
+impl Transition {
     pub const fn name(self) -> &'static str {
         match self {
-            Step::CheckImageExists => "check-image-exists",
-            Step::Download => "download",
-            Step::Classify => "classify",
-            Step::ParseManifest => "parse-manifest",
-            Step::CheckUnpacked => "check-unpacked",
-            Step::UnpackLayers => "unpack-layers",
-            Step::CreateSnapshot => "create-snapshot",
-            Step::UpdateTracking => "update-tracking",
-            Step::Completed => "completed",
+            Transition::CheckImageExists => "check-image-exists",
+            Transition::Download => "download",
+            Transition::Classify => "classify",
+            Transition::ParseManifest => "parse-manifest",
+            Transition::CheckUnpacked => "check-unpacked",
+            Transition::UnpackLayers => "unpack-layers",
+            Transition::CreateSnapshot => "create-snapshot",
+            Transition::UpdateTracking => "update-tracking",
+            Transition::Completed => "completed",
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Step> {
-        STEPS.iter().copied().find(|s| s.name() == name)
+    pub fn from_name(name: &str) -> Option<Transition> {
+        TRANSITIONS.iter().copied().find(|s| s.name() == name)
     }
 
-    pub fn first() -> Step {
-        STEPS[0]
+    pub fn first() -> Transition {
+        TRANSITIONS[0]
     }
 
-    pub fn next(self) -> Option<Step> {
-        let i = STEPS.iter().position(|s| *s == self)?;
-        STEPS.get(i + 1).copied()
+    pub fn next(self) -> Option<Transition> {
+        let i = TRANSITIONS.iter().position(|s| *s == self)?;
+        TRANSITIONS.get(i + 1).copied()
     }
 }
 
@@ -160,7 +160,7 @@ impl RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Persist the output and run this transition next.
-    Advance(Step),
+    Advance(Transition),
     /// The last transition succeeded: the run is completed.
     Complete,
     /// Run the same transition again after the delay.
@@ -177,10 +177,15 @@ pub enum Decision {
 }
 
 /// The whole decision logic of the machine. `attempt` counts executions of
-/// `step` in this run, this one included (1-based).
-pub fn decide(step: Step, attempt: u32, outcome: &Outcome, retry: &RetryPolicy) -> Decision {
+/// `transition` in this run, this one included (1-based).
+pub fn decide(
+    transition: Transition,
+    attempt: u32,
+    outcome: &Outcome,
+    retry: &RetryPolicy,
+) -> Decision {
     match outcome {
-        Outcome::Ok => match step.next() {
+        Outcome::Ok => match transition.next() {
             Some(next) => Decision::Advance(next),
             None => Decision::Complete,
         },
@@ -189,15 +194,18 @@ pub fn decide(step: Step, attempt: u32, outcome: &Outcome, retry: &RetryPolicy) 
             attempt: attempt + 1,
         },
         Outcome::Retryable(why) => Decision::Fail {
-            reason: format!("{}: gave up after {attempt} attempts: {why}", step.name()),
+            reason: format!(
+                "{}: gave up after {attempt} attempts: {why}",
+                transition.name()
+            ),
             kind: FailureKind::Environment,
         },
         Outcome::Unrecoverable(why) => Decision::Fail {
-            reason: format!("{}: {why}", step.name()),
+            reason: format!("{}: {why}", transition.name()),
             kind: FailureKind::Input,
         },
         Outcome::Exhausted(why) => Decision::Fail {
-            reason: format!("{}: {why}", step.name()),
+            reason: format!("{}: {why}", transition.name()),
             kind: FailureKind::Resource,
         },
         Outcome::Cancelled => Decision::Cancel,
@@ -208,7 +216,7 @@ pub fn decide(step: Step, attempt: u32, outcome: &Outcome, retry: &RetryPolicy) 
 mod tests {
     use super::*;
 
-    fn check(step: Step, attempt: u32, outcome: Outcome, expected: Decision) {
+    fn check(step: Transition, attempt: u32, outcome: Outcome, expected: Decision) {
         let policy = RetryPolicy {
             base: Duration::from_millis(100),
             cap: Duration::from_millis(1000),
@@ -224,7 +232,7 @@ mod tests {
     #[test]
     fn decisions() {
         use Outcome::*;
-        use Step::*;
+        use Transition::*;
         check(CheckImageExists, 1, Ok, Decision::Advance(Download));
         check(UpdateTracking, 1, Ok, Decision::Advance(Completed));
         check(Completed, 1, Ok, Decision::Complete);
@@ -305,7 +313,7 @@ mod tests {
 
     #[test]
     fn registration_order_round_trips() {
-        let mut s = Step::first();
+        let mut s = Transition::first();
         let mut names = vec![s.name()];
         while let Some(n) = s.next() {
             names.push(n.name());
@@ -326,8 +334,8 @@ mod tests {
             ]
         );
         for n in names {
-            assert_eq!(Step::from_name(n).unwrap().name(), n);
+            assert_eq!(Transition::from_name(n).unwrap().name(), n);
         }
-        assert_eq!(Step::from_name("nope"), None);
+        assert_eq!(Transition::from_name("nope"), None);
     }
 }

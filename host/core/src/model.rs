@@ -56,6 +56,18 @@ pub enum LayerMedia {
     Detect,
 }
 
+impl LayerMedia {
+    /// The name the store records with a verified blob (the serde name).
+    pub const fn name(self) -> &'static str {
+        match self {
+            LayerMedia::Tar => "tar",
+            LayerMedia::Gzip => "gzip",
+            LayerMedia::Zstd => "zstd",
+            LayerMedia::Detect => "detect",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerRef {
     pub member: String,

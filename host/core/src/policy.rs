@@ -235,6 +235,9 @@ pub fn policy_hash(text: &str) -> String {
 }
 
 /// One policy decision, as recorded in the audit log.
+/// The policy verdicts a transition produced, recorded by the engine.
+pub type Verdicts = Vec<Verdict>;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdict {
     pub rule: String,

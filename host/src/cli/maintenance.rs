@@ -114,11 +114,11 @@ pub(super) fn gc(cfg: &Config, json: bool) -> Result<u8> {
     let store = open_store(&cfg.state_dir)?;
     let _lock = lock_state(&cfg.state_dir)?;
     let b = backend(cfg)?;
-    let gc = engine::collect(&store, b.as_ref())?;
+    let gc = crate::gc::collect(&store, b.as_ref())?;
     if json {
         println!("{}", serde_json::to_string(&gc)?);
     } else {
-        let engine::GcReport {
+        let crate::gc::GcReport {
             layers_removed: layers,
             cleanup: report,
             before,

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use crate::core::machine::RetryPolicy;
 use crate::core::names::valid_image_name;
 use crate::core::policy::Policy;
-use crate::engine::{self, Ctx};
+use crate::ctx::Ctx;
+use crate::engine;
 use crate::store::{ActivationRow, Store};
 
 /// The example bucket in this repository: the default source.

@@ -16,24 +16,24 @@ pub(super) fn build_ctx(
         tracing::warn!("{w}");
     }
     let backend = backend(cfg)?;
-    let mut ctx = Ctx::new(
-        cfg.state_dir.clone(),
-        store,
-        blobs,
-        steps,
-        backend,
-        source,
-        cfg.policy.clone(),
-        cfg.retry,
-    );
     if cfg.unconfined_worker {
         tracing::warn!(
             "unconfined_worker = true: layers are extracted without Landlock, no_new_privs or dropped capabilities where the kernel cannot enforce them"
         );
-        ctx.unconfined_worker = true;
     }
-    ctx.shutdown = shutdown.clone();
-    Ok(ctx)
+    Ctx::new(crate::ctx::Parts {
+        state_dir: cfg.state_dir.clone(),
+        store,
+        blobs,
+        steps,
+        backend: backend.into(),
+        source,
+        policy: cfg.policy.clone(),
+        retry: cfg.retry,
+        unconfined_worker: cfg.unconfined_worker,
+        shutdown: shutdown.clone(),
+    })
+    .context("building the run context")
 }
 
 /// Why a reloaded configuration cannot replace the running one, if it cannot.
@@ -115,7 +115,7 @@ pub(super) fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Res
         });
     }
     let mut ctx = Arc::new(build_ctx(&cfg, &shutdown)?);
-    ctx.recover()?;
+    engine::recover(&ctx)?;
     let code = rt.block_on(async {
         let metrics = match &cfg.metrics_addr {
             Some(a) => Some(
@@ -128,7 +128,7 @@ pub(super) fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Res
         if let Some(l) = &metrics {
             tracing::info!(addr = %l.local_addr()?, "metrics: listening");
         }
-        let metrics = metrics.map(|l| crate::metrics::spawn(l, ctx.clone())).transpose()?;
+        let metrics = metrics.map(|l| crate::metrics::spawn(l, &cfg.state_dir, ctx.backend.clone())).transpose()?;
         loop {
             if !once && shutdown.load(SeqCst) {
                 tracing::info!("stopped");
@@ -143,7 +143,7 @@ pub(super) fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Res
                             Ok(c) => {
                                 ctx = Arc::new(c);
                                 if let Some(m) = &metrics {
-                                    m.follow(ctx.clone());
+                                    m.follow(ctx.backend.clone());
                                 }
                                 cfg = new;
                                 tracing::info!(source = %cfg.source, jobs = cfg.jobs, interval = cfg.interval, policy = %cfg.policy.name, "configuration reloaded");
@@ -174,7 +174,7 @@ pub(super) fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Res
             // Between polls no run is under way (a stop request may have
             // left some unfinished: their layers are kept).
             if cfg.gc && !shutdown.load(SeqCst) {
-                match engine::collect(&ctx.store, ctx.backend.as_ref()) {
+                match crate::gc::collect(&ctx.store, ctx.backend.as_ref()) {
                     Ok(r) => {
                         if r.layers_removed > 0 || r.cleanup.removed > 0 {
                             tracing::info!(

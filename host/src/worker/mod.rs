@@ -62,10 +62,10 @@ mod capped;
 pub mod seccomp;
 mod stream;
 
+use crate::core::plan::{LayerDigests, PlannedLayer};
 use crate::core::policy::{Action, Policy, Verdict};
 use crate::error::StepFailure;
 use crate::extract::ApplyStats;
-use crate::steps::{LayerDigests, PlannedLayer};
 
 /// The worker's two jobs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

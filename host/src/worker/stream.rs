@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use super::capped::{over_limit, Capped};
 use crate::archive;
+use crate::core::plan::{LayerDigests, PlannedLayer};
 use crate::core::policy::Verdict;
+use crate::core::policy::Verdicts;
 use crate::error::StepFailure;
 use crate::extract::view::CheckError;
 use crate::model::{BlobKind, LayerMedia};
-use crate::steps::{LayerDigests, PlannedLayer, Verdicts};
 
 fn input(m: impl Into<String>) -> StepFailure {
     StepFailure::Input(m.into())

@@ -1,0 +1,212 @@
+//! parse-manifest: the manifest step (WebAssembly) reads the image's
+//! manifests and config through a reader of the stored members; the layer
+//! list it returns is checked against the policy and planned
+//! (`core::plan`): where each layer lies and how it is decoded.
+
+use serde_json::{json, Value};
+
+use super::classify::{describe, head_of};
+use super::{deny_if, input, open_blob, unit, RunData};
+use crate::archive::{self, IndexedMember};
+use crate::core::names::{printable, Unit};
+use crate::core::plan::{self, Placed};
+use crate::core::policy::Verdicts;
+use crate::ctx::Ctx;
+use crate::error::StepFailure;
+use crate::model::{BlobKind, LayerRef, Member, UnitKind};
+
+/// Content-addressed members (`blobs/sha256/<hex>`) must hash to their name:
+/// the manifest step reads manifests and configs through this check.
+fn verify_addressed(name: &str, bytes: Vec<u8>) -> Result<Vec<u8>, String> {
+    use sha2::{Digest as _, Sha256};
+    if let Some(hex_name) = name.strip_prefix("blobs/sha256/") {
+        let got = hex::encode(Sha256::digest(&bytes));
+        if got != hex_name {
+            return Err(format!(
+                "`{}` does not match its digest (content is sha256:{got})",
+                printable(name)
+            ));
+        }
+    }
+    Ok(bytes)
+}
+
+pub(super) fn run(
+    ctx: &Ctx,
+    data: &mut RunData,
+    verdicts: &mut Verdicts,
+) -> Result<Value, StepFailure> {
+    let u = unit(data)?.clone();
+    let layout = match u.kind {
+        UnitKind::Prefix => {
+            let members: Vec<Member> = u
+                .objects
+                .iter()
+                .map(|o| Member {
+                    name: o.member.clone(),
+                    size: o.size,
+                })
+                .collect();
+            let blobs = data.blobs.clone();
+            let store = &ctx.blobs;
+            let mut read = |name: &str| -> Result<Vec<u8>, String> {
+                let digest = blobs
+                    .get(name)
+                    .ok_or_else(|| format!("no member `{name}`"))?;
+                let f = store.open(digest).map_err(|e| e.to_string())?;
+                let m = IndexedMember {
+                    name: name.to_string(),
+                    offset: 0,
+                    size: f.metadata().map_err(|e| e.to_string())?.len(),
+                };
+                archive::read_member(&f, &m, ctx.policy.max_json_bytes.limit)
+                    .and_then(|b| verify_addressed(name, b))
+            };
+            ctx.steps
+                .parse_manifest(UnitKind::Prefix, &members, &mut read)?
+        }
+        UnitKind::Archive => {
+            let a = data
+                .archive
+                .as_ref()
+                .ok_or_else(|| input("classify did not index the archive"))?;
+            let members: Vec<Member> = a
+                .members
+                .iter()
+                .map(|m| Member {
+                    name: m.name.clone(),
+                    size: m.size,
+                })
+                .collect();
+            let f = open_blob(ctx, &a.blob)?;
+            let mut read = |name: &str| -> Result<Vec<u8>, String> {
+                let m = a
+                    .members
+                    .iter()
+                    .find(|m| m.name == name)
+                    .ok_or_else(|| format!("no member `{name}`"))?;
+                archive::read_member(&f, m, ctx.policy.max_json_bytes.limit)
+                    .and_then(|b| verify_addressed(name, b))
+            };
+            ctx.steps
+                .parse_manifest(UnitKind::Archive, &members, &mut read)?
+        }
+    };
+    let (layout, answered) = layout;
+    let v = ctx.policy.check_format(&layout.format);
+    verdicts.push(v.clone());
+    deny_if(&v)?;
+    let v = ctx.policy.check_layers(layout.layers.len());
+    verdicts.push(v.clone());
+    deny_if(&v)?;
+    let v = ctx
+        .policy
+        .check_layer_repeats(plan::max_repeats(&layout.layers));
+    if !v.allowed() {
+        verdicts.push(v.clone());
+    }
+    deny_if(&v)?;
+
+    let mut planned = Vec::new();
+    for (i, l) in layout.layers.iter().enumerate() {
+        let n = i + 1;
+        let (at, known_kind) = place(data, &u, n, l)?;
+        plan::check_size(n, l, at.len).map_err(|e| input(e.to_string()))?;
+        let kind = match known_kind {
+            Some(k) => k,
+            None => {
+                let f = open_blob(ctx, &at.blob)?;
+                let head = head_of(
+                    &mut archive::range(f, at.offset, at.len)
+                        .map_err(|e| StepFailure::io("reading a layer", e))?,
+                )?;
+                let c = ctx.steps.classify(&head, at.len)?;
+                if !plan::is_layer_kind(c.kind) {
+                    return Err(input(format!(
+                        "layer {n} (`{}`) is not a tar layer: {}",
+                        printable(&l.member),
+                        describe(c.kind, &c.detail)
+                    )));
+                }
+                c.kind
+            }
+        };
+        match plan::plan_layer(n, l, at, kind) {
+            Ok(p) => planned.push(p),
+            Err(e) => {
+                verdicts.extend(e.verdict());
+                return Err(input(e.to_string()));
+            }
+        }
+    }
+    data.format = Some(layout.format.clone());
+    data.config = layout.config.clone();
+    data.layers = planned;
+    Ok(json!({
+        "format": layout.format,
+        "layers": data.layers.len(),
+        "config_digest": layout.config_digest,
+        "config": layout.config,
+        "component": answered.component,
+        "component_sha256": answered.sha256,
+    }))
+}
+
+/// Where layer `n`'s bytes lie (a stored blob, or a member of the archive
+/// blob), and their kind when classify already found it.
+fn place(
+    data: &RunData,
+    u: &Unit,
+    n: usize,
+    l: &LayerRef,
+) -> Result<(Placed, Option<BlobKind>), StepFailure> {
+    let missing = || {
+        input(format!(
+            "layer {n} names missing member `{}`",
+            printable(&l.member)
+        ))
+    };
+    Ok(match u.kind {
+        UnitKind::Prefix => {
+            let digest = data.blobs.get(&l.member).ok_or_else(missing)?;
+            let size = u
+                .objects
+                .iter()
+                .find(|o| o.member == l.member)
+                .map(|o| o.size)
+                .unwrap_or(0);
+            let at = Placed {
+                blob: digest.clone(),
+                offset: 0,
+                len: size,
+            };
+            (at, data.kinds.get(&l.member).copied())
+        }
+        UnitKind::Archive => {
+            let a = data
+                .archive
+                .as_ref()
+                .ok_or_else(|| input("classify did not index the archive"))?;
+            if l.member.is_empty() {
+                let at = Placed {
+                    blob: a.blob.clone(),
+                    offset: 0,
+                    len: a.size,
+                };
+                (at, Some(BlobKind::Tar))
+            } else {
+                let m = a
+                    .members
+                    .iter()
+                    .find(|m| m.name == l.member)
+                    .ok_or_else(missing)?;
+                let at = Placed {
+                    blob: a.blob.clone(),
+                    offset: m.offset,
+                    len: m.size,
+                };
+                (at, None)
+            }
+        }
+    })
+}

@@ -1,0 +1,12 @@
+//! update-tracking: nothing to do but report; the engine writes the image's
+//! row (ready, its format, layers, top chain and config) with this
+//! transition's outcome, in the same SQLite transaction.
+
+use serde_json::Value;
+
+use super::RunData;
+use crate::error::StepFailure;
+
+pub(super) fn run(data: &RunData) -> Result<Value, StepFailure> {
+    Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() }))
+}
