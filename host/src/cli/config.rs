@@ -124,7 +124,12 @@ impl Config {
 }
 
 pub(crate) fn config(args: &Args, o: &Overrides<'_>) -> Result<Config> {
-    let file = load_file(args)?;
+    resolve(args, load_file(args)?, o)
+}
+
+/// Merges the command line (`args`, `o`) over the file over the defaults,
+/// and checks the result.
+pub(crate) fn resolve(args: &Args, file: FileConfig, o: &Overrides<'_>) -> Result<Config> {
     let policy = match file.policy.as_deref() {
         None => Policy::default_policy(),
         Some(name) => match Policy::builtin(name) {

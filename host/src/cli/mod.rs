@@ -8,6 +8,8 @@ mod config;
 mod maintenance;
 mod output;
 mod service;
+#[cfg(test)]
+mod tests;
 
 use activation::*;
 pub use args::*;

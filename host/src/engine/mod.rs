@@ -61,3 +61,6 @@ pub async fn run_all(ctx: Arc<Ctx>, jobs: usize) -> anyhow::Result<()> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests;
