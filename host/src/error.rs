@@ -24,12 +24,6 @@ impl StepFailure {
     }
 }
 
-impl From<crate::store::StoreError> for StepFailure {
-    fn from(e: crate::store::StoreError) -> Self {
-        StepFailure::Retry(e.to_string())
-    }
-}
-
 impl From<crate::extract::ApplyError> for StepFailure {
     fn from(e: crate::extract::ApplyError) -> Self {
         use crate::extract::{view::CheckError, ApplyError};

@@ -55,49 +55,7 @@ pub struct Snapshot {
     pub pool: Option<PoolUsage>,
 }
 
-/// The counts read from SQLite (see [`Store::metrics_counts`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Finished transition executions, by transition and outcome
-    /// ([`INTERRUPTED`] for the ones the service's stop interrupted).
-    pub transitions: Vec<TransitionCount>,
-    /// Bytes fetched by download transitions that completed.
-    pub downloaded_bytes: u64,
-    /// Committed layers, their content bytes and entries.
-    pub layers: u64,
-    pub written_bytes: u64,
-    pub layer_entries: u64,
-    pub decisions: Vec<DecisionCount>,
-    /// Images by the state `tarpool status` shows.
-    pub images: Vec<(String, u64)>,
-    pub runs_active: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TransitionCount {
-    pub transition: String,
-    pub outcome: String,
-    pub count: u64,
-    /// 0, like the buckets, for [`INTERRUPTED`] (no duration).
-    pub sum_ms: u64,
-    /// Cumulative: executions that took at most `BUCKETS_MS[i]`.
-    pub buckets: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DecisionCount {
-    pub rule: String,
-    pub action: String,
-    pub verdict: String,
-    pub count: u64,
-}
-
-/// The outcome label of the executions the service's stop interrupted
-/// (recorded as `retry` with [`crate::store::INTERRUPTED_ERROR`]): counted
-/// in `tarpool_transitions_total`, left out of the duration histogram
-/// (their end is the restart, so their duration would include the
-/// downtime).
-pub const INTERRUPTED: &str = "interrupted";
+pub use crate::store::counts::{Counts, DecisionCount, TransitionCount, INTERRUPTED};
 
 /// The image states always exported (0 when no image is in them).
 const IMAGE_STATES: [&str; 4] = ["ready", "failed", "running", "pending"];

@@ -2,7 +2,7 @@
 //! of one transition execution. Their text, the value stored in SQLite and
 //! shown by `status`, `audit` and the metrics, is [`as_str`] (lower case);
 //! `str::parse` is the reverse. The store converts in one place
-//! (`host/src/store.rs`).
+//! (`host/src/store/`).
 //!
 //! [`as_str`]: ImageState::as_str
 
@@ -46,7 +46,7 @@ macro_rules! text_enum {
 
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
     };
@@ -114,6 +114,19 @@ text_enum! {
     }
 }
 
+text_enum! {
+    /// A thin device's row in the thin pool's registry.
+    ThinState {
+        /// Its thin id is allocated and the device being made (a layer being
+        /// filled): a cleanup deletes what a crash left in this state.
+        Creating => "creating",
+        /// Sealed (a layer) or made (an image snapshot, an activation).
+        Ready => "ready",
+        /// Being removed: a cleanup finishes what a crash interrupted.
+        Deleting => "deleting",
+    }
+}
+
 impl Backend {
     /// Parses `--backend`: the error names the choices.
     pub fn parse_arg(s: &str) -> Result<Backend, String> {
@@ -153,6 +166,9 @@ mod tests {
         check(RunStatus::ALL);
         check(TransitionOutcome::ALL);
         check(Backend::ALL);
+        check(ThinState::ALL);
+        // `Display` pads, for tables (`tarpool pool status`).
+        assert_eq!(format!("[{:<9}]", ThinState::Ready), "[ready    ]");
         assert_eq!(
             Backend::parse_arg("zfs"),
             Err("unknown backend `zfs` (expected auto, overlay or thinpool)".into())

@@ -28,14 +28,9 @@ pub struct ActivationInfo {
     pub device: Option<String>,
 }
 
-/// What the store still references: everything else a backend holds may go.
-#[derive(Debug, Default, Clone)]
-pub struct Known {
-    pub layers: Vec<i64>,
-    /// Images whose snapshot should exist (the ready ones).
-    pub images: Vec<String>,
-    pub activations: Vec<String>,
-}
+/// What the store still references: everything else a backend holds may go
+/// (defined with the store's layers, which it reads from).
+pub use crate::store::Known;
 
 /// A thin pool's space.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::backend::dm::RecordingDm;
+use crate::backend::{Known, Snapshotter};
+use crate::error::StepFailure;
 use crate::extract::ApplyStats;
 use crate::sys::{RecordingMounts, Suid};
 
@@ -43,7 +45,7 @@ fn rows(p: &ThinPool) -> Vec<(u32, String, Option<u32>, String, bool)> {
     p.devices()
         .unwrap()
         .into_iter()
-        .map(|d| (d.dev_id, d.owner, d.origin, d.state, d.active))
+        .map(|d| (d.dev_id, d.owner, d.origin, d.state.to_string(), d.active))
         .collect()
 }
 
@@ -147,9 +149,10 @@ fn cleanup_finishes_what_a_crash_left_and_reactivates_what_should_be_active() {
     r.pool.new_device("layer:3", Some(2)).unwrap();
     r.pool.activate_node(3 + 2).unwrap();
     // ... and a crash after the registry row, before create_snap was sent.
-    r.pool
-        .with_db(|c| {
-            c.execute(
+    let db = crate::statedir::StateDir::new(r.dir.path()).db();
+    (|| -> rusqlite::Result<usize> {
+        let c = rusqlite::Connection::open(db)?;
+        c.execute(
                 "INSERT INTO thin_devices (pool, dev_id, owner, origin, sectors, state, created_at) VALUES ('tp', 6, 'layer:4', 2, 1, 'creating', 0)",
                 [],
             )?;
@@ -158,8 +161,8 @@ fn cleanup_finishes_what_a_crash_left_and_reactivates_what_should_be_active() {
                 "INSERT INTO pool_ops (pool, op, dev_id, detail, state, started_at) VALUES ('tp', 'create_snap', 6, 'layer:4', 'running', 0)",
                 [],
             )
-        })
-        .unwrap();
+    })()
+    .unwrap();
     // A reboot: every node is gone but the pool's.
     r.dm.state.lock().unwrap().devices.retain(|k, _| k == "tp");
     let p = reopen(&r.dir, &r.dm);
