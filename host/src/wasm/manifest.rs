@@ -6,8 +6,8 @@ use crate::model;
 use super::limits::{
     instantiate_err, one_line, trapped, MANIFEST_MEMORY, MAX_MESSAGE_CHARS, MAX_TOTAL_READ,
 };
-use super::store::{ReadFn, Reader, State};
-use super::{count_guest_time, Answered, Finally, StepError, Steps};
+use super::store::State;
+use super::{count_guest_time, Answered, Finally, MemberReader, StepError, Steps};
 
 #[cfg(test)]
 thread_local! {
@@ -24,15 +24,9 @@ impl manifest_bindings::tarpool::steps::types::Host for State {}
 impl manifest_bindings::tarpool::steps::source::Host for State {
     fn read_member(&mut self, name: String) -> Result<Vec<u8>, String> {
         let cap = self.max_member_read;
-        let Some(reader) = &self.reader else {
+        let Some(read) = self.reader.as_mut() else {
             return Err("no member reader".into());
         };
-        // SAFETY: `reader.0` was made from the `&mut ReadFn` that
-        // `parse_manifest` holds borrowed for as long as this store exists
-        // (the store is dropped before it returns), and nothing else uses that
-        // borrow meanwhile; the guest runs on this thread, one import at a
-        // time, so this is the only live reference to the callback.
-        let read = unsafe { &mut *reader.0 };
         let bytes = read(&name)?;
         if bytes.len() > cap {
             return Err(format!(
@@ -57,11 +51,12 @@ impl Steps {
     /// Works out an image's layers from its unit's members, reading the
     /// members the guest asks for through `read` (each capped at 4 MiB):
     /// the first manifest component that recognises the format answers.
+    /// Each component in turn gets `read` in its store's data.
     pub fn parse_manifest(
         &self,
         unit: model::UnitKind,
         members: &[model::Member],
-        read: &mut dyn FnMut(&str) -> Result<Vec<u8>, String>,
+        read: MemberReader,
     ) -> Result<(model::ImageLayout, Answered), StepError> {
         use manifest_bindings::tarpool::steps::types as w;
         let unit = match unit {
@@ -81,23 +76,13 @@ impl Steps {
             arch_variant: self.options.variant.clone(),
             max_index_depth: self.options.max_index_depth,
         };
-        let read: *mut (dyn FnMut(&str) -> Result<Vec<u8>, String> + '_) = read;
-        // SAFETY: this only erases the callback's lifetime so it fits in the
-        // `'static` store data. The pointer is used only by `read_member`
-        // while a store below is alive, and every store is dropped before
-        // this function returns (and so before the borrow of `read` ends);
-        // see `State::read_member`.
-        let read: *mut ReadFn = unsafe {
-            std::mem::transmute::<*mut (dyn FnMut(&str) -> Result<Vec<u8>, String> + '_), *mut ReadFn>(
-                read,
-            )
-        };
+        let mut reader = Some(read);
         let t = std::time::Instant::now();
         let _count = Finally(|| count_guest_time(t));
         for c in &self.manifest {
             let _slot = self.slots.acquire();
             let (mut store, stderr) =
-                self.new_store(self.manifest_fuel, MANIFEST_MEMORY, Some(Reader(read)))?;
+                self.new_store(self.manifest_fuel, MANIFEST_MEMORY, reader.take())?;
             let outcome = c
                 .pre
                 .instantiate(&mut store)
@@ -108,7 +93,8 @@ impl Steps {
                 });
             #[cfg(test)]
             FUEL_LEFT.set(store.get_fuel().unwrap_or(0));
-            drop(store);
+            // Drops the store; the reader goes on to the next component.
+            reader = store.into_data().reader;
             let Some(layout) =
                 outcome?.map_err(|e| StepError::Rejected(one_line(&e, MAX_MESSAGE_CHARS)))?
             else {

@@ -42,7 +42,7 @@ use cache::{component_bytes, load_component, new_engine};
 use classify::classify_bindings::ClassifyStepPre;
 use limits::{one_line, Slots, CLASSIFY_FUEL, MANIFEST_FUEL, MAX_CONCURRENT, MAX_MEMBER_READ};
 use manifest::manifest_bindings::{self, ManifestStepPre};
-use store::{new_store, Reader, State};
+use store::{new_store, State};
 use tarcheck::tar_bindings::TarCheckStepPre;
 
 thread_local! {
@@ -170,6 +170,11 @@ impl Default for StepsConfig {
     }
 }
 
+/// Reads one member of an image's unit, by name, for the manifest step. It
+/// owns what it reads from (an open file, the blobs' paths, the caps): it
+/// lives in the data of the store that runs the guest.
+pub type MemberReader = Box<dyn FnMut(&str) -> Result<Vec<u8>, String> + Send>;
+
 /// Which component answered a step, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Answered {
@@ -295,7 +300,7 @@ impl Steps {
         &self,
         fuel: u64,
         memory: usize,
-        reader: Option<Reader>,
+        reader: Option<MemberReader>,
     ) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
         new_store(&self.engine, fuel, memory, reader, self.max_member_read)
     }

@@ -7,25 +7,16 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::limits::STDERR_CAP;
-use super::{host_err, StepError};
-
-/// What a member read callback looks like.
-pub(super) type ReadFn = dyn FnMut(&str) -> Result<Vec<u8>, String>;
-
-/// The caller's read callback, lifetime erased, for the store's duration.
-pub(super) struct Reader(pub(super) *mut ReadFn);
-
-// SAFETY: a `Reader` lives in the data of a `Store` that `parse_manifest`
-// creates, uses and drops on the calling thread; it is never sent to another
-// thread. `Send` is needed only because `WasiView` requires it of the data.
-unsafe impl Send for Reader {}
+use super::{host_err, MemberReader, StepError};
 
 /// Per-call store data.
 pub(super) struct State {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
-    pub(super) reader: Option<Reader>,
+    /// The manifest step's member reader (the `source` import), and what it
+    /// has read so far.
+    pub(super) reader: Option<MemberReader>,
     pub(super) read_total: usize,
     pub(super) max_member_read: usize,
 }
@@ -43,7 +34,7 @@ pub(super) fn new_store(
     engine: &Engine,
     fuel: u64,
     memory: usize,
-    reader: Option<Reader>,
+    reader: Option<MemberReader>,
     max_member_read: usize,
 ) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
     {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest as _, Sha256};
 
 use super::cache::BUILTINS;
-use super::limits::{MANIFEST_FUEL, MAX_CONCURRENT};
+use super::limits::{MANIFEST_FUEL, MAX_CONCURRENT, MAX_MEMBER_READ};
 use super::manifest::FUEL_LEFT;
 use super::*;
 use crate::model::{BlobKind, LayerMedia, Member, UnitKind};
@@ -40,8 +40,19 @@ fn members(names: &[&str]) -> Vec<Member> {
         .collect()
 }
 
-fn no_read(name: &str) -> Result<Vec<u8>, String> {
-    Err(format!("unexpected read of {name}"))
+fn no_read() -> MemberReader {
+    Box::new(|name: &str| Err(format!("unexpected read of {name}")))
+}
+
+/// A reader of the named members; any other read fails.
+fn reader(files: Vec<(&'static str, Vec<u8>)>) -> MemberReader {
+    Box::new(move |name: &str| {
+        files
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, bytes)| bytes.clone())
+            .ok_or_else(|| "nope".to_string())
+    })
 }
 
 #[test]
@@ -74,7 +85,7 @@ fn parses_ad_hoc() {
                 "2.tar", "10.tar", "1.tar", "3.tar", "4.tar", "5.tar", "6.tar", "7.tar", "8.tar",
                 "9.tar",
             ]),
-            &mut no_read,
+            no_read(),
         )
         .unwrap()
         .0;
@@ -103,33 +114,27 @@ fn reads_through_the_callback() {
             size: 1024,
         },
     ];
-    let mut reads = Vec::new();
-    let mut read = |name: &str| {
-        reads.push(name.to_string());
-        match name {
-            "manifest.json" => Ok(manifest.clone()),
-            "c.json" => Ok(config.clone()),
-            _ => Err("nope".to_string()),
-        }
-    };
+    let reads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut files = reader(vec![("manifest.json", manifest), ("c.json", config)]);
+    let log = Arc::clone(&reads);
+    let read = Box::new(move |name: &str| {
+        log.lock().unwrap().push(name.to_string());
+        files(name)
+    });
     let l = shared()
-        .parse_manifest(UnitKind::Archive, &ms, &mut read)
+        .parse_manifest(UnitKind::Archive, &ms, read)
         .unwrap()
         .0;
     assert_eq!(l.format, "docker-archive");
     assert_eq!(l.layers[0].member, "a/layer.tar");
     assert!(l.layers[0].diff_id.as_deref().unwrap().ends_with("01"));
-    assert_eq!(reads, ["manifest.json", "c.json"]);
+    assert_eq!(*reads.lock().unwrap(), ["manifest.json", "c.json"]);
 }
 
 #[test]
 fn guest_errors_are_rejections() {
     let steps = shared();
-    match steps.parse_manifest(
-        UnitKind::Prefix,
-        &members(&["1.tar", "3.tar"]),
-        &mut no_read,
-    ) {
+    match steps.parse_manifest(UnitKind::Prefix, &members(&["1.tar", "3.tar"]), no_read()) {
         Err(StepError::Rejected(e)) => {
             assert_eq!(e, "layer 2.tar missing (the prefix has layers up to 3.tar)")
         }
@@ -140,8 +145,8 @@ fn guest_errors_are_rejections() {
         name: "manifest.json".into(),
         size: 5,
     }];
-    let mut read = |_: &str| Err::<Vec<u8>, _>("disk on fire\n".to_string());
-    match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
+    let read = Box::new(|_: &str| Err("disk on fire\n".to_string()));
+    match steps.parse_manifest(UnitKind::Archive, &ms, read) {
         Err(StepError::Rejected(e)) => {
             assert_eq!(e, "manifest.json: cannot read: disk on fire?")
         }
@@ -152,11 +157,47 @@ fn guest_errors_are_rejections() {
         name: "manifest.json".into(),
         size: 5 << 20,
     }];
-    let mut read = |_: &str| Ok(vec![b' '; 5 << 20]);
-    match steps.parse_manifest(UnitKind::Archive, &ms, &mut read) {
+    let read = Box::new(|_: &str| Ok(vec![b' '; 5 << 20]));
+    match steps.parse_manifest(UnitKind::Archive, &ms, read) {
         Err(StepError::Rejected(e)) => assert!(e.contains("over the 4194304-byte cap"), "{e}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// The `source` import refuses a member over the member cap (the policy's
+/// `max-json-bytes`) and reads past the total cap, whatever the reader
+/// returns; a refused member does not count towards the total.
+#[test]
+fn member_reads_are_capped() {
+    use manifest::manifest_bindings::tarpool::steps::source::Host as _;
+    let engine = &shared().engine;
+    let read: MemberReader = Box::new(|name: &str| match name {
+        "big" => Ok(vec![b' '; MAX_MEMBER_READ + 1]),
+        "small" => Ok(vec![b' '; 1000]),
+        _ => Ok(vec![b' '; 3 << 20]),
+    });
+    let (mut store, _) = new_store(engine, 1, 1 << 20, Some(read), MAX_MEMBER_READ).unwrap();
+    let state = store.data_mut();
+    let e = state.read_member("big".into()).unwrap_err();
+    assert_eq!(
+        e,
+        "member `big` is 4194305 bytes, over the 4194304-byte cap (policy rule max-json-bytes)"
+    );
+    // Ten 3 MiB members fit in the 32 MiB total; the eleventh does not.
+    for i in 0..10 {
+        assert_eq!(state.read_member(format!("m{i}")).unwrap().len(), 3 << 20);
+    }
+    let e = state.read_member("m10".into()).unwrap_err();
+    assert_eq!(e, "reading `m10` exceeds the 32 MiB cap on manifest data");
+
+    // A smaller cap from the config; a store without a reader reads nothing.
+    let read: MemberReader = Box::new(|_: &str| Ok(vec![b' '; 1000]));
+    let (mut store, _) = new_store(engine, 1, 1 << 20, Some(read), 999).unwrap();
+    let e = store.data_mut().read_member("small".into()).unwrap_err();
+    assert!(e.contains("is 1000 bytes, over the 999-byte cap"), "{e}");
+    let (mut store, _) = new_store(engine, 1, 1 << 20, None, 999).unwrap();
+    let e = store.data_mut().read_member("small".into()).unwrap_err();
+    assert_eq!(e, "no member reader");
 }
 
 #[test]
@@ -167,7 +208,7 @@ fn traps_are_kept_apart_and_do_not_poison() {
     let names: Vec<String> = (1..=500).map(|n| format!("{n}.tar")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let ms = members(&refs);
-    match steps.parse_manifest(UnitKind::Prefix, &ms, &mut no_read) {
+    match steps.parse_manifest(UnitKind::Prefix, &ms, no_read()) {
         Err(StepError::Trapped(e)) => {
             eprintln!("fuel trap: {e}");
             assert!(e.contains("fuel"), "{e}");
@@ -177,7 +218,7 @@ fn traps_are_kept_apart_and_do_not_poison() {
     steps.manifest_fuel = MANIFEST_FUEL;
     assert_eq!(
         steps
-            .parse_manifest(UnitKind::Prefix, &ms, &mut no_read)
+            .parse_manifest(UnitKind::Prefix, &ms, no_read())
             .unwrap()
             .0
             .layers
@@ -193,7 +234,7 @@ fn traps_are_kept_apart_and_do_not_poison() {
             size: 1,
         })
         .collect();
-    match steps.parse_manifest(UnitKind::Archive, &huge, &mut no_read) {
+    match steps.parse_manifest(UnitKind::Archive, &huge, no_read()) {
         Err(StepError::Trapped(e)) => {
             eprintln!("memory trap: {e}");
             assert!(!e.contains('\n'), "{e}");
@@ -246,7 +287,7 @@ fn cache_is_written_and_reused() {
     let again = Steps::load(&dir).unwrap();
     assert_eq!(
         again
-            .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read)
+            .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), no_read())
             .unwrap()
             .0
             .layers
@@ -309,17 +350,14 @@ fn component_chains_and_pins() {
             size: 100,
         },
     ];
-    let mut read = |name: &str| match name {
-        "metadata.yaml" => Ok(metadata.clone()),
-        _ => Err("nope".to_string()),
-    };
+    let read = || reader(vec![("metadata.yaml", metadata.clone())]);
     // The built-in manifest component alone does not know the format.
     let only_builtin = Steps::load_with(
         &dir,
         &config(vec![ComponentSpec::Builtin("builtin:manifest".into())]),
     )
     .unwrap();
-    match only_builtin.parse_manifest(UnitKind::Prefix, &ms, &mut read) {
+    match only_builtin.parse_manifest(UnitKind::Prefix, &ms, read()) {
         Err(StepError::Rejected(e)) => {
             assert!(e.contains("no manifest component recognises"), "{e}")
         }
@@ -335,7 +373,7 @@ fn component_chains_and_pins() {
     )
     .unwrap();
     let (l, answered) = chained
-        .parse_manifest(UnitKind::Prefix, &ms, &mut read)
+        .parse_manifest(UnitKind::Prefix, &ms, read())
         .unwrap();
     assert_eq!(l.format, "lxc-rootfs");
     assert_eq!(l.layers[0].member, "rootfs.tar.gz");
@@ -345,7 +383,7 @@ fn component_chains_and_pins() {
     assert_eq!(answered.sha256, sha);
     // Ad-hoc images still go to the first component.
     let (l, answered) = chained
-        .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), &mut no_read)
+        .parse_manifest(UnitKind::Prefix, &members(&["1.tar"]), no_read())
         .unwrap();
     assert_eq!(
         (l.format.as_str(), answered.component.as_str()),
@@ -436,14 +474,13 @@ fn big_inputs_fit_the_budget() {
         name: "c.json".into(),
         size: config.len() as u64,
     });
-    let mut read = |name: &str| match name {
-        "manifest.json" => Ok(manifest.clone()),
-        "c.json" => Ok(config.clone()),
-        _ => Err("nope".to_string()),
-    };
+    let read = reader(vec![
+        ("manifest.json", manifest.clone()),
+        ("c.json", config),
+    ]);
     let t = std::time::Instant::now();
     let l = steps
-        .parse_manifest(UnitKind::Archive, &ms, &mut read)
+        .parse_manifest(UnitKind::Archive, &ms, read)
         .unwrap()
         .0;
     let used = MANIFEST_FUEL - FUEL_LEFT.get();
@@ -460,7 +497,7 @@ fn big_inputs_fit_the_budget() {
         .collect();
     let t = std::time::Instant::now();
     let l = steps
-        .parse_manifest(UnitKind::Archive, &ms, &mut no_read)
+        .parse_manifest(UnitKind::Archive, &ms, no_read())
         .unwrap()
         .0;
     let used = MANIFEST_FUEL - FUEL_LEFT.get();
@@ -480,10 +517,11 @@ fn big_inputs_fit_the_budget() {
             name: "manifest.json".into(),
             size: bytes.len() as u64,
         });
-        let mut read = |_: &str| Ok(bytes.to_vec());
+        let bytes = bytes.to_vec();
+        let read = Box::new(move |_: &str| Ok(bytes.clone()));
         let t = std::time::Instant::now();
         let l = steps
-            .parse_manifest(UnitKind::Archive, &ms, &mut read)
+            .parse_manifest(UnitKind::Archive, &ms, read)
             .unwrap()
             .0;
         let used = MANIFEST_FUEL - FUEL_LEFT.get();
