@@ -4,6 +4,8 @@
 //! (`core::plan`): where each layer lies and how it is decoded.
 
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fs::File;
 
 use super::classify::{describe, head_of};
 use super::{deny_if, input, open_blob, unit, RunData};
@@ -47,23 +49,27 @@ pub(super) fn run(
                     size: o.size,
                 })
                 .collect();
-            let blobs = data.blobs.clone();
-            let store = &ctx.blobs;
-            let mut read = |name: &str| -> Result<Vec<u8>, String> {
-                let digest = blobs
+            // The reader owns what it reads: each member's blob path, the cap.
+            let paths: BTreeMap<String, std::path::PathBuf> = data
+                .blobs
+                .iter()
+                .map(|(m, d)| (m.clone(), ctx.blobs.path(d)))
+                .collect();
+            let cap = ctx.policy.max_json_bytes.limit;
+            let read = move |name: &str| -> Result<Vec<u8>, String> {
+                let path = paths
                     .get(name)
                     .ok_or_else(|| format!("no member `{name}`"))?;
-                let f = store.open(digest).map_err(|e| e.to_string())?;
+                let f = File::open(path).map_err(|e| e.to_string())?;
                 let m = IndexedMember {
                     name: name.to_string(),
                     offset: 0,
                     size: f.metadata().map_err(|e| e.to_string())?.len(),
                 };
-                archive::read_member(&f, &m, ctx.policy.max_json_bytes.limit)
-                    .and_then(|b| verify_addressed(name, b))
+                archive::read_member(&f, &m, cap).and_then(|b| verify_addressed(name, b))
             };
             ctx.steps
-                .parse_manifest(UnitKind::Prefix, &members, &mut read)?
+                .parse_manifest(UnitKind::Prefix, &members, Box::new(read))?
         }
         UnitKind::Archive => {
             let a = data
@@ -79,17 +85,16 @@ pub(super) fn run(
                 })
                 .collect();
             let f = open_blob(ctx, &a.blob)?;
-            let mut read = |name: &str| -> Result<Vec<u8>, String> {
-                let m = a
-                    .members
+            let (index, cap) = (a.members.clone(), ctx.policy.max_json_bytes.limit);
+            let read = move |name: &str| -> Result<Vec<u8>, String> {
+                let m = index
                     .iter()
                     .find(|m| m.name == name)
                     .ok_or_else(|| format!("no member `{name}`"))?;
-                archive::read_member(&f, m, ctx.policy.max_json_bytes.limit)
-                    .and_then(|b| verify_addressed(name, b))
+                archive::read_member(&f, m, cap).and_then(|b| verify_addressed(name, b))
             };
             ctx.steps
-                .parse_manifest(UnitKind::Archive, &members, &mut read)?
+                .parse_manifest(UnitKind::Archive, &members, Box::new(read))?
         }
     };
     let (layout, answered) = layout;

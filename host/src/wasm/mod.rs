@@ -1,0 +1,333 @@
+//! Runs the format steps: the WebAssembly components that read untrusted
+//! bytes (`guest-steps/*`, built by `build.rs` and embedded here, or
+//! components named in the config, each pinned by sha256).
+//!
+//! Steps are swappable per format: the config lists, in order, the
+//! components for `classify` (the first whose answer is not `unknown` wins)
+//! and for `manifest` (the first that recognises the image wins); `tar-check`
+//! is one component, the only tar parser.
+//!
+//! Each call gets a fresh [`Store`] with a WASI context that grants nothing
+//! (no preopens, environment, arguments, network or inherited stdio), a
+//! memory limit and a fuel budget; the store and instance are dropped after
+//! the call, so a trapped instance is never reused. Compiled components are
+//! cached on disk, keyed by the wasm bytes and the engine's configuration.
+//!
+//! This file holds [`Steps`], its config and errors; `cache.rs` the engine
+//! and compiled components, `store.rs` the per-call store, `limits.rs` the
+//! guests' limits, and one file per step (`classify`, `manifest`, `tarcheck`,
+//! `user`).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+mod cache;
+mod classify;
+mod limits;
+mod manifest;
+mod store;
+mod tarcheck;
+#[cfg(test)]
+mod tests;
+mod user;
+
+pub use tarcheck::{TarOnly, TarSession};
+pub use user::{UserIds, UserStep};
+
+use cache::{component_bytes, load_component, new_engine};
+use classify::classify_bindings::ClassifyStepPre;
+use limits::{one_line, Slots, CLASSIFY_FUEL, MANIFEST_FUEL, MAX_CONCURRENT, MAX_MEMBER_READ};
+use manifest::manifest_bindings::{self, ManifestStepPre};
+use store::{new_store, State};
+use tarcheck::tar_bindings::TarCheckStepPre;
+
+thread_local! {
+    /// Time this thread spent in `classify` and `parse_manifest` calls since
+    /// the last [`take_guest_time`], in nanoseconds.
+    static GUEST_NS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Time this thread spent in classify and manifest guests since the last
+/// call (the engine reports it per transition).
+pub fn take_guest_time() -> std::time::Duration {
+    std::time::Duration::from_nanos(GUEST_NS.replace(0))
+}
+
+/// Adds the time since `t` to this thread's guest time.
+fn count_guest_time(t: std::time::Instant) {
+    let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    GUEST_NS.set(GUEST_NS.get().saturating_add(ns));
+}
+
+/// A step failed; see the variants for whom it blames.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The guest examined the input and rejected it (blames the input).
+    #[error("{0}")]
+    Rejected(String),
+    /// The guest trapped or ran out of fuel/memory on this input (also
+    /// blames the input, but kept apart).
+    #[error("format step trapped: {0}")]
+    Trapped(String),
+    /// Host-side failure (bug or environment).
+    #[error("format step host error: {0}")]
+    Host(String),
+}
+
+fn host_err(what: &str, e: impl std::fmt::Display) -> StepError {
+    StepError::Host(one_line(&format!("{what}: {e:#}"), 1000))
+}
+
+/// The compiled format steps, ready to instantiate. Cheap to share: wrap in
+/// an `Arc` and call from any thread.
+pub struct Steps {
+    engine: Engine,
+    classify: Vec<Loaded<ClassifyStepPre<State>>>,
+    manifest: Vec<Loaded<ManifestStepPre<State>>>,
+    tar: Loaded<TarCheckStepPre<State>>,
+    /// Where the compiled tar check is cached (for the worker).
+    tar_cwasm: Option<PathBuf>,
+    options: ManifestOptions,
+    max_member_read: usize,
+    slots: Slots,
+    classify_fuel: u64,
+    manifest_fuel: u64,
+    cache_warning: Option<String>,
+}
+
+/// A component ready to instantiate, and what it is.
+struct Loaded<P> {
+    /// `builtin:NAME` or the file's path.
+    label: String,
+    /// sha256 (hex) of the component's bytes.
+    sha256: String,
+    pre: P,
+}
+
+/// Which component runs a step: one built into the binary, or a file
+/// pinned by the sha256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+pub enum ComponentSpec {
+    /// `builtin:classify`, `builtin:manifest`, `builtin:rootfs-dir`,
+    /// `builtin:tarcheck`.
+    Builtin(String),
+    File {
+        path: PathBuf,
+        sha256: String,
+    },
+}
+
+/// The platform the manifest step picks from an index.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManifestOptions {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+    pub max_index_depth: u32,
+}
+
+impl Default for ManifestOptions {
+    fn default() -> Self {
+        ManifestOptions {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+            max_index_depth: 4,
+        }
+    }
+}
+
+/// Which components run each step, in order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StepsConfig {
+    pub classify: Vec<ComponentSpec>,
+    pub manifest: Vec<ComponentSpec>,
+    pub tar_check: ComponentSpec,
+    /// Largest manifest, index or config the manifest step may read (the
+    /// policy's `max-json-bytes`).
+    #[serde(skip)]
+    pub max_member_read: Option<usize>,
+    pub platform: ManifestOptions,
+}
+
+impl Default for StepsConfig {
+    fn default() -> Self {
+        let b = |n: &str| ComponentSpec::Builtin(format!("builtin:{n}"));
+        StepsConfig {
+            classify: vec![b("classify")],
+            manifest: vec![b("manifest"), b("rootfs-dir")],
+            tar_check: b("tarcheck"),
+            max_member_read: None,
+            platform: ManifestOptions::default(),
+        }
+    }
+}
+
+/// Reads one member of an image's unit, by name, for the manifest step. It
+/// owns what it reads from (an open file, the blobs' paths, the caps): it
+/// lives in the data of the store that runs the guest.
+pub type MemberReader = Box<dyn FnMut(&str) -> Result<Vec<u8>, String> + Send>;
+
+/// Which component answered a step, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Answered {
+    pub component: String,
+    pub sha256: String,
+}
+
+// The engine shares `Steps` across threads.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Steps>();
+};
+
+impl std::fmt::Debug for Steps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Steps").finish_non_exhaustive()
+    }
+}
+
+impl Steps {
+    /// Compiles (or loads cached, precompiled `.cwasm` files from
+    /// `cache_dir`, keyed by sha256 of the wasm bytes + wasmtime version;
+    /// written atomically via temp file + rename) both components.
+    ///
+    /// `cache_dir` must be private to the service: a component loaded from
+    /// it runs as native code. A cache that cannot be written is not an
+    /// error (see [`Steps::cache_warning`]).
+    pub fn load(cache_dir: &Path) -> Result<Steps, StepError> {
+        Steps::load_with(cache_dir, &StepsConfig::default())
+    }
+
+    /// [`Steps::load`] with the components and options of `config`.
+    pub fn load_with(cache_dir: &Path, config: &StepsConfig) -> Result<Steps, StepError> {
+        let engine = new_engine()?;
+        let mut warnings = Vec::new();
+        let mut linker: Linker<State> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| host_err("linking WASI", e))?;
+        manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| host_err("linking the source interface", e))?;
+        let mut prepare = |step: &str, spec: &ComponentSpec| {
+            let (label, wasm) = component_bytes(spec)?;
+            let sha256 = hex::encode(Sha256::digest(&wasm));
+            // Cache files are named after the component (`classify-<key>`).
+            let name = match spec {
+                ComponentSpec::Builtin(n) => n.trim_start_matches("builtin:"),
+                ComponentSpec::File { .. } => "component",
+            };
+            let (component, cached) =
+                load_component(&engine, cache_dir, name, &wasm, &mut warnings)?;
+            let pre = linker
+                .instantiate_pre(&component)
+                .map_err(|e| host_err(&format!("preparing the {step} step {label}"), e))?;
+            Ok::<_, StepError>((label, sha256, pre, cached))
+        };
+        let mut classify = Vec::new();
+        for spec in &config.classify {
+            let (label, sha256, pre, _) = prepare("classify", spec)?;
+            let pre = ClassifyStepPre::new(pre)
+                .map_err(|e| host_err(&format!("{label} is not a classify-step component"), e))?;
+            classify.push(Loaded { label, sha256, pre });
+        }
+        let mut manifest = Vec::new();
+        for spec in &config.manifest {
+            let (label, sha256, pre, _) = prepare("manifest", spec)?;
+            let pre = ManifestStepPre::new(pre)
+                .map_err(|e| host_err(&format!("{label} is not a manifest-step component"), e))?;
+            manifest.push(Loaded { label, sha256, pre });
+        }
+        if classify.is_empty() || manifest.is_empty() {
+            return Err(StepError::Host(
+                "the config lists no classify or no manifest component".into(),
+            ));
+        }
+        let (label, sha256, pre, tar_cwasm) = prepare("tar-check", &config.tar_check)?;
+        let pre = TarCheckStepPre::new(pre)
+            .map_err(|e| host_err(&format!("{label} is not a tar-check-step component"), e))?;
+        let tar = Loaded { label, sha256, pre };
+        Ok(Steps {
+            engine,
+            classify,
+            manifest,
+            tar,
+            tar_cwasm,
+            options: config.platform.clone(),
+            max_member_read: config.max_member_read.unwrap_or(MAX_MEMBER_READ),
+            slots: Slots::new(MAX_CONCURRENT),
+            classify_fuel: CLASSIFY_FUEL,
+            manifest_fuel: MANIFEST_FUEL,
+            cache_warning: (!warnings.is_empty()).then(|| warnings.join("; ")),
+        })
+    }
+
+    /// The components in use, per step, for `tarpool config show` and the
+    /// audit log.
+    pub fn components(&self) -> Vec<(&'static str, Answered)> {
+        let a = |l: &str, s: &str| Answered {
+            component: l.to_string(),
+            sha256: s.to_string(),
+        };
+        let mut v: Vec<(&'static str, Answered)> = Vec::new();
+        v.extend(
+            self.classify
+                .iter()
+                .map(|c| ("classify", a(&c.label, &c.sha256))),
+        );
+        v.extend(
+            self.manifest
+                .iter()
+                .map(|c| ("manifest", a(&c.label, &c.sha256))),
+        );
+        v.push(("tar-check", a(&self.tar.label, &self.tar.sha256)));
+        v
+    }
+
+    /// Why the compiled-component cache could not be written during
+    /// [`Steps::load`], if it could not (the steps work regardless).
+    pub fn cache_warning(&self) -> Option<&str> {
+        self.cache_warning.as_deref()
+    }
+
+    fn new_store(
+        &self,
+        fuel: u64,
+        memory: usize,
+        reader: Option<MemberReader>,
+    ) -> Result<(Store<State>, MemoryOutputPipe), StepError> {
+        new_store(&self.engine, fuel, memory, reader, self.max_member_read)
+    }
+
+    /// The compiled tar check's cache file, for the extraction worker (it
+    /// loads only that component).
+    pub fn tar_check_cache(&self) -> Option<&Path> {
+        self.tar_cwasm.as_deref()
+    }
+}
+
+/// Runs a closure when dropped.
+struct Finally<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finally<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// One `Steps` for the unit tests of every module (compiled once per test
+/// binary).
+#[cfg(test)]
+pub fn test_steps() -> &'static Steps {
+    static STEPS: std::sync::OnceLock<Steps> = std::sync::OnceLock::new();
+    STEPS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tarpool-wasm-test-{}", std::process::id()));
+        Steps::load(&dir).expect("load the format steps")
+    })
+}
