@@ -1,7 +1,7 @@
 //! Builds the WebAssembly format steps (`guest-steps/*`) for
 //! `wasm32-wasip2` and tells the host crate where the components are, as
 //! `TARPOOL_*_WASM` (see `GUESTS`; for
-//! `include_bytes!(env!(..))` in `src/wasm.rs`).
+//! `include_bytes!(env!(..))` in `src/wasm/`).
 //!
 //! The guests are built by a nested `cargo build` of this workspace into a
 //! target directory of its own under `OUT_DIR`, so it neither fights the
@@ -10,7 +10,7 @@
 //! on the command line rather than in the workspace profiles.
 //!
 //! `TARPOOL_WORKSPACE_ROOT` overrides where the workspace is (default: the
-//! parent of this crate), for building `src/wasm.rs` from a scratch crate.
+//! parent of this crate), for building `src/wasm/` from a scratch crate.
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
 //! Plain data shared by the engine, the format steps and the store.
-//! Mirrors the records in `wit/tarpool.wit`; `wasm.rs` converts between them.
+//! Mirrors the records in `wit/tarpool.wit`; the host's `wasm/` converts between them.
 
 use serde::{Deserialize, Serialize};
 
