@@ -2,7 +2,7 @@
 //! layer being unpacked (compressed bytes read of the layer's size, entries
 //! written), drawn on a terminal with `indicatif`.
 //!
-//! The engine and the layer steps report through [`image_step`],
+//! The engine and the layer transitions report through [`image_transition`],
 //! [`layer`] and [`image_done`]; nothing is drawn unless the CLI installed
 //! [`Bars`] (an interactive human-format run). The extraction worker is a
 //! separate process: it counts into [`RAW_BYTES`] and [`ENTRIES`] and, when
@@ -24,7 +24,7 @@ pub const WORKER_LINE: &str = "\u{1e}progress ";
 
 /// Where progress goes.
 pub trait Sink: Send + Sync {
-    fn image_step(&self, image: &str, step: &str);
+    fn image_transition(&self, image: &str, transition: &str);
     /// Layer `n` of `of` of `image`: `bytes` of `total` compressed bytes read,
     /// `entries` written.
     fn layer(&self, image: &str, n: usize, of: usize, bytes: u64, total: u64, entries: u64);
@@ -44,9 +44,9 @@ pub fn active() -> bool {
     SINK.get().is_some()
 }
 
-pub fn image_step(image: &str, step: &str) {
+pub fn image_transition(image: &str, transition: &str) {
     if let Some(s) = SINK.get() {
-        s.image_step(image, step);
+        s.image_transition(image, transition);
     }
 }
 
@@ -123,8 +123,8 @@ impl Default for Bars {
 }
 
 impl Sink for Bars {
-    fn image_step(&self, image: &str, step: &str) {
-        self.image_bar(image).set_message(step.to_string());
+    fn image_transition(&self, image: &str, transition: &str) {
+        self.image_bar(image).set_message(transition.to_string());
     }
 
     fn layer(&self, image: &str, n: usize, of: usize, bytes: u64, total: u64, entries: u64) {

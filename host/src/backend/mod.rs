@@ -164,7 +164,7 @@ pub trait Snapshotter: Send + Sync {
     }
 }
 
-/// Maps an I/O error of a backend step to a retryable failure with context.
+/// Maps an I/O error of a backend operation to a retryable failure with context.
 fn io_fail(context: &str) -> impl FnOnce(std::io::Error) -> StepFailure + '_ {
     move |e| StepFailure::Retry(format!("{context}: {e}"))
 }

@@ -127,7 +127,7 @@ pub(super) fn one_transition(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<D
     ctx.store
         .begin_transition(&version, &run.id, &run.image, name, run.attempt)?;
     ctx.failpoints.hit(&format!("before:{name}"));
-    crate::progress::image_step(&run.image, name);
+    crate::progress::image_transition(&run.image, name);
     tracing::debug!(image = %run.image, run = %run.id, transition = name, attempt = run.attempt, "transition started");
     let started = std::time::Instant::now();
     let mut data = old.as_ref().ok().cloned().unwrap_or_default();

@@ -65,7 +65,7 @@ impl Store {
         &self,
         id: &str,
         image: &str,
-        first_step: &str,
+        first_transition: &str,
         data: &str,
         policy_sha256: &str,
     ) -> Result<()> {
@@ -73,7 +73,7 @@ impl Store {
             let t = now_ms();
             c.execute(
                 "INSERT INTO runs (id, image, status, next_step, attempt, data, created_at, updated_at, policy_sha256) VALUES (?1, ?2, 'running', ?3, 1, ?4, ?5, ?5, ?6)",
-                params![id, image, first_step, data, t, policy_sha256],
+                params![id, image, first_transition, data, t, policy_sha256],
             )
             .map(|_| ())
         })

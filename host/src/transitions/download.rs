@@ -27,7 +27,7 @@ pub(super) fn run(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
         let (digest, size) = loop {
             match ctx.source.fetch(&o, &ctx.blobs) {
                 // The object changed while it was downloaded: start over with
-                // its new version (a few times; then the step retries).
+                // its new version (a few times; then the transition retries).
                 Err(SourceError::Changed(_)) if attempts < 3 => {
                     attempts += 1;
                     restarted += 1;
