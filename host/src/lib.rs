@@ -13,7 +13,6 @@ pub mod failpoint;
 pub mod logging;
 pub mod metrics;
 pub mod progress;
-pub mod s3;
 pub mod source;
 pub mod statedir;
 pub mod steps;
