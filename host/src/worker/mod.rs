@@ -626,7 +626,7 @@ fn progress_line() -> String {
         "{}{} {}\n",
         crate::progress::WORKER_LINE,
         crate::progress::RAW_BYTES.load(Relaxed),
-        crate::progress::ENTRIES.load(Relaxed)
+        crate::extract::ENTRIES_SEEN.load(Relaxed)
     )
 }
 
