@@ -13,7 +13,7 @@ use super::errors::{check_bug, cstr};
 use super::meta::Meta;
 use super::names::{check_normalized, show, split_last};
 use super::view::{Entry, EntryKind, TarCheck};
-use super::{Applier, ApplyError, ApplyStats, ENTRIES_SEEN};
+use super::{read_full, Applier, ApplyError, ApplyStats, ENTRIES_SEEN};
 
 /// Decompressed bytes read (and fed to the check) at a time.
 const CHUNK: usize = 1 << 20;
@@ -78,20 +78,6 @@ pub fn apply_layer<R: Read>(
         return Err(check_bug("returned data past the end of the stream".into()));
     }
     ap.finish()
-}
-
-/// Fills `buf` as far as the stream allows; 0 only at its end.
-pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 impl Applier<'_> {

@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read};
 use std::rc::Rc;
 
 use rustix::fd::{BorrowedFd, OwnedFd};
@@ -38,7 +39,6 @@ pub mod view;
 mod whiteout;
 
 pub use apply::apply_layer;
-pub(crate) use apply::read_full;
 pub use errors::ApplyError;
 use names::split_last;
 use view::Decision;
@@ -166,4 +166,18 @@ impl<'r> Applier<'r> {
         self.apply_dir_times()?;
         Ok(self.stats)
     }
+}
+
+/// Fills `buf` as far as the stream allows; 0 only at its end.
+pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
 }
