@@ -15,7 +15,6 @@ pub mod gc;
 pub mod logging;
 pub mod metrics;
 pub mod progress;
-pub mod s3;
 pub mod source;
 pub mod statedir;
 pub mod store;

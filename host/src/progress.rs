@@ -5,9 +5,10 @@
 //! The engine and the layer transitions report through [`image_transition`],
 //! [`layer`] and [`image_done`]; nothing is drawn unless the CLI installed
 //! [`Bars`] (an interactive human-format run). The extraction worker is a
-//! separate process: it counts into [`RAW_BYTES`] and [`ENTRIES`] and, when
-//! asked, prints them on stderr as [`WORKER_LINE`] lines, which the service
-//! turns into [`layer`] calls.
+//! separate process: it counts compressed bytes into [`RAW_BYTES`] (entries
+//! are counted by the extraction code itself) and, when asked, prints both
+//! on stderr as [`WORKER_LINE`] lines, which the service turns into [`layer`]
+//! calls.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -17,8 +18,6 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// Compressed bytes of the current layer read so far (in the worker).
 pub static RAW_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Entries of the current layer the tar check returned so far (in the worker).
-pub use crate::extract::ENTRIES_SEEN as ENTRIES;
 /// How a worker's progress line starts: `\x1eprogress RAW_BYTES ENTRIES`.
 pub const WORKER_LINE: &str = "\u{1e}progress ";
 

@@ -5,11 +5,15 @@
 use super::*;
 
 use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fs;
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{self as rfs, Mode, OFlags};
 use tar::{EntryType, Header};
 
 use crate::core::policy::{Action, Policy};

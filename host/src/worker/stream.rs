@@ -290,7 +290,7 @@ pub(super) fn apply_stream(
 ) -> Result<(crate::extract::ApplyStats, LayerDigests), StepFailure> {
     use sha2::Digest as _;
     crate::progress::RAW_BYTES.store(0, Ordering::Relaxed);
-    crate::progress::ENTRIES.store(0, Ordering::Relaxed);
+    crate::extract::ENTRIES_SEEN.store(0, Ordering::Relaxed);
     let (raw, raw_state, failed) = raw_layer(blob, l)?;
     let diff_state = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let decoded = decoded(l, raw, policy)?;

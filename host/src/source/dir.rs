@@ -1,76 +1,14 @@
-//! Image sources. A source lists keys and opens objects; it never decides what
-//! an image is (that is `core::names`).
+//! The `dir:` source: a local directory laid out like the bucket, listed
+//! beneath `images/` and opened with `openat2` (regular files only).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::blobs::BlobStore;
-use crate::core::names::{printable, Listed, Rejected, UnitObject};
-
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The object is not there (deleted between list and get).
-    #[error("object `{0}` is no longer in the source")]
-    NotFound(String),
-    #[error("source I/O: {0}")]
-    Io(String),
-    /// The object changed while it was read (another ETag or size).
-    #[error("{0}")]
-    Changed(String),
-    /// Access denied or a request the source refuses: not retried.
-    #[error("{0}")]
-    Denied(String),
-    /// The object is not something an image can be read from (a FIFO, a
-    /// device, a socket put in its place): the image fails.
-    #[error("{0}")]
-    BadObject(String),
-    #[error("{0}")]
-    Config(String),
-}
-
-pub struct Listing {
-    pub objects: Vec<Listed>,
-    /// Entries that cannot be objects (non-UTF-8 names, special files).
-    pub rejected: Vec<Rejected>,
-}
-
-pub trait Source: Send + Sync {
-    /// A stable identity for the download-once records.
-    fn uri(&self) -> String;
-    fn list(&self) -> Result<Listing, SourceError>;
-    fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError>;
-    /// Downloads `obj` into `blobs`, checked against its listed size, and
-    /// returns its digest and size. By default: `open`, then stream it in.
-    fn fetch(&self, obj: &UnitObject, blobs: &BlobStore) -> Result<(String, u64), SourceError> {
-        let (reader, _) = self.open(&obj.key)?;
-        blobs
-            .ingest(reader, Some(obj.size))
-            .map_err(|e| SourceError::Io(format!("downloading `{}`: {e}", printable(&obj.key))))
-    }
-    /// The host directory to hide from stored messages, if any.
-    fn local_root(&self) -> Option<&Path> {
-        None
-    }
-}
-
-/// Parses `dir:PATH`, a plain path, or `s3://BUCKET[/PREFIX][?OPTIONS]`.
-pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
-    if spec.starts_with("s3://") {
-        return Ok(Box::new(crate::s3::S3Source::new(spec)?));
-    }
-    let path = spec.strip_prefix("dir:").unwrap_or(spec);
-    let root = std::fs::canonicalize(path)
-        .map_err(|e| SourceError::Config(format!("source directory `{path}`: {e}")))?;
-    if !root.is_dir() {
-        return Err(SourceError::Config(format!(
-            "source `{path}` is not a directory"
-        )));
-    }
-    Ok(Box::new(DirSource { root }))
-}
+use super::{Listing, Source, SourceError};
+use crate::core::names::{printable, Listed, Rejected};
 
 /// A local directory laid out like the bucket.
 pub struct DirSource {
@@ -81,6 +19,18 @@ const MAX_DEPTH: usize = 12;
 const MAX_OBJECTS: usize = 1_000_000;
 
 impl DirSource {
+    /// The source at directory `path`, which must exist.
+    pub fn new(path: &str) -> Result<DirSource, SourceError> {
+        let root = std::fs::canonicalize(path)
+            .map_err(|e| SourceError::Config(format!("source directory `{path}`: {e}")))?;
+        if !root.is_dir() {
+            return Err(SourceError::Config(format!(
+                "source `{path}` is not a directory"
+            )));
+        }
+        Ok(DirSource { root })
+    }
+
     fn modified(m: &std::fs::Metadata) -> String {
         format!("unix:{}", m.mtime())
     }
@@ -225,20 +175,6 @@ impl Source for DirSource {
             },
         ))
     }
-}
-
-/// Reads from `r` until `buf` is full or the stream ends.
-pub fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 #[cfg(test)]
