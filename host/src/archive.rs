@@ -9,7 +9,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use serde::{Deserialize, Serialize};
 
 use crate::core::names::printable;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::view::{CheckError, Entry, EntryKind, TarCheck};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,12 +40,12 @@ pub fn normalize(name: &str) -> Option<String> {
 /// Indexes the regular files of the tar in `file`. Symlinks and hard links
 /// between members (docker save deduplicates layers that way) resolve to
 /// the member they name.
-pub fn index(file: &File, check: &mut dyn TarCheck) -> Result<Vec<IndexedMember>, StepFailure> {
-    let bad = |m: String| StepFailure::Input(format!("archive: {m}"));
+pub fn index(file: &File, check: &mut dyn TarCheck) -> Result<Vec<IndexedMember>, Failure> {
+    let bad = |m: String| Failure::Input(format!("archive: {m}"));
     let mut regular: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut links: Vec<(String, String)> = Vec::new();
     let mut count = 0usize;
-    let mut take = |entries: Vec<Entry>| -> Result<(), StepFailure> {
+    let mut take = |entries: Vec<Entry>| -> Result<(), Failure> {
         for e in entries {
             count += 1;
             if count > MAX_MEMBERS {
@@ -86,7 +86,7 @@ pub fn index(file: &File, check: &mut dyn TarCheck) -> Result<Vec<IndexedMember>
     };
     let checked = |r: Result<crate::extract::view::Progress, CheckError>| {
         r.map_err(|e| match e {
-            CheckError::Host(m) => StepFailure::Retry(format!("archive: tar check: {m}")),
+            CheckError::Host(m) => Failure::Retry(format!("archive: tar check: {m}")),
             e => bad(e.to_string()),
         })
     };
@@ -98,7 +98,7 @@ pub fn index(file: &File, check: &mut dyn TarCheck) -> Result<Vec<IndexedMember>
     loop {
         let n = r
             .read(&mut buf)
-            .map_err(|e| StepFailure::io("reading the archive", e))?;
+            .map_err(|e| Failure::io("reading the archive", e))?;
         if n == 0 {
             break;
         }
@@ -107,13 +107,13 @@ pub fn index(file: &File, check: &mut dyn TarCheck) -> Result<Vec<IndexedMember>
         pos += n as u64;
         if p.want > pos {
             r.seek(SeekFrom::Start(p.want))
-                .map_err(|e| StepFailure::io("reading the archive", e))?;
+                .map_err(|e| Failure::io("reading the archive", e))?;
             pos = p.want;
         }
     }
     let end = file
         .metadata()
-        .map_err(|e| StepFailure::io("reading the archive", e))?
+        .map_err(|e| Failure::io("reading the archive", e))?
         .len();
     if pos > end {
         return Err(bad("the archive ends inside a member".into()));

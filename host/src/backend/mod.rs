@@ -11,11 +11,11 @@ use rustix::fd::BorrowedFd;
 use serde::Serialize;
 use std::path::Path;
 
-use crate::error::StepFailure;
+use crate::error::Failure;
 
 /// Applies one layer through the writable root it is handed.
 pub type ApplyFn<'a> =
-    dyn FnMut(BorrowedFd<'_>) -> Result<crate::extract::ApplyStats, StepFailure> + Send + 'a;
+    dyn FnMut(BorrowedFd<'_>) -> Result<crate::extract::ApplyStats, Failure> + Send + 'a;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ActivationInfo {
@@ -90,7 +90,7 @@ pub trait Snapshotter: Send + Sync {
         id: i64,
         parents: &[i64],
         apply: &mut ApplyFn<'_>,
-    ) -> Result<crate::extract::ApplyStats, StepFailure>;
+    ) -> Result<crate::extract::ApplyStats, Failure>;
 
     /// [`Snapshotter::apply_layer`] without making the bytes durable: the
     /// caller must call [`Snapshotter::sync_layer`] before it treats the
@@ -101,13 +101,13 @@ pub trait Snapshotter: Send + Sync {
         id: i64,
         parents: &[i64],
         apply: &mut ApplyFn<'_>,
-    ) -> Result<crate::extract::ApplyStats, StepFailure> {
+    ) -> Result<crate::extract::ApplyStats, Failure> {
         self.apply_layer(id, parents, apply)
     }
 
     /// Makes layer `id`, applied with [`Snapshotter::apply_layer_unsynced`],
     /// durable.
-    fn sync_layer(&self, _id: i64) -> Result<(), StepFailure> {
+    fn sync_layer(&self, _id: i64) -> Result<(), Failure> {
         Ok(())
     }
 
@@ -116,7 +116,7 @@ pub trait Snapshotter: Send + Sync {
 
     /// Checks that the image snapshot over `chain` (top first) can be made,
     /// and makes it. For overlay, the layer directories are the snapshot.
-    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure>;
+    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, Failure>;
 
     /// A writable copy-on-write view of `chain` (top first), mounted at
     /// `mountpoint` when given: `nodev`, and `nosuid` unless `suid` says
@@ -165,8 +165,8 @@ pub trait Snapshotter: Send + Sync {
 }
 
 /// Maps an I/O error of a backend operation to a retryable failure with context.
-fn io_fail(context: &str) -> impl FnOnce(std::io::Error) -> StepFailure + '_ {
-    move |e| StepFailure::Retry(format!("{context}: {e}"))
+fn io_fail(context: &str) -> impl FnOnce(std::io::Error) -> Failure + '_ {
+    move |e| Failure::Retry(format!("{context}: {e}"))
 }
 
 /// Picks the backend for `--backend`.

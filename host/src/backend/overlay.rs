@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{io_fail, ActivationInfo, ApplyFn, Cleanup, Known, Snapshotter};
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::sys::{overlay_options, MountOps, Suid};
 
 pub struct Overlay {
@@ -68,19 +68,19 @@ impl Snapshotter for Overlay {
         id: i64,
         parents: &[i64],
         apply: &mut ApplyFn<'_>,
-    ) -> Result<crate::extract::ApplyStats, StepFailure> {
+    ) -> Result<crate::extract::ApplyStats, Failure> {
         let stats = self.apply_layer_unsynced(id, parents, apply)?;
         self.sync_layer(id)?;
         Ok(stats)
     }
 
-    fn sync_layer(&self, id: i64) -> Result<(), StepFailure> {
+    fn sync_layer(&self, id: i64) -> Result<(), Failure> {
         let dir = self.layer_dir(id);
         // The layer's files (written through the overlay or directly) are
         // on the filesystem holding the layers directory: one syncfs.
         let fs_dir = File::open(dir.join("fs")).map_err(io_fail("opening the layer directory"))?;
         rustix::fs::syncfs(&fs_dir)
-            .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+            .map_err(|e| Failure::Retry(format!("syncing the layer: {e}")))?;
         File::open(&dir)
             .and_then(|f| f.sync_all())
             .map_err(io_fail("syncing the layer directory"))?;
@@ -94,7 +94,7 @@ impl Snapshotter for Overlay {
         id: i64,
         parents: &[i64],
         apply: &mut ApplyFn<'_>,
-    ) -> Result<crate::extract::ApplyStats, StepFailure> {
+    ) -> Result<crate::extract::ApplyStats, Failure> {
         let dir = self.layer_dir(id);
         remove_all(&dir).map_err(io_fail("removing a stale layer directory"))?;
         // The layer's root: 0755 whatever the umask (tarpool's 077), as the
@@ -112,7 +112,7 @@ impl Snapshotter for Overlay {
             let layers = self.layers();
             let mounts = self.mounts.clone();
             let result = std::thread::scope(|s| {
-                s.spawn(|| -> Result<_, StepFailure> {
+                s.spawn(|| -> Result<_, Failure> {
                     mounts
                         .private_namespace()
                         .map_err(io_fail("entering a private mount namespace"))?;
@@ -136,7 +136,7 @@ impl Snapshotter for Overlay {
                     r
                 })
                 .join()
-                .unwrap_or_else(|_| Err(StepFailure::Retry("the layer thread panicked".into())))
+                .unwrap_or_else(|_| Err(Failure::Retry("the layer thread panicked".into())))
             });
             let _ = fs::remove_dir(&mnt);
             let stats = result?;
@@ -150,10 +150,10 @@ impl Snapshotter for Overlay {
         remove_all(&self.layer_dir(id))
     }
 
-    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure> {
+    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, Failure> {
         for id in chain {
             if !self.layer_dir(*id).join("fs").is_dir() {
-                return Err(StepFailure::Retry(format!(
+                return Err(Failure::Retry(format!(
                     "image `{name}`: layer {id} is missing from the overlay store"
                 )));
             }

@@ -11,7 +11,7 @@ use crate::core::machine::{decide, Decision, FailureKind, Outcome, Transition};
 use crate::core::names::printable;
 use crate::core::states::{ImageState, RunStatus, TransitionOutcome};
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::store::{Finish, ImageUpdate};
 use crate::transitions::{self, RunData};
 
@@ -132,14 +132,14 @@ pub(super) fn one_transition(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<D
     let started = std::time::Instant::now();
     let mut data = old.as_ref().ok().cloned().unwrap_or_default();
     let result = match (transition, &old) {
-        (None, _) => Err(StepFailure::Input(format!(
+        (None, _) => Err(Failure::Input(format!(
             "unknown transition `{}`",
             printable(run.next_step.as_deref().unwrap_or(""))
         ))),
-        (_, Err(e)) => Err(StepFailure::Input(format!("corrupt run data: {e}"))),
-        (Some(_), _) if ctx.store.cancel_requested(&run.id)? => Err(StepFailure::Cancelled),
+        (_, Err(e)) => Err(Failure::Input(format!("corrupt run data: {e}"))),
+        (Some(_), _) if ctx.store.cancel_requested(&run.id)? => Err(Failure::Cancelled),
         (Some(_), _) if ctx.failpoints.fails(&format!("fail:{name}")) => {
-            Err(StepFailure::Retry("injected I/O failure".into()))
+            Err(Failure::Retry("injected I/O failure".into()))
         }
         (Some(s), Ok(_)) => {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -152,7 +152,7 @@ pub(super) fn one_transition(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<D
                         .cloned()
                         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                         .unwrap_or_default();
-                    Err(StepFailure::Retry(format!("internal error: {msg}")))
+                    Err(Failure::Retry(format!("internal error: {msg}")))
                 }
             }
         }
@@ -160,10 +160,10 @@ pub(super) fn one_transition(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<D
     ctx.failpoints.hit(&format!("before-commit:{name}"));
     let outcome = match &result {
         Ok(_) => Outcome::Ok,
-        Err(StepFailure::Input(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
-        Err(StepFailure::Retry(m)) => Outcome::Retryable(ctx.sanitize(m)),
-        Err(StepFailure::Exhausted(m)) => Outcome::Exhausted(ctx.sanitize(m)),
-        Err(StepFailure::Cancelled) => Outcome::Cancelled,
+        Err(Failure::Input(m)) => Outcome::Unrecoverable(ctx.sanitize(m)),
+        Err(Failure::Retry(m)) => Outcome::Retryable(ctx.sanitize(m)),
+        Err(Failure::Exhausted(m)) => Outcome::Exhausted(ctx.sanitize(m)),
+        Err(Failure::Cancelled) => Outcome::Cancelled,
     };
     let transition = transition.unwrap_or(Transition::Completed);
     let decision = decide(transition, run.attempt, &outcome, &ctx.retry);

@@ -14,7 +14,7 @@ use crate::core::machine::{FailureKind, RetryPolicy};
 use crate::core::policy::Policy;
 use crate::core::states::{ImageState, RunStatus};
 use crate::ctx::{Ctx, Parts};
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::ApplyStats;
 
 /// A snapshotter that records each call as a line of text and applies
@@ -22,7 +22,7 @@ use crate::extract::ApplyStats;
 #[derive(Default)]
 struct FakeSnapshotter {
     calls: Mutex<Vec<String>>,
-    fail_apply: Mutex<Option<StepFailure>>,
+    fail_apply: Mutex<Option<Failure>>,
 }
 
 impl FakeSnapshotter {
@@ -45,14 +45,14 @@ impl Snapshotter for FakeSnapshotter {
         id: i64,
         parents: &[i64],
         _apply: &mut ApplyFn<'_>,
-    ) -> Result<ApplyStats, StepFailure> {
+    ) -> Result<ApplyStats, Failure> {
         self.record(format!("apply {id} on {parents:?}"));
         if let Some(e) = &*self.fail_apply.lock().unwrap() {
             return Err(match e {
-                StepFailure::Input(m) => StepFailure::Input(m.clone()),
-                StepFailure::Retry(m) => StepFailure::Retry(m.clone()),
-                StepFailure::Exhausted(m) => StepFailure::Exhausted(m.clone()),
-                StepFailure::Cancelled => StepFailure::Cancelled,
+                Failure::Input(m) => Failure::Input(m.clone()),
+                Failure::Retry(m) => Failure::Retry(m.clone()),
+                Failure::Exhausted(m) => Failure::Exhausted(m.clone()),
+                Failure::Cancelled => Failure::Cancelled,
             });
         }
         Ok(ApplyStats {
@@ -62,7 +62,7 @@ impl Snapshotter for FakeSnapshotter {
         })
     }
 
-    fn sync_layer(&self, id: i64) -> Result<(), StepFailure> {
+    fn sync_layer(&self, id: i64) -> Result<(), Failure> {
         self.record(format!("sync {id}"));
         Ok(())
     }
@@ -72,7 +72,7 @@ impl Snapshotter for FakeSnapshotter {
         Ok(())
     }
 
-    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure> {
+    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, Failure> {
         self.record(format!("snapshot {name} of {chain:?}"));
         Ok(ActivationInfo {
             fstype: "fake".into(),
@@ -263,12 +263,7 @@ fn a_layer_two_images_share_is_applied_once() {
 
 /// One case: the fake's apply fails with `failure`; the image's end state,
 /// failure kind and reason, and the history of unpack-layers.
-fn check_apply_failure(
-    failure: StepFailure,
-    kind: FailureKind,
-    reason: &str,
-    unpack_history: &[&str],
-) {
+fn check_apply_failure(failure: Failure, kind: FailureKind, reason: &str, unpack_history: &[&str]) {
     let s = setup(&[("a", rootfs_tar(&[("f", "x")]))]);
     *s.fake.fail_apply.lock().unwrap() = Some(failure);
     pass(&s.ctx);
@@ -299,19 +294,19 @@ fn check_apply_failure(
 #[test]
 fn a_failed_apply_is_retried_or_not_by_whose_fault_it_is() {
     check_apply_failure(
-        StepFailure::Retry("the disk is on fire".into()),
+        Failure::Retry("the disk is on fire".into()),
         FailureKind::Environment,
         "unpack-layers: gave up after 2 attempts: the disk is on fire",
         &["unpack-layers 1 retry", "unpack-layers 2 failed"],
     );
     check_apply_failure(
-        StepFailure::Input("`etc/x`: a bad entry".into()),
+        Failure::Input("`etc/x`: a bad entry".into()),
         FailureKind::Input,
         "unpack-layers: `etc/x`: a bad entry",
         &["unpack-layers 1 failed"],
     );
     check_apply_failure(
-        StepFailure::Exhausted("the pool is full".into()),
+        Failure::Exhausted("the pool is full".into()),
         FailureKind::Resource,
         "unpack-layers: the pool is full",
         &["unpack-layers 1 failed"],

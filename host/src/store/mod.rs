@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::StepFailure;
+use crate::error::Failure;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,9 +37,9 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-impl From<StoreError> for StepFailure {
+impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        StepFailure::Retry(e.to_string())
+        Failure::Retry(e.to_string())
     }
 }
 

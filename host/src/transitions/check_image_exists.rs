@@ -6,13 +6,13 @@ use serde_json::{json, Value};
 use super::{deny_if, input, source_err, unit, RunData};
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 
 pub(super) fn run(
     ctx: &Ctx,
     data: &mut RunData,
     verdicts: &mut Verdicts,
-) -> Result<Value, StepFailure> {
+) -> Result<Value, Failure> {
     let mut total = 0u64;
     let mut changed = 0;
     for i in 0..unit(data)?.objects.len() {
@@ -34,7 +34,7 @@ pub(super) fn run(
 /// Takes the current version of object `i` of the unit: a changed object
 /// (new ETag or size) is processed as it is now, not failed. Returns whether
 /// it had changed.
-pub(super) fn refresh(ctx: &Ctx, data: &mut RunData, i: usize) -> Result<bool, StepFailure> {
+pub(super) fn refresh(ctx: &Ctx, data: &mut RunData, i: usize) -> Result<bool, Failure> {
     let key = unit(data)?.objects[i].key.clone();
     let (_, now) = ctx.source.open(&key).map_err(source_err)?;
     let u = data

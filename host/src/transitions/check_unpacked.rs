@@ -10,7 +10,7 @@ use crate::core::chain;
 use crate::core::plan::PlannedLayer;
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::model::LayerMedia;
 
 /// Works out every layer's diff ID and chain ID, and which layers are
@@ -31,7 +31,7 @@ pub(super) fn run(
     ctx: &Ctx,
     data: &mut RunData,
     verdicts: &mut Verdicts,
-) -> Result<Value, StepFailure> {
+) -> Result<Value, Failure> {
     let mut verified = vec![false; data.layers.len()];
     let mut in_worker = 0;
     // Diff IDs that no manifest gave.
@@ -78,7 +78,7 @@ pub fn verify_stored(
     n: usize,
     l: &PlannedLayer,
     verdicts: &mut Verdicts,
-) -> Result<bool, StepFailure> {
+) -> Result<bool, Failure> {
     let (diff, hashed) = blob_diff_id(ctx, n, l, verdicts)?;
     let claimed = l.diff_id.as_deref().unwrap_or_default();
     if diff != claimed {
@@ -96,19 +96,19 @@ fn blob_diff_id(
     n: usize,
     l: &PlannedLayer,
     verdicts: &mut Verdicts,
-) -> Result<(String, bool), StepFailure> {
+) -> Result<(String, bool), Failure> {
     let digest = if l.offset == 0 && ctx.blobs.has(&l.blob, l.len) {
         // The blob store names a blob by the sha256 it computed.
         l.blob.clone()
     } else {
         let f = open_blob(ctx, &l.blob)?;
-        let r = archive::range(f, l.offset, l.len)
-            .map_err(|e| StepFailure::io("reading a layer", e))?;
+        let r =
+            archive::range(f, l.offset, l.len).map_err(|e| Failure::io("reading a layer", e))?;
         let (d, len) = crate::blobs::HashingReader::new(BufReader::with_capacity(1 << 20, r))
             .finish()
-            .map_err(|e| StepFailure::io("hashing a layer", e))?;
+            .map_err(|e| Failure::io("hashing a layer", e))?;
         if len != l.len {
-            return Err(StepFailure::Retry(format!(
+            return Err(Failure::Retry(format!(
                 "layer {n}: the stored blob is shorter than the layer ({len} of {} bytes)",
                 l.len
             )));
@@ -132,7 +132,7 @@ fn blob_diff_id(
     let req = worker_request(ctx, crate::worker::Task::Hash, l.clone(), n);
     let d = crate::worker::hash(req, verdicts)?;
     if d.digest != digest {
-        return Err(StepFailure::Retry(format!(
+        return Err(Failure::Retry(format!(
             "layer {n}: the stored blob changed while it was read"
         )));
     }

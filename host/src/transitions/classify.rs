@@ -12,7 +12,7 @@ use crate::core::names::printable;
 use crate::core::plan::PlannedLayer;
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::view::Mode;
 use crate::model::{BlobKind, LayerMedia, UnitKind};
 use crate::source::read_up_to;
@@ -20,7 +20,7 @@ use crate::source::read_up_to;
 /// Leading bytes of a blob the classify step is given.
 const HEAD: usize = 64 << 10;
 
-pub(super) fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, StepFailure> {
+pub(super) fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, Failure> {
     let mut head = vec![0u8; HEAD];
     let n = read_up_to(r, &mut head).map_err(|e| match e.kind() {
         // A decoder's verdict on the bytes (a file read does not say this):
@@ -28,7 +28,7 @@ pub(super) fn head_of(r: &mut dyn Read) -> Result<Vec<u8>, StepFailure> {
         io::ErrorKind::InvalidData | io::ErrorKind::InvalidInput | io::ErrorKind::UnexpectedEof => {
             input(format!("corrupt compressed data: {e}"))
         }
-        _ => StepFailure::io("reading a blob", e),
+        _ => Failure::io("reading a blob", e),
     })?;
     head.truncate(n);
     Ok(head)
@@ -42,7 +42,7 @@ pub(super) fn run(
     ctx: &Ctx,
     data: &mut RunData,
     verdicts: &mut Verdicts,
-) -> Result<Value, StepFailure> {
+) -> Result<Value, Failure> {
     let u = unit(data)?.clone();
     let mut out = serde_json::Map::new();
     match u.kind {
@@ -78,7 +78,7 @@ pub(super) fn run(
                         ctx, &digest, c.kind, o.size, verdicts,
                     )
                     .map_err(|e| match e {
-                        StepFailure::Input(m) => input(format!("`{}`: {m}", printable(&o.key))),
+                        Failure::Input(m) => input(format!("`{}`: {m}", printable(&o.key))),
                         e => e,
                     })?;
                     let inner = head_of(&mut open_blob(ctx, &tar_digest)?)?;
@@ -125,11 +125,11 @@ fn decompress_archive(
     kind: BlobKind,
     size: u64,
     verdicts: &mut Verdicts,
-) -> Result<(String, u64), StepFailure> {
+) -> Result<(String, u64), Failure> {
     let staging = ctx
         .blobs
         .staging()
-        .map_err(|e| StepFailure::io("creating a staging file", e))?;
+        .map_err(|e| Failure::io("creating a staging file", e))?;
     let layer = PlannedLayer {
         member: String::new(),
         media: if kind == BlobKind::Zstd {
@@ -148,5 +148,5 @@ fn decompress_archive(
     crate::worker::decompress(req, staging.as_file().as_fd(), verdicts)?;
     ctx.blobs
         .adopt(staging)
-        .map_err(|e| StepFailure::io("storing the decompressed archive", e))
+        .map_err(|e| Failure::io("storing the decompressed archive", e))
 }

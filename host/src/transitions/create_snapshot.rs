@@ -5,9 +5,9 @@ use serde_json::Value;
 
 use super::{layer_ids, RunData};
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 
-pub(super) fn run(ctx: &Ctx, image: &str, data: &mut RunData) -> Result<Value, StepFailure> {
+pub(super) fn run(ctx: &Ctx, image: &str, data: &mut RunData) -> Result<Value, Failure> {
     let chains: Vec<String> = data
         .layers
         .iter()

@@ -7,11 +7,11 @@ use serde_json::{json, Value};
 use super::check_image_exists::refresh;
 use super::{source_err, unit, RunData};
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::source::SourceError;
 
 /// Fetches every object's blob not already stored; records member -> blob.
-pub(super) fn run(ctx: &Ctx, data: &mut RunData) -> Result<Value, StepFailure> {
+pub(super) fn run(ctx: &Ctx, data: &mut RunData) -> Result<Value, Failure> {
     let (mut fetched, mut reused, mut bytes, mut restarted) = (0, 0, 0u64, 0);
     for i in 0..unit(data)?.objects.len() {
         let o = unit(data)?.objects[i].clone();

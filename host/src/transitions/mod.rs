@@ -14,7 +14,7 @@ use crate::core::names::{printable, Unit};
 use crate::core::plan::PlannedLayer;
 use crate::core::policy::Verdict;
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::model::{BlobKind, ImageFormat, RuntimeConfig};
 use crate::source::SourceError;
 
@@ -54,39 +54,39 @@ pub struct ArchiveData {
     pub members: Vec<IndexedMember>,
 }
 
-fn input(m: impl Into<String>) -> StepFailure {
-    StepFailure::Input(m.into())
+fn input(m: impl Into<String>) -> Failure {
+    Failure::Input(m.into())
 }
 
-fn unit(data: &RunData) -> Result<&Unit, StepFailure> {
+fn unit(data: &RunData) -> Result<&Unit, Failure> {
     data.unit
         .as_ref()
-        .ok_or_else(|| StepFailure::Input("run has no image unit".into()))
+        .ok_or_else(|| Failure::Input("run has no image unit".into()))
 }
 
-fn deny_if(v: &Verdict) -> Result<(), StepFailure> {
+fn deny_if(v: &Verdict) -> Result<(), Failure> {
     if v.allowed() {
         Ok(())
     } else {
-        Err(StepFailure::Input(format!("policy: {}", v.detail)))
+        Err(Failure::Input(format!("policy: {}", v.detail)))
     }
 }
 
-fn source_err(e: SourceError) -> StepFailure {
+fn source_err(e: SourceError) -> Failure {
     match e {
-        SourceError::NotFound(k) => StepFailure::Input(format!(
+        SourceError::NotFound(k) => Failure::Input(format!(
             "image is missing from the source: `{}` is gone",
             printable(&k)
         )),
-        SourceError::Denied(m) | SourceError::BadObject(m) => StepFailure::Input(m),
-        e => StepFailure::Retry(e.to_string()),
+        SourceError::Denied(m) | SourceError::BadObject(m) => Failure::Input(m),
+        e => Failure::Retry(e.to_string()),
     }
 }
 
-fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, StepFailure> {
+fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, Failure> {
     ctx.blobs
         .open(digest)
-        .map_err(|e| StepFailure::io("opening a stored blob", e))
+        .map_err(|e| Failure::io("opening a stored blob", e))
 }
 
 /// A request to the extraction worker for `task` on layer `n` (`l`, in its
@@ -117,12 +117,12 @@ fn worker_request(
 
 /// The ids of `chains`' layers, top first; each must be committed, except
 /// `sealing` (a layer applied whose commit is under way).
-fn layer_ids(ctx: &Ctx, chains: &[String], sealing: Option<i64>) -> Result<Vec<i64>, StepFailure> {
+fn layer_ids(ctx: &Ctx, chains: &[String], sealing: Option<i64>) -> Result<Vec<i64>, Failure> {
     let mut ids = Vec::new();
     for c in chains.iter().rev() {
         match ctx.store.layer(c)? {
             Some(l) if l.committed || Some(l.id) == sealing => ids.push(l.id),
-            _ => return Err(StepFailure::Retry(format!("layer {c} is not committed"))),
+            _ => return Err(Failure::Retry(format!("layer {c} is not committed"))),
         }
     }
     Ok(ids)
@@ -137,7 +137,7 @@ pub fn execute(
     version: &str,
     image: &str,
     data: &mut RunData,
-) -> Result<Value, StepFailure> {
+) -> Result<Value, Failure> {
     let mut verdicts = Vec::new();
     crate::wasm::take_guest_time();
     let r = match transition {

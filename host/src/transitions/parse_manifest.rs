@@ -14,7 +14,7 @@ use crate::core::names::{printable, Unit};
 use crate::core::plan::{self, Placed};
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::model::{BlobKind, LayerRef, Member, UnitKind};
 
 /// Content-addressed members (`blobs/sha256/<hex>`) must hash to their name:
@@ -37,7 +37,7 @@ pub(super) fn run(
     ctx: &Ctx,
     data: &mut RunData,
     verdicts: &mut Verdicts,
-) -> Result<Value, StepFailure> {
+) -> Result<Value, Failure> {
     let u = unit(data)?.clone();
     let layout = match u.kind {
         UnitKind::Prefix => {
@@ -123,7 +123,7 @@ pub(super) fn run(
                 let f = open_blob(ctx, &at.blob)?;
                 let head = head_of(
                     &mut archive::range(f, at.offset, at.len)
-                        .map_err(|e| StepFailure::io("reading a layer", e))?,
+                        .map_err(|e| Failure::io("reading a layer", e))?,
                 )?;
                 let c = ctx.steps.classify(&head, at.len)?;
                 if !plan::is_layer_kind(c.kind) {
@@ -164,7 +164,7 @@ fn place(
     u: &Unit,
     n: usize,
     l: &LayerRef,
-) -> Result<(Placed, Option<BlobKind>), StepFailure> {
+) -> Result<(Placed, Option<BlobKind>), Failure> {
     let missing = || {
         input(format!(
             "layer {n} names missing member `{}`",

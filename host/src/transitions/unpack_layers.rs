@@ -13,13 +13,13 @@ use super::{layer_ids, worker_request, RunData};
 use crate::core::plan::PlannedLayer;
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
-use crate::error::StepFailure;
+use crate::error::Failure;
 
 /// A layer applied, its sync (and then its commit) under way on another
 /// thread while the next layer is applied.
 struct Sealing<'s, 'l> {
     id: i64,
-    handle: std::thread::ScopedJoinHandle<'s, Result<(), StepFailure>>,
+    handle: std::thread::ScopedJoinHandle<'s, Result<(), Failure>>,
     /// Held until the layer is committed: another image sharing the chain
     /// waits, then finds it committed.
     _held: std::sync::MutexGuard<'l, ()>,
@@ -31,14 +31,14 @@ fn finish_sealing(
     ctx: &Ctx,
     sealing: &mut Option<Sealing<'_, '_>>,
     above: Option<i64>,
-) -> Result<(), StepFailure> {
+) -> Result<(), Failure> {
     let Some(p) = sealing.take() else {
         return Ok(());
     };
     let r = p
         .handle
         .join()
-        .unwrap_or_else(|_| Err(StepFailure::Retry("the layer sync thread panicked".into())));
+        .unwrap_or_else(|_| Err(Failure::Retry("the layer sync thread panicked".into())));
     match r {
         Ok(()) => {
             ctx.failpoints.hit("after-layer");
@@ -47,7 +47,7 @@ fn finish_sealing(
         Err(e) => {
             for id in above.into_iter().chain([p.id]) {
                 if let Err(d) = ctx.backend.discard_layer(id) {
-                    return Err(StepFailure::Retry(format!(
+                    return Err(Failure::Retry(format!(
                         "{e}; discarding the layer failed too: {d}"
                     )));
                 }
@@ -68,7 +68,7 @@ pub(super) fn run(
     image: &str,
     data: &mut RunData,
     verdicts: &mut Verdicts,
-) -> Result<Value, StepFailure> {
+) -> Result<Value, Failure> {
     let done: Vec<usize> = ctx
         .store
         .layer_progress(run)?
@@ -85,7 +85,7 @@ pub(super) fn run(
     let mut entries = 0u64;
     let mut check_ns = 0u64;
     let of = data.layers.len();
-    std::thread::scope(|s| -> Result<(), StepFailure> {
+    std::thread::scope(|s| -> Result<(), Failure> {
         let mut sealing: Option<Sealing<'_, '_>> = None;
         for (i, layer) in data.layers.iter().enumerate() {
             if done.contains(&i) {
@@ -94,11 +94,11 @@ pub(super) fn run(
             }
             if ctx.store.cancel_requested(run)? {
                 finish_sealing(ctx, &mut sealing, None)?;
-                return Err(StepFailure::Cancelled);
+                return Err(Failure::Cancelled);
             }
             if ctx.shutdown.load(Ordering::SeqCst) {
                 finish_sealing(ctx, &mut sealing, None)?;
-                return Err(StepFailure::Retry("the service is shutting down".into()));
+                return Err(Failure::Retry("the service is shutting down".into()));
             }
             let chain = &chains[i];
             let held = locks[i].lock().unwrap_or_else(|p| p.into_inner());
@@ -116,7 +116,7 @@ pub(super) fn run(
                 Some(l) => {
                     ctx.backend
                         .discard_layer(l.id)
-                        .map_err(|e| StepFailure::io("discarding a stale layer", e))?;
+                        .map_err(|e| Failure::io("discarding a stale layer", e))?;
                     ctx.store.discard_layer(l.id)?;
                 }
                 None => {}
@@ -155,7 +155,7 @@ pub(super) fn run(
                 Ok(s) => s,
                 Err(e) => {
                     if let Err(d) = ctx.backend.discard_layer(id) {
-                        return Err(StepFailure::Retry(format!(
+                        return Err(Failure::Retry(format!(
                             "{e}; discarding the layer failed too: {d}"
                         )));
                     }
@@ -189,9 +189,9 @@ pub(super) fn run(
             entries += stats.entries;
             applied += 1;
             let (n_entries, n_bytes) = (stats.entries, stats.bytes);
-            let handle = s.spawn(move || -> Result<(), StepFailure> {
+            let handle = s.spawn(move || -> Result<(), Failure> {
                 if ctx.failpoints.fails("fail:sync-layer") {
-                    return Err(StepFailure::Retry(
+                    return Err(Failure::Retry(
                         "syncing the layer: injected I/O failure".into(),
                     ));
                 }
@@ -224,9 +224,9 @@ fn apply_one(
     l: &PlannedLayer,
     root: rustix::fd::BorrowedFd<'_>,
     verdicts: &mut Verdicts,
-) -> Result<crate::extract::ApplyStats, StepFailure> {
+) -> Result<crate::extract::ApplyStats, Failure> {
     let tar_cache = ctx.steps.tar_check_cache().ok_or_else(|| {
-        StepFailure::Retry(
+        Failure::Retry(
             "the compiled tar check is not cached (is the state directory writable?)".into(),
         )
     })?;

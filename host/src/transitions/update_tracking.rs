@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use super::RunData;
-use crate::error::StepFailure;
+use crate::error::Failure;
 
-pub(super) fn run(data: &RunData) -> Result<Value, StepFailure> {
+pub(super) fn run(data: &RunData) -> Result<Value, Failure> {
     Ok(serde_json::json!({ "top_chain": data.top_chain, "layers": data.layers.len() }))
 }

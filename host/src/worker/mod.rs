@@ -65,7 +65,7 @@ mod work;
 
 use crate::core::plan::{LayerDigests, PlannedLayer};
 use crate::core::policy::{Policy, Verdict};
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::ApplyStats;
 
 pub use confine::kept_capabilities;
@@ -166,7 +166,7 @@ pub enum Reply {
     /// Answer to [`Task::Decompress`]: the bytes written.
     Decompressed { bytes: u64, confinement: String },
     Failed {
-        failure: StepFailure,
+        failure: Failure,
         verdicts: Vec<Verdict>,
     },
     /// Answer to `test_escape`: the errno of the attempt, 0 if it worked.

@@ -12,7 +12,7 @@ use rustix::fd::BorrowedFd;
 
 use super::{LayerDigests, Reply, Request, Task};
 use crate::core::policy::Verdict;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::ApplyStats;
 
 /// Called with (compressed bytes read, entries) while a worker runs.
@@ -29,7 +29,7 @@ pub fn run(
     root: BorrowedFd<'_>,
     verdicts: &mut Vec<Verdict>,
     on_progress: Option<OnProgress<'_>>,
-) -> Result<(ApplyStats, LayerDigests), StepFailure> {
+) -> Result<(ApplyStats, LayerDigests), Failure> {
     req.progress = on_progress.is_some();
     req.task = Task::Apply;
     let reply = spawn_observed(&current_exe()?, &mut req, Some(root), on_progress)?;
@@ -51,7 +51,7 @@ pub fn run(
             Err(failure)
         }
         Reply::Escape { .. } | Reply::Hashed { .. } | Reply::Decompressed { .. } => Err(
-            StepFailure::Retry("the extraction worker answered another request".into()),
+            Failure::Retry("the extraction worker answered another request".into()),
         ),
     }
 }
@@ -59,7 +59,7 @@ pub fn run(
 /// Runs the worker for `req` as a [`Task::Hash`]: the layer's verified
 /// digest and its diff ID, decompressed in the confined process.
 /// Rejections are pushed to `verdicts`.
-pub fn hash(mut req: Request, verdicts: &mut Vec<Verdict>) -> Result<LayerDigests, StepFailure> {
+pub fn hash(mut req: Request, verdicts: &mut Vec<Verdict>) -> Result<LayerDigests, Failure> {
     req.task = Task::Hash;
     req.root_fd = -1;
     let reply = spawn_observed(&current_exe()?, &mut req, None, None)?;
@@ -76,7 +76,7 @@ pub fn decompress(
     mut req: Request,
     out: BorrowedFd<'_>,
     verdicts: &mut Vec<Verdict>,
-) -> Result<u64, StepFailure> {
+) -> Result<u64, Failure> {
     req.task = Task::Decompress;
     let reply = spawn_observed(&current_exe()?, &mut req, Some(out), None)?;
     answer(reply, verdicts, |r| match r {
@@ -91,7 +91,7 @@ fn answer<T>(
     reply: Reply,
     verdicts: &mut Vec<Verdict>,
     pick: impl FnOnce(Reply) -> Option<T>,
-) -> Result<T, StepFailure> {
+) -> Result<T, Failure> {
     match reply {
         Reply::Failed {
             failure,
@@ -100,15 +100,14 @@ fn answer<T>(
             verdicts.extend(v);
             Err(failure)
         }
-        r => pick(r).ok_or_else(|| {
-            StepFailure::Retry("the extraction worker answered another request".into())
-        }),
+        r => pick(r)
+            .ok_or_else(|| Failure::Retry("the extraction worker answered another request".into())),
     }
 }
 
-fn current_exe() -> Result<PathBuf, StepFailure> {
+fn current_exe() -> Result<PathBuf, Failure> {
     std::env::current_exe().map_err(|e| {
-        StepFailure::Retry(format!(
+        Failure::Retry(format!(
             "extraction worker: finding the tarpool binary: {e}"
         ))
     })
@@ -120,7 +119,7 @@ pub fn spawn_with(
     exe: &std::path::Path,
     req: &mut Request,
     root: BorrowedFd<'_>,
-) -> Result<Reply, StepFailure> {
+) -> Result<Reply, Failure> {
     spawn_observed(exe, req, Some(root), None)
 }
 
@@ -130,9 +129,9 @@ pub fn spawn_observed(
     req: &mut Request,
     root: Option<BorrowedFd<'_>>,
     on_progress: Option<OnProgress<'_>>,
-) -> Result<Reply, StepFailure> {
+) -> Result<Reply, Failure> {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
-        StepFailure::Retry(format!("extraction worker: {what}: {e}"))
+        Failure::Retry(format!("extraction worker: {what}: {e}"))
     };
     let mut child = {
         let _one = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
@@ -230,7 +229,7 @@ pub fn spawn_observed(
                 status.to_string()
             };
             let said = said.as_str();
-            Err(StepFailure::Retry(format!(
+            Err(Failure::Retry(format!(
                 "the extraction worker stopped without an answer ({}){}",
                 out_status,
                 if said.is_empty() {

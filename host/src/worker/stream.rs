@@ -14,19 +14,19 @@ use crate::archive;
 use crate::core::plan::{LayerDigests, PlannedLayer};
 use crate::core::policy::Verdict;
 use crate::core::policy::Verdicts;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::view::CheckError;
 use crate::model::{BlobKind, LayerMedia};
 
-fn input(m: impl Into<String>) -> StepFailure {
-    StepFailure::Input(m.into())
+fn input(m: impl Into<String>) -> Failure {
+    Failure::Input(m.into())
 }
 
 /// A decompressing reader for `kind`.
 fn decoder<'a, R: Read + Send + 'a>(
     kind: BlobKind,
     r: R,
-) -> Result<Box<dyn Read + Send + 'a>, StepFailure> {
+) -> Result<Box<dyn Read + Send + 'a>, Failure> {
     Ok(match kind {
         BlobKind::Tar => Box::new(r),
         BlobKind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
@@ -34,7 +34,7 @@ fn decoder<'a, R: Read + Send + 'a>(
             r,
         ))),
         BlobKind::Zstd => {
-            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| StepFailure::io("zstd", e))?)
+            Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| Failure::io("zstd", e))?)
         }
         k => return Err(input(format!("cannot decode a blob of kind {k:?}"))),
     })
@@ -42,7 +42,7 @@ fn decoder<'a, R: Read + Send + 'a>(
 
 /// A decoder's failure on layer `n`: over a policy limit (a reject, pushed
 /// to `verdicts`), or corrupt data.
-fn decode_failure(n: usize, e: &io::Error, verdicts: &mut Verdicts) -> StepFailure {
+fn decode_failure(n: usize, e: &io::Error, verdicts: &mut Verdicts) -> Failure {
     match over_limit(e) {
         Some(o) => {
             verdicts.push(Verdict {
@@ -72,7 +72,7 @@ fn decoded<'a, R: Read + Send + 'a>(
     l: &PlannedLayer,
     raw: R,
     policy: &crate::core::policy::Policy,
-) -> Result<Capped<Box<dyn Read + Send + 'a>>, StepFailure> {
+) -> Result<Capped<Box<dyn Read + Send + 'a>>, Failure> {
     // An uncompressed layer is its own size: nothing to cap.
     let ratio_limit = if l.media == LayerMedia::Tar {
         u64::MAX
@@ -215,14 +215,14 @@ pub(super) fn hash_stream(
     l: &PlannedLayer,
     policy: &crate::core::policy::Policy,
     verdicts: &mut Verdicts,
-) -> Result<LayerDigests, StepFailure> {
+) -> Result<LayerDigests, Failure> {
     let (raw, raw_state, failed) = raw_layer(blob, l)?;
     let h = crate::blobs::HashingReader::new(decoded(l, raw, policy)?);
     // An error the blob file did not raise is the decoder's verdict on the
     // bytes.
     let (diff_id, _) = h.finish().map_err(|e| {
         if failed.load(Ordering::Relaxed) {
-            StepFailure::io("hashing a layer", e)
+            Failure::io("hashing a layer", e)
         } else {
             decode_failure(n, &e, verdicts)
         }
@@ -244,10 +244,9 @@ type RawReader = Tap<Watched<BufReader<io::Take<File>>>>;
 fn raw_layer(
     blob: File,
     l: &PlannedLayer,
-) -> Result<(RawReader, TapState, Arc<AtomicBool>), StepFailure> {
+) -> Result<(RawReader, TapState, Arc<AtomicBool>), Failure> {
     use sha2::Digest as _;
-    let r =
-        archive::range(blob, l.offset, l.len).map_err(|e| StepFailure::io("reading a layer", e))?;
+    let r = archive::range(blob, l.offset, l.len).map_err(|e| Failure::io("reading a layer", e))?;
     let state: TapState = Arc::new(Mutex::new((sha2::Sha256::new(), 0u64)));
     let failed = Arc::new(AtomicBool::new(false));
     let raw = Tap {
@@ -262,7 +261,7 @@ fn raw_layer(
 
 /// The checks on a layer's stored bytes once its stream has been read:
 /// nothing after the compressed stream, and the manifest's digest.
-fn verify_raw(n: usize, l: &PlannedLayer, digest: &str, raw_len: u64) -> Result<(), StepFailure> {
+fn verify_raw(n: usize, l: &PlannedLayer, digest: &str, raw_len: u64) -> Result<(), Failure> {
     if raw_len != l.len {
         return Err(input(format!(
             "layer {n}: {} bytes follow the compressed stream",
@@ -287,7 +286,7 @@ pub(super) fn apply_stream(
     check: &mut dyn crate::extract::view::TarCheck,
     root: rustix::fd::BorrowedFd<'_>,
     verdicts: &mut Verdicts,
-) -> Result<(crate::extract::ApplyStats, LayerDigests), StepFailure> {
+) -> Result<(crate::extract::ApplyStats, LayerDigests), Failure> {
     use sha2::Digest as _;
     crate::progress::RAW_BYTES.store(0, Ordering::Relaxed);
     crate::extract::ENTRIES_SEEN.store(0, Ordering::Relaxed);
@@ -332,8 +331,8 @@ pub(super) fn apply_stream(
                 detail: reason.clone(),
             });
         }
-        match StepFailure::from(e) {
-            StepFailure::Input(m) => StepFailure::Input(format!("layer {n}: {m}")),
+        match Failure::from(e) {
+            Failure::Input(m) => Failure::Input(format!("layer {n}: {m}")),
             other => other,
         }
     })?;
@@ -368,7 +367,7 @@ pub(super) fn decompress_archive(
     policy: &crate::core::policy::Policy,
     mut out: File,
     verdicts: &mut Verdicts,
-) -> Result<u64, StepFailure> {
+) -> Result<u64, Failure> {
     let failed = Arc::new(AtomicBool::new(false));
     let raw = Watched {
         inner: BufReader::with_capacity(1 << 20, blob),
@@ -402,17 +401,17 @@ pub(super) fn decompress_archive(
                 // An error the blob file did not raise is the decoder's
                 // verdict on the bytes.
                 return Err(if failed.load(Ordering::Relaxed) {
-                    StepFailure::io("reading the archive", e)
+                    Failure::io("reading the archive", e)
                 } else {
                     input(format!("corrupt compressed archive: {e}"))
                 });
             }
         };
         out.write_all(&buf[..n])
-            .map_err(|e| StepFailure::io("writing the decompressed archive", e))?;
+            .map_err(|e| Failure::io("writing the decompressed archive", e))?;
         written += n as u64;
     }
     out.sync_all()
-        .map_err(|e| StepFailure::io("syncing the decompressed archive", e))?;
+        .map_err(|e| Failure::io("syncing the decompressed archive", e))?;
     Ok(written)
 }

@@ -15,7 +15,7 @@ use super::Escape;
 use super::{Reply, Request, Task};
 #[cfg(feature = "bench-native-check")]
 use crate::core::policy::Policy;
-use crate::error::StepFailure;
+use crate::error::Failure;
 
 /// The worker process's `main` (`tarpool __apply-layer`).
 pub fn main() -> std::process::ExitCode {
@@ -45,18 +45,18 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn work(req: &Request) -> Reply {
-    let failed = |failure: StepFailure| Reply::Failed {
+    let failed = |failure: Failure| Reply::Failed {
         failure,
         verdicts: Vec::new(),
     };
     let blob = match File::open(&req.blob) {
         Ok(f) => f,
-        Err(e) => return failed(StepFailure::io("worker: opening the layer blob", e)),
+        Err(e) => return failed(Failure::io("worker: opening the layer blob", e)),
     };
     if req.task == Task::Hash {
         let confinement = match confine(req, None) {
             Ok(c) => c,
-            Err(e) => return failed(StepFailure::Retry(e)),
+            Err(e) => return failed(Failure::Retry(e)),
         };
         let mut verdicts = Vec::new();
         return match stream::hash_stream(blob, req.n, &req.layer, &req.policy, &mut verdicts) {
@@ -68,7 +68,7 @@ fn work(req: &Request) -> Reply {
         };
     }
     if req.root_fd < 0 {
-        return failed(StepFailure::Retry("worker: no inherited fd".into()));
+        return failed(Failure::Retry("worker: no inherited fd".into()));
     }
     if req.task == Task::Decompress {
         // SAFETY: the service passed this fd number for the file it dup'ed
@@ -77,7 +77,7 @@ fn work(req: &Request) -> Reply {
         let out = File::from(unsafe { OwnedFd::from_raw_fd(req.root_fd) });
         let confinement = match confine(req, None) {
             Ok(c) => c,
-            Err(e) => return failed(StepFailure::Retry(e)),
+            Err(e) => return failed(Failure::Retry(e)),
         };
         let mut verdicts = Vec::new();
         return match stream::decompress_archive(blob, &req.layer, &req.policy, out, &mut verdicts) {
@@ -90,17 +90,17 @@ fn work(req: &Request) -> Reply {
     // so taking ownership of it here is sound.
     let root = unsafe { OwnedFd::from_raw_fd(req.root_fd) };
     if rustix::fs::fstat(&root).is_err() {
-        return failed(StepFailure::Retry(
+        return failed(Failure::Retry(
             "worker: the layer root fd is not open".into(),
         ));
     }
     let cache = match std::fs::read(&req.tar_cache) {
         Ok(b) => b,
-        Err(e) => return failed(StepFailure::io("worker: reading the compiled tar check", e)),
+        Err(e) => return failed(Failure::io("worker: reading the compiled tar check", e)),
     };
     let confinement = match confine(req, Some(root.as_fd())) {
         Ok(c) => c,
-        Err(e) => return failed(StepFailure::Retry(e)),
+        Err(e) => return failed(Failure::Retry(e)),
     };
     #[cfg(debug_assertions)]
     if let Some(target) = &req.test_escape {
@@ -153,13 +153,13 @@ fn work(req: &Request) -> Reply {
             &mut native
         }
         #[cfg(not(feature = "bench-native-check"))]
-        return failed(StepFailure::Retry(
+        return failed(Failure::Retry(
             "worker: this tarpool was built without the bench-native-check feature".into(),
         ));
     } else {
         tar = match crate::wasm::TarOnly::load(&cache) {
             Ok(t) => t,
-            Err(e) => return failed(StepFailure::Retry(format!("worker: {e}"))),
+            Err(e) => return failed(Failure::Retry(format!("worker: {e}"))),
         };
         guest = match tar.session(crate::extract::view::Mode::Layer, &req.policy) {
             Ok(c) => c,

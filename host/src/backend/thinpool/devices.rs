@@ -8,7 +8,7 @@ use super::{registry, ThinPool, MAX_DEV_ID};
 use crate::backend::dm::errno;
 use crate::backend::io_fail;
 use crate::core::states::ThinState;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::store::ThinDeviceRow;
 
 impl ThinPool {
@@ -192,13 +192,13 @@ impl ThinPool {
         }
     }
 
-    pub(super) fn ready_device(&self, owner: &str) -> Result<ThinDeviceRow, StepFailure> {
+    pub(super) fn ready_device(&self, owner: &str) -> Result<ThinDeviceRow, Failure> {
         match self
             .device(owner)
             .map_err(io_fail("reading the thin-pool registry"))?
         {
             Some(d) if d.state == ThinState::Ready => Ok(d),
-            _ => Err(StepFailure::Retry(format!(
+            _ => Err(Failure::Retry(format!(
                 "{owner} has no sealed thin device in pool {}",
                 self.cfg.pool
             ))),

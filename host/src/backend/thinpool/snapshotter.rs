@@ -11,7 +11,7 @@ use super::config::parse_pool_status;
 use super::ThinPool;
 use crate::backend::{io_fail, ActivationInfo, ApplyFn, Cleanup, Known, PoolUsage, Snapshotter};
 use crate::core::states::ThinState;
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::sys::Suid;
 
 impl ThinPool {
@@ -22,9 +22,9 @@ impl ThinPool {
     }
 
     /// Turns a failure into a clear "out of space" one when the pool is full.
-    fn explain(&self, e: StepFailure) -> StepFailure {
+    fn explain(&self, e: Failure) -> Failure {
         match self.read_usage() {
-            Ok(u) if u.out_of_space() => StepFailure::Exhausted(format!(
+            Ok(u) if u.out_of_space() => Failure::Exhausted(format!(
                 "thin pool `{}` is out of space ({}); the layer was discarded. \
                  Free space with `tarpool gc` or grow the pool. ({e})",
                 self.cfg.pool,
@@ -40,12 +40,12 @@ impl ThinPool {
         node: &Path,
         fresh: bool,
         apply: &mut ApplyFn<'_>,
-    ) -> Result<crate::extract::ApplyStats, StepFailure> {
+    ) -> Result<crate::extract::ApplyStats, Failure> {
         let mnt = self.dir.join("mnt").join(id.to_string());
         fs::create_dir_all(&mnt).map_err(io_fail("creating the mount point"))?;
         let mounts = self.mounts.clone();
         let r = std::thread::scope(|s| {
-            s.spawn(|| -> Result<_, StepFailure> {
+            s.spawn(|| -> Result<_, Failure> {
                 // A private namespace: the mount vanishes with this thread,
                 // or with the process on SIGKILL.
                 mounts
@@ -64,23 +64,23 @@ impl ThinPool {
                         ) {
                             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
                             Err(e) => {
-                                return Err(StepFailure::io("removing lost+found", e));
+                                return Err(Failure::io("removing lost+found", e));
                             }
                         }
                     }
                     let stats = apply(root.as_fd())?;
                     rustix::fs::syncfs(&root)
-                        .map_err(|e| StepFailure::Retry(format!("syncing the layer: {e}")))?;
+                        .map_err(|e| Failure::Retry(format!("syncing the layer: {e}")))?;
                     Ok(stats)
                 })();
                 let u = mounts.unmount(&mnt, false);
                 match (r, u) {
-                    (Ok(_), Err(e)) => Err(StepFailure::io("unmounting the layer", e)),
+                    (Ok(_), Err(e)) => Err(Failure::io("unmounting the layer", e)),
                     (r, _) => r,
                 }
             })
             .join()
-            .unwrap_or_else(|_| Err(StepFailure::Retry("the layer thread panicked".into())))
+            .unwrap_or_else(|_| Err(Failure::Retry("the layer thread panicked".into())))
         });
         let _ = fs::remove_dir(&mnt);
         r
@@ -97,7 +97,7 @@ impl Snapshotter for ThinPool {
         id: i64,
         parents: &[i64],
         apply: &mut ApplyFn<'_>,
-    ) -> Result<crate::extract::ApplyStats, StepFailure> {
+    ) -> Result<crate::extract::ApplyStats, Failure> {
         let owner = format!("layer:{id}");
         self.remove_owner(&owner)
             .map_err(io_fail("removing a stale layer device"))?;
@@ -105,7 +105,7 @@ impl Snapshotter for ThinPool {
             Some(p) => Some(self.ready_device(&format!("layer:{p}"))?.dev_id),
             None => None,
         };
-        let mut run = || -> Result<_, StepFailure> {
+        let mut run = || -> Result<_, Failure> {
             let dev_id = self
                 .new_device(&owner, origin)
                 .map_err(io_fail("creating the layer's thin device"))?;
@@ -124,7 +124,7 @@ impl Snapshotter for ThinPool {
             Ok(stats)
         };
         run().map_err(|e| match e {
-            StepFailure::Cancelled => e,
+            Failure::Cancelled => e,
             e => self.explain(e),
         })
     }
@@ -133,10 +133,10 @@ impl Snapshotter for ThinPool {
         self.remove_owner(&format!("layer:{id}")).map(|_| ())
     }
 
-    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, StepFailure> {
+    fn snapshot_image(&self, name: &str, chain: &[i64]) -> Result<ActivationInfo, Failure> {
         let top = chain
             .first()
-            .ok_or_else(|| StepFailure::Input(format!("image `{name}` has no layers")))?;
+            .ok_or_else(|| Failure::Input(format!("image `{name}` has no layers")))?;
         let origin = self.ready_device(&format!("layer:{top}"))?.dev_id;
         let owner = format!("image:{name}");
         let existing = self
@@ -151,7 +151,7 @@ impl Snapshotter for ThinPool {
                 }
                 let dev_id = self
                     .new_device(&owner, Some(origin))
-                    .map_err(|e| self.explain(StepFailure::io("snapshotting the top layer", e)))?;
+                    .map_err(|e| self.explain(Failure::io("snapshotting the top layer", e)))?;
                 self.set_state(dev_id, ThinState::Ready, true)
                     .map_err(io_fail("recording the image snapshot"))?;
                 dev_id

@@ -5,7 +5,7 @@
 use super::*;
 use crate::backend::dm::RecordingDm;
 use crate::backend::{Known, Snapshotter};
-use crate::error::StepFailure;
+use crate::error::Failure;
 use crate::extract::ApplyStats;
 use crate::sys::{RecordingMounts, Suid};
 
@@ -37,7 +37,7 @@ fn reopen(dir: &tempfile::TempDir, dm: &Arc<RecordingDm>) -> ThinPool {
     .unwrap()
 }
 
-fn ok_apply() -> impl FnMut(rustix::fd::BorrowedFd<'_>) -> Result<ApplyStats, StepFailure> + Send {
+fn ok_apply() -> impl FnMut(rustix::fd::BorrowedFd<'_>) -> Result<ApplyStats, Failure> + Send {
     |_root| Ok(ApplyStats::default())
 }
 
@@ -95,8 +95,8 @@ fn base_layer_is_a_new_thin_device_with_a_filesystem_and_the_next_a_snapshot() {
 fn a_failed_layer_is_discarded_whole_and_its_id_is_never_reused() {
     let r = rig();
     r.pool.apply_layer(1, &[], &mut ok_apply()).unwrap();
-    let mut fail = |_root: rustix::fd::BorrowedFd<'_>| -> Result<ApplyStats, StepFailure> {
-        Err(StepFailure::Input("bad tar".into()))
+    let mut fail = |_root: rustix::fd::BorrowedFd<'_>| -> Result<ApplyStats, Failure> {
+        Err(Failure::Input("bad tar".into()))
     };
     let e = r.pool.apply_layer(2, &[1], &mut fail).unwrap_err();
     assert_eq!(e.to_string(), "bad tar");
@@ -121,13 +121,13 @@ fn a_full_pool_fails_the_layer_with_a_clear_reason() {
         "1 10/1000 10000/10000 - out_of_data_space discard_passdown error_if_no_space - 1024"
             .into(),
     );
-    let mut enospc = |_root: rustix::fd::BorrowedFd<'_>| -> Result<ApplyStats, StepFailure> {
-        Err(StepFailure::Retry(
+    let mut enospc = |_root: rustix::fd::BorrowedFd<'_>| -> Result<ApplyStats, Failure> {
+        Err(Failure::Retry(
             "writing usr/bin/x: No space left on device".into(),
         ))
     };
     let e = r.pool.apply_layer(2, &[1], &mut enospc).unwrap_err();
-    let StepFailure::Exhausted(m) = e else {
+    let Failure::Exhausted(m) = e else {
         panic!("expected Exhausted, got {e:?}")
     };
     assert!(
