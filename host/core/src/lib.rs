@@ -11,5 +11,6 @@ pub mod model;
 pub mod names;
 pub mod plan;
 pub mod policy;
+pub mod registry;
 pub mod sanitize;
 pub mod states;
