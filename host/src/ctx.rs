@@ -12,7 +12,7 @@ use crate::core::machine::RetryPolicy;
 use crate::core::policy::Policy;
 use crate::core::sanitize::sanitize;
 use crate::failpoint::Failpoints;
-use crate::source::Source;
+use crate::source::Sources;
 use crate::statedir::StateDir;
 use crate::store::{Store, StoreError};
 use crate::wasm::Steps;
@@ -24,7 +24,7 @@ pub struct Parts {
     pub blobs: BlobStore,
     pub steps: Steps,
     pub backend: Arc<dyn Snapshotter>,
-    pub source: Box<dyn Source>,
+    pub sources: Sources,
     pub policy: Policy,
     pub retry: RetryPolicy,
     /// The operator's opt-out of the extraction worker's confinement
@@ -42,7 +42,7 @@ pub struct Ctx {
     pub blobs: BlobStore,
     pub steps: Steps,
     pub backend: Arc<dyn Snapshotter>,
-    pub source: Box<dyn Source>,
+    pub sources: Sources,
     pub policy: Policy,
     /// sha256 of the effective policy (its canonical TOML), recorded with
     /// each run.
@@ -77,7 +77,7 @@ impl Ctx {
             blobs: p.blobs,
             steps: p.steps,
             backend: p.backend,
-            source: p.source,
+            sources: p.sources,
             policy: p.policy,
             policy_sha256,
             retry: p.retry,
@@ -88,15 +88,18 @@ impl Ctx {
         })
     }
 
-    /// `msg` without the state directory's and the source's host paths.
+    /// `msg` without the state directory's and the sources' host paths.
     pub fn sanitize(&self, msg: &str) -> String {
         let state = self.state_dir.display().to_string();
-        let src = self
-            .source
-            .local_root()
+        let roots: Vec<String> = self
+            .sources
+            .iter()
+            .filter_map(|s| s.local_root())
             .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        sanitize(msg, &[(&state, "<state>"), (&src, "<source>")])
+            .collect();
+        let mut hide = vec![(state.as_str(), "<state>")];
+        hide.extend(roots.iter().map(|r| (r.as_str(), "<source>")));
+        sanitize(msg, &hide)
     }
 
     /// The lock held while a layer of `chain` is applied and committed:

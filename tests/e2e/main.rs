@@ -13,4 +13,5 @@ mod load;
 mod metrics;
 mod private;
 mod s3;
+mod sources;
 mod worker;

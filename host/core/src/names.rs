@@ -254,6 +254,45 @@ pub fn discover(listing: &[Listed]) -> Discovery {
     Discovery { units, rejected }
 }
 
+/// The discoveries of several sources, in the order they are configured:
+/// an image name an earlier source already has is rejected in the later
+/// ones (names are unique across sources; the first one keeps it, so a
+/// collision added later does not take an image from where it was).
+pub fn across_sources(found: Vec<(String, Discovery)>) -> Vec<(String, Discovery)> {
+    let mut owner: std::collections::BTreeMap<String, String> = Default::default();
+    found
+        .into_iter()
+        .map(|(uri, mut d)| {
+            let units = std::mem::take(&mut d.units);
+            for u in units {
+                match owner.get(&u.name) {
+                    Some(first) => d.rejected.push(Rejected {
+                        key: printable(&unit_key(&u)),
+                        reason: format!(
+                            "image `{}` is also in {}, configured first: image names must be unique across sources",
+                            u.name,
+                            printable(first)
+                        ),
+                    }),
+                    None => {
+                        owner.insert(u.name.clone(), uri.clone());
+                        d.units.push(u);
+                    }
+                }
+            }
+            (uri, d)
+        })
+        .collect()
+}
+
+/// The key a unit is listed under: its archive's key, or its prefix.
+fn unit_key(u: &Unit) -> String {
+    match u.kind {
+        UnitKind::Archive => u.objects.first().map(|o| o.key.clone()).unwrap_or_default(),
+        UnitKind::Prefix => format!("{IMAGES_PREFIX}{}/", u.name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,5 +473,47 @@ mod tests {
         let before = d.units[0].fingerprint();
         d.units[0].objects[0].stamp = "2".into();
         assert_ne!(before, d.units[0].fingerprint());
+    }
+
+    #[test]
+    fn names_are_unique_across_sources_the_first_keeps_it() {
+        let listed = |keys: &[&str]| {
+            discover(
+                &keys
+                    .iter()
+                    .map(|k| Listed {
+                        key: k.to_string(),
+                        size: 1,
+                        stamp: "e".into(),
+                        modified: String::new(),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let out = across_sources(vec![
+            ("dir:/a".into(), listed(&["images/x.tar", "images/y.tar"])),
+            (
+                "s3://b".into(),
+                listed(&["images/y/1.tar", "images/z.tar", "images/x.tar"]),
+            ),
+        ]);
+        let names =
+            |i: usize| -> Vec<&str> { out[i].1.units.iter().map(|u| u.name.as_str()).collect() };
+        assert_eq!(names(0), ["x", "y"]);
+        assert_eq!(names(1), ["z"]);
+        let rejected: Vec<(&str, &str)> = out[1]
+            .1
+            .rejected
+            .iter()
+            .map(|r| (r.key.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [
+                ("images/x.tar", "image `x` is also in dir:/a, configured first: image names must be unique across sources"),
+                ("images/y/", "image `y` is also in dir:/a, configured first: image names must be unique across sources"),
+            ]
+        );
+        assert!(out[0].1.rejected.is_empty());
     }
 }

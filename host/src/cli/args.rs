@@ -77,9 +77,11 @@ pub enum Cmd {
         /// Process the source once and exit (otherwise poll it until stopped).
         #[arg(long)]
         once: bool,
-        /// `dir:PATH` or a plain path (default: the repository's example bucket).
+        /// `s3://BUCKET[/PREFIX]`, `dir:PATH` or a plain path; may be given
+        /// more than once, one run serving every source (default: the
+        /// configuration's `sources`, or the repository's example bucket).
         #[arg(long)]
-        source: Option<String>,
+        source: Vec<String>,
         /// auto, overlay or thinpool.
         #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
         backend: Option<crate::core::states::Backend>,
@@ -205,7 +207,7 @@ pub enum ConfigCmd {
     Show {
         /// Overrides, as for `run`.
         #[arg(long)]
-        source: Option<String>,
+        source: Vec<String>,
         #[arg(long, value_parser = crate::core::states::Backend::parse_arg)]
         backend: Option<crate::core::states::Backend>,
         #[arg(long)]

@@ -11,8 +11,13 @@ use super::*;
 pub(crate) struct FileConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) state_dir: Option<PathBuf>,
+    /// One source (the short form of `sources`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) source: Option<String>,
+    /// Every source one run serves, in order (image names are unique
+    /// across them: the first source keeps a name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sources: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) backend: Option<crate::core::states::Backend>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -71,7 +76,8 @@ pub(crate) fn load_file(args: &Args) -> Result<FileConfig> {
 /// Command-line values that override the file's.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Overrides<'a> {
-    pub(crate) source: Option<&'a str>,
+    /// `--source`, as often as given (none: the file's).
+    pub(crate) sources: &'a [String],
     pub(crate) backend: Option<crate::core::states::Backend>,
     pub(crate) jobs: Option<usize>,
     pub(crate) interval: Option<u64>,
@@ -81,7 +87,7 @@ pub(crate) struct Overrides<'a> {
 /// The checked configuration every command works from.
 pub(crate) struct Config {
     pub(crate) state_dir: crate::statedir::StateDir,
-    pub(crate) source: String,
+    pub(crate) sources: Vec<String>,
     pub(crate) backend: crate::core::states::Backend,
     pub(crate) jobs: usize,
     pub(crate) interval: u64,
@@ -103,7 +109,8 @@ impl Config {
     pub(crate) fn as_file(&self) -> FileConfig {
         FileConfig {
             state_dir: Some(self.state_dir.to_path_buf()),
-            source: Some(self.source.clone()),
+            source: None,
+            sources: Some(self.sources.clone()),
             backend: Some(self.backend),
             jobs: Some(self.jobs),
             interval: Some(self.interval),
@@ -169,6 +176,18 @@ pub(crate) fn resolve(args: &Args, file: FileConfig, o: &Overrides<'_>) -> Resul
             anyhow::anyhow!("metrics address {a:?}: {e} (expected e.g. 127.0.0.1:9464)")
         })?;
     }
+    let sources = match (o.sources, file.source, file.sources) {
+        (cli, _, _) if !cli.is_empty() => cli.to_vec(),
+        (_, Some(_), Some(_)) => {
+            bail!("the configuration gives both `source` and `sources`; give one")
+        }
+        (_, Some(one), None) => vec![one],
+        (_, None, Some(all)) if all.is_empty() => {
+            bail!("`sources` is empty; name at least one source")
+        }
+        (_, None, Some(all)) => all,
+        (_, None, None) => vec![EXAMPLE_BUCKET.to_string()],
+    };
     // Resolved once here: the worker and the mount helpers change the
     // working directory, so a relative path would name other places.
     let state_dir = args
@@ -180,11 +199,7 @@ pub(crate) fn resolve(args: &Args, file: FileConfig, o: &Overrides<'_>) -> Resul
         .with_context(|| format!("resolving state directory {}", state_dir.display()))?;
     Ok(Config {
         state_dir: crate::statedir::StateDir::new(state_dir),
-        source: o
-            .source
-            .map(str::to_string)
-            .or(file.source)
-            .unwrap_or_else(|| EXAMPLE_BUCKET.to_string()),
+        sources,
         backend: o
             .backend
             .or(file.backend)

@@ -76,7 +76,7 @@ pub fn main() -> Result<u8> {
             json,
         } => {
             let o = Overrides {
-                source: source.as_deref(),
+                sources: source,
                 backend: *backend,
                 jobs: *jobs,
                 interval: *interval,
@@ -94,7 +94,7 @@ pub fn main() -> Result<u8> {
                 },
         } => {
             let o = Overrides {
-                source: source.as_deref(),
+                sources: source,
                 backend: *backend,
                 jobs: *jobs,
                 ..Overrides::default()

@@ -30,7 +30,11 @@ pub(super) fn report(
     if json {
         println!(
             "{}",
-            json!({ "images": rows, "rejected": summary.rejected.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>() })
+            json!({
+                "images": rows,
+                "rejected": summary.rejected.iter().map(|(k, r)| json!({"key": k, "reason": r})).collect::<Vec<_>>(),
+                "unlisted": summary.unlisted.iter().map(|(s, e)| json!({"source": s, "error": e})).collect::<Vec<_>>(),
+            })
         );
     } else {
         for r in &rows {
@@ -51,6 +55,9 @@ pub(super) fn report(
                 err
             );
         }
+        for (source, e) in &summary.unlisted {
+            println!("source {source} could not be listed: {e}");
+        }
         println!(
             "{} ready, {} failed, {} not images",
             rows.iter().filter(|r| r["state"] == "ready").count(),
@@ -58,7 +65,11 @@ pub(super) fn report(
             summary.rejected.len()
         );
     }
-    Ok(if all_ready { 0 } else { 1 })
+    Ok(if all_ready && summary.unlisted.is_empty() {
+        0
+    } else {
+        1
+    })
 }
 
 pub(super) fn status(store: &Store, json: bool) -> Result<u8> {

@@ -8,7 +8,7 @@ pub(super) fn build_ctx(
     shutdown: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Ctx> {
     let store = open_store(&cfg.state_dir)?;
-    let source = crate::source::parse(&cfg.source)?;
+    let sources = crate::source::Sources::parse(&cfg.sources)?;
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
     let steps = crate::wasm::Steps::load_with(&cfg.state_dir.cache(), &cfg.steps)
         .context("loading the format steps")?;
@@ -27,7 +27,7 @@ pub(super) fn build_ctx(
         blobs,
         steps,
         backend: backend.into(),
-        source,
+        sources,
         policy: cfg.policy.clone(),
         retry: cfg.retry,
         unconfined_worker: cfg.unconfined_worker,
@@ -146,7 +146,7 @@ pub(super) fn run(args: &Args, o: &Overrides<'_>, once: bool, json: bool) -> Res
                                     m.follow(ctx.backend.clone());
                                 }
                                 cfg = new;
-                                tracing::info!(source = %cfg.source, jobs = cfg.jobs, interval = cfg.interval, policy = %cfg.policy.name, "configuration reloaded");
+                                tracing::info!(sources = ?cfg.sources, jobs = cfg.jobs, interval = cfg.interval, policy = %cfg.policy.name, "configuration reloaded");
                             }
                             Err(e) => tracing::error!(error = format!("{e:#}"), "reload failed; keeping the running configuration"),
                         },

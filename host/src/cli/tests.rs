@@ -75,7 +75,7 @@ fn the_command_line_wins_over_the_file_over_the_defaults() {
         no_overrides(),
         &[
             ("state_dir", "/srv/file"),
-            ("source", "dir:/srv/images"),
+            ("sources", r#"["dir:/srv/images"]"#),
             ("backend", "thinpool"),
             ("jobs", "4"),
             ("interval", "60"),
@@ -86,11 +86,12 @@ fn the_command_line_wins_over_the_file_over_the_defaults() {
             ("userns_base", "100000"),
         ],
     );
+    let cli_sources = ["dir:/srv/other".to_string(), "s3://b/p".to_string()];
     check(
         &["--state-dir", "/srv/cli", "--log-format", "human"],
         toml_text,
         Overrides {
-            source: Some("dir:/srv/other"),
+            sources: &cli_sources,
             backend: Some(crate::core::states::Backend::Overlay),
             jobs: Some(1),
             interval: Some(5),
@@ -98,7 +99,7 @@ fn the_command_line_wins_over_the_file_over_the_defaults() {
         },
         &[
             ("state_dir", "/srv/cli"),
-            ("source", "dir:/srv/other"),
+            ("sources", r#"["dir:/srv/other", "s3://b/p"]"#),
             ("backend", "overlay"),
             ("jobs", "1"),
             ("interval", "5"),
@@ -108,6 +109,39 @@ fn the_command_line_wins_over_the_file_over_the_defaults() {
             ("gc", "false"),
             ("runtime", "runc"),
         ],
+    );
+}
+
+#[test]
+fn one_source_or_several() {
+    check(
+        &[],
+        r#"source = "dir:/x""#,
+        no_overrides(),
+        &[("sources", r#"["dir:/x"]"#)],
+    );
+    check(
+        &[],
+        r#"sources = ["dir:/x", "dir:/y"]"#,
+        no_overrides(),
+        &[("sources", r#"["dir:/x", "dir:/y"]"#)],
+    );
+    // `--source` may be repeated; given, it replaces the file's list.
+    let parsed =
+        Args::try_parse_from(["tarpool", "run", "--source", "dir:/p", "--source", "dir:/q"])
+            .unwrap();
+    let Cmd::Run { source, .. } = parsed.cmd else {
+        panic!("not `run`: {:?}", parsed.cmd)
+    };
+    assert_eq!(source, ["dir:/p", "dir:/q"]);
+    check(
+        &[],
+        r#"sources = ["dir:/x", "dir:/y"]"#,
+        Overrides {
+            sources: &source,
+            ..no_overrides()
+        },
+        &[("sources", r#"["dir:/p", "dir:/q"]"#)],
     );
 }
 
@@ -169,6 +203,16 @@ fn a_bad_configuration_is_refused_in_one_line() {
     );
     check_refused("jbos = 2", no_overrides(), "unknown field `jbos`");
     check_refused(
+        "source = \"dir:/a\"\nsources = [\"dir:/b\"]",
+        no_overrides(),
+        "the configuration gives both `source` and `sources`; give one",
+    );
+    check_refused(
+        "sources = []",
+        no_overrides(),
+        "`sources` is empty; name at least one source",
+    );
+    check_refused(
         r#"backend = "zfs""#,
         no_overrides(),
         "unknown variant `zfs`",
@@ -200,6 +244,7 @@ fn a_reload_may_change_what_a_running_service_can_take() {
         "interval = 5",
         r#"policy = "strict""#,
         r#"source = "dir:/srv/other""#,
+        r#"sources = ["dir:/srv/a", "dir:/srv/b"]"#,
         "gc = false",
         "max_attempts = 2",
         "[thinpool]\ndata_size = \"1T\"\nmeta_size = \"1G\"",

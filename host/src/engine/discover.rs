@@ -1,5 +1,5 @@
-//! Discovery: the source's listing made into image units (`core::names`),
-//! and a run started for each new, changed, or retryably failed image.
+//! Discovery: each source's listing made into image units (`core::names`,
+//! names unique across sources), and a run started for each new, changed, or retryably failed image.
 
 use crate::core::machine::{FailureKind, Transition};
 use crate::core::names;
@@ -9,25 +9,47 @@ use crate::transitions::RunData;
 
 use super::Summary;
 
-/// Discovers the source's images and starts a run for each that is new,
-/// changed, or failed for a reason other than its input.
+/// Discovers every source's images and starts a run for each that is new,
+/// changed, or failed for a reason other than its input. A source that
+/// cannot be listed now is skipped (its images are left as they are) and
+/// named in the summary; the pass fails only when no source can be listed.
 pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
-    let listing = ctx.source.list()?;
-    let found = names::discover(&listing.objects);
     let mut summary = Summary::default();
-    let mut rejected: Vec<(String, String)> = listing
-        .rejected
-        .iter()
-        .map(|r| (r.key.clone(), r.reason.clone()))
-        .collect();
-    rejected.extend(
-        found
+    let mut found = Vec::new();
+    let mut first_err = None;
+    for src in ctx.sources.iter() {
+        match src.list() {
+            Ok(listing) => {
+                let mut d = names::discover(&listing.objects);
+                let mut rejected = listing.rejected;
+                rejected.append(&mut d.rejected);
+                d.rejected = rejected;
+                found.push((src.uri(), d));
+            }
+            Err(e) => {
+                tracing::error!(source = %src.uri(), error = %e, "the source cannot be listed; its images are left as they are");
+                summary
+                    .unlisted
+                    .push((src.uri(), ctx.sanitize(&e.to_string())));
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if found.is_empty() {
+        if let Some(e) = first_err {
+            return Err(e.into());
+        }
+    }
+    let found = names::across_sources(found);
+    for (uri, d) in &found {
+        let rejected: Vec<(String, String)> = d
             .rejected
             .iter()
-            .map(|r| (r.key.clone(), r.reason.clone())),
-    );
-    ctx.store.replace_rejected(&ctx.source.uri(), &rejected)?;
-    summary.rejected = rejected;
+            .map(|r| (r.key.clone(), r.reason.clone()))
+            .collect();
+        ctx.store.replace_rejected(uri, &rejected)?;
+        summary.rejected.extend(rejected);
+    }
     let active: Vec<String> = ctx
         .store
         .active_runs()?
@@ -35,7 +57,10 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
         .map(|r| r.image)
         .collect();
     let mut names_seen = Vec::new();
-    for unit in found.units {
+    for (uri, unit) in found
+        .into_iter()
+        .flat_map(|(uri, d)| d.units.into_iter().map(move |u| (uri.clone(), u)))
+    {
         names_seen.push(unit.name.clone());
         if active.contains(&unit.name) {
             continue;
@@ -52,7 +77,7 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
             }
         }
         let data = RunData {
-            source: ctx.source.uri(),
+            source: uri,
             fingerprint,
             unit: Some(unit.clone()),
             ..RunData::default()

@@ -21,6 +21,8 @@ pub struct Summary {
     pub failed: Vec<(String, String)>,
     pub unchanged: Vec<String>,
     pub rejected: Vec<(String, String)>,
+    /// Sources that could not be listed (URI, why), skipped this pass.
+    pub unlisted: Vec<(String, String)>,
     pub interrupted: bool,
 }
 

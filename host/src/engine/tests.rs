@@ -139,8 +139,7 @@ fn steps() -> crate::wasm::Steps {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
-    source: std::path::PathBuf,
+    dir: tempfile::TempDir,
     ctx: Ctx,
     fake: Arc<FakeSnapshotter>,
 }
@@ -148,11 +147,21 @@ struct Setup {
 /// A state directory and a source directory holding `images/NAME.tar` for
 /// each of `images`, under a fake snapshotter; retries are quick.
 fn setup(images: &[(&str, Vec<u8>)]) -> Setup {
+    setup_sources(&[images])
+}
+
+/// As [`setup`], with one source directory (`source0`, `source1`, ...) per
+/// list of images, configured in that order.
+fn setup_sources(sources: &[&[(&str, Vec<u8>)]]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("source");
-    std::fs::create_dir_all(source.join("images")).unwrap();
-    for (name, bytes) in images {
-        std::fs::write(source.join(format!("images/{name}.tar")), bytes).unwrap();
+    let mut all = Vec::new();
+    for (i, images) in sources.iter().enumerate() {
+        let source = dir.path().join(format!("source{i}"));
+        std::fs::create_dir_all(source.join("images")).unwrap();
+        for (name, bytes) in *images {
+            std::fs::write(source.join(format!("images/{name}.tar")), bytes).unwrap();
+        }
+        all.push(crate::source::parse(source.to_str().unwrap()).unwrap());
     }
     let state_dir = crate::statedir::StateDir::new(dir.path().join("state"));
     std::fs::create_dir_all(&*state_dir).unwrap();
@@ -162,7 +171,7 @@ fn setup(images: &[(&str, Vec<u8>)]) -> Setup {
         blobs: crate::blobs::BlobStore::new(&state_dir).unwrap(),
         steps: steps(),
         backend: fake.clone(),
-        source: crate::source::parse(source.to_str().unwrap()).unwrap(),
+        sources: crate::source::Sources::new(all).unwrap(),
         policy: Policy::default_policy(),
         retry: RetryPolicy {
             base: Duration::from_millis(1),
@@ -174,12 +183,7 @@ fn setup(images: &[(&str, Vec<u8>)]) -> Setup {
         state_dir,
     })
     .unwrap();
-    Setup {
-        _dir: dir,
-        source,
-        ctx,
-        fake,
-    }
+    Setup { dir, ctx, fake }
 }
 
 /// Discovers the source and drives every run started; the runs' ids.
@@ -424,5 +428,91 @@ fn a_shutdown_leaves_the_run_where_it_is() {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     drive(&s.ctx, &run).unwrap();
     assert_eq!(history(&s.ctx, "a"), EVERY_TRANSITION);
-    let _ = &s.source;
+}
+
+#[test]
+fn one_pass_serves_every_source_and_a_name_stays_with_the_first() {
+    let shared = rootfs_tar(&[("bin/sh", "#!")]);
+    let s = setup_sources(&[
+        &[("a", shared.clone()), ("b", rootfs_tar(&[("f", "b")]))],
+        &[("c", shared), ("b", rootfs_tar(&[("f", "other b")]))],
+    ]);
+    let (names, summary) = discover(&s.ctx).unwrap();
+    assert_eq!(names, ["a", "b", "c"]);
+    let second = format!("dir:{}", s.dir.path().join("source1").display());
+    assert_eq!(
+        summary.rejected,
+        [(
+            "images/b.tar".to_string(),
+            format!(
+                "image `b` is also in dir:{}, configured first: image names must be unique across sources",
+                s.dir.path().join("source0").display()
+            )
+        )]
+    );
+    assert_eq!(s.ctx.store.rejected().unwrap()[0].0, second);
+    for r in s.ctx.store.active_runs().unwrap() {
+        drive(&s.ctx, &r.id).unwrap();
+    }
+    for name in ["a", "b", "c"] {
+        let img = s.ctx.store.image(name).unwrap().unwrap();
+        assert_eq!(img.state, ImageState::Ready, "{img:?}");
+    }
+    // `c` is `a`'s bytes from another source: one layer, applied once.
+    let calls = s.fake.take();
+    assert_eq!(
+        calls.iter().filter(|c| c.starts_with("apply")).count(),
+        2,
+        "{calls:?}"
+    );
+    let c = s.ctx.store.image("c").unwrap().unwrap();
+    let a = s.ctx.store.image("a").unwrap().unwrap();
+    assert_eq!(c.top_chain, a.top_chain);
+}
+
+#[test]
+fn a_source_that_cannot_be_listed_is_skipped_and_named() {
+    let s = setup_sources(&[
+        &[("a", rootfs_tar(&[("f", "x")]))],
+        &[("b", rootfs_tar(&[("g", "y")]))],
+    ]);
+    let gone = s.dir.path().join("source1");
+    std::fs::rename(&gone, s.dir.path().join("moved")).unwrap();
+    let (names, summary) = discover(&s.ctx).unwrap();
+    assert_eq!(names, ["a"]);
+    assert_eq!(summary.unlisted.len(), 1, "{summary:?}");
+    assert!(summary.unlisted[0].0.ends_with("/source1"), "{summary:?}");
+    assert!(!summary.unlisted[0].1.contains('\n'));
+    // With no source listable, the pass fails.
+    std::fs::rename(s.dir.path().join("source0"), s.dir.path().join("moved0")).unwrap();
+    assert!(discover(&s.ctx).is_err());
+}
+
+#[test]
+fn a_run_whose_source_is_no_longer_configured_retries_unsettled() {
+    let s = setup(&[]);
+    let data = serde_json::json!({ "source": "dir:/nowhere", "fingerprint": "f", "unit": {
+        "name": "a", "kind": "archive",
+        "objects": [{ "key": "images/a.tar", "member": "", "size": 1, "stamp": "s" }] },
+        "blobs": {}, "kinds": {}, "archive": null, "format": null, "layers": [], "top_chain": null });
+    s.ctx
+        .store
+        .create_run(
+            "01RUN00000000000000000000",
+            "a",
+            "check-image-exists",
+            &data.to_string(),
+            "p",
+        )
+        .unwrap();
+    drive(&s.ctx, "01RUN00000000000000000000").unwrap();
+    let img = s.ctx.store.image("a").unwrap().unwrap();
+    assert_eq!(
+        (img.state, img.failure_kind, img.error.as_deref()),
+        (
+            ImageState::Failed,
+            Some(FailureKind::Environment),
+            Some("check-image-exists: gave up after 2 attempts: the image's source dir:/nowhere is no longer configured")
+        )
+    );
 }

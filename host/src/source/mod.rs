@@ -58,6 +58,44 @@ pub trait Source: Send + Sync {
     }
 }
 
+/// The configured sources, in order: one run serves them all. A run names
+/// its image's source by [`Source::uri`].
+pub struct Sources {
+    all: Vec<Box<dyn Source>>,
+}
+
+impl Sources {
+    /// At least one source, each once.
+    pub fn new(all: Vec<Box<dyn Source>>) -> Result<Sources, SourceError> {
+        if all.is_empty() {
+            return Err(SourceError::Config("no source is configured".into()));
+        }
+        for (i, s) in all.iter().enumerate() {
+            if all[..i].iter().any(|t| t.uri() == s.uri()) {
+                return Err(SourceError::Config(format!(
+                    "source {} is configured twice",
+                    printable(&s.uri())
+                )));
+            }
+        }
+        Ok(Sources { all })
+    }
+
+    /// Each spec parsed as by [`parse`].
+    pub fn parse(specs: &[String]) -> Result<Sources, SourceError> {
+        Sources::new(specs.iter().map(|s| parse(s)).collect::<Result<_, _>>()?)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Source> {
+        self.all.iter().map(|s| s.as_ref())
+    }
+
+    /// The source a run names, if it is still configured.
+    pub fn get(&self, uri: &str) -> Option<&dyn Source> {
+        self.iter().find(|s| s.uri() == uri)
+    }
+}
+
 /// Parses `dir:PATH`, a plain path, or `s3://BUCKET[/PREFIX][?OPTIONS]`.
 pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
     if spec.starts_with("s3://") {

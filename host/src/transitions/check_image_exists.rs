@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{deny_if, input, source_err, unit, RunData};
+use super::{deny_if, input, source, source_err, unit, RunData};
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
 use crate::error::Failure;
@@ -36,7 +36,7 @@ pub(super) fn run(
 /// it had changed.
 pub(super) fn refresh(ctx: &Ctx, data: &mut RunData, i: usize) -> Result<bool, Failure> {
     let key = unit(data)?.objects[i].key.clone();
-    let (_, now) = ctx.source.open(&key).map_err(source_err)?;
+    let (_, now) = source(ctx, data)?.open(&key).map_err(source_err)?;
     let u = data
         .unit
         .as_mut()

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::check_image_exists::refresh;
-use super::{source_err, unit, RunData};
+use super::{source, source_err, unit, RunData};
 use crate::ctx::Ctx;
 use crate::error::Failure;
 use crate::source::SourceError;
@@ -25,7 +25,7 @@ pub(super) fn run(ctx: &Ctx, data: &mut RunData) -> Result<Value, Failure> {
         let mut o = o;
         let mut attempts = 0;
         let (digest, size) = loop {
-            match ctx.source.fetch(&o, &ctx.blobs) {
+            match source(ctx, data)?.fetch(&o, &ctx.blobs) {
                 // The object changed while it was downloaded: start over with
                 // its new version (a few times; then the transition retries).
                 Err(SourceError::Changed(_)) if attempts < 3 => {

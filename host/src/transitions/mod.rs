@@ -16,7 +16,7 @@ use crate::core::policy::Verdict;
 use crate::ctx::Ctx;
 use crate::error::Failure;
 use crate::model::{BlobKind, ImageFormat, RuntimeConfig};
-use crate::source::SourceError;
+use crate::source::{Source, SourceError};
 
 mod check_image_exists;
 mod check_unpacked;
@@ -81,6 +81,18 @@ fn source_err(e: SourceError) -> Failure {
         SourceError::Denied(m) | SourceError::BadObject(m) => Failure::Input(m),
         e => Failure::Retry(e.to_string()),
     }
+}
+
+/// The run's source, which must still be configured (a source taken out of
+/// the configuration is the environment's doing: the run retries, and
+/// fails unsettled, so the image runs again if the source comes back).
+fn source<'c>(ctx: &'c Ctx, data: &RunData) -> Result<&'c dyn Source, Failure> {
+    ctx.sources.get(&data.source).ok_or_else(|| {
+        Failure::Retry(format!(
+            "the image's source {} is no longer configured",
+            printable(&data.source)
+        ))
+    })
 }
 
 fn open_blob(ctx: &Ctx, digest: &str) -> Result<File, Failure> {
