@@ -12,6 +12,8 @@ cargo fmt --all --check
 # the tests: the end-to-end tests need it. The build without it is linted too.
 cargo clippy --locked --workspace --all-targets --features tarpool/failpoints -- -D warnings
 cargo clippy --locked -p tarpool --lib --bins -- -D warnings
+# The workspace's tests include the layout test (tests/layout): it fails on an
+# import cycle between host modules or a file over 600 lines of non-test code.
 cargo test --locked --workspace --features tarpool/failpoints
 # The thin-pool backend on a real kernel's dm-thin, in one VM boot; the
 # worker's confinement tests run there too, on that kernel's Landlock. The
