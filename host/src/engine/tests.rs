@@ -163,6 +163,11 @@ fn setup_sources(sources: &[&[(&str, Vec<u8>)]]) -> Setup {
         }
         all.push(crate::source::parse(source.to_str().unwrap()).unwrap());
     }
+    setup_from(dir, all)
+}
+
+/// A state directory in `dir` and `sources`, under a fake snapshotter.
+fn setup_from(dir: tempfile::TempDir, all: Vec<Box<dyn crate::source::Source>>) -> Setup {
     let state_dir = crate::statedir::StateDir::new(dir.path().join("state"));
     std::fs::create_dir_all(&*state_dir).unwrap();
     let fake = Arc::new(FakeSnapshotter::default());
@@ -470,22 +475,51 @@ fn one_pass_serves_every_source_and_a_name_stays_with_the_first() {
     assert_eq!(c.top_chain, a.top_chain);
 }
 
+/// A fake source whose listing always fails (a real one fails so for a
+/// network or credentials problem; a directory source lists what is there).
+struct Unlistable;
+
+impl crate::source::Source for Unlistable {
+    fn uri(&self) -> String {
+        "fake://unlistable".into()
+    }
+
+    fn list(&self) -> Result<crate::source::Listing, crate::source::SourceError> {
+        Err(crate::source::SourceError::Io("the network is down".into()))
+    }
+
+    fn open(
+        &self,
+        key: &str,
+    ) -> Result<
+        (Box<dyn std::io::Read + Send>, crate::core::names::Listed),
+        crate::source::SourceError,
+    > {
+        Err(crate::source::SourceError::NotFound(key.into()))
+    }
+}
+
 #[test]
 fn a_source_that_cannot_be_listed_is_skipped_and_named() {
-    let s = setup_sources(&[
-        &[("a", rootfs_tar(&[("f", "x")]))],
-        &[("b", rootfs_tar(&[("g", "y")]))],
-    ]);
-    let gone = s.dir.path().join("source1");
-    std::fs::rename(&gone, s.dir.path().join("moved")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("source0/images");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::write(images.join("a.tar"), rootfs_tar(&[("f", "x")])).unwrap();
+    let first = crate::source::parse(dir.path().join("source0").to_str().unwrap()).unwrap();
+    let s = setup_from(dir, vec![first, Box::new(Unlistable)]);
     let (names, summary) = discover(&s.ctx).unwrap();
     assert_eq!(names, ["a"]);
-    assert_eq!(summary.unlisted.len(), 1, "{summary:?}");
-    assert!(summary.unlisted[0].0.ends_with("/source1"), "{summary:?}");
-    assert!(!summary.unlisted[0].1.contains('\n'));
+    assert_eq!(
+        summary.unlisted,
+        [(
+            "fake://unlistable".to_string(),
+            "source I/O: the network is down".to_string()
+        )]
+    );
     // With no source listable, the pass fails.
-    std::fs::rename(s.dir.path().join("source0"), s.dir.path().join("moved0")).unwrap();
-    assert!(discover(&s.ctx).is_err());
+    let s = setup_from(tempfile::tempdir().unwrap(), vec![Box::new(Unlistable)]);
+    let e = discover(&s.ctx).unwrap_err();
+    assert_eq!(e.to_string(), "source I/O: the network is down");
 }
 
 #[test]

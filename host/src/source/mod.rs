@@ -8,6 +8,7 @@ use crate::blobs::BlobStore;
 use crate::core::names::{printable, Listed, Rejected, UnitObject};
 
 pub mod dir;
+pub mod registry;
 pub mod s3;
 
 pub use dir::DirSource;

@@ -1,0 +1,4 @@
+//! The registry source (OCI distribution): so far, where its credentials
+//! come from ([`auth`]). Pulling is not implemented yet.
+
+pub mod auth;
