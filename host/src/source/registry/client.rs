@@ -1,0 +1,483 @@
+//! The distribution protocol's client: manifests and blobs fetched from one
+//! registry over hyper (rustls with ring; HTTP only when the source says
+//! `plain-http`), with the registry's authentication (anonymous, HTTP Basic,
+//! or the bearer-token flow) and redirects.
+//!
+//! Hand-written on hyper rather than `oci-client`, which would parse
+//! registry JSON in this process (error bodies, token claims, tag lists),
+//! drops the status and `Retry-After` of a refusal, and never refreshes a
+//! token on 401. Nothing here reads a manifest: its bytes are returned raw,
+//! capped, with their sha256. The one JSON read is the token server's
+//! answer (`token`, `expires_in`), from the server the registry names.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use base64::Engine as _;
+use http_body_util::Empty;
+use hyper::body::{Bytes, Incoming};
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as Hyper;
+use hyper_util::rt::TokioExecutor;
+use sha2::{Digest as _, Sha256};
+
+use super::answers::{
+    challenges, check, media_type, read_capped, token_answer, transport_error, Challenge,
+    RegistryError, MAX_TOKEN_ANSWER,
+};
+use super::auth::Credential;
+use crate::core::names::printable;
+use crate::core::registry::RegistrySpec;
+
+/// The media types a manifest or an index is asked for in.
+pub const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// Redirects followed for one request (registries send blobs to storage).
+const MAX_REDIRECTS: usize = 5;
+
+/// A manifest or index, as the registry served it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    /// `sha256:` of `bytes`.
+    pub digest: String,
+}
+
+/// What a `HEAD` of a manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`.
+    pub digest: String,
+    pub media_type: String,
+    pub size: Option<u64>,
+}
+
+/// A blob's body from `offset` on (the registry honoured the range), or
+/// from 0 (it did not).
+#[derive(Debug)]
+pub struct Blob {
+    pub from: u64,
+    pub body: Incoming,
+}
+
+type Http = Hyper<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// One registry, with its credential and the tokens it was given.
+pub struct Registry {
+    host: String,
+    scheme: &'static str,
+    http: Http,
+    credential: Option<Credential>,
+    /// Bearer tokens by scope, until when each is used.
+    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    /// The registry asked for HTTP Basic: send it from the start.
+    basic: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registry({}://{})", self.scheme, self.host)
+    }
+}
+
+/// The TLS roots: the system's, and the source's `ca-file`.
+fn tls_config(ca_file: Option<&str>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot use is skipped, as curl does.
+        let _ = roots.add(c);
+    }
+    if let Some(path) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<_, _>>())
+            .map_err(|e| format!("ca-file {path}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("ca-file {path}: no certificate in it"));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("ca-file {path}: {e}"))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl Registry {
+    /// A client of the registry `spec` names, asking with `credential`.
+    pub fn new(spec: &RegistrySpec, credential: Option<Credential>) -> Result<Registry, String> {
+        let tls = tls_config(spec.ca_file.as_deref())?;
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if spec.plain_http {
+            builder.https_or_http().enable_http1().build()
+        } else {
+            builder.https_only().enable_http1().build()
+        };
+        Ok(Registry {
+            host: spec.host.clone(),
+            scheme: if spec.plain_http { "http" } else { "https" },
+            http: Hyper::builder(TokioExecutor::new()).build(connector),
+            credential,
+            tokens: Mutex::new(HashMap::new()),
+            basic: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.host)
+    }
+
+    fn basic_header(&self) -> Option<String> {
+        match &self.credential {
+            Some(Credential::Basic { user, password }) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )),
+            _ => None,
+        }
+    }
+
+    /// The `Authorization` to send for `scope` now, if any.
+    fn authorization(&self, scope: &str) -> Option<String> {
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, until)) = tokens.get(scope) {
+            if Instant::now() < *until {
+                return Some(format!("Bearer {t}"));
+            }
+        }
+        drop(tokens);
+        if self.basic.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.basic_header();
+        }
+        None
+    }
+
+    /// Sends one request, following redirects; `Authorization` goes only
+    /// to the registry's own host.
+    async fn send_once(
+        &self,
+        method: &Method,
+        what: &str,
+        url: &str,
+        headers: &[(header::HeaderName, String)],
+        authorization: Option<&str>,
+    ) -> Result<Response<Incoming>, RegistryError> {
+        let mut url = url.to_string();
+        for _ in 0..=MAX_REDIRECTS {
+            let uri: hyper::Uri = url
+                .parse()
+                .map_err(|e| RegistryError::BadAnswer(what.into(), format!("bad URL: {e}")))?;
+            let own = uri.authority().is_some_and(|a| a.as_str() == self.host)
+                && uri.scheme_str() == Some(self.scheme);
+            let mut req = Request::builder().method(method.clone()).uri(uri.clone());
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if let (Some(a), true) = (authorization, own) {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let req = req
+                .body(Empty::new())
+                .map_err(|e| RegistryError::Transport(what.into(), e.to_string()))?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| RegistryError::Transport(what.into(), transport_error(&e)))?;
+            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            let loc = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| {
+                    RegistryError::BadAnswer(what.into(), "a redirect without a Location".into())
+                })?;
+            url = resolve(&uri, loc).ok_or_else(|| {
+                RegistryError::BadAnswer(what.into(), "a redirect to a bad Location".into())
+            })?;
+        }
+        Err(RegistryError::BadAnswer(
+            what.into(),
+            format!("more than {MAX_REDIRECTS} redirects"),
+        ))
+    }
+
+    /// Sends a request for `scope` (`repository:REPO:pull`), answering the
+    /// registry's challenge once: HTTP Basic, or a bearer token fetched
+    /// from the realm it names (refetched when a cached one is refused).
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        scope: &str,
+        headers: &[(header::HeaderName, String)],
+    ) -> Result<Response<Incoming>, RegistryError> {
+        let what = format!("{method} {}", printable(path));
+        let url = self.url(path);
+        let auth = self.authorization(scope);
+        let resp = self
+            .send_once(&method, &what, &url, headers, auth.as_deref())
+            .await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return check(&what, resp);
+        }
+        let challenge = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| challenges(v).ok())
+            .flatten()
+            .find(|c| c.scheme == "bearer" || c.scheme == "basic");
+        let retry = match challenge {
+            Some(c) if c.scheme == "basic" => {
+                let b = self.basic_header().ok_or_else(|| {
+                    RegistryError::Unauthorized(
+                        what.clone(),
+                        "the registry wants a user and password; none is configured for it".into(),
+                    )
+                })?;
+                if auth.as_deref() == Some(b.as_str()) {
+                    return Err(RegistryError::Unauthorized(
+                        what,
+                        "the registry refused the configured user and password".into(),
+                    ));
+                }
+                self.basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                b
+            }
+            Some(c) => {
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(scope);
+                let token = self.fetch_token(&what, &c, scope).await?;
+                format!("Bearer {token}")
+            }
+            None => {
+                return Err(RegistryError::Unauthorized(
+                    what,
+                    "the registry named no Basic or Bearer challenge".into(),
+                ))
+            }
+        };
+        let resp = self
+            .send_once(&method, &what, &url, headers, Some(&retry))
+            .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            let why = if retry.starts_with("Basic ") {
+                "the registry refused the configured user and password"
+            } else {
+                "the registry refused the token its token server gave"
+            };
+            return Err(RegistryError::Unauthorized(what, why.into()));
+        }
+        check(&what, resp)
+    }
+
+    /// A bearer token for `scope` from the challenge's realm (sent the
+    /// configured user and password, if any), cached until it expires.
+    async fn fetch_token(
+        &self,
+        what: &str,
+        c: &Challenge,
+        scope: &str,
+    ) -> Result<String, RegistryError> {
+        let realm = c.param("realm").ok_or_else(|| {
+            RegistryError::Unauthorized(
+                what.into(),
+                "the registry's Bearer challenge names no realm".into(),
+            )
+        })?;
+        let mut url = url::Url::parse(realm).map_err(|_| {
+            RegistryError::BadAnswer(what.into(), "the token realm is not a URL".into())
+        })?;
+        if !matches!(url.scheme(), "https" | "http")
+            || (url.scheme() == "http" && self.scheme == "https")
+        {
+            return Err(RegistryError::BadAnswer(
+                what.into(),
+                "the token realm is not HTTPS".into(),
+            ));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = c.param("service") {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", c.param("scope").unwrap_or(scope));
+        }
+        let basic = match &self.credential {
+            Some(Credential::IdentityToken(_)) => {
+                return Err(RegistryError::Unauthorized(
+                    what.into(),
+                    "an identity token (OAuth2 refresh token) is configured; tarpool does not exchange those yet".into(),
+                ))
+            }
+            _ => self.basic_header(),
+        };
+        let token_what = format!("{what} (token)");
+        let mut req = Request::get(url.as_str());
+        if let Some(b) = &basic {
+            req = req.header(header::AUTHORIZATION, b);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| RegistryError::Transport(token_what.clone(), e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| RegistryError::Transport(token_what.clone(), transport_error(&e)))?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            return Err(RegistryError::Unauthorized(
+                what.into(),
+                if basic.is_some() {
+                    "the token server refused the configured user and password".into()
+                } else {
+                    "the token server wants a user and password; none is configured for this registry".into()
+                },
+            ));
+        }
+        let resp = check(&token_what, resp)?;
+        let bytes = read_capped(&token_what, resp.into_body(), MAX_TOKEN_ANSWER).await?;
+        let (token, life) =
+            token_answer(&bytes).map_err(|e| RegistryError::BadAnswer(token_what, e))?;
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(scope.to_string(), (token.clone(), Instant::now() + life));
+        Ok(token)
+    }
+
+    /// `HEAD` of `repo`'s manifest `reference` (a tag or a digest): its
+    /// digest, media type and size, without its bytes.
+    pub async fn manifest_head(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<ManifestHead, RegistryError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let resp = self
+            .send(
+                Method::HEAD,
+                &path,
+                &pull_scope(repo),
+                &[(header::ACCEPT, MANIFEST_TYPES.into())],
+            )
+            .await?;
+        let what = format!("HEAD {}", printable(&path));
+        let h = resp.headers();
+        let digest = h
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .filter(|d| crate::core::chain::is_sha256_digest(d))
+            .ok_or_else(|| {
+                RegistryError::BadAnswer(what, "no sha256 Docker-Content-Digest".into())
+            })?
+            .to_string();
+        Ok(ManifestHead {
+            digest,
+            media_type: media_type(h),
+            size: h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        })
+    }
+
+    /// `repo`'s manifest `reference`, raw, at most `cap` bytes; by digest,
+    /// its bytes must hash to it.
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        cap: usize,
+    ) -> Result<Manifest, RegistryError> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let what = format!("GET {}", printable(&path));
+        let resp = self
+            .send(
+                Method::GET,
+                &path,
+                &pull_scope(repo),
+                &[(header::ACCEPT, MANIFEST_TYPES.into())],
+            )
+            .await?;
+        let media_type = media_type(resp.headers());
+        let bytes = read_capped(&what, resp.into_body(), cap).await?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if reference.starts_with("sha256:") && digest != reference {
+            return Err(RegistryError::BadAnswer(
+                what,
+                format!("the manifest's bytes are {digest}"),
+            ));
+        }
+        Ok(Manifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// `repo`'s blob `digest` from byte `offset` on (`Range`), or from 0
+    /// when the registry does not honour the range.
+    pub async fn blob(&self, repo: &str, digest: &str, offset: u64) -> Result<Blob, RegistryError> {
+        let path = format!("/v2/{repo}/blobs/{digest}");
+        let what = format!("GET {}", printable(&path));
+        let headers = if offset > 0 {
+            vec![(header::RANGE, format!("bytes={offset}-"))]
+        } else {
+            Vec::new()
+        };
+        let resp = self
+            .send(Method::GET, &path, &pull_scope(repo), &headers)
+            .await?;
+        let from = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let start = resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if start != Some(offset) {
+                return Err(RegistryError::BadAnswer(
+                    what,
+                    format!("asked for bytes from {offset}, got another range"),
+                ));
+            }
+            offset
+        } else {
+            0
+        };
+        Ok(Blob {
+            from,
+            body: resp.into_body(),
+        })
+    }
+}
+
+fn pull_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// A redirect's `Location` against the URL it came from.
+fn resolve(base: &hyper::Uri, loc: &str) -> Option<String> {
+    let base = url::Url::parse(&base.to_string()).ok()?;
+    let next = base.join(loc).ok()?;
+    matches!(next.scheme(), "http" | "https").then(|| next.to_string())
+}

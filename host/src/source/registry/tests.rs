@@ -1,0 +1,314 @@
+//! The registry client against a real registry: Debian's `docker-registry`
+//! (distribution 2.8) started here on 127.0.0.1, anonymous or with htpasswd
+//! auth, holding an image `skopeo copy` pushed to it. (The bearer-token flow
+//! is tested on its parts here; against a token server, not yet.)
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt as _;
+use sha2::{Digest as _, Sha256};
+
+use super::answers::{challenges, token_answer, RegistryError};
+use super::auth::Credential;
+use super::client::Registry;
+use crate::core::registry;
+
+/// A registry process of the test's own; killed when dropped.
+struct TestRegistry {
+    child: Child,
+    host: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a registry; with `user`, behind htpasswd auth for that user and
+/// password.
+fn start(user: Option<(&str, &str)>) -> TestRegistry {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut auth = String::new();
+    if let Some((u, p)) = user {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", u, p])
+            .output()
+            .expect("htpasswd (apache2-utils; deploy/install-deps.sh installs it)");
+        assert!(out.status.success());
+        std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+        auth = format!(
+            "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+            dir.path().join("htpasswd").display()
+        );
+    }
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+        dir.path().join("data").display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry (deploy/install-deps.sh installs it)");
+    let host = format!("127.0.0.1:{port}");
+    let r = TestRegistry {
+        child,
+        host: host.clone(),
+        _dir: dir,
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&host).is_err() {
+        assert!(Instant::now() < until, "the registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r
+}
+
+/// Pushes the example bucket's docker archive to `reference` on `r`.
+fn push(r: &TestRegistry, reference: &str, creds: Option<&str>) {
+    let archive =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/example-bucket/images/dockersave.tar");
+    let mut c = Command::new("skopeo");
+    c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+    if let Some(creds) = creds {
+        c.args(["--dest-creds", creds]);
+    }
+    let out = c
+        .arg(format!("docker-archive:{}", archive.display()))
+        .arg(format!("docker://{}/{reference}", r.host))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn client(r: &TestRegistry, credential: Option<Credential>) -> Registry {
+    let spec = registry::parse(&format!("registry://{}?plain-http", r.host)).unwrap();
+    Registry::new(&spec, credential).unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn basic(user: &str, password: &str) -> Option<Credential> {
+    Some(Credential::Basic {
+        user: user.into(),
+        password: password.into(),
+    })
+}
+
+async fn body(b: hyper::body::Incoming) -> Vec<u8> {
+    b.collect().await.unwrap().to_bytes().to_vec()
+}
+
+/// The layer digests a schema 2 manifest names (the test reads the JSON;
+/// the service never does).
+fn layers_of(manifest: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap();
+    v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn manifests_and_blobs_come_raw_and_verified() {
+    let r = start(None);
+    push(&r, "team/app:v1", None);
+    let c = client(&r, None);
+    rt().block_on(async {
+        let head = c.manifest_head("team/app", "v1").await.unwrap();
+        let m = c.manifest("team/app", "v1", 4 << 20).await.unwrap();
+        assert_eq!(head.digest, m.digest);
+        assert_eq!(
+            m.media_type,
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(head.size, Some(m.bytes.len() as u64));
+        // By digest, the same bytes.
+        let again = c.manifest("team/app", &m.digest, 4 << 20).await.unwrap();
+        assert_eq!(again.bytes, m.bytes);
+        // A cap below the manifest's size refuses it.
+        let e = c.manifest("team/app", "v1", 10).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GET /v2/team/app/manifests/v1: more than 10 bytes"
+        );
+
+        let layer = &layers_of(&m.bytes)[0];
+        let b = c.blob("team/app", layer, 0).await.unwrap();
+        assert_eq!(b.from, 0);
+        let whole = body(b.body).await;
+        assert_eq!(
+            format!("sha256:{}", hex::encode(Sha256::digest(&whole))),
+            *layer
+        );
+        // Resumed from byte 100: the rest, and only the rest.
+        let b = c.blob("team/app", layer, 100).await.unwrap();
+        assert_eq!(b.from, 100);
+        assert_eq!(body(b.body).await, whole[100..]);
+
+        // What is not there is a 404, in one line.
+        for (e, text) in [
+            (
+                c.manifest_head("team/app", "v2").await.unwrap_err(),
+                "HEAD /v2/team/app/manifests/v2: not found (404)",
+            ),
+            (
+                c.manifest("team/nothing", "v1", 1 << 20).await.unwrap_err(),
+                "GET /v2/team/nothing/manifests/v1: not found (404)",
+            ),
+        ] {
+            assert_eq!(e.to_string(), text);
+            assert!(!e.retryable());
+        }
+        let missing = format!("sha256:{}", "0".repeat(64));
+        let e = c.blob("team/app", &missing, 0).await.unwrap_err();
+        assert!(matches!(e, RegistryError::NotFound(_)), "{e}");
+    });
+}
+
+#[test]
+fn basic_auth_takes_the_configured_password_and_refuses_a_wrong_one() {
+    let r = start(Some(("anna", "s3cret")));
+    push(&r, "team/app:v1", Some("anna:s3cret"));
+    rt().block_on(async {
+        let ok = client(&r, basic("anna", "s3cret"));
+        let m = ok.manifest("team/app", "v1", 4 << 20).await.unwrap();
+        // After the first challenge, Basic is sent from the start.
+        ok.manifest_head("team/app", &m.digest).await.unwrap();
+
+        let e = client(&r, None).manifest_head("team/app", "v1").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HEAD /v2/team/app/manifests/v1: unauthorized (401): the registry wants a user and password; none is configured for it"
+        );
+        let e = client(&r, basic("anna", "wrong"))
+            .manifest("team/app", "v1", 4 << 20)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "GET /v2/team/app/manifests/v1: unauthorized (401): the registry refused the configured user and password"
+        );
+        assert!(!e.to_string().contains("wrong") && !e.to_string().contains("s3cret"));
+        assert!(!e.retryable());
+    });
+}
+
+#[test]
+fn a_registry_that_is_not_there_is_a_retryable_transport_error() {
+    let port = free_port();
+    let spec = registry::parse(&format!("registry://127.0.0.1:{port}/a?plain-http")).unwrap();
+    let c = Registry::new(&spec, None).unwrap();
+    let e = rt().block_on(c.manifest_head("a", "latest")).unwrap_err();
+    assert!(matches!(e, RegistryError::Transport(..)), "{e}");
+    assert!(e.retryable());
+    assert!(!e.to_string().contains('\n'));
+    // HTTPS unless asked: the same registry over TLS fails to connect.
+    let spec = registry::parse(&format!("registry://127.0.0.1:{port}/a")).unwrap();
+    let e = rt()
+        .block_on(
+            Registry::new(&spec, None)
+                .unwrap()
+                .manifest_head("a", "latest"),
+        )
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Transport(..)), "{e}");
+}
+
+#[test]
+fn challenges_and_token_answers() {
+    let c = challenges(
+        r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:team/api:pull,push""#,
+    )
+    .unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].scheme, "bearer");
+    assert_eq!(
+        c[0].params,
+        [
+            (
+                "realm".to_string(),
+                "https://auth.example.com/token".to_string()
+            ),
+            ("service".to_string(), "registry.example.com".to_string()),
+            (
+                "scope".to_string(),
+                "repository:team/api:pull,push".to_string()
+            ),
+        ]
+    );
+    let c = challenges(r#"Basic realm="x", Bearer realm="y""#).unwrap();
+    assert_eq!(
+        c.iter().map(|c| c.scheme.as_str()).collect::<Vec<_>>(),
+        ["basic", "bearer"]
+    );
+    assert!(challenges("Bearer realm=\"unterminated").is_err());
+
+    for (answer, expected) in [
+        (r#"{"token":"abc","expires_in":120}"#, Ok(("abc", 120))),
+        (r#"{"access_token":"xyz"}"#, Ok(("xyz", 60))),
+        (r#"{"token":"abc","expires_in":86400}"#, Ok(("abc", 300))),
+        (r#"{"token":"abc","expires_in":0}"#, Ok(("abc", 1))),
+        (
+            r#"{"token":""}"#,
+            Err("the token server gave no usable token"),
+        ),
+        (
+            r#"{"token":"a b"}"#,
+            Err("the token server gave no usable token"),
+        ),
+        ("<html>", Err("the token server's answer is not a token")),
+    ] {
+        let got = token_answer(answer.as_bytes()).map(|(t, d)| (t, d.as_secs()));
+        let expected = expected
+            .map(|(t, d)| (t.to_string(), d))
+            .map_err(str::to_string);
+        assert_eq!(got, expected, "{answer}");
+    }
+}
+
+#[test]
+fn a_ca_file_must_hold_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty: PathBuf = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let spec = registry::parse(&format!("registry://r.io/a?ca-file={}", empty.display())).unwrap();
+    let e = Registry::new(&spec, None).unwrap_err();
+    assert_eq!(
+        e,
+        format!("ca-file {}: no certificate in it", empty.display())
+    );
+    let spec = registry::parse("registry://r.io/a?ca-file=/nonexistent.pem").unwrap();
+    assert!(Registry::new(&spec, None)
+        .unwrap_err()
+        .starts_with("ca-file /nonexistent.pem: "));
+}
