@@ -14,7 +14,8 @@ die() { echo "install-deps: error: $*" >&2; exit 1; }
 # run (thin pool): dmsetup, e2fsprogs (mkfs.ext4), util-linux (losetup)
 # tests/fixtures: GNU tar, gzip, zstd, pigz, python3, umoci, skopeo
 # exec (OCI runtimes): crun (the default), runc (the tests run both)
-# registry source tests: docker-registry (distribution v2), apache2-utils (htpasswd)
+# registry source tests: docker-registry (distribution v2), apache2-utils (htpasswd),
+#        openssl (the test token server's key and certificate)
 # tests/vm (dm-thin on a real kernel): linux-image-amd64, qemu-system-x86,
 #        busybox-static (virtme-ng's init), thin-provisioning-tools (thin_ls)
 PACKAGES=(
@@ -22,7 +23,7 @@ PACKAGES=(
     dmsetup e2fsprogs util-linux
     tar gzip zstd pigz python3 umoci skopeo
     crun runc
-    docker-registry apache2-utils
+    docker-registry apache2-utils openssl
     linux-image-amd64 qemu-system-x86 busybox-static thin-provisioning-tools
 )
 WASM_TARGET=wasm32-wasip2

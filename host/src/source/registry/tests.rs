@@ -42,7 +42,6 @@ fn free_port() -> u16 {
 /// password.
 fn start(user: Option<(&str, &str)>) -> TestRegistry {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
     let mut auth = String::new();
     if let Some((u, p)) = user {
         let out = Command::new("htpasswd")
@@ -50,12 +49,20 @@ fn start(user: Option<(&str, &str)>) -> TestRegistry {
             .output()
             .expect("htpasswd (apache2-utils; deploy/install-deps.sh installs it)");
         assert!(out.status.success());
-        std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+        let file = dir.path().join("htpasswd");
+        std::fs::write(&file, &out.stdout).unwrap();
         auth = format!(
             "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-            dir.path().join("htpasswd").display()
+            file.display()
         );
     }
+    start_with(dir, &auth)
+}
+
+/// Starts a registry with `auth` (its configuration's `auth:` section, or
+/// nothing: anonymous).
+fn start_with(dir: tempfile::TempDir, auth: &str) -> TestRegistry {
+    let port = free_port();
     let config = format!(
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
         dir.path().join("data").display()
@@ -311,4 +318,244 @@ fn a_ca_file_must_hold_certificates() {
     assert!(Registry::new(&spec, None)
         .unwrap_err()
         .starts_with("ca-file /nonexistent.pem: "));
+}
+
+// ---- the bearer-token flow, against a token server of the test's own ----
+
+/// A key and its self-signed certificate (openssl), which the registry
+/// trusts for tokens.
+struct SigningKey {
+    pkcs8: Vec<u8>,
+    cert_der: Vec<u8>,
+    cert_pem: PathBuf,
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn signing_key(dir: &Path) -> SigningKey {
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &p("key.pem"),
+    ]);
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        &p("key.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        &p("key.p8"),
+    ]);
+    openssl(&[
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        &p("key.pem"),
+        "-subj",
+        "/CN=tarpool-test-tokens",
+        "-days",
+        "2",
+        "-out",
+        &p("cert.pem"),
+    ]);
+    openssl(&[
+        "x509",
+        "-in",
+        &p("cert.pem"),
+        "-outform",
+        "DER",
+        "-out",
+        &p("cert.der"),
+    ]);
+    SigningKey {
+        pkcs8: std::fs::read(p("key.p8")).unwrap(),
+        cert_der: std::fs::read(p("cert.der")).unwrap(),
+        cert_pem: dir.join("cert.pem"),
+    }
+}
+
+/// A JWT the registry accepts: ES256, the certificate in `x5c`, granting
+/// `actions` on repository `name`.
+fn token(key: &SigningKey, name: &str, actions: &str) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({
+        "typ": "JWT", "alg": "ES256",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(&key.cert_der)],
+    });
+    let claims = serde_json::json!({
+        "iss": "test-issuer", "sub": "anna", "aud": "test-registry",
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{name}-{actions}"),
+        "access": [{ "type": "repository", "name": name, "actions": actions.split(',').collect::<Vec<_>>() }],
+    });
+    let input = format!(
+        "{}.{}",
+        b64.encode(header.to_string()),
+        b64.encode(claims.to_string())
+    );
+    let rng = ring::rand::SystemRandom::new();
+    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key.pkcs8,
+        &rng,
+    )
+    .unwrap();
+    let sig = pair.sign(&rng, input.as_bytes()).unwrap();
+    format!("{input}.{}", b64.encode(sig.as_ref()))
+}
+
+/// The token server: HTTP Basic for anna/s3cret, a token for the scope
+/// asked; `wrong` answers grant another repository instead (a token the
+/// registry refuses).
+struct TokenServer {
+    port: u16,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    wrong: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn token_server(key: SigningKey) -> TokenServer {
+    use std::io::{BufRead as _, Write as _};
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let wrong = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (a, w) = (asked.clone(), wrong.clone());
+    std::thread::spawn(move || {
+        use base64::Engine as _;
+        let good = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("anna:s3cret")
+        );
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let target = line.split(' ').nth(1).unwrap_or("").to_string();
+            let mut authorized = false;
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = h.split_once(':') {
+                    authorized |= k.eq_ignore_ascii_case("authorization") && v.trim() == good;
+                }
+            }
+            a.fetch_add(1, SeqCst);
+            let url = url::Url::parse(&format!("http://x{target}")).unwrap();
+            let scope = url
+                .query_pairs()
+                .find(|(k, _)| k == "scope")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default();
+            let mut parts = scope.splitn(3, ':').skip(1);
+            let (name, actions) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let answer = if !authorized {
+                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            } else {
+                let name = if w.load(SeqCst) > 0 {
+                    w.fetch_sub(1, SeqCst);
+                    "other/repository"
+                } else {
+                    name
+                };
+                let body =
+                    serde_json::json!({ "token": token(&key, name, actions), "expires_in": 300 })
+                        .to_string();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    TokenServer { port, asked, wrong }
+}
+
+/// A registry whose auth is the bearer flow through `tokens`, trusting
+/// `cert`.
+fn start_with_tokens(tokens: &TokenServer, cert: &Path) -> TestRegistry {
+    start_with(
+        tempfile::tempdir().unwrap(),
+        &format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
+        tokens.port,
+        cert.display()
+    ),
+    )
+}
+
+#[test]
+fn bearer_tokens_are_fetched_cached_and_fetched_again_when_refused() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let key = signing_key(dir.path());
+    let cert = key.cert_pem.clone();
+    let tokens = token_server(key);
+    let r = start_with_tokens(&tokens, &cert);
+    push(&r, "team/app:v1", Some("anna:s3cret"));
+    rt().block_on(async {
+        let c = client(&r, basic("anna", "s3cret"));
+        let before = tokens.asked.load(SeqCst);
+        let m = c.manifest("team/app", "v1", 4 << 20).await.unwrap();
+        c.manifest_head("team/app", &m.digest).await.unwrap();
+        let layer = &layers_of(&m.bytes)[0];
+        let b = c.blob("team/app", layer, 0).await.unwrap();
+        let whole = body(b.body).await;
+        assert_eq!(format!("sha256:{}", hex::encode(Sha256::digest(&whole))), *layer);
+        // One token for the three requests of one scope.
+        assert_eq!(tokens.asked.load(SeqCst) - before, 1);
+
+        // A token the registry refuses: the request fails, and the next one
+        // fetches a new token instead of sending the refused one again.
+        let c = client(&r, basic("anna", "s3cret"));
+        tokens.wrong.store(1, SeqCst);
+        let e = c.manifest_head("team/app", "v1").await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "HEAD /v2/team/app/manifests/v1: unauthorized (401): the registry refused the token its token server gave"
+        );
+        let before = tokens.asked.load(SeqCst);
+        c.manifest_head("team/app", "v1").await.unwrap();
+        assert_eq!(tokens.asked.load(SeqCst) - before, 1);
+
+        // The token server's refusals, in one line and without the password.
+        for (cred, why) in [
+            (basic("anna", "wrong"), "the token server refused the configured user and password"),
+            (None, "the token server wants a user and password; none is configured for this registry"),
+        ] {
+            let e = client(&r, cred).manifest("team/app", "v1", 4 << 20).await.unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("GET /v2/team/app/manifests/v1: unauthorized (401): {why}")
+            );
+        }
+    });
 }
