@@ -75,12 +75,13 @@ fn valid_component(c: &str) -> bool {
     true
 }
 
-fn valid_repo(r: &str) -> bool {
+/// A repository name: `/`-separated components, at most 255 characters.
+pub fn valid_repo(r: &str) -> bool {
     (1..=MAX_REPO).contains(&r.len()) && r.split('/').all(valid_component)
 }
 
 /// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
+pub fn valid_tag(t: &str) -> bool {
     let b = t.as_bytes();
     (1..=128).contains(&b.len())
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
@@ -102,7 +103,7 @@ fn valid_host(h: &str) -> bool {
                 None => return false,
             },
         };
-        let ok = !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+        let ok = v6.parse::<std::net::Ipv6Addr>().is_ok();
         if !ok {
             return false;
         }
@@ -115,7 +116,7 @@ fn valid_host(h: &str) -> bool {
         let ok = !name.is_empty()
             && name.len() <= 253
             && name.split('.').all(|l| {
-                !l.is_empty()
+                (1..=63).contains(&l.len())
                     && !l.starts_with('-')
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -126,7 +127,11 @@ fn valid_host(h: &str) -> bool {
         (name, port)
     };
     let _ = name;
-    port.is_none_or(|p| !p.starts_with('0') && p.parse::<u16>().is_ok_and(|n| n > 0))
+    port.is_none_or(|p| {
+        !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    })
 }
 
 fn parse_platform(p: &str) -> Option<Platform> {
@@ -191,7 +196,8 @@ pub fn parse(spec: &str) -> Result<RegistrySpec, SpecError> {
         }
     }
     let mut s = RegistrySpec {
-        host: host.to_string(),
+        // Host names compare without case: one spelling.
+        host: host.to_ascii_lowercase(),
         image,
         plain_http: false,
         ca_file: None,
@@ -312,6 +318,10 @@ mod tests {
             "[::1]:5000 x tag _t.1-2 []",
         );
         check("registry://r.io", "r.io (catalog) []");
+        check(
+            "registry://Registry.Example.COM/a",
+            "registry.example.com a tag latest []",
+        );
         check("registry://r.io?plain-http", "r.io (catalog) [plain-http]");
     }
 
@@ -334,6 +344,18 @@ mod tests {
             ),
             (
                 "registry://r_io/a",
+                "the registry must be HOST or HOST:PORT",
+            ),
+            (
+                "registry://r.io:+443/a",
+                "the registry must be HOST or HOST:PORT",
+            ),
+            (
+                "registry://[1]:5000/a",
+                "the registry must be HOST or HOST:PORT",
+            ),
+            (
+                "registry://[:::::]/a",
                 "the registry must be HOST or HOST:PORT",
             ),
             ("registry://r.io/Team/api", "a repository is lowercase"),

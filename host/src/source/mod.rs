@@ -99,6 +99,15 @@ impl Sources {
 
 /// Parses `dir:PATH`, a plain path, or `s3://BUCKET[/PREFIX][?OPTIONS]`.
 pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+    if spec.starts_with("registry://") {
+        // Checked, so a bad reference is named precisely; then refused:
+        // the client exists (`registry::client`), the source does not yet.
+        crate::core::registry::parse(spec).map_err(SourceError::Config)?;
+        return Err(SourceError::Config(format!(
+            "registry source `{}`: pulling from registries is not implemented yet",
+            printable(spec)
+        )));
+    }
     if spec.starts_with("s3://") {
         return Ok(Box::new(s3::S3Source::new(spec)?));
     }
@@ -118,4 +127,26 @@ pub fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A `registry://` source is checked, then refused in one line until
+    /// the source is served.
+    #[test]
+    fn registry_sources_are_checked_then_refused() {
+        for (spec, expected) in [
+            (
+                "registry://r.io/team/api:v42",
+                "registry source `registry://r.io/team/api:v42`: pulling from registries is not implemented yet",
+            ),
+            (
+                "registry://r.io/Team/api",
+                "registry source `registry://r.io/Team/api`: a repository is lowercase",
+            ),
+        ] {
+            let e = super::parse(spec).err().expect(spec).to_string();
+            assert!(e.starts_with(expected), "{spec}: {e}");
+        }
+    }
 }

@@ -9,6 +9,8 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::{header, Response, StatusCode};
 
+use crate::core::names::printable;
+
 /// A token is used at most this long, whatever the server says.
 pub(super) const MAX_TOKEN_LIFE: Duration = Duration::from_secs(300);
 /// The most bytes of a token server's answer.
@@ -35,6 +37,9 @@ pub enum RegistryError {
     Transport(String, String),
     #[error("{0}: {1}")]
     BadAnswer(String, String),
+    /// A request tarpool refuses to make (a bad repository or reference).
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl RegistryError {
@@ -102,22 +107,27 @@ pub fn token_answer(bytes: &[u8]) -> Result<(String, Duration), String> {
 }
 
 /// `Retry-After`: seconds, or an HTTP date.
+/// The longest `Retry-After` taken as said.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// `Retry-After`: seconds, or an HTTP date; at most [`MAX_RETRY_AFTER`].
 pub(super) fn retry_after(v: Option<&header::HeaderValue>) -> Option<Duration> {
     let v = v?.to_str().ok()?.trim();
-    if let Ok(s) = v.parse::<u64>() {
-        return Some(Duration::from_secs(s));
-    }
-    let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
+    let d = match v.parse::<u64>() {
+        Ok(s) => Duration::from_secs(s),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
             .unwrap_or_default(),
-    )
+    };
+    Some(d.min(MAX_RETRY_AFTER))
 }
 
+/// The `Content-Type` without parameters, escaped for messages.
 pub(super) fn media_type(h: &hyper::HeaderMap) -> String {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+        .map(|v| printable(v.split(';').next().unwrap_or("").trim()))
         .unwrap_or_default()
 }
 
@@ -144,6 +154,9 @@ pub(super) fn check(
     })
 }
 
+/// The longest wait for the next bytes of a body.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The whole body, refused past `cap` bytes.
 pub(super) async fn read_capped(
     what: &str,
@@ -151,8 +164,19 @@ pub(super) async fn read_capped(
     cap: usize,
 ) -> Result<Vec<u8>, RegistryError> {
     let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| RegistryError::Transport(what.into(), e.to_string()))?;
+    loop {
+        let frame = match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
+            Err(_) => {
+                return Err(RegistryError::Transport(
+                    what.into(),
+                    format!("no data for {} s", READ_TIMEOUT.as_secs()),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(f)) => f,
+        };
+        let frame =
+            frame.map_err(|e| RegistryError::Transport(what.into(), printable(&e.to_string())))?;
         if let Ok(data) = frame.into_data() {
             if out.len() + data.len() > cap {
                 return Err(RegistryError::BadAnswer(
@@ -175,5 +199,5 @@ pub(super) fn transport_error(e: &hyper_util::client::legacy::Error) -> String {
         msg = format!("{msg}: {s}");
         src = s.source();
     }
-    msg.replace('\n', " ")
+    printable(&msg)
 }

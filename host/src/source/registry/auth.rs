@@ -63,14 +63,19 @@ pub fn auth_files(configured: Option<&Path>, env: &dyn Fn(&str) -> Option<String
 /// The entry's key with any scheme, `/v1/` or `/v2/` suffix taken off
 /// (docker writes `https://index.docker.io/v1/`).
 fn normalize_key(k: &str) -> &str {
-    let k = k
+    match k
         .strip_prefix("https://")
         .or_else(|| k.strip_prefix("http://"))
-        .unwrap_or(k);
-    let k = k.trim_end_matches('/');
-    k.strip_suffix("/v1")
-        .or_else(|| k.strip_suffix("/v2"))
-        .unwrap_or(k)
+    {
+        // Only a URL's path is an API version; `r.io/team/v1` is a repository.
+        Some(url) => {
+            let url = url.trim_end_matches('/');
+            url.strip_suffix("/v1")
+                .or_else(|| url.strip_suffix("/v2"))
+                .unwrap_or(url)
+        }
+        None => k,
+    }
 }
 
 /// Whether `key` (normalized) names `host/repo`: the host itself, or the
@@ -125,9 +130,9 @@ fn lookup(text: &str, host: &str, repo: &str) -> Result<Option<Credential>, Stri
             password: password.to_string(),
         }));
     }
-    Err(format!(
-        "the entry `{key}` has no `auth` or `identitytoken` (credential helpers are not supported)"
-    ))
+    // No secret here: docker writes such entries when a credential helper
+    // holds it (helpers are not run). Anonymous, or the next file's.
+    Ok(None)
 }
 
 /// The credential for `host` (`HOST[:PORT]`) and `repo` from the first of
@@ -192,12 +197,14 @@ mod tests {
             r#"{{"auths": {{
                 "r.io": {{"auth": "{}"}},
                 "r.io/team": {{"auth": "{}"}},
+                "r.io/team/v1": {{"auth": "{}"}},
                 "https://index.docker.io/v1/": {{"auth": "{}"}},
                 "127.0.0.1:5000": {{"identitytoken": "tok"}},
                 "other.io": {{"auth": "{}"}}
             }}}}"#,
             b64("anna:pw:with:colons"),
             b64("team:secret"),
+            b64("team-v1:secret"),
             b64("hub:x"),
             b64("o:o"),
         );
@@ -208,6 +215,7 @@ mod tests {
             Ok(basic("anna", "pw:with:colons")),
         );
         check(&file, "r.io", "team/api", Ok(basic("team", "secret")));
+        check(&file, "r.io", "team/v1/app", Ok(basic("team-v1", "secret")));
         check(
             &file,
             "r.io",
@@ -265,12 +273,8 @@ mod tests {
             "a",
             Err("the `auth` of `r.io` is not USER:PASSWORD"),
         );
-        check(
-            r#"{"auths": {"r.io": {}}}"#,
-            "r.io",
-            "a",
-            Err("the entry `r.io` has no `auth` or `identitytoken` (credential helpers are not supported)"),
-        );
+        // An entry without a secret (a credential helper's) is passed over.
+        check(r#"{"auths": {"r.io": {}}}"#, "r.io", "a", Ok(None));
         let c = basic("u", "hunter2").unwrap();
         assert_eq!(format!("{c:?}"), "Basic(<redacted>)");
     }

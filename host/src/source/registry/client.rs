@@ -172,7 +172,7 @@ impl Registry {
         url: &str,
         headers: &[(header::HeaderName, String)],
         authorization: Option<&str>,
-    ) -> Result<Response<Incoming>, RegistryError> {
+    ) -> Result<(Response<Incoming>, bool), RegistryError> {
         let mut url = url.to_string();
         for _ in 0..=MAX_REDIRECTS {
             let uri: hyper::Uri = url
@@ -190,13 +190,9 @@ impl Registry {
             let req = req
                 .body(Empty::new())
                 .map_err(|e| RegistryError::Transport(what.into(), e.to_string()))?;
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| RegistryError::Transport(what.into(), transport_error(&e)))?;
+            let resp = timed(what, self.http.request(req)).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
-                return Ok(resp);
+                return Ok((resp, own));
             }
             let loc = resp
                 .headers()
@@ -228,20 +224,34 @@ impl Registry {
         let what = format!("{method} {}", printable(path));
         let url = self.url(path);
         let auth = self.authorization(scope);
-        let resp = self
+        let (resp, own) = self
             .send_once(&method, &what, &url, headers, auth.as_deref())
             .await?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return check(&what, resp);
         }
-        let challenge = resp
+        if !own {
+            // Only the registry's own challenge is answered: a host it
+            // redirected to is never sent a credential or a token request.
+            return Err(RegistryError::Unauthorized(
+                what,
+                "a host the registry redirected to refused the request".into(),
+            ));
+        }
+        let offered: Vec<Challenge> = resp
             .headers()
             .get_all(header::WWW_AUTHENTICATE)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .filter_map(|v| challenges(v).ok())
             .flatten()
-            .find(|c| c.scheme == "bearer" || c.scheme == "basic");
+            .collect();
+        // Bearer first: it works anonymously too.
+        let challenge = offered
+            .iter()
+            .find(|c| c.scheme == "bearer")
+            .or_else(|| offered.iter().find(|c| c.scheme == "basic"))
+            .cloned();
         let retry = match challenge {
             Some(c) if c.scheme == "basic" => {
                 let b = self.basic_header().ok_or_else(|| {
@@ -257,6 +267,10 @@ impl Registry {
                     ));
                 }
                 self.basic.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.tokens
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 b
             }
             Some(c) => {
@@ -274,10 +288,20 @@ impl Registry {
                 ))
             }
         };
-        let resp = self
+        let (resp, own) = self
             .send_once(&method, &what, &url, headers, Some(&retry))
             .await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && !own {
+            return Err(RegistryError::Unauthorized(
+                what,
+                "a host the registry redirected to refused the request".into(),
+            ));
+        }
         if resp.status() == StatusCode::UNAUTHORIZED {
+            self.tokens
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(scope);
             let why = if retry.starts_with("Basic ") {
                 "the registry refused the configured user and password"
             } else {
@@ -305,20 +329,32 @@ impl Registry {
         let mut url = url::Url::parse(realm).map_err(|_| {
             RegistryError::BadAnswer(what.into(), "the token realm is not a URL".into())
         })?;
-        if !matches!(url.scheme(), "https" | "http")
-            || (url.scheme() == "http" && self.scheme == "https")
-        {
+        // HTTPS, or HTTP only to the registry's own host (any port) when
+        // it is plain HTTP itself: a password never crosses the network in
+        // clear to another host.
+        let own_host = self
+            .host
+            .rsplit_once(':')
+            .filter(|(h, p)| !p.contains(']') && !h.is_empty())
+            .map_or(self.host.as_str(), |(h, _)| h);
+        let same_host = url
+            .host_str()
+            .is_some_and(|h| h.eq_ignore_ascii_case(own_host));
+        let ok = url.scheme() == "https"
+            || (url.scheme() == "http" && self.scheme == "http" && same_host);
+        if !ok {
             return Err(RegistryError::BadAnswer(
                 what.into(),
                 "the token realm is not HTTPS".into(),
             ));
         }
         {
+            // Always our own scope: the token is cached under it.
             let mut q = url.query_pairs_mut();
             if let Some(s) = c.param("service") {
                 q.append_pair("service", s);
             }
-            q.append_pair("scope", c.param("scope").unwrap_or(scope));
+            q.append_pair("scope", scope);
         }
         let basic = match &self.credential {
             Some(Credential::IdentityToken(_)) => {
@@ -337,11 +373,7 @@ impl Registry {
         let req = req
             .body(Empty::new())
             .map_err(|e| RegistryError::Transport(token_what.clone(), e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| RegistryError::Transport(token_what.clone(), transport_error(&e)))?;
+        let resp = timed(&token_what, self.http.request(req)).await?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
             return Err(RegistryError::Unauthorized(
                 what.into(),
@@ -356,10 +388,10 @@ impl Registry {
         let bytes = read_capped(&token_what, resp.into_body(), MAX_TOKEN_ANSWER).await?;
         let (token, life) =
             token_answer(&bytes).map_err(|e| RegistryError::BadAnswer(token_what, e))?;
-        self.tokens
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(scope.to_string(), (token.clone(), Instant::now() + life));
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        tokens.retain(|_, (_, until)| *until > now);
+        tokens.insert(scope.to_string(), (token.clone(), now + life));
         Ok(token)
     }
 
@@ -371,6 +403,7 @@ impl Registry {
         reference: &str,
     ) -> Result<ManifestHead, RegistryError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
+        checked(&path, repo, reference)?;
         let resp = self
             .send(
                 Method::HEAD,
@@ -386,9 +419,15 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .filter(|d| crate::core::chain::is_sha256_digest(d))
             .ok_or_else(|| {
-                RegistryError::BadAnswer(what, "no sha256 Docker-Content-Digest".into())
+                RegistryError::BadAnswer(what.clone(), "no sha256 Docker-Content-Digest".into())
             })?
             .to_string();
+        if reference.starts_with("sha256:") && digest != reference {
+            return Err(RegistryError::BadAnswer(
+                what,
+                format!("asked for {reference}, the registry says {digest}"),
+            ));
+        }
         Ok(ManifestHead {
             digest,
             media_type: media_type(h),
@@ -408,6 +447,7 @@ impl Registry {
         cap: usize,
     ) -> Result<Manifest, RegistryError> {
         let path = format!("/v2/{repo}/manifests/{reference}");
+        checked(&path, repo, reference)?;
         let what = format!("GET {}", printable(&path));
         let resp = self
             .send(
@@ -437,6 +477,13 @@ impl Registry {
     /// when the registry does not honour the range.
     pub async fn blob(&self, repo: &str, digest: &str, offset: u64) -> Result<Blob, RegistryError> {
         let path = format!("/v2/{repo}/blobs/{digest}");
+        if !crate::core::chain::is_sha256_digest(digest) {
+            return Err(RegistryError::BadRequest(format!(
+                "GET {}: a blob is fetched by sha256 digest",
+                printable(&path)
+            )));
+        }
+        checked(&path, repo, digest)?;
         let what = format!("GET {}", printable(&path));
         let headers = if offset > 0 {
             vec![(header::RANGE, format!("bytes={offset}-"))]
@@ -447,17 +494,23 @@ impl Registry {
             .send(Method::GET, &path, &pull_scope(repo), &headers)
             .await?;
         let from = if resp.status() == StatusCode::PARTIAL_CONTENT {
-            let start = resp
+            // `bytes START-END/TOTAL`: from where asked, to the end.
+            let range = resp
                 .headers()
                 .get(header::CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(offset) {
+                .and_then(|v| v.split_once('/'))
+                .and_then(|(span, total)| {
+                    let (a, b) = span.split_once('-')?;
+                    let (a, b) = (a.parse::<u64>().ok()?, b.parse::<u64>().ok()?);
+                    let to_end = total == "*" || total.parse::<u64>().ok()? == b.checked_add(1)?;
+                    Some((a, to_end))
+                });
+            if offset == 0 || range != Some((offset, true)) {
                 return Err(RegistryError::BadAnswer(
                     what,
-                    format!("asked for bytes from {offset}, got another range"),
+                    format!("asked for bytes from {offset} to the end, got another range"),
                 ));
             }
             offset
@@ -468,6 +521,40 @@ impl Registry {
             from,
             body: resp.into_body(),
         })
+    }
+}
+
+/// A repository and a reference (tag or sha256 digest) as the distribution
+/// grammar allows them: nothing else reaches a URL or a token scope.
+fn checked(path: &str, repo: &str, reference: &str) -> Result<(), RegistryError> {
+    use crate::core::registry::{valid_repo, valid_tag};
+    let ok = valid_repo(repo)
+        && (valid_tag(reference) || crate::core::chain::is_sha256_digest(reference));
+    if ok {
+        Ok(())
+    } else {
+        Err(RegistryError::BadRequest(format!(
+            "{}: not a repository and a tag or sha256 digest",
+            printable(path)
+        )))
+    }
+}
+
+/// The most a request may take to its answer's headers (connecting, TLS,
+/// the registry's time); its body is read frame by frame under
+/// [`super::answers::READ_TIMEOUT`].
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn timed(
+    what: &str,
+    f: impl std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
+) -> Result<Response<Incoming>, RegistryError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        Err(_) => Err(RegistryError::Transport(
+            what.into(),
+            format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+        )),
+        Ok(r) => r.map_err(|e| RegistryError::Transport(what.into(), transport_error(&e))),
     }
 }
 

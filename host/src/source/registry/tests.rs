@@ -559,3 +559,160 @@ fn bearer_tokens_are_fetched_cached_and_fetched_again_when_refused() {
         }
     });
 }
+
+// ---- what a hostile registry cannot make the client do ----
+
+type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A scripted HTTP server: each request's head is recorded, and `answer`
+/// gives the response to it.
+fn scripted(answer: impl Fn(&str) -> String + Send + 'static) -> (u16, Heads) {
+    use std::io::{Read as _, Write as _};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads: Heads = Default::default();
+    let h = heads.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = Vec::new();
+            let mut byte = [0u8; 1];
+            while !buf.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                buf.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&buf).to_string();
+            h.lock().unwrap().push(head.clone());
+            let _ = conn.write_all(answer(&head).as_bytes());
+        }
+    });
+    (port, heads)
+}
+
+fn http(status: &str, headers: &[String], body: &str) -> String {
+    let mut r = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    format!("{r}\r\n{body}")
+}
+
+#[test]
+fn credentials_never_follow_a_redirect_to_another_host() {
+    // B: where the registry sends its blobs; it refuses with a challenge of
+    // its own, which must not be answered.
+    let (b_port, b_heads) = scripted(|_| {
+        http(
+            "401 Unauthorized",
+            &[r#"WWW-Authenticate: Bearer realm="http://127.0.0.1:9/steal""#.to_string()],
+            "",
+        )
+    });
+    // A: the registry; it wants Basic, then redirects to B.
+    let (a_port, a_heads) = scripted(move |head| {
+        if head
+            .to_ascii_lowercase()
+            .contains("\r\nauthorization: basic ")
+        {
+            http(
+                "307 Temporary Redirect",
+                &[format!("Location: http://127.0.0.1:{b_port}/blob")],
+                "",
+            )
+        } else {
+            http(
+                "401 Unauthorized",
+                &[r#"WWW-Authenticate: Basic realm="r""#.to_string()],
+                "",
+            )
+        }
+    });
+    let spec = registry::parse(&format!("registry://127.0.0.1:{a_port}?plain-http")).unwrap();
+    let c = Registry::new(&spec, basic("anna", "s3cret")).unwrap();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let e = rt().block_on(c.blob("team/app", &digest, 0)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("GET /v2/team/app/blobs/{digest}: unauthorized (401): a host the registry redirected to refused the request")
+    );
+    assert_eq!(
+        a_heads.lock().unwrap().len(),
+        2,
+        "A: challenged, then redirected"
+    );
+    let b = b_heads.lock().unwrap();
+    assert_eq!(
+        b.len(),
+        1,
+        "B is asked once, and its challenge is not answered"
+    );
+    assert!(
+        !b[0].to_ascii_lowercase().contains("authorization"),
+        "{}",
+        b[0]
+    );
+}
+
+#[test]
+fn bad_names_and_answers_are_refused() {
+    let (port, heads) = scripted(|head| {
+        if head.starts_with("HEAD") {
+            // A digest other than the one asked for.
+            http(
+                "200 OK",
+                &[format!("Docker-Content-Digest: sha256:{}", "b".repeat(64))],
+                "",
+            )
+        } else {
+            // Bytes 10-19 of 100, asked for 10 to the end.
+            http(
+                "206 Partial Content",
+                &["Content-Range: bytes 10-19/100".to_string()],
+                "0123456789",
+            )
+        }
+    });
+    let spec = registry::parse(&format!("registry://127.0.0.1:{port}?plain-http")).unwrap();
+    let c = Registry::new(&spec, None).unwrap();
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    rt().block_on(async {
+        // Nothing outside the grammar reaches a URL.
+        for (repo, reference) in [
+            ("team/app?x=1", "v1"),
+            ("team/../v2", "v1"),
+            ("team/app", "v1#x"),
+            ("team/app", "sha512:00"),
+        ] {
+            let e = c.manifest_head(repo, reference).await.unwrap_err();
+            assert!(
+                matches!(e, RegistryError::BadRequest(_)),
+                "{repo} {reference}: {e}"
+            );
+        }
+        let e = c.blob("team/app", "v1", 0).await.unwrap_err();
+        assert!(matches!(e, RegistryError::BadRequest(_)), "{e}");
+        assert!(heads.lock().unwrap().is_empty(), "no request was sent");
+
+        let e = c.manifest_head("team/app", &d('a')).await.unwrap_err();
+        assert!(
+            e.to_string().ends_with(&format!(
+                "asked for {}, the registry says {}",
+                d('a'),
+                d('b')
+            )),
+            "{e}"
+        );
+        let e = c.blob("team/app", &d('a'), 10).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .ends_with("asked for bytes from 10 to the end, got another range"),
+            "{e}"
+        );
+        // A 206 to a request without a range is refused too.
+        let e = c.blob("team/app", &d('a'), 0).await.unwrap_err();
+        assert!(e.to_string().ends_with("got another range"), "{e}");
+    });
+}
