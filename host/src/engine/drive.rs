@@ -165,8 +165,18 @@ pub(super) fn one_transition(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<D
         Err(Failure::Exhausted(m)) => Outcome::Exhausted(ctx.sanitize(m)),
         Err(Failure::Cancelled) => Outcome::Cancelled,
     };
+    let decision = match (transition, &outcome) {
+        (Some(t), _) => decide(t, run.attempt, &outcome, &ctx.retry),
+        // No transition to name the failure after: the run's data is bad.
+        (None, o) => Decision::Fail {
+            reason: match o {
+                Outcome::Unrecoverable(m) => m.clone(),
+                _ => "unknown transition".into(),
+            },
+            kind: FailureKind::Input,
+        },
+    };
     let transition = transition.unwrap_or(Transition::Completed);
-    let decision = decide(transition, run.attempt, &outcome, &ctx.retry);
     let output = result.as_ref().ok().map(|v| v.to_string());
     let err_text = match &outcome {
         Outcome::Retryable(m) | Outcome::Unrecoverable(m) | Outcome::Exhausted(m) => {
@@ -267,7 +277,8 @@ pub(super) fn one_transition(ctx: &Ctx, run_id: &str) -> anyhow::Result<Option<D
                     output: None,
                     error: err_text.as_deref(),
                     status: RunStatus::Failed,
-                    next_step: Some(transition.name()),
+                    // Where the run stopped, as stored (an unknown name too).
+                    next_step: run.next_step.as_deref(),
                     attempt: run.attempt,
                     data: &run.data,
                     run_error: Some(&reason),
