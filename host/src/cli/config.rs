@@ -84,6 +84,16 @@ pub(crate) struct Overrides<'a> {
     pub(crate) metrics_addr: Option<&'a str>,
 }
 
+impl Overrides<'_> {
+    /// Only `--backend` (the commands that take no other override).
+    pub(crate) fn backend(backend: Option<crate::core::states::Backend>) -> Self {
+        Overrides {
+            backend,
+            ..Overrides::default()
+        }
+    }
+}
+
 /// The checked configuration every command works from.
 pub(crate) struct Config {
     pub(crate) state_dir: crate::statedir::StateDir,

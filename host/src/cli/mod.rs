@@ -128,13 +128,7 @@ pub fn main() -> Result<u8> {
             suid,
             backend,
         } => {
-            let cfg = config(
-                &args,
-                &Overrides {
-                    backend: *backend,
-                    ..Overrides::default()
-                },
-            )?;
+            let cfg = config(&args, &Overrides::backend(*backend))?;
             let suid = if *suid {
                 crate::sys::Suid::Honoured
             } else {
@@ -143,13 +137,7 @@ pub fn main() -> Result<u8> {
             activate(&cfg, name, as_.as_deref(), mount.as_deref(), suid)
         }
         Cmd::Deactivate { act, backend } => {
-            let cfg = config(
-                &args,
-                &Overrides {
-                    backend: *backend,
-                    ..Overrides::default()
-                },
-            )?;
+            let cfg = config(&args, &Overrides::backend(*backend))?;
             deactivate(&cfg, act)
         }
         Cmd::Exec {
@@ -158,13 +146,7 @@ pub fn main() -> Result<u8> {
             run,
             cmd,
         } => {
-            let cfg = config(
-                &args,
-                &Overrides {
-                    backend: *b,
-                    ..Overrides::default()
-                },
-            )?;
+            let cfg = config(&args, &Overrides::backend(*b))?;
             let opts = run.options()?;
             let store = open_store(&cfg.state_dir)?;
             crate::container::exec(
@@ -216,13 +198,7 @@ pub fn main() -> Result<u8> {
             }
         }
         Cmd::Gc { backend, json } => {
-            let cfg = config(
-                &args,
-                &Overrides {
-                    backend: *backend,
-                    ..Overrides::default()
-                },
-            )?;
+            let cfg = config(&args, &Overrides::backend(*backend))?;
             gc(&cfg, *json)
         }
         Cmd::Recover { wipe, json } => {
