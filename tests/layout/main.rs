@@ -335,21 +335,18 @@ fn cycles(edges: &BTreeSet<Edge>) -> Vec<String> {
     }
     let mut found = Vec::new();
     let mut done: BTreeSet<&str> = BTreeSet::new();
+    let children = |n: &str| -> std::vec::IntoIter<&str> {
+        graph
+            .get(n)
+            .map(|m| m.keys().copied().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+    };
     for &start in graph.keys() {
         // Depth-first from each node, reporting a path back to a node on
-        // the stack.
-        let mut stack: Vec<(&str, Vec<&str>)> = vec![(start, Vec::new())];
-        let mut on_path: Vec<&str> = Vec::new();
-        let mut iters: Vec<std::vec::IntoIter<&str>> = Vec::new();
-        let _ = &mut stack;
-        on_path.push(start);
-        iters.push(
-            graph
-                .get(start)
-                .map(|m| m.keys().copied().collect::<Vec<_>>())
-                .unwrap_or_default()
-                .into_iter(),
-        );
+        // the path.
+        let mut on_path: Vec<&str> = vec![start];
+        let mut iters = vec![children(start)];
         while let Some(it) = iters.last_mut() {
             match it.next() {
                 Some(next) if done.contains(next) => {}
@@ -367,13 +364,7 @@ fn cycles(edges: &BTreeSet<Edge>) -> Vec<String> {
                         }
                     } else {
                         on_path.push(next);
-                        iters.push(
-                            graph
-                                .get(next)
-                                .map(|m| m.keys().copied().collect::<Vec<_>>())
-                                .unwrap_or_default()
-                                .into_iter(),
-                        );
+                        iters.push(children(next));
                     }
                 }
                 None => {

@@ -92,46 +92,42 @@ pub fn valid_tag(t: &str) -> bool {
 /// `host`, `host:port`, `[v6]:port`: letters, digits, `.`, `-`, and a
 /// port of 1 to 65535.
 fn valid_host(h: &str) -> bool {
-    let (name, port) = if let Some(rest) = h.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return false;
-        };
-        let port = match after {
-            "" => None,
-            p => match p.strip_prefix(':') {
-                Some(p) => Some(p),
-                None => return false,
-            },
-        };
-        let ok = v6.parse::<std::net::Ipv6Addr>().is_ok();
-        if !ok {
-            return false;
+    let (name_ok, port) = match h.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return false;
+            };
+            let port = match after {
+                "" => None,
+                p => match p.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return false,
+                },
+            };
+            (v6.parse::<std::net::Ipv6Addr>().is_ok(), port)
         }
-        ("", port)
-    } else {
-        let (name, port) = match h.split_once(':') {
-            Some((n, p)) => (n, Some(p)),
-            None => (h, None),
-        };
-        let ok = !name.is_empty()
-            && name.len() <= 253
-            && name.split('.').all(|l| {
-                (1..=63).contains(&l.len())
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            });
-        if !ok {
-            return false;
+        None => {
+            let (name, port) = match h.split_once(':') {
+                Some((n, p)) => (n, Some(p)),
+                None => (h, None),
+            };
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    (1..=63).contains(&l.len())
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            (ok, port)
         }
-        (name, port)
     };
-    let _ = name;
-    port.is_none_or(|p| {
-        !p.starts_with('0')
-            && p.bytes().all(|b| b.is_ascii_digit())
-            && p.parse::<u16>().is_ok_and(|n| n > 0)
-    })
+    name_ok
+        && port.is_none_or(|p| {
+            !p.starts_with('0')
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok_and(|n| n > 0)
+        })
 }
 
 fn parse_platform(p: &str) -> Option<Platform> {

@@ -48,12 +48,7 @@ impl Snapshotter for FakeSnapshotter {
     ) -> Result<ApplyStats, Failure> {
         self.record(format!("apply {id} on {parents:?}"));
         if let Some(e) = &*self.fail_apply.lock().unwrap() {
-            return Err(match e {
-                Failure::Input(m) => Failure::Input(m.clone()),
-                Failure::Retry(m) => Failure::Retry(m.clone()),
-                Failure::Exhausted(m) => Failure::Exhausted(m.clone()),
-                Failure::Cancelled => Failure::Cancelled,
-            });
+            return Err(e.clone());
         }
         Ok(ApplyStats {
             entries: 3,
