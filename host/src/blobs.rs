@@ -7,6 +7,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+#[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,

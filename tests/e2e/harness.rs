@@ -11,11 +11,12 @@ use std::process::{Command, Output};
 pub const BIN: &str = env!("CARGO_BIN_EXE_tarpool");
 
 /// The transitions, in registration order (the CLI contract's names).
-pub const STEPS: [&str; 9] = [
+pub const STEPS: [&str; 10] = [
     "check-image-exists",
     "download",
     "classify",
     "parse-manifest",
+    "fetch-layers",
     "check-unpacked",
     "unpack-layers",
     "create-snapshot",

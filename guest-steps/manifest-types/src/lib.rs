@@ -12,6 +12,9 @@
 pub enum UnitKind {
     Prefix,
     Archive,
+    /// An image in a registry: one member, `manifest`; everything else is
+    /// read by digest (`manifests/sha256/<hex>`, `blobs/sha256/<hex>`).
+    Registry,
 }
 
 /// One member of the unit (mirrors `member`).
@@ -116,6 +119,7 @@ macro_rules! guest_parse {
                 let unit = match unit {
                     wit::UnitKind::Prefix => $crate::UnitKind::Prefix,
                     wit::UnitKind::Archive => $crate::UnitKind::Archive,
+                    wit::UnitKind::Registry => $crate::UnitKind::Registry,
                 };
                 let members: ::std::vec::Vec<$crate::Member> = members
                     .into_iter()

@@ -12,6 +12,7 @@ mod tarpool {
             pub enum UnitKind {
                 Prefix,
                 Archive,
+                Registry,
             }
             pub struct Member {
                 pub name: String,
@@ -73,7 +74,7 @@ trait Guest {
 }
 
 /// Answers `none` for an archive, fails on an empty prefix, and otherwise
-/// echoes what it was given: one layer per member, each media in turn,
+/// echoes what it was given (the format names a registry image): one layer per member, each media in turn,
 /// the options in the runtime config, and what it read.
 fn echo(
     unit: UnitKind,
@@ -92,7 +93,11 @@ fn echo(
         LayerMedia::Detect,
     ];
     Ok(Some(ImageLayout {
-        format: "echo".into(),
+        format: match unit {
+            UnitKind::Registry => "echo-registry",
+            _ => "echo",
+        }
+        .into(),
         layers: members
             .iter()
             .zip(media.into_iter().cycle())
@@ -186,6 +191,9 @@ fn guest_parse_passes_none_and_errors_through() {
         <Step as Guest>::parse(wit::UnitKind::Prefix, vec![], options()),
         Err("no members".to_string())
     );
+    // A registry image arrives as one.
+    let got = <Step as Guest>::parse(wit::UnitKind::Registry, members(&["manifest"]), options());
+    assert_eq!(got.unwrap().unwrap().format, "echo-registry");
 }
 
 #[test]

@@ -45,6 +45,7 @@ pub enum ImageFormat {
     OciArchive,
     OciLayout,
     SingleLayer,
+    Registry,
 }
 
 impl ImageFormat {
@@ -56,6 +57,7 @@ impl ImageFormat {
             ImageFormat::OciArchive => "oci-archive",
             ImageFormat::OciLayout => "oci-layout",
             ImageFormat::SingleLayer => "single-layer",
+            ImageFormat::Registry => "registry",
         }
     }
 }
@@ -123,6 +125,7 @@ fn parse_inner(
             }
             parse_ad_hoc(members).map(Some)
         }
+        UnitKind::Registry => parse_registry(members, read, opts).map(Some),
         UnitKind::Archive => {
             // A marker's name alone does not make an image archive: a flat
             // root filesystem may hold a `/manifest.json` too. The archive's
@@ -698,8 +701,30 @@ fn parse_oci(
         e => e,
     };
 
-    let mut chosen = choose("index.json", entries, opts)?;
-    let mut label = String::from("index.json");
+    from_index(
+        Blobs::Members(idx),
+        read,
+        opts,
+        format,
+        "index.json",
+        entries,
+    )
+    .map(Some)
+}
+
+/// The image an index's `entries` lead to for the options' platform,
+/// following nested indexes (at most `max_index_depth`, no cycles); `label`
+/// names the index in errors.
+fn from_index(
+    blobs: Blobs<'_, '_>,
+    read: &mut Read<'_>,
+    opts: &ManifestOptions,
+    format: ImageFormat,
+    label: &str,
+    entries: &[Descriptor],
+) -> Result<ImageLayout, String> {
+    let mut chosen = choose(label, entries, opts)?;
+    let mut label = String::from(label);
     // Digests of the nested indexes followed, outermost first.
     let mut path: Vec<String> = Vec::new();
     let max_depth = usize::try_from(opts.max_index_depth).unwrap_or(usize::MAX);
@@ -716,7 +741,7 @@ fn parse_oci(
         }
         path.push(digest.to_owned());
         let nested_label = format!("nested index {}", short(digest));
-        let bytes = read_blob(idx, read, &chosen, &label, &nested_label)?;
+        let bytes = blobs.read(read, &chosen, &label, &nested_label)?;
         let probe: IndexProbe = decode(&bytes, &nested_label, &strict::INDEX_OR_MANIFEST)?;
         if !check_index(&nested_label, &probe, Some(chosen.media_type().as_ref()))? {
             return Err(format!("{nested_label}: `manifests` is missing or null"));
@@ -732,11 +757,32 @@ fn parse_oci(
             quote_name(chosen.media_type().as_ref())
         ));
     }
-    let bytes = read_blob(idx, read, &chosen, &label, "manifest")?;
-    let probe: ManifestProbe = decode(&bytes, "manifest", &strict::INDEX_OR_MANIFEST)?;
-    check_manifest(&probe, chosen.media_type().as_ref())?;
+    let bytes = blobs.read(read, &chosen, &label, "manifest")?;
+    from_manifest(
+        blobs,
+        read,
+        opts,
+        format,
+        &bytes,
+        chosen.media_type().as_ref(),
+    )
+}
+
+/// The image a manifest describes: its config's runtime config and diff
+/// IDs, and its layers, where `blobs` holds them. `expected`: the media
+/// type of the descriptor that led to it.
+fn from_manifest(
+    blobs: Blobs<'_, '_>,
+    read: &mut Read<'_>,
+    opts: &ManifestOptions,
+    format: ImageFormat,
+    bytes: &[u8],
+    expected: &str,
+) -> Result<ImageLayout, String> {
+    let probe: ManifestProbe = decode(bytes, "manifest", &strict::INDEX_OR_MANIFEST)?;
+    check_manifest(&probe, expected)?;
     let manifest: ImageManifest =
-        decode_oci(&bytes, "manifest", probe.schema_version.is_none(), |v| {
+        decode_oci(bytes, "manifest", probe.schema_version.is_none(), |v| {
             v.entry("schemaVersion").or_insert(2.into());
         })?;
     let (config_desc, layer_descs) = (manifest.config(), manifest.layers());
@@ -751,7 +797,7 @@ fn parse_oci(
             quote_name(config_desc.media_type().as_ref())
         ));
     }
-    let bytes = read_blob(idx, read, config_desc, "manifest", "config")?;
+    let bytes = blobs.read(read, config_desc, "manifest", "config")?;
     let mut config = decode_config(&bytes)?;
     check_platform(&config, opts)?;
     let runtime = runtime_config(config.config().as_ref())?;
@@ -767,28 +813,138 @@ fn parse_oci(
                 quote_name(media_type)
             )
         })?;
-        let hex = sha256_hex(&what, desc.digest().as_ref())?;
-        let foreign = desc.urls().as_ref().is_some_and(|u| !u.is_empty());
-        if foreign && !idx.contains(&format!("blobs/sha256/{hex}")) {
-            return Err(format!(
-                "{what} is a foreign layer (it has `urls`) whose blob is not in the image; layers are never fetched"
-            ));
-        }
-        let member = blob_member(idx, desc, &what)?;
         layers.push(LayerRef {
-            member: member.name.clone(),
+            member: blobs.layer(desc, &what)?,
             media,
             digest: Some(desc.digest().to_string()),
             diff_id: Some(diff_id),
             size: Some(desc.size()),
         });
     }
-    Ok(Some(ImageLayout {
+    Ok(ImageLayout {
         format: format.name().into(),
         layers,
         config_digest: Some(config_desc.digest().to_string()),
         config: Some(runtime),
-    }))
+    })
+}
+
+// --------------------------------------------------------------- registry
+
+/// An image in a registry: the unit's one member, `manifest`, is the
+/// manifest or index its reference names (a docker schema 2 or OCI
+/// document, told apart by its `mediaType`, or by its fields when it has
+/// none); everything it points to is read by digest through
+/// [`Blobs::Registry`], and the host fetches and verifies each on demand.
+fn parse_registry(
+    members: &[Member],
+    read: &mut Read<'_>,
+    opts: &ManifestOptions,
+) -> Result<ImageLayout, String> {
+    let top = members
+        .iter()
+        .find(|m| m.name == "manifest")
+        .ok_or("a registry image has no `manifest` member")?;
+    let bytes = read_bytes(read, top, "manifest")?;
+    let probe: IndexProbe = decode(&bytes, "manifest", &strict::INDEX_OR_MANIFEST)?;
+    let media_type = probe.media_type.as_deref().map(MediaType::from);
+    let index = match &media_type {
+        Some(mt) => is_index(mt),
+        None => probe.manifests.is_some(),
+    };
+    if index {
+        if !check_index("index", &probe, None)? {
+            return Err("index: `manifests` is missing or null".into());
+        }
+        let index = decode_index(&bytes, "index", &probe)?;
+        return from_index(
+            Blobs::Registry,
+            read,
+            opts,
+            ImageFormat::Registry,
+            "index",
+            index.manifests(),
+        );
+    }
+    let mt = media_type.unwrap_or(MediaType::ImageManifest);
+    if is_schema1(&mt) || probe.fs_layers.0 {
+        return Err("manifest: schema 1 manifests are not supported".into());
+    }
+    if !is_manifest(&mt) {
+        return Err(format!(
+            "manifest: media type {} is not an image manifest or index",
+            quote_name(mt.as_ref())
+        ));
+    }
+    from_manifest(
+        Blobs::Registry,
+        read,
+        opts,
+        ImageFormat::Registry,
+        &bytes,
+        mt.as_ref(),
+    )
+}
+
+/// Where an image's blobs are read from: the members of a layout or an
+/// archive (`blobs/sha256/<hex>`, listed with the descriptor's size), or a
+/// registry, from which the host fetches each by digest when it is read
+/// (`manifests/sha256/<hex>` for a manifest or an index, `blobs/sha256/<hex>`
+/// for anything else).
+#[derive(Clone, Copy)]
+enum Blobs<'i, 'm> {
+    Members(&'i Index<'m>),
+    Registry,
+}
+
+impl Blobs<'_, '_> {
+    /// The bytes `desc` names, of its size; `referrer` names the document
+    /// that holds `desc` in errors, `label` the blob.
+    fn read(
+        &self,
+        read: &mut Read<'_>,
+        desc: &Descriptor,
+        referrer: &str,
+        label: &str,
+    ) -> Result<Vec<u8>, String> {
+        match self {
+            Blobs::Members(idx) => read_blob(idx, read, desc, referrer, label),
+            Blobs::Registry => {
+                let hex = sha256_hex(referrer, desc.digest().as_ref())?;
+                let mt = desc.media_type();
+                let dir = if is_manifest(mt) || is_index(mt) {
+                    "manifests"
+                } else {
+                    "blobs"
+                };
+                let member = Member {
+                    name: format!("{dir}/sha256/{hex}"),
+                    size: desc.size(),
+                };
+                read_bytes(read, &member, label)
+            }
+        }
+    }
+
+    /// The member that holds the layer `desc` names (`what` in errors).
+    fn layer(&self, desc: &Descriptor, what: &str) -> Result<String, String> {
+        let hex = sha256_hex(what, desc.digest().as_ref())?;
+        let foreign = desc.urls().as_ref().is_some_and(|u| !u.is_empty());
+        match self {
+            Blobs::Members(idx) => {
+                if foreign && !idx.contains(&format!("blobs/sha256/{hex}")) {
+                    return Err(format!(
+                        "{what} is a foreign layer (it has `urls`) whose blob is not in the image; layers are never fetched"
+                    ));
+                }
+                Ok(blob_member(idx, desc, what)?.name.clone())
+            }
+            Blobs::Registry if foreign => Err(format!(
+                "{what} is a foreign layer (it has `urls`); layers are fetched from the registry only"
+            )),
+            Blobs::Registry => Ok(format!("blobs/sha256/{hex}")),
+        }
+    }
 }
 
 /// Decodes a document with oci-spec's type after its probe has passed;

@@ -1989,3 +1989,226 @@ fn oci_spec_leniencies_kept() {
     };
     check_opts(&u, a, &arm64be, Ok(1));
 }
+
+// --------------------------------------------------------------- registry
+
+const DOCKER_V2: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST_V2: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// The OCI image `u` (see [`oci`]) as a registry serves it: its reference
+/// names `top` (the manifest, blob 200, or the index); the config and the
+/// layers are read as `blobs/sha256/<hex>`, a manifest an index names as
+/// `manifests/sha256/<hex>`.
+fn registry(u: &Unit, top: &str) -> Unit {
+    let mut r = Unit::default().with("manifest", u.files[top].clone());
+    for (name, bytes) in &u.files {
+        if let Some(h) = name.strip_prefix("blobs/sha256/") {
+            r = r
+                .with(name, bytes.clone())
+                .with(&format!("manifests/sha256/{h}"), bytes.clone());
+        }
+    }
+    r
+}
+
+/// Parses a registry image (its one member, `manifest`), recording every
+/// name read.
+fn run_registry(u: &Unit, opts: &ManifestOptions) -> (Result<ImageLayout, String>, Vec<String>) {
+    let members = [Member {
+        name: "manifest".into(),
+        size: u.files["manifest"].len() as u64,
+    }];
+    let mut names = Vec::new();
+    let mut read = |name: &str| {
+        names.push(name.to_string());
+        u.files
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no blob {name}"))
+    };
+    let got = parse(UnitKind::Registry, &members, opts, &mut read)
+        .map(|l| l.expect("a registry image is always this component's"));
+    if let Err(e) = &got {
+        assert_one_line(e);
+    }
+    (got, names)
+}
+
+/// Data-driven check of a registry image: `Ok(n)` wants `n` layers (each
+/// named `blobs/sha256/<its digest>`), `Err(s)` an error containing `s`.
+fn check_registry(u: &Unit, opts: &ManifestOptions, expected: Result<usize, &str>) {
+    let (got, names) = run_registry(u, opts);
+    // Nothing is read but the reference's document and objects by digest.
+    for n in &names {
+        let by_digest = ["manifests/sha256/", "blobs/sha256/"]
+            .iter()
+            .any(|p| n.strip_prefix(p).is_some_and(is_hex64));
+        assert!(n == "manifest" || by_digest, "read {n}");
+    }
+    match (got, expected) {
+        (Ok(l), Ok(n)) => {
+            assert_eq!(l.format, "registry");
+            assert_eq!(l.layers.len(), n, "{l:?}");
+            for l in &l.layers {
+                let d = l.digest.as_deref().unwrap();
+                assert_eq!(l.member, format!("blobs/sha256/{}", &d[7..]));
+                // A layer is fetched later, by the host: never read here.
+                assert!(!names.contains(&l.member), "{names:?}");
+            }
+        }
+        (Err(e), Err(sub)) => assert!(e.contains(sub), "error {e:?} lacks {sub:?}"),
+        (got, want) => panic!("got {got:?}, want {want:?}"),
+    }
+}
+
+#[test]
+fn registry_images_by_manifest_or_index() {
+    let opts = ManifestOptions::default();
+    let u = oci(&[GZ, TAR, ZST]);
+    // By manifest: its layers, config and digests.
+    let (l, names) = run_registry(&registry(&u, &blob(200)), &opts);
+    let l = l.unwrap();
+    assert_eq!(names, ["manifest".to_string(), blob(100)]);
+    assert_eq!(l.config_digest, Some(format!("sha256:{}", hex(100))));
+    assert_eq!(
+        l.layers.iter().map(|l| l.media).collect::<Vec<_>>(),
+        [LayerMedia::Gzip, LayerMedia::Tar, LayerMedia::Zstd]
+    );
+    assert_eq!(l.layers[1].diff_id, Some(format!("sha256:{}", hex(1002))));
+    assert_eq!(l.layers[2].size, Some(12));
+    // By index (without a mediaType: told by its `manifests`): the
+    // manifest is read by digest from the manifests.
+    let (l2, names) = run_registry(&registry(&u, "index.json"), &opts);
+    assert_eq!(l2.unwrap(), l);
+    assert_eq!(
+        names,
+        [
+            "manifest".to_string(),
+            format!("manifests/sha256/{}", hex(200)),
+            blob(100)
+        ]
+    );
+
+    // Docker schema 2: a manifest list choosing the platform's manifest.
+    let d = edit_manifest(&u, OCI_MANIFEST, DOCKER_V2);
+    let d = edit_manifest(
+        &d,
+        OCI_CONFIG,
+        "application/vnd.docker.container.image.v1+json",
+    );
+    let entries = [
+        platform_desc(&d, 300, "linux", "arm64", Some("v8")).replace(OCI_MANIFEST, DOCKER_V2),
+        platform_desc(&d, 200, "linux", "amd64", None).replace(OCI_MANIFEST, DOCKER_V2),
+    ];
+    let list = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{DOCKER_LIST_V2}","manifests":[{}]}}"#,
+        entries.join(",")
+    );
+    let listed = registry(&d, &blob(200)).with("manifest", list.clone());
+    check_registry(&listed, &opts, Ok(3));
+    check_registry(&registry(&d, &blob(200)), &opts, Ok(3));
+    // Another platform's manifest is not in this registry: it is asked for.
+    let arm = ManifestOptions {
+        architecture: "arm64".into(),
+        arch_variant: Some("v8".into()),
+        ..ManifestOptions::default()
+    };
+    check_registry(&listed, &arm, Err("no blob manifests/sha256/"));
+    let riscv = ManifestOptions {
+        architecture: "riscv64".into(),
+        ..ManifestOptions::default()
+    };
+    check_registry(&listed, &riscv, Err("has no linux/riscv64 image"));
+}
+
+#[test]
+fn registry_rejections() {
+    let opts = ManifestOptions::default();
+    let u = oci(&[GZ]);
+    let good = registry(&u, &blob(200));
+    check_registry(&good, &opts, Ok(1));
+    for (image, why) in [
+        // The config is not the size the manifest says.
+        (
+            good.clone().with(&blob(100), b"{}".to_vec()),
+            "config: read 2 bytes but the member is listed as",
+        ),
+        (good.clone().without(&blob(100)), "config: cannot read: no blob"),
+        (
+            good.clone().with(
+                "manifest",
+                r#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#,
+            ),
+            "schema 1",
+        ),
+        (
+            good.clone().with(
+                "manifest",
+                r#"{"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws","fsLayers":[]}"#,
+            ),
+            "schema 1",
+        ),
+        (
+            good.clone()
+                .with("manifest", r#"{"mediaType":"text/plain","config":{}}"#),
+            "media type `text/plain` is not an image manifest or index",
+        ),
+        (good.clone().with("manifest", "[1]"), "manifest: "),
+        (good.clone().with("manifest", ""), "manifest: "),
+        (
+            good.clone().with(
+                "manifest",
+                format!(r#"{{"mediaType":"{OCI_INDEX}","manifests":null}}"#),
+            ),
+            "index: `manifests` is missing or null",
+        ),
+        (
+            good.clone().with(
+                "manifest",
+                format!(r#"{{"mediaType":"{OCI_INDEX}","manifests":[]}}"#),
+            ),
+            "index lists no manifests",
+        ),
+        (
+            good.clone().with(
+                "manifest",
+                format!(
+                    r#"{{"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"sha512:{}","size":1}}]}}"#,
+                    "ab".repeat(64)
+                ),
+            ),
+            "only sha256",
+        ),
+    ] {
+        check_registry(&image, &opts, Err(why));
+    }
+    // A foreign layer is not fetched from its `urls`.
+    let foreign = registry(
+        &edit_manifest(
+            &u,
+            &format!(r#""digest":"sha256:{}","size":10}}"#, hex(1)),
+            &format!(
+                r#""digest":"sha256:{}","size":10,"urls":["http://elsewhere/x"]}}"#,
+                hex(1)
+            ),
+        ),
+        &blob(200),
+    );
+    check_registry(&foreign, &opts, Err("foreign layer"));
+    // An index that names itself is a cycle, however deep the options go.
+    let index = format!(
+        r#"{{"mediaType":"{OCI_INDEX}","manifests":[{}]}}"#,
+        desc(OCI_INDEX, 7, 100)
+    );
+    // Three digits either way: the size is the document's own.
+    let index = index.replace(r#""size":100"#, &format!(r#""size":{}"#, index.len()));
+    let deep = ManifestOptions {
+        max_index_depth: 4,
+        ..ManifestOptions::default()
+    };
+    let cyclic = good
+        .clone()
+        .with("manifest", index.clone())
+        .with(&format!("manifests/sha256/{}", hex(7)), index);
+    check_registry(&cyclic, &deep, Err("index cycle"));
+}

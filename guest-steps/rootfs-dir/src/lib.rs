@@ -82,7 +82,7 @@ fn parse_inner(
     opts: &ManifestOptions,
     read: &mut Read<'_>,
 ) -> Result<Option<ImageLayout>, String> {
-    if unit == UnitKind::Archive || !members.iter().any(|m| m.name == METADATA) {
+    if unit != UnitKind::Prefix || !members.iter().any(|m| m.name == METADATA) {
         return Ok(None);
     }
     let mut metadata: Option<&Member> = None;

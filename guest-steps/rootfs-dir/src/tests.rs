@@ -284,13 +284,10 @@ fn images() {
     for (unit, opts, want) in cases {
         check(&unit, p, &opts, want);
     }
-    // An archive unit is never this format.
-    check(
-        &image(GOOD, &["rootfs.tar"]),
-        UnitKind::Archive,
-        &amd,
-        NotMine,
-    );
+    // An archive or a registry image is never this format.
+    for kind in [UnitKind::Archive, UnitKind::Registry] {
+        check(&image(GOOD, &["rootfs.tar"]), kind, &amd, NotMine);
+    }
 }
 
 #[test]

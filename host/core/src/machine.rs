@@ -12,6 +12,7 @@ pub enum Transition {
     Download,
     Classify,
     ParseManifest,
+    FetchLayers,
     CheckUnpacked,
     UnpackLayers,
     CreateSnapshot,
@@ -21,11 +22,12 @@ pub enum Transition {
 
 /// The registration order. `Completed` is the last transition; its success
 /// ends the run.
-pub const TRANSITIONS: [Transition; 9] = [
+pub const TRANSITIONS: [Transition; 10] = [
     Transition::CheckImageExists,
     Transition::Download,
     Transition::Classify,
     Transition::ParseManifest,
+    Transition::FetchLayers,
     Transition::CheckUnpacked,
     Transition::UnpackLayers,
     Transition::CreateSnapshot,
@@ -40,6 +42,7 @@ impl Transition {
             Transition::Download => "download",
             Transition::Classify => "classify",
             Transition::ParseManifest => "parse-manifest",
+            Transition::FetchLayers => "fetch-layers",
             Transition::CheckUnpacked => "check-unpacked",
             Transition::UnpackLayers => "unpack-layers",
             Transition::CreateSnapshot => "create-snapshot",
@@ -326,6 +329,7 @@ mod tests {
                 "download",
                 "classify",
                 "parse-manifest",
+                "fetch-layers",
                 "check-unpacked",
                 "unpack-layers",
                 "create-snapshot",

@@ -24,6 +24,10 @@ pub struct Classification {
 pub enum UnitKind {
     Prefix,
     Archive,
+    /// An image in a registry: its one object is the manifest or index its
+    /// reference names (member `manifest`); what that names is fetched by
+    /// digest.
+    Registry,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -285,10 +285,13 @@ pub fn across_sources(found: Vec<(String, Discovery)>) -> Vec<(String, Discovery
         .collect()
 }
 
-/// The key a unit is listed under: its archive's key, or its prefix.
+/// The key a unit is listed under: its archive's key (a registry image's
+/// reference), or its prefix.
 fn unit_key(u: &Unit) -> String {
     match u.kind {
-        UnitKind::Archive => u.objects.first().map(|o| o.key.clone()).unwrap_or_default(),
+        UnitKind::Archive | UnitKind::Registry => {
+            u.objects.first().map(|o| o.key.clone()).unwrap_or_default()
+        }
         UnitKind::Prefix => format!("{IMAGES_PREFIX}{}/", u.name),
     }
 }

@@ -145,6 +145,16 @@ pub fn max_repeats(layers: &[LayerRef]) -> usize {
     times.values().copied().max().unwrap_or(0)
 }
 
+/// The magic bytes a declared media type stands for (`None`: detect them).
+pub fn declared_kind(media: LayerMedia) -> Option<BlobKind> {
+    match media {
+        LayerMedia::Tar => Some(BlobKind::Tar),
+        LayerMedia::Gzip => Some(BlobKind::Gzip),
+        LayerMedia::Zstd => Some(BlobKind::Zstd),
+        LayerMedia::Detect => None,
+    }
+}
+
 /// A size the manifest declares for layer `n` must be the bytes' (checked
 /// before the bytes are read).
 pub fn check_size(n: usize, l: &LayerRef, len: u64) -> Result<(), PlanError> {
@@ -173,13 +183,7 @@ pub fn plan_layer(
             });
         }
     }
-    let declared = match l.media {
-        LayerMedia::Tar => Some(BlobKind::Tar),
-        LayerMedia::Gzip => Some(BlobKind::Gzip),
-        LayerMedia::Zstd => Some(BlobKind::Zstd),
-        LayerMedia::Detect => None,
-    };
-    if let Some(d) = declared {
+    if let Some(d) = declared_kind(l.media) {
         let agrees = d == kind || (d == BlobKind::Tar && kind == BlobKind::Empty);
         if !agrees {
             return Err(PlanError::MediaMismatch {

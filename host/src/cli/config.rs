@@ -52,6 +52,9 @@ pub(crate) struct FileConfig {
     /// The devicemapper thin pool (`--backend thinpool`).
     #[serde(default)]
     pub(crate) thinpool: crate::backend::thinpool::ThinConfig,
+    /// Every `registry://` source: credentials, blobs fetched at once.
+    #[serde(default)]
+    pub(crate) registry: crate::source::registry::Options,
     /// `exec` and `bundle`: the OCI runtime (`crun`, `runc` or a path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) runtime: Option<String>,
@@ -111,6 +114,7 @@ pub(crate) struct Config {
     pub(crate) metrics_addr: Option<String>,
     pub(crate) gc: bool,
     pub(crate) thinpool: crate::backend::thinpool::ThinConfig,
+    pub(crate) registry: crate::source::registry::Options,
     pub(crate) container: crate::container::Settings,
 }
 
@@ -134,6 +138,7 @@ impl Config {
             retry_cap_ms: Some(self.retry.cap.as_millis() as u64),
             steps: Some(self.steps.clone()),
             thinpool: self.thinpool.clone(),
+            registry: self.registry.clone(),
             runtime: Some(self.container.runtime.clone()),
             userns_base: Some(self.container.userns_base),
         }
@@ -228,6 +233,12 @@ pub(crate) fn resolve(args: &Args, file: FileConfig, o: &Overrides<'_>) -> Resul
         metrics_addr,
         gc: file.gc.unwrap_or(true),
         thinpool: file.thinpool,
+        registry: {
+            if file.registry.parallel == 0 || file.registry.parallel > 64 {
+                bail!("[registry] parallel must be 1 to 64");
+            }
+            file.registry
+        },
         container: {
             let d = crate::container::Settings::default();
             crate::container::Settings {

@@ -18,14 +18,8 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
     let mut found = Vec::new();
     let mut first_err = None;
     for src in ctx.sources.iter() {
-        match src.list() {
-            Ok(listing) => {
-                let mut d = names::discover(&listing.objects);
-                let mut rejected = listing.rejected;
-                rejected.append(&mut d.rejected);
-                d.rejected = rejected;
-                found.push((src.uri(), d));
-            }
+        match src.discover() {
+            Ok(d) => found.push((src.uri(), d)),
             Err(e) => {
                 tracing::error!(source = %src.uri(), error = %e, "the source cannot be listed; its images are left as they are");
                 summary

@@ -156,7 +156,7 @@ fn setup_sources(sources: &[&[(&str, Vec<u8>)]]) -> Setup {
         for (name, bytes) in *images {
             std::fs::write(source.join(format!("images/{name}.tar")), bytes).unwrap();
         }
-        all.push(crate::source::parse(source.to_str().unwrap()).unwrap());
+        all.push(crate::source::parse(source.to_str().unwrap(), &Default::default()).unwrap());
     }
     setup_from(dir, all)
 }
@@ -221,11 +221,12 @@ fn history(ctx: &Ctx, image: &str) -> Vec<String> {
         .collect()
 }
 
-const EVERY_TRANSITION: [&str; 9] = [
+const EVERY_TRANSITION: [&str; 10] = [
     "check-image-exists 1 ok",
     "download 1 ok",
     "classify 1 ok",
     "parse-manifest 1 ok",
+    "fetch-layers 1 ok",
     "check-unpacked 1 ok",
     "unpack-layers 1 ok",
     "create-snapshot 1 ok",
@@ -509,7 +510,11 @@ fn a_source_that_cannot_be_listed_is_skipped_and_named() {
     let images = dir.path().join("source0/images");
     std::fs::create_dir_all(&images).unwrap();
     std::fs::write(images.join("a.tar"), rootfs_tar(&[("f", "x")])).unwrap();
-    let first = crate::source::parse(dir.path().join("source0").to_str().unwrap()).unwrap();
+    let first = crate::source::parse(
+        dir.path().join("source0").to_str().unwrap(),
+        &Default::default(),
+    )
+    .unwrap();
     let s = setup_from(dir, vec![first, Box::new(Unlistable)]);
     let (names, summary) = discover(&s.ctx).unwrap();
     assert_eq!(names, ["a"]);

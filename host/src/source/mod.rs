@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use crate::blobs::BlobStore;
-use crate::core::names::{printable, Listed, Rejected, UnitObject};
+use crate::core::names::{printable, Discovery, Listed, Rejected, UnitObject};
 
 pub mod dir;
 pub mod registry;
@@ -44,7 +44,21 @@ pub trait Source: Send + Sync {
     /// A stable identity for the download-once records.
     fn uri(&self) -> String;
     fn list(&self) -> Result<Listing, SourceError>;
+    /// The images the source holds now. By default: its listing grouped by
+    /// `core::names` (the listing's rejections first).
+    fn discover(&self) -> Result<Discovery, SourceError> {
+        let listing = self.list()?;
+        let mut d = crate::core::names::discover(&listing.objects);
+        let mut rejected = listing.rejected;
+        rejected.append(&mut d.rejected);
+        d.rejected = rejected;
+        Ok(d)
+    }
     fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError>;
+    /// What `key` is now (its size and stamp). By default: `open`'s answer.
+    fn stat(&self, key: &str) -> Result<Listed, SourceError> {
+        self.open(key).map(|(_, l)| l)
+    }
     /// Downloads `obj` into `blobs`, checked against its listed size, and
     /// returns its digest and size. By default: `open`, then stream it in.
     fn fetch(&self, obj: &UnitObject, blobs: &BlobStore) -> Result<(String, u64), SourceError> {
@@ -57,6 +71,26 @@ pub trait Source: Send + Sync {
     fn local_root(&self) -> Option<&Path> {
         None
     }
+    /// The registry source, for what only it does (fetching by digest).
+    fn registry(&self) -> Option<&registry::RegistrySource> {
+        None
+    }
+}
+
+/// Runs `f` on `rt` and waits for it on this thread. Works from a plain
+/// thread, a `spawn_blocking` thread, and (blocking it) a runtime thread:
+/// the `Source` trait is synchronous and called from both, so a source
+/// with an async client keeps its own runtime (never `block_on`).
+pub(crate) fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, SourceError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv()
+        .map_err(|_| SourceError::Io("the source's client task stopped".into()))
 }
 
 /// The configured sources, in order: one run serves them all. A run names
@@ -83,8 +117,13 @@ impl Sources {
     }
 
     /// Each spec parsed as by [`parse`].
-    pub fn parse(specs: &[String]) -> Result<Sources, SourceError> {
-        Sources::new(specs.iter().map(|s| parse(s)).collect::<Result<_, _>>()?)
+    pub fn parse(specs: &[String], registry: &registry::Options) -> Result<Sources, SourceError> {
+        Sources::new(
+            specs
+                .iter()
+                .map(|s| parse(s, registry))
+                .collect::<Result<_, _>>()?,
+        )
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &dyn Source> {
@@ -97,16 +136,11 @@ impl Sources {
     }
 }
 
-/// Parses `dir:PATH`, a plain path, or `s3://BUCKET[/PREFIX][?OPTIONS]`.
-pub fn parse(spec: &str) -> Result<Box<dyn Source>, SourceError> {
+/// Parses `dir:PATH`, a plain path, `s3://BUCKET[/PREFIX][?OPTIONS]` or
+/// `registry://HOST[:PORT]/REPO[:TAG|@DIGEST][?OPTIONS]`.
+pub fn parse(spec: &str, registry: &registry::Options) -> Result<Box<dyn Source>, SourceError> {
     if spec.starts_with("registry://") {
-        // Checked, so a bad reference is named precisely; then refused:
-        // the client exists (`registry::client`), the source does not yet.
-        crate::core::registry::parse(spec).map_err(SourceError::Config)?;
-        return Err(SourceError::Config(format!(
-            "registry source `{}`: pulling from registries is not implemented yet",
-            printable(spec)
-        )));
+        return Ok(Box::new(registry::RegistrySource::new(spec, registry)?));
     }
     if spec.starts_with("s3://") {
         return Ok(Box::new(s3::S3Source::new(spec)?));
@@ -131,22 +165,38 @@ pub fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    /// A `registry://` source is checked, then refused in one line until
-    /// the source is served.
+    /// A `registry://` spec is checked when the source is made; a
+    /// registry's whole catalog is refused in one line (not served yet).
     #[test]
-    fn registry_sources_are_checked_then_refused() {
+    fn registry_sources_are_checked() {
         for (spec, expected) in [
             (
-                "registry://r.io/team/api:v42",
-                "registry source `registry://r.io/team/api:v42`: pulling from registries is not implemented yet",
+                "registry://r.io",
+                "registry source `registry://r.io`: listing a registry's catalog is not implemented yet",
             ),
             (
                 "registry://r.io/Team/api",
                 "registry source `registry://r.io/Team/api`: a repository is lowercase",
             ),
+            (
+                "registry://r.io/a?ca-file=/nonexistent/ca.pem",
+                "registry source `registry://r.io/a?ca-file=/nonexistent/ca.pem`: ca-file /nonexistent/ca.pem: ",
+            ),
         ] {
-            let e = super::parse(spec).err().expect(spec).to_string();
+            let e = super::parse(spec, &Default::default())
+                .err()
+                .expect(spec)
+                .to_string();
             assert!(e.starts_with(expected), "{spec}: {e}");
         }
+        let s = super::parse(
+            "registry://R.io:5000/team/api:v1?name=api&plain-http",
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            s.uri(),
+            "registry://r.io:5000/team/api:v1?plain-http&name=api"
+        );
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn run(
 /// it had changed.
 pub(super) fn refresh(ctx: &Ctx, data: &mut RunData, i: usize) -> Result<bool, Failure> {
     let key = unit(data)?.objects[i].key.clone();
-    let (_, now) = source(ctx, data)?.open(&key).map_err(source_err)?;
+    let now = source(ctx, data)?.stat(&key).map_err(source_err)?;
     let u = data
         .unit
         .as_mut()

@@ -97,8 +97,10 @@ fn blob_diff_id(
     l: &PlannedLayer,
     verdicts: &mut Verdicts,
 ) -> Result<(String, bool), Failure> {
-    let digest = if l.offset == 0 && ctx.blobs.has(&l.blob, l.len) {
-        // The blob store names a blob by the sha256 it computed.
+    // The blob store names a blob by the sha256 it computed; a registry
+    // layer not fetched (its chain stored) is named by its digest.
+    let addressed = ctx.blobs.has(&l.blob, l.len) || l.digest.as_deref() == Some(l.blob.as_str());
+    let digest = if l.offset == 0 && addressed {
         l.blob.clone()
     } else {
         let f = open_blob(ctx, &l.blob)?;

@@ -46,6 +46,14 @@ pub(super) fn run(
     let u = unit(data)?.clone();
     let mut out = serde_json::Map::new();
     match u.kind {
+        // A manifest, read by the manifest step; its layers are fetched
+        // and classified by fetch-layers.
+        UnitKind::Registry => {
+            out.insert(
+                "registry".into(),
+                json!("the manifest step reads the manifest"),
+            );
+        }
         UnitKind::Prefix => {
             for o in &u.objects {
                 let digest = data

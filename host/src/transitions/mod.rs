@@ -23,6 +23,7 @@ mod check_unpacked;
 mod classify;
 mod create_snapshot;
 mod download;
+mod fetch_layers;
 mod parse_manifest;
 mod unpack_layers;
 mod update_tracking;
@@ -157,6 +158,7 @@ pub fn execute(
         Transition::Download => download::run(ctx, data),
         Transition::Classify => classify::run(ctx, data, &mut verdicts),
         Transition::ParseManifest => parse_manifest::run(ctx, data, &mut verdicts),
+        Transition::FetchLayers => fetch_layers::run(ctx, data, &mut verdicts),
         Transition::CheckUnpacked => check_unpacked::run(ctx, data, &mut verdicts),
         Transition::UnpackLayers => unpack_layers::run(ctx, run, image, data, &mut verdicts),
         Transition::CreateSnapshot => create_snapshot::run(ctx, image, data),

@@ -96,6 +96,40 @@ pub(super) fn run(
             ctx.steps
                 .parse_manifest(UnitKind::Archive, &members, Box::new(read))?
         }
+        UnitKind::Registry => {
+            let reg = super::source(ctx, data)?.registry().ok_or_else(|| {
+                Failure::Retry(format!(
+                    "the image's source {} is not a registry",
+                    printable(&data.source)
+                ))
+            })?;
+            let manifest = data
+                .blobs
+                .get("manifest")
+                .ok_or_else(|| input("download did not record the manifest"))?;
+            let members: Vec<Member> = u
+                .objects
+                .iter()
+                .map(|o| Member {
+                    name: o.member.clone(),
+                    size: o.size,
+                })
+                .collect();
+            let (read, failed) = reg.member_reader(
+                &ctx.blobs,
+                manifest,
+                ctx.policy.max_json_bytes.limit as usize,
+            );
+            let r =
+                ctx.steps
+                    .parse_manifest_for(UnitKind::Registry, &members, read, reg.platform());
+            // A fetch that failed for the environment's reason is not
+            // the image's fault, whatever the step made of it.
+            if let (Err(_), Some(e)) = (&r, failed.lock().ok().and_then(|mut f| f.take())) {
+                return Err(Failure::Retry(e.to_string()));
+            }
+            r?
+        }
     };
     let (layout, answered) = layout;
     let v = ctx.policy.check_format(&layout.format);
@@ -172,6 +206,34 @@ fn place(
         ))
     };
     Ok(match u.kind {
+        UnitKind::Registry => {
+            // Fetched by fetch-layers, by digest: named by it here, of the
+            // declared size, decoded as declared until its bytes are seen.
+            let digest = l
+                .digest
+                .as_deref()
+                .filter(|d| crate::core::chain::is_sha256_digest(d))
+                .ok_or_else(|| {
+                    input(format!("layer {n}: a registry layer needs a sha256 digest"))
+                })?;
+            let (Some(len), Some(kind)) = (l.size, plan::declared_kind(l.media)) else {
+                return Err(input(format!(
+                    "layer {n}: a registry layer needs a declared size and media type"
+                )));
+            };
+            if l.member != format!("blobs/sha256/{}", &digest[7..]) {
+                return Err(input(format!(
+                    "layer {n} names `{}`, not its digest's blob",
+                    printable(&l.member)
+                )));
+            }
+            let at = Placed {
+                blob: digest.to_string(),
+                offset: 0,
+                len,
+            };
+            (at, Some(kind))
+        }
         UnitKind::Prefix => {
             let digest = data.blobs.get(&l.member).ok_or_else(missing)?;
             let size = u

@@ -58,10 +58,23 @@ impl Steps {
         members: &[model::Member],
         read: MemberReader,
     ) -> Result<(model::ImageLayout, Answered), StepError> {
+        self.parse_manifest_for(unit, members, read, None)
+    }
+
+    /// [`Steps::parse_manifest`] choosing `platform` from an index, when
+    /// given, instead of the configured one.
+    pub fn parse_manifest_for(
+        &self,
+        unit: model::UnitKind,
+        members: &[model::Member],
+        read: MemberReader,
+        platform: Option<&crate::core::registry::Platform>,
+    ) -> Result<(model::ImageLayout, Answered), StepError> {
         use manifest_bindings::tarpool::steps::types as w;
         let unit = match unit {
             model::UnitKind::Prefix => w::UnitKind::Prefix,
             model::UnitKind::Archive => w::UnitKind::Archive,
+            model::UnitKind::Registry => w::UnitKind::Registry,
         };
         let members: Vec<w::Member> = members
             .iter()
@@ -70,11 +83,19 @@ impl Steps {
                 size: m.size,
             })
             .collect();
-        let options = w::ManifestOptions {
-            os: self.options.os.clone(),
-            architecture: self.options.architecture.clone(),
-            arch_variant: self.options.variant.clone(),
-            max_index_depth: self.options.max_index_depth,
+        let options = match platform {
+            Some(p) => w::ManifestOptions {
+                os: p.os.clone(),
+                architecture: p.arch.clone(),
+                arch_variant: p.variant.clone(),
+                max_index_depth: self.options.max_index_depth,
+            },
+            None => w::ManifestOptions {
+                os: self.options.os.clone(),
+                architecture: self.options.architecture.clone(),
+                arch_variant: self.options.variant.clone(),
+                max_index_depth: self.options.max_index_depth,
+            },
         };
         let mut reader = Some(read);
         let t = std::time::Instant::now();

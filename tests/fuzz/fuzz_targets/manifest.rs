@@ -1,18 +1,21 @@
 #![no_main]
 //! The manifest step on arbitrary member lists and member contents: never
-//! panics; errors are one line; every layer it returns names a member;
-//! `none` only for a prefix.
+//! panics; errors are one line; every layer it returns names a member (a
+//! registry image's, a blob by digest); `none` only for a prefix.
 use libfuzzer_sys::fuzz_target;
 use manifest::{ManifestOptions, Member, UnitKind};
 
 fuzz_target!(|data: &[u8]| {
     // Input: NUL-separated records `name\x01content`. The first byte picks
-    // the unit kind (bit 0), the architecture (bit 1), a variant (bit 2)
-    // and the index depth (bits 4-6).
+    // the unit kind (bit 0, or bit 3 for a registry image, whose members
+    // are only `manifest` and the rest read by name), the architecture
+    // (bit 1), a variant (bit 2) and the index depth (bits 4-6).
     let Some((&kind, rest)) = data.split_first() else {
         return;
     };
-    let unit = if kind & 1 == 0 {
+    let unit = if kind & 8 != 0 {
+        UnitKind::Registry
+    } else if kind & 1 == 0 {
         UnitKind::Prefix
     } else {
         UnitKind::Archive
@@ -32,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let members: Vec<Member> = files
         .iter()
+        .filter(|(n, _)| unit != UnitKind::Registry || n == "manifest")
         .map(|(n, c)| Member {
             name: n.clone(),
             size: c.len() as u64,
@@ -47,8 +51,14 @@ fuzz_target!(|data: &[u8]| {
     match manifest::parse(unit, &members, &options, &mut read) {
         Ok(Some(layout)) => {
             for l in &layout.layers {
+                let by_digest = l.member.strip_prefix("blobs/sha256/").is_some_and(|h| {
+                    h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                });
                 assert!(
-                    l.member.is_empty() || members.iter().any(|m| m.name == l.member),
+                    match unit {
+                        UnitKind::Registry => by_digest,
+                        _ => l.member.is_empty() || members.iter().any(|m| m.name == l.member),
+                    },
                     "{l:?}"
                 );
             }

@@ -1,12 +1,16 @@
-//! The registry source (OCI distribution), begun: where credentials come
-//! from ([`auth`]) and the protocol's client ([`client`]: manifests raw,
-//! blobs by digest and range, Basic and bearer authentication). No
-//! `registry://` source is served yet: discovery and the transitions do not
-//! use it.
+//! The registry source (OCI distribution): a `registry://` reference served
+//! as an image ([`source`]), its blobs fetched by digest, resumably
+//! ([`fetch`]), with credentials from the usual files ([`auth`]) and the
+//! protocol's client ([`client`]: manifests raw, blobs by digest and
+//! range, Basic and bearer authentication, redirects).
 
 pub mod answers;
 pub mod auth;
 pub mod client;
+pub mod fetch;
+pub mod source;
+
+pub use source::{Options, RegistrySource};
 
 #[cfg(test)]
 mod tests;

@@ -1,12 +1,11 @@
 //! The registry client against a real registry: Debian's `docker-registry`
 //! (distribution 2.8) started here on 127.0.0.1, anonymous or with htpasswd
-//! auth, holding an image `skopeo copy` pushed to it. (The bearer-token flow
-//! is tested on its parts here; against a token server, not yet.)
+//! auth or a token server of the test's own, holding an image `skopeo copy`
+//! pushed to it (`tests/support/registry.rs`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use http_body_util::BodyExt as _;
 use sha2::{Digest as _, Sha256};
@@ -16,97 +15,20 @@ use super::auth::Credential;
 use super::client::Registry;
 use crate::core::registry;
 
-/// A registry process of the test's own; killed when dropped.
-struct TestRegistry {
-    child: Child,
-    host: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts a registry; with `user`, behind htpasswd auth for that user and
-/// password.
-fn start(user: Option<(&str, &str)>) -> TestRegistry {
-    let dir = tempfile::tempdir().unwrap();
-    let mut auth = String::new();
-    if let Some((u, p)) = user {
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", u, p])
-            .output()
-            .expect("htpasswd (apache2-utils; deploy/install-deps.sh installs it)");
-        assert!(out.status.success());
-        let file = dir.path().join("htpasswd");
-        std::fs::write(&file, &out.stdout).unwrap();
-        auth = format!(
-            "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-            file.display()
-        );
-    }
-    start_with(dir, &auth)
-}
-
-/// Starts a registry with `auth` (its configuration's `auth:` section, or
-/// nothing: anonymous).
-fn start_with(dir: tempfile::TempDir, auth: &str) -> TestRegistry {
-    let port = free_port();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
-        dir.path().join("data").display()
-    );
-    std::fs::write(dir.path().join("config.yml"), config).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(dir.path().join("config.yml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("docker-registry (deploy/install-deps.sh installs it)");
-    let host = format!("127.0.0.1:{port}");
-    let r = TestRegistry {
-        child,
-        host: host.clone(),
-        _dir: dir,
-    };
-    let until = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&host).is_err() {
-        assert!(Instant::now() < until, "the registry did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    r
-}
+#[path = "../../../../tests/support/registry.rs"]
+mod support;
+use support::{free_port, start, start_with, TestRegistry};
 
 /// Pushes the example bucket's docker archive to `reference` on `r`.
 fn push(r: &TestRegistry, reference: &str, creds: Option<&str>) {
     let archive =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/example-bucket/images/dockersave.tar");
-    let mut c = Command::new("skopeo");
-    c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
-    if let Some(creds) = creds {
-        c.args(["--dest-creds", creds]);
-    }
-    let out = c
-        .arg(format!("docker-archive:{}", archive.display()))
-        .arg(format!("docker://{}/{reference}", r.host))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
+    support::push(
+        r,
+        &format!("docker-archive:{}", archive.display()),
+        reference,
+        creds,
+        None,
     );
 }
 

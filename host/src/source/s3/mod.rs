@@ -16,18 +16,16 @@
 //! already on disk; the whole file is then hashed, checked against the
 //! listed size and renamed into the content-addressed store.
 //!
-//! The `Source` trait is synchronous and is called both from plain threads
-//! and from inside the service's tokio runtime, so the source keeps its own
-//! runtime and waits for its tasks over a channel (never `block_on`).
+//! The source keeps its own runtime and waits for its tasks over a channel
+//! (`source::run_on`, never `block_on`).
 
-use std::future::Future;
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
 
-use super::{Listing, Source, SourceError};
+use super::{run_on, Listing, Source, SourceError};
 use crate::blobs::BlobStore;
 use crate::core::names::{printable, Listed, UnitObject};
 
@@ -63,20 +61,6 @@ impl Drop for S3Source {
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> SourceError {
     SourceError::Io(format!("{what}: {}", one_line(&e.to_string())))
-}
-
-/// Runs `f` on `rt` and waits for it on this thread. Works from a plain
-/// thread, a `spawn_blocking` thread, and (blocking it) a runtime thread.
-fn run_on<T: Send + 'static>(
-    rt: &tokio::runtime::Runtime,
-    f: impl Future<Output = T> + Send + 'static,
-) -> Result<T, SourceError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    rt.spawn(async move {
-        let _ = tx.send(f.await);
-    });
-    rx.recv()
-        .map_err(|_| SourceError::Io("the S3 client task stopped".into()))
 }
 
 impl S3Source {

@@ -1,0 +1,410 @@
+//! The registry source: one `registry://HOST/REPO[:TAG|@DIGEST]` reference
+//! served as one image.
+//!
+//! Discovery resolves the reference with one `HEAD` of its manifest: the
+//! image's one object is the manifest or index it names (member
+//! `manifest`), stamped with its digest, so a moved tag changes the image's
+//! fingerprint and an unchanged one costs that one request. A reference the
+//! registry refuses (401, 403, 404) is still an image: its run fails with
+//! the registry's answer, and only that image. Everything else is fetched
+//! by digest only: the manifest step names what it reads
+//! (`manifests/sha256/<hex>`, `blobs/sha256/<hex>`, see
+//! [`RegistrySource::member_reader`]) and fetch-layers the layers
+//! ([`RegistrySource::fetch_blobs`]); each is checked against its digest
+//! (and its declared size) while it streams, before it is stored.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use super::answers::RegistryError;
+use super::auth;
+use super::client::Registry;
+use super::fetch::{self, Want};
+use crate::blobs::BlobStore;
+use crate::core::names::{printable, Discovery, Listed, Unit, UnitObject};
+use crate::core::registry::{default_name, Platform, RegistrySpec, Target};
+use crate::model::UnitKind;
+use crate::source::{run_on, Listing, Source, SourceError};
+use crate::wasm::MemberReader;
+
+/// The largest manifest or index fetched (the distribution specification
+/// has registries accept manifests of at least 4 MiB).
+pub const MAX_MANIFEST: usize = 4 << 20;
+
+/// The `[registry]` table of the configuration: what every registry
+/// source is configured with besides its reference.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    /// A credentials file (docker's or podman's form) looked in before
+    /// `REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers/auth.json` and
+    /// docker's `config.json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_file: Option<PathBuf>,
+    /// Blobs of one image fetched at once.
+    pub parallel: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            auth_file: None,
+            parallel: 4,
+        }
+    }
+}
+
+pub(super) struct Inner {
+    pub(super) client: Registry,
+    pub(super) repo: String,
+    /// The registry, for messages: `HOST[:PORT]`.
+    pub(super) host: String,
+}
+
+pub struct RegistrySource {
+    inner: Arc<Inner>,
+    spec: RegistrySpec,
+    /// The tag or digest the reference names.
+    reference: String,
+    /// The image's object key: `REPO:TAG` or `REPO@DIGEST`.
+    key: String,
+    name: String,
+    uri: String,
+    parallel: usize,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RegistrySource {
+    fn drop(&mut self) {
+        // Never blocks, so it is allowed inside another runtime.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The spec in one spelling: the same image configured twice is one source.
+fn canonical(spec: &RegistrySpec, key: &str) -> String {
+    let mut opts = Vec::new();
+    if spec.plain_http {
+        opts.push("plain-http".to_string());
+    }
+    if let Some(c) = &spec.ca_file {
+        opts.push(format!("ca-file={c}"));
+    }
+    if let Some(n) = &spec.name {
+        opts.push(format!("name={n}"));
+    }
+    if let Some(p) = &spec.platform {
+        let v = p
+            .variant
+            .as_ref()
+            .map(|v| format!("/{v}"))
+            .unwrap_or_default();
+        opts.push(format!("platform={}/{}{v}", p.os, p.arch));
+    }
+    let query = if opts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", opts.join("&"))
+    };
+    format!("registry://{}/{key}{query}", spec.host)
+}
+
+impl RegistrySource {
+    pub fn new(spec_text: &str, opts: &Options) -> Result<RegistrySource, SourceError> {
+        let spec = crate::core::registry::parse(spec_text).map_err(SourceError::Config)?;
+        let bad = |why: &str| {
+            SourceError::Config(format!("registry source `{}`: {why}", printable(spec_text)))
+        };
+        let Some((repo, target)) = spec.image.clone() else {
+            return Err(bad(
+                "listing a registry's catalog is not implemented yet: name a repository",
+            ));
+        };
+        let name = match &spec.name {
+            Some(n) => n.clone(),
+            None => default_name(&repo, &target)
+                .ok_or_else(|| bad("the image name made from it would be too long: give name="))?,
+        };
+        let (reference, key) = match &target {
+            Target::Tag(t) => (t.clone(), format!("{repo}:{t}")),
+            Target::Digest(d) => (d.clone(), format!("{repo}@{d}")),
+        };
+        let files = auth::auth_files(opts.auth_file.as_deref(), &|k| std::env::var(k).ok());
+        let credential = auth::find(&files, &spec.host, &repo).map_err(|e| bad(&e.to_string()))?;
+        let client = Registry::new(&spec, credential).map_err(|e| bad(&e))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("tarpool-registry")
+            .enable_all()
+            .build()
+            .map_err(|e| bad(&format!("starting the client: {e}")))?;
+        Ok(RegistrySource {
+            uri: canonical(&spec, &key),
+            inner: Arc::new(Inner {
+                client,
+                host: spec.host.clone(),
+                repo,
+            }),
+            spec,
+            reference,
+            key,
+            name,
+            parallel: opts.parallel.max(1),
+            rt: Some(rt),
+        })
+    }
+
+    fn rt(&self) -> &tokio::runtime::Runtime {
+        self.rt
+            .as_ref()
+            .expect("the registry runtime lives as long as the source")
+    }
+
+    /// The platform the reference asks for (`platform=`), if any.
+    pub fn platform(&self) -> Option<&Platform> {
+        self.spec.platform.as_ref()
+    }
+
+    /// The reference resolved now: its digest (the stamp) and size.
+    fn head(&self) -> Result<Listed, RegistryError> {
+        let inner = self.inner.clone();
+        let reference = self.reference.clone();
+        let (digest, size) = run_on_handle(self.rt().handle(), async move {
+            let head =
+                fetch::retrying(|| inner.client.manifest_head(&inner.repo, &reference)).await?;
+            let size = match head.size {
+                Some(s) => s,
+                // No length in the answer: the manifest itself says it.
+                None => {
+                    let digest = head.digest.clone();
+                    fetch::retrying(|| inner.client.manifest(&inner.repo, &digest, MAX_MANIFEST))
+                        .await?
+                        .bytes
+                        .len() as u64
+                }
+            };
+            Ok((head.digest, size))
+        })?;
+        Ok(Listed {
+            key: self.key.clone(),
+            size,
+            stamp: digest,
+            modified: String::new(),
+        })
+    }
+
+    /// Fetches the blobs `wanted` (each by digest, of its size) into
+    /// `blobs`, `parallel` at a time; a blob already stored is not fetched.
+    /// Returns each blob's outcome, in order.
+    pub fn fetch_blobs(
+        &self,
+        wanted: &[(String, u64)],
+        blobs: &BlobStore,
+    ) -> Vec<Result<fetch::Fetched, SourceError>> {
+        let (inner, blobs2) = (self.inner.clone(), blobs.clone());
+        let wants: Vec<Want> = wanted
+            .iter()
+            .map(|(d, size)| Want::blob(d, *size))
+            .collect();
+        let parallel = self.parallel;
+        let n = wants.len();
+        match run_on(self.rt(), async move {
+            fetch::many(inner, blobs2, wants, parallel).await
+        }) {
+            Ok(r) => r,
+            Err(e) => (0..n)
+                .map(|_| Err(SourceError::Io(e.to_string())))
+                .collect(),
+        }
+    }
+
+    /// The manifest step's reader of this image: `manifest` is the stored
+    /// manifest blob `manifest`; `manifests/sha256/<hex>` and
+    /// `blobs/sha256/<hex>` are fetched (at most `cap` bytes, checked
+    /// against the digest), stored and read; nothing else is there. A
+    /// failure that is not the image's (the network, 429, 5xx) is also
+    /// put in the returned slot, so the transition retries rather than
+    /// blaming the image.
+    pub fn member_reader(
+        &self,
+        blobs: &BlobStore,
+        manifest: &str,
+        cap: usize,
+    ) -> (MemberReader, Arc<Mutex<Option<SourceError>>>) {
+        let slot = Arc::new(Mutex::new(None));
+        let (inner, blobs) = (self.inner.clone(), blobs.clone());
+        let (manifest, handle) = (manifest.to_string(), self.rt().handle().clone());
+        let failed = slot.clone();
+        let read = move |name: &str| -> Result<Vec<u8>, String> {
+            let (digest, want) = if name == "manifest" {
+                (manifest.clone(), None)
+            } else if let Some(hex) = name.strip_prefix("manifests/sha256/") {
+                let d = format!("sha256:{hex}");
+                (d.clone(), Some(Want::manifest(&d, cap)))
+            } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+                let d = format!("sha256:{hex}");
+                (d.clone(), Some(Want::capped(&d, cap)))
+            } else {
+                return Err(format!("no member `{}`", printable(name)));
+            };
+            if !crate::core::chain::is_sha256_digest(&digest) {
+                return Err(format!("`{}` is not a sha256 digest", printable(name)));
+            }
+            if let Some(want) = want {
+                let (inner, blobs) = (inner.clone(), blobs.clone());
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                handle.spawn(async move {
+                    let _ = tx.send(fetch::one(&inner, &blobs, &want).await);
+                });
+                let r = rx
+                    .recv()
+                    .unwrap_or_else(|_| Err(SourceError::Io("the registry client stopped".into())));
+                if let Err(e) = r {
+                    let msg = e.to_string();
+                    if matches!(e, SourceError::Io(_)) {
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(SourceError::Io(msg.clone()));
+                    }
+                    return Err(msg);
+                }
+            }
+            let mut f = blobs.open(&digest).map_err(|e| e.to_string())?;
+            let mut bytes = Vec::new();
+            (&mut f)
+                .take(cap as u64 + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| e.to_string())?;
+            Ok(bytes)
+        };
+        (Box::new(read), slot)
+    }
+
+    /// A refusal as the image's failure (its fault, or the registry's
+    /// refusal to serve it) or as the environment's (retried).
+    fn err(&self, e: RegistryError) -> SourceError {
+        fetch::source_error(&self.inner.host, e)
+    }
+}
+
+/// Runs `f` on the source's runtime and waits for it on this thread.
+fn run_on_handle<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    f: impl std::future::Future<Output = Result<T, RegistryError>> + Send + 'static,
+) -> Result<T, RegistryError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().unwrap_or_else(|_| {
+        Err(RegistryError::Transport(
+            "the registry client".into(),
+            "its task stopped".into(),
+        ))
+    })
+}
+
+impl Source for RegistrySource {
+    fn uri(&self) -> String {
+        self.uri.clone()
+    }
+
+    /// The one image, as [`Source::discover`] makes it.
+    fn list(&self) -> Result<Listing, SourceError> {
+        let d = self.discover()?;
+        Ok(Listing {
+            objects: d
+                .units
+                .into_iter()
+                .flat_map(|u| u.objects)
+                .map(|o| Listed {
+                    key: o.key,
+                    size: o.size,
+                    stamp: o.stamp,
+                    modified: o.modified,
+                })
+                .collect(),
+            rejected: Vec::new(),
+        })
+    }
+
+    fn discover(&self) -> Result<Discovery, SourceError> {
+        let listed = match self.head() {
+            Ok(l) => l,
+            Err(e) if e.retryable() => return Err(self.err(e)),
+            // Refused: an image all the same, whose run fails with why.
+            Err(_) => Listed {
+                key: self.key.clone(),
+                size: 0,
+                stamp: "unresolved".into(),
+                modified: String::new(),
+            },
+        };
+        Ok(Discovery {
+            units: vec![Unit {
+                name: self.name.clone(),
+                kind: UnitKind::Registry,
+                objects: vec![UnitObject {
+                    key: listed.key,
+                    member: "manifest".into(),
+                    size: listed.size,
+                    stamp: listed.stamp,
+                    modified: listed.modified,
+                }],
+            }],
+            rejected: Vec::new(),
+        })
+    }
+
+    fn stat(&self, key: &str) -> Result<Listed, SourceError> {
+        if key != self.key {
+            return Err(SourceError::NotFound(key.to_string()));
+        }
+        self.head().map_err(|e| self.err(e))
+    }
+
+    fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError> {
+        let l = self.stat(key)?;
+        let inner = self.inner.clone();
+        let digest = l.stamp.clone();
+        let m = run_on_handle(self.rt().handle(), async move {
+            fetch::retrying(|| inner.client.manifest(&inner.repo, &digest, MAX_MANIFEST)).await
+        })
+        .map_err(|e| self.err(e))?;
+        Ok((Box::new(std::io::Cursor::new(m.bytes)), l))
+    }
+
+    /// The manifest by the digest it was listed with.
+    fn fetch(&self, obj: &UnitObject, blobs: &BlobStore) -> Result<(String, u64), SourceError> {
+        if !crate::core::chain::is_sha256_digest(&obj.stamp) {
+            // Discovery could not resolve the reference: say why now.
+            self.stat(&obj.key)?;
+            return Err(SourceError::Changed(format!(
+                "`{}` was resolved since it was listed",
+                printable(&obj.key)
+            )));
+        }
+        let want = Want::manifest(&obj.stamp, MAX_MANIFEST);
+        let inner = self.inner.clone();
+        let blobs2 = blobs.clone();
+        let got = run_on(self.rt(), async move {
+            fetch::one(&inner, &blobs2, &want).await
+        })??;
+        if got.size != obj.size {
+            return Err(SourceError::BadObject(format!(
+                "registry {}: manifest {} is {} bytes, listed as {}",
+                printable(&self.inner.host),
+                obj.stamp,
+                got.size,
+                obj.size
+            )));
+        }
+        Ok((obj.stamp.clone(), got.size))
+    }
+
+    fn registry(&self) -> Option<&RegistrySource> {
+        Some(self)
+    }
+}
