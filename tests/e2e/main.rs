@@ -12,6 +12,8 @@ mod hostile;
 mod load;
 mod metrics;
 mod private;
+mod proxy;
+mod registry;
 mod s3;
 mod sources;
 mod worker;
