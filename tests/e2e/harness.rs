@@ -255,6 +255,12 @@ pub const IMAGES: [&str; 6] = [
 /// Activates `image` at a mount point, checks that it shows exactly
 /// `tests/example-bucket/expected/IMAGE.tree`, and deactivates it.
 pub fn check_activation(env: &Env, image: &str) {
+    check_activation_as(env, image, image)
+}
+
+/// [`check_activation`] of `image` against the example image `expected`'s
+/// tree (the same image under another name).
+pub fn check_activation_as(env: &Env, image: &str, expected: &str) {
     let mnt = env.dir.path().join(format!("mnt-{image}"));
     let act = format!("act-{image}");
     let v = env.json(&[
@@ -267,8 +273,8 @@ pub fn check_activation(env: &Env, image: &str) {
     ]);
     assert_eq!(v["activation"], act.as_str());
     assert_eq!(v["mount"]["type"], "overlay");
-    let expected =
-        std::fs::read_to_string(example_bucket().join(format!("expected/{image}.tree"))).unwrap();
+    let want = std::fs::read_to_string(example_bucket().join(format!("expected/{expected}.tree")))
+        .unwrap();
     let got = tree(&mnt);
     // Writes go to the activation, not to the shared layers.
     std::fs::write(mnt.join("written-by-test"), b"x").unwrap();
@@ -279,9 +285,9 @@ pub fn check_activation(env: &Env, image: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(mounts_under(&mnt).is_empty(), "deactivate unmounts");
-    if got != expected {
+    if got != want {
         let diff = std::process::Command::new("diff")
-            .arg(example_bucket().join(format!("expected/{image}.tree")))
+            .arg(example_bucket().join(format!("expected/{expected}.tree")))
             .arg("-")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -293,7 +299,7 @@ pub fn check_activation(env: &Env, image: &str) {
             })
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        panic!("activation of {image} differs from expected/{image}.tree:\n{diff}");
+        panic!("activation of {image} differs from expected/{expected}.tree:\n{diff}");
     }
 }
 

@@ -153,7 +153,7 @@ fn metrics_endpoint_agrees_with_status_and_audit() {
         .sum();
     assert!(bucket_bytes > 0);
     assert_eq!(
-        value(&text, "tarpool_downloaded_bytes_total"),
+        value(&text, "tarpool_downloaded_bytes_total{source=\"dir\"}"),
         bucket_bytes as f64
     );
     assert!(value(&text, "tarpool_written_bytes_total") > 0.0);

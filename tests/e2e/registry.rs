@@ -457,3 +457,36 @@ fn sigkill_during_a_blob_download_resumes_from_the_stored_bytes() {
         "only the missing bytes are fetched"
     );
 }
+
+#[test]
+fn what_a_bucket_stored_is_not_fetched_from_a_registry() {
+    let s = Setup::new(false, &[]);
+    s.push("ocilayout", "team/oci:v1");
+    let bucket = bucket_with(&s.env, &["ocilayout"]);
+    let report = s.run_ok(&[bucket.to_str().unwrap()]);
+    assert_eq!(states(&report), [("ocilayout".into(), "ready".into())]);
+    // The same image from the registry, under another name: its blobs
+    // (manifest, config, layers) are stored by digest already, and its
+    // layer is shared by chain ID.
+    s.proxy.clear_log();
+    let report = s.run_ok(&[bucket.to_str().unwrap(), &s.source("team/oci:v1", "again")]);
+    let got = states(&report);
+    assert!(got.contains(&("again".into(), "ready".into())), "{report}");
+    let log = s.proxy.log();
+    assert!(
+        log.iter().all(|l| l.method == "HEAD"),
+        "only the tag is resolved: {log:?}"
+    );
+    let status = s.env.json(&["status", "--json"]);
+    let top = |n: &str| {
+        status["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap()["top_chain"]
+            .clone()
+    };
+    assert_eq!(top("again"), top("ocilayout"), "{status}");
+    check_activation_as(&s.env, "again", "ocilayout");
+}

@@ -40,6 +40,9 @@ pub struct Snapshot {
 
 pub use crate::store::counts::{Counts, DecisionCount, TransitionCount, INTERRUPTED};
 
+/// The kinds of source always exported (0 when nothing came from one).
+const SOURCE_KINDS: [&str; 3] = ["dir", "s3", "registry"];
+
 /// The image states always exported (0 when no image is in them).
 const IMAGE_STATES: [&str; 4] = ["ready", "failed", "running", "pending"];
 
@@ -96,12 +99,22 @@ pub fn render(s: &Snapshot) -> String {
         o.sample(&format!("{h}_count"), &l, &t.count.to_string());
     }
 
+    let name = "tarpool_downloaded_bytes_total";
+    o.family(
+        name,
+        "counter",
+        "Bytes fetched from the sources by completed download and fetch-layers transitions, by the kind of source (dir, s3, registry).",
+    );
+    for kind in SOURCE_KINDS {
+        let v = c
+            .downloaded_bytes
+            .iter()
+            .filter(|(k, _)| k == kind)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        o.sample(name, &[("source", kind)], &v.to_string());
+    }
     for (name, help, v) in [
-        (
-            "tarpool_downloaded_bytes_total",
-            "Bytes of objects fetched from the source by completed download transitions.",
-            c.downloaded_bytes,
-        ),
         (
             "tarpool_written_bytes_total",
             "Content bytes of the committed layers (drops only when `tarpool gc` removes layers, between runs).",

@@ -141,7 +141,7 @@ fn render_cases() {
                 &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1],
             ),
         ],
-        downloaded_bytes: 1 << 20,
+        downloaded_bytes: vec![("dir".into(), 1 << 20), ("registry".into(), 3)],
         layers: 4,
         written_bytes: 5000,
         layer_entries: 42,
@@ -197,9 +197,11 @@ fn render_cases() {
         tarpool_transition_duration_seconds_bucket{transition="unpack-layers",outcome="ok",le="+Inf"} 2
         tarpool_transition_duration_seconds_sum{transition="unpack-layers",outcome="ok"} 1234.567
         tarpool_transition_duration_seconds_count{transition="unpack-layers",outcome="ok"} 2
-        # HELP tarpool_downloaded_bytes_total Bytes of objects fetched from the source by completed download transitions.
+        # HELP tarpool_downloaded_bytes_total Bytes fetched from the sources by completed download and fetch-layers transitions, by the kind of source (dir, s3, registry).
         # TYPE tarpool_downloaded_bytes_total counter
-        tarpool_downloaded_bytes_total 1048576
+        tarpool_downloaded_bytes_total{source="dir"} 1048576
+        tarpool_downloaded_bytes_total{source="s3"} 0
+        tarpool_downloaded_bytes_total{source="registry"} 3
         # HELP tarpool_written_bytes_total Content bytes of the committed layers (drops only when `tarpool gc` removes layers, between runs).
         # TYPE tarpool_written_bytes_total counter
         tarpool_written_bytes_total 5000
@@ -274,7 +276,7 @@ fn counts_from_the_store() {
     let path = d.path().join("state.db");
     let s = Store::open(&path).unwrap();
     // One image with a finished download (5 bytes) and a running
-    // classify; one with a run and no transition yet.
+    // classify; one (from a registry) whose layers were fetched (7 bytes).
     s.create_run("R1", "a", "download", "{}", "p").unwrap();
     s.create_run("R2", "b", "download", "{}", "p").unwrap();
     s.begin_transition("V1", "R1", "a", "download", 1).unwrap();
@@ -291,6 +293,18 @@ fn counts_from_the_store() {
     };
     s.finish_transition("R1", &fin, None).unwrap();
     s.begin_transition("V2", "R1", "a", "classify", 1).unwrap();
+    // A registry image's layers: counted under its kind of source.
+    s.begin_transition("V3", "R2", "b", "fetch-layers", 1)
+        .unwrap();
+    let data = r#"{"source":"registry://r.io/a:1"}"#;
+    let layers = Finish {
+        version: "V3",
+        output: Some(r#"{"fetched":2,"bytes":7}"#),
+        next_step: Some("check-unpacked"),
+        data,
+        ..fin
+    };
+    s.finish_transition("R2", &layers, None).unwrap();
     let rule = |action| NewDecision {
         rule: "max-layers",
         action,
@@ -310,7 +324,7 @@ fn counts_from_the_store() {
         .unwrap()
         .metrics_counts(&BUCKETS_MS)
         .unwrap();
-    assert_eq!(c.transitions.len(), 1, "running executions are not counted");
+    assert_eq!(c.transitions.len(), 2, "running executions are not counted");
     let t = &c.transitions[0];
     assert_eq!(
         (t.transition.as_str(), t.outcome.as_str(), t.count),
@@ -318,14 +332,17 @@ fn counts_from_the_store() {
     );
     assert_eq!(t.buckets.len(), BUCKETS_MS.len());
     assert_eq!(*t.buckets.last().unwrap(), 1);
-    assert_eq!(c.downloaded_bytes, 5);
+    assert_eq!(
+        c.downloaded_bytes,
+        [("dir".into(), 5), ("registry".into(), 7)]
+    );
     let dec: Vec<_> = c
         .decisions
         .iter()
         .map(|d| (d.action.as_str(), d.verdict.as_str(), d.count))
         .collect();
     assert_eq!(dec, [("allow", "allow", 2), ("reject", "deny", 1)]);
-    assert_eq!(c.images, [("pending".into(), 1), ("running".into(), 1)]);
+    assert_eq!(c.images, [("running".into(), 2)]);
     assert_eq!(c.runs_active, 2);
     assert_eq!((c.layers, c.written_bytes), (0, 0));
 }

@@ -11,8 +11,10 @@ pub struct Counts {
     /// Finished transition executions, by transition and outcome
     /// ([`INTERRUPTED`] for the ones the service's stop interrupted).
     pub transitions: Vec<TransitionCount>,
-    /// Bytes fetched by download transitions that completed.
-    pub downloaded_bytes: u64,
+    /// Bytes fetched by download and fetch-layers transitions that
+    /// completed, by the kind of their run's source (`dir`, `s3`,
+    /// `registry`).
+    pub downloaded_bytes: Vec<(String, u64)>,
     /// Committed layers, their content bytes and entries.
     pub layers: u64,
     pub written_bytes: u64,
@@ -89,12 +91,20 @@ impl Store {
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             drop(s);
-            let downloaded_bytes: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(CASE WHEN json_valid(output) THEN json_extract(output, '$.bytes') END), 0)
-                 FROM transitions WHERE name = 'download' AND outcome = 'ok'",
-                [],
-                |r| r.get(0),
+            let mut s = tx.prepare(
+                "SELECT CASE
+                     WHEN json_extract(r.data, '$.source') LIKE 's3://%' THEN 's3'
+                     WHEN json_extract(r.data, '$.source') LIKE 'registry://%' THEN 'registry'
+                     ELSE 'dir' END AS kind,
+                   COALESCE(SUM(CASE WHEN json_valid(t.output) THEN json_extract(t.output, '$.bytes') END), 0)
+                 FROM transitions t JOIN runs r ON r.id = t.run
+                 WHERE t.name IN ('download', 'fetch-layers') AND t.outcome = 'ok' AND json_valid(r.data)
+                 GROUP BY kind ORDER BY kind",
             )?;
+            let downloaded_bytes = s
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, n(r.get(1)?))))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            drop(s);
             let (layers, written_bytes, layer_entries): (i64, i64, i64) = tx.query_row(
                 "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(SUM(entries), 0)
                  FROM layers WHERE state = 'committed'",
@@ -141,7 +151,7 @@ impl Store {
             )?;
             Ok(Counts {
                 transitions,
-                downloaded_bytes: n(downloaded_bytes),
+                downloaded_bytes,
                 layers: n(layers),
                 written_bytes: n(written_bytes),
                 layer_entries: n(layer_entries),
