@@ -282,11 +282,13 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
     s.push("ocilayout", "team/oci:v1");
     let src = s.source("team/oci:v1", "ocilayout");
     // One 503 on the manifest's HEAD, a 429 on the first blob, a cut
-    // connection in the middle of another: all tried again.
+    // connection in the middle of it, and a 416 to the ranged request
+    // that goes on from the cut: all tried again.
     for (method, path, action) in [
         ("HEAD", "/manifests/v1", Action::Status(503, None)),
         ("GET", "/blobs/", Action::Status(429, Some(1))),
         ("GET", "/blobs/", Action::Cut(100)),
+        ("GET", "/blobs/", Action::Status(416, None)),
     ] {
         s.proxy.fault(Fault {
             method,
@@ -303,10 +305,21 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
         .iter()
         .find(|l| l.faulted && l.body == 100)
         .expect("the cut request");
-    // The cut blob went on from its 100th byte.
-    assert!(
-        log.iter()
-            .any(|l| l.path == cut.path && l.range.as_deref() == Some("bytes=100-")),
+    // The cut blob was asked for from its 100th byte on; refused that
+    // (416), from the start.
+    let ranges: Vec<(Option<&str>, u16)> = log
+        .iter()
+        .filter(|l| l.path == cut.path)
+        .map(|l| (l.range.as_deref(), l.status))
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            (None, 429),
+            (None, 200),
+            (Some("bytes=100-"), 416),
+            (None, 200)
+        ],
         "{log:?}"
     );
 

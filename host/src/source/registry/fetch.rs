@@ -361,6 +361,13 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
             let before = p.have;
             match stream(inner, want, &mut p).await {
                 Ok(()) => {}
+                // The bytes kept are not a prefix the registry can go on
+                // from (416): from the start, once.
+                Err(RegistryError::Status(_, 416)) if p.have > 0 && !retried_whole => {
+                    retried_whole = true;
+                    p.restart().map_err(|e| local("restarting a download", e))?;
+                    continue;
+                }
                 Err(e) => {
                     failed += 1;
                     if p.have > before {
