@@ -503,3 +503,50 @@ fn what_a_bucket_stored_is_not_fetched_from_a_registry() {
     assert_eq!(top("again"), top("ocilayout"), "{status}");
     check_activation_as(&s.env, "again", "ocilayout");
 }
+
+#[test]
+fn sigkill_at_every_boundary_of_a_registry_image_then_restart_completes_each_once() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let s = Setup::new(false, &[]);
+    s.push("ocilayout", "team/oci:v1");
+    let src = s.source("team/oci:v1", "ocilayout");
+    let mut killed = 0;
+    for step in STEPS {
+        for when in ["before", "before-commit", "after"] {
+            let p = format!("{when}:{step}");
+            let out = s
+                .cmd(&[&src])
+                .env("TARPOOL_FAILPOINTS", &p)
+                .output()
+                .unwrap();
+            match out.status.signal() {
+                Some(9) => killed += 1,
+                other => assert!(
+                    out.status.code().is_some(),
+                    "failpoint {p}: ended by {other:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            }
+        }
+    }
+    assert_eq!(killed, STEPS.len() * 3, "every failpoint fired");
+    let report = s.run_ok(&[&src]);
+    assert_eq!(states(&report), [("ocilayout".into(), "ready".into())]);
+    check_activation(&s.env, "ocilayout");
+    let audit = s.env.json(&["audit", "ocilayout", "--json"]);
+    for step in STEPS {
+        let ok = audit["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["name"] == step && t["outcome"] == "ok")
+            .count();
+        assert_eq!(ok, 1, "{step} completed exactly once: {audit}");
+    }
+    // Nothing half-fetched is left.
+    let downloads = s.env.state().join("downloads");
+    let left: Vec<_> = std::fs::read_dir(&downloads)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
