@@ -21,7 +21,7 @@ use http_body_util::BodyExt as _;
 use sha2::{Digest as _, Sha256};
 
 use super::answers::{RegistryError, READ_TIMEOUT};
-use super::source::Inner;
+use super::client::Registry;
 use crate::blobs::{free_bytes, BlobStore};
 use crate::core::names::printable;
 use crate::source::SourceError;
@@ -37,6 +37,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const MAX_CONNECTIONS: u32 = 64;
 /// Room kept free on the state directory's filesystem besides the blob.
 const DISK_MARGIN: u64 = 64 << 20;
+
+/// One repository of one registry: what every fetch goes through.
+pub(super) struct Inner {
+    pub(super) client: Registry,
+    pub(super) repo: String,
+    /// The registry, for messages: `HOST[:PORT]`.
+    pub(super) host: String,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use super::answers::RegistryError;
 use super::auth;
 use super::client::Registry;
-use super::fetch::{self, Want};
+use super::fetch::{self, Inner, Want};
 use crate::blobs::BlobStore;
 use crate::core::names::{printable, Discovery, Listed, Unit, UnitObject};
 use crate::core::registry::{default_name, Platform, RegistrySpec, Target};
@@ -53,13 +53,6 @@ impl Default for Options {
             parallel: 4,
         }
     }
-}
-
-pub(super) struct Inner {
-    pub(super) client: Registry,
-    pub(super) repo: String,
-    /// The registry, for messages: `HOST[:PORT]`.
-    pub(super) host: String,
 }
 
 pub struct RegistrySource {
