@@ -16,6 +16,12 @@ use crate::proxy::{Action, Fault, Logged, Proxy};
 mod support;
 use support::TestRegistry;
 
+/// The example OCI layout's config and biggest layer (1415 bytes).
+const OCILAYOUT_CONFIG: &str =
+    "sha256:20cbbcfbbfcd53ea9ccc997944f4d096f989acb99fe9c1b65e408010d02461c7";
+const OCILAYOUT_BIG_LAYER: &str =
+    "sha256:5ee233cf50e690e44f21593390ce9d5419955f5e95b97529e197716f11d4b067";
+
 const USER: &str = "anna";
 const PASSWORD: &str = "s3cret-pw";
 
@@ -253,10 +259,15 @@ fn a_wrong_password_fails_that_image_alone_in_one_line() {
     );
     s.push("ocilayout", "team/good:v1");
     s.push("ocilayout", "team/bad:v1");
-    let out = s.run(&[
-        &s.source("team/good:v1", "good"),
-        &s.source("team/bad:v1", "bad"),
-    ]);
+    // Logging everything it would log.
+    let out = s
+        .cmd(&[
+            &s.source("team/good:v1", "good"),
+            &s.source("team/bad:v1", "bad"),
+        ])
+        .env("TARPOOL_LOG", "trace")
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let status = s.env.status();
     assert_eq!(status["good"].0, "ready", "{status:?} {stderr}");
@@ -267,7 +278,11 @@ fn a_wrong_password_fails_that_image_alone_in_one_line() {
     assert!(why.contains("/v2/team/bad/manifests/v1"), "{why}");
     // No credential anywhere: messages, logs, the database.
     let db = std::fs::read(s.env.state().join("state.db")).unwrap();
-    for secret in [wrong, PASSWORD, &b64(&format!("{USER}:{wrong}"))] {
+    let (wrong_sent, right_sent) = (
+        b64(&format!("{USER}:{wrong}")),
+        b64(&format!("{USER}:{PASSWORD}")),
+    );
+    for secret in [wrong, PASSWORD, &wrong_sent, &right_sent] {
         assert!(!why.contains(secret) && !stderr.contains(secret));
         assert!(
             !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
@@ -281,14 +296,15 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
     let s = Setup::new(false, &[]);
     s.push("ocilayout", "team/oci:v1");
     let src = s.source("team/oci:v1", "ocilayout");
-    // One 503 on the manifest's HEAD, a 429 on the first blob, a cut
-    // connection in the middle of it, and a 416 to the ranged request
-    // that goes on from the cut: all tried again.
+    // One 503 on the manifest's HEAD, a 429 on the config, and on the
+    // biggest layer a cut connection in the middle, then a 416 to the
+    // ranged request that goes on from the cut: all tried again.
+    let (config, layer) = (OCILAYOUT_CONFIG, OCILAYOUT_BIG_LAYER);
     for (method, path, action) in [
         ("HEAD", "/manifests/v1", Action::Status(503, None)),
-        ("GET", "/blobs/", Action::Status(429, Some(1))),
-        ("GET", "/blobs/", Action::Cut(100)),
-        ("GET", "/blobs/", Action::Status(416, None)),
+        ("GET", config, Action::Status(429, Some(1))),
+        ("GET", layer, Action::Cut(100)),
+        ("GET", layer, Action::Status(416, None)),
     ] {
         s.proxy.fault(Fault {
             method,
@@ -305,6 +321,13 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
         .iter()
         .find(|l| l.faulted && l.body == 100)
         .expect("the cut request");
+    assert!(cut.path.ends_with(layer), "{log:?}");
+    let config_gets: Vec<u16> = log
+        .iter()
+        .filter(|l| l.path.ends_with(config))
+        .map(|l| l.status)
+        .collect();
+    assert_eq!(config_gets, [429, 200], "{log:?}");
     // The cut blob was asked for from its 100th byte on; refused that
     // (416), from the start.
     let ranges: Vec<(Option<&str>, u16)> = log
@@ -314,12 +337,7 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
         .collect();
     assert_eq!(
         ranges,
-        [
-            (None, 429),
-            (None, 200),
-            (Some("bytes=100-"), 416),
-            (None, 200)
-        ],
+        [(None, 200), (Some("bytes=100-"), 416), (None, 200)],
         "{log:?}"
     );
 
@@ -329,7 +347,7 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
     s2.proxy.clear_log();
     s2.proxy.fault(Fault {
         method: "GET",
-        path: "/blobs/".into(),
+        path: layer.into(),
         times: 100,
         action: Action::Corrupt,
     });
@@ -339,7 +357,16 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
     let why = status["ocilayout"].1.clone().unwrap();
     assert_eq!(status["ocilayout"].0, "failed");
     assert!(why.contains("does not match its digest"), "{why}");
+    assert!(why.contains(layer), "{why}");
     assert!(!why.contains('\n'));
+    let audit = s2.env.json(&["audit", "ocilayout", "--json"]);
+    let failed = audit["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["outcome"] == "failed")
+        .unwrap();
+    assert_eq!(failed["name"], "fetch-layers", "{audit}");
     // Nothing stored under a digest its bytes are not.
     let blobs = s2.env.state().join("blobs");
     for l in blob_gets(&s2.proxy.log()) {
@@ -549,4 +576,54 @@ fn sigkill_at_every_boundary_of_a_registry_image_then_restart_completes_each_onc
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_layer_stored_from_an_archive_is_not_fetched_for_its_digest() {
+    let s = Setup::new(false, &[]);
+    // The example OCI archive, in a bucket and (unpacked, pushed by
+    // skopeo with its blobs as they are) in the registry.
+    let bucket = bucket_with(&s.env, &["ociarchive.tar.gz"]);
+    let dir = s.env.dir.path().join("ociarchive");
+    std::fs::create_dir_all(&dir).unwrap();
+    let st = Command::new("tar")
+        .arg("-xzf")
+        .arg(example_bucket().join("images/ociarchive.tar.gz"))
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    s.push(
+        &format!("oci:{}:example/ociarchive:latest", dir.display()),
+        "team/archive:v1",
+    );
+    let report = s.run_ok(&[bucket.to_str().unwrap()]);
+    assert_eq!(states(&report), [("ociarchive".into(), "ready".into())]);
+    // Its layers are members of the archive, stored as one blob: none is
+    // a blob of its own, but each was shown to hold its diff ID.
+    s.proxy.clear_log();
+    let report = s.run_ok(&[
+        bucket.to_str().unwrap(),
+        &s.source("team/archive:v1", "again"),
+    ]);
+    assert!(
+        states(&report).contains(&("again".into(), "ready".into())),
+        "{report}"
+    );
+    let log = s.proxy.log();
+    let gets = blob_gets(&log);
+    // The config only (a member of the archive too): no layer.
+    assert_eq!(gets.len(), 1, "{log:?}");
+    assert!(gets[0].path.ends_with(OCILAYOUT_CONFIG), "{log:?}");
+    let audit = s.env.json(&["audit", "again", "--json"]);
+    let fetch = audit["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fetch-layers")
+        .unwrap()
+        .clone();
+    assert_eq!(fetch["output"]["layer_stored"], 3, "{fetch}");
+    check_activation_as(&s.env, "again", "ociarchive");
 }

@@ -26,6 +26,11 @@ pub(super) fn run(
     if unit(data)?.kind != UnitKind::Registry {
         return Ok(json!({ "fetched": 0, "layers_in_objects": true }));
     }
+    for l in &data.layers {
+        let v = ctx.policy.check_object(&l.member, l.len);
+        verdicts.push(v.clone());
+        deny_if(&v)?;
+    }
     let total = data
         .layers
         .iter()

@@ -43,11 +43,11 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// Whether trying again later may help (429, 5xx, the network).
+    /// Whether trying again later may help (408, 429, 5xx, the network).
     pub fn retryable(&self) -> bool {
         match self {
             RegistryError::TooManyRequests { .. } | RegistryError::Transport(..) => true,
-            RegistryError::Status(_, s) => *s >= 500,
+            RegistryError::Status(_, s) => *s >= 500 || *s == 408,
             _ => false,
         }
     }

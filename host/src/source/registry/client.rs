@@ -52,8 +52,9 @@ pub struct Manifest {
 /// What a `HEAD` of a manifest says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestHead {
-    /// `Docker-Content-Digest`.
-    pub digest: String,
+    /// `Docker-Content-Digest` (only a SHOULD of the specification: `None`
+    /// when the registry sends none).
+    pub digest: Option<String>,
     pub media_type: String,
     pub size: Option<u64>,
 }
@@ -414,18 +415,28 @@ impl Registry {
             .await?;
         let what = format!("HEAD {}", printable(&path));
         let h = resp.headers();
-        let digest = h
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .filter(|d| crate::core::chain::is_sha256_digest(d))
-            .ok_or_else(|| {
-                RegistryError::BadAnswer(what.clone(), "no sha256 Docker-Content-Digest".into())
-            })?
-            .to_string();
-        if reference.starts_with("sha256:") && digest != reference {
+        let digest = match h.get("docker-content-digest") {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .filter(|d| crate::core::chain::is_sha256_digest(d))
+                    .ok_or_else(|| {
+                        RegistryError::BadAnswer(
+                            what.clone(),
+                            "a Docker-Content-Digest that is not a sha256 digest".into(),
+                        )
+                    })?
+                    .to_string(),
+            ),
+        };
+        if reference.starts_with("sha256:") && digest.as_deref().is_some_and(|d| d != reference) {
             return Err(RegistryError::BadAnswer(
                 what,
-                format!("asked for {reference}, the registry says {digest}"),
+                format!(
+                    "asked for {reference}, the registry says {}",
+                    digest.as_deref().unwrap_or_default()
+                ),
             ));
         }
         Ok(ManifestHead {

@@ -264,13 +264,15 @@ fn hash_file(file: &File) -> std::io::Result<(Sha256, u64)> {
 }
 
 /// The partial file being written, and what it holds.
-struct Partial<'f> {
-    file: &'f File,
+struct Partial {
+    file: File,
     hasher: Sha256,
     have: u64,
+    /// Bytes this download received (resumed bytes not counted).
+    received: u64,
 }
 
-impl Partial<'_> {
+impl Partial {
     fn restart(&mut self) -> std::io::Result<()> {
         self.file.set_len(0)?;
         self.hasher = Sha256::new();
@@ -279,9 +281,13 @@ impl Partial<'_> {
     }
 }
 
+/// The slowest a body may come, on average, once it has had
+/// [`READ_TIMEOUT`]: a registry that trickles is cut (and tried again).
+const MIN_RATE: u64 = 16 << 10;
+
 /// One connection's worth of the blob, from `p.have` on. `Ok`: the body
 /// ended (complete or not).
-async fn stream(inner: &Inner, want: &Want, p: &mut Partial<'_>) -> Result<(), RegistryError> {
+async fn stream(inner: &Inner, want: &Want, p: &mut Partial) -> Result<(), RegistryError> {
     let what = || format!("GET /v2/{}/blobs/{}", inner.repo, want.digest);
     let blob = inner.client.blob(&inner.repo, &want.digest, p.have).await?;
     if blob.from == 0 && p.have > 0 {
@@ -289,6 +295,7 @@ async fn stream(inner: &Inner, want: &Want, p: &mut Partial<'_>) -> Result<(), R
         p.restart()
             .map_err(|e| RegistryError::Transport(what(), format!("restarting: {e}")))?;
     }
+    let (started, mut got) = (std::time::Instant::now(), 0u64);
     let mut body = blob.body;
     loop {
         let frame = match tokio::time::timeout(READ_TIMEOUT, body.frame()).await {
@@ -317,23 +324,58 @@ async fn stream(inner: &Inner, want: &Want, p: &mut Partial<'_>) -> Result<(), R
             .map_err(|e| RegistryError::Transport(what(), format!("writing: {e}")))?;
         p.hasher.update(&data);
         p.have += data.len() as u64;
+        p.received += data.len() as u64;
+        got += data.len() as u64;
+        let secs = started.elapsed().as_secs();
+        if secs > READ_TIMEOUT.as_secs() && got / secs < MIN_RATE {
+            return Err(RegistryError::Transport(
+                what(),
+                format!("slower than {} KiB/s", MIN_RATE >> 10),
+            ));
+        }
     }
+}
+
+/// Opens and locks the partial download at `path`: the file locked is the
+/// one at the path (another download may have renamed or removed the one
+/// it opened while it waited), so only its holder renames or removes it.
+async fn open_locked(path: &Path) -> Result<File, SourceError> {
+    use std::os::unix::fs::MetadataExt as _;
+    loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| local("opening a partial download", e))?;
+        lock(&file).await?;
+        let held = file
+            .metadata()
+            .map_err(|e| local("reading a partial download", e))?;
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => return Ok(file),
+            _ => continue,
+        }
+    }
+}
+
+/// Runs blocking file work off the source's runtime threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| local("a download task", e))?
 }
 
 /// Downloads a blob into the store, resuming a partial download.
 async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetched, SourceError> {
-    let dir = blobs.downloads_dir();
-    fs::create_dir_all(dir).map_err(|e| local("creating the downloads directory", e))?;
+    let dir = blobs.downloads_dir().to_path_buf();
+    fs::create_dir_all(&dir).map_err(|e| local("creating the downloads directory", e))?;
     let hex = want.digest.trim_start_matches("sha256:");
     let path = dir.join(format!("registry-{hex}.partial"));
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| local("opening a partial download", e))?;
-    lock(&file).await?;
+    let file = open_locked(&path).await?;
     // Another download may have finished it meanwhile.
     if let Some(size) = stored(blobs, want) {
         let _ = fs::remove_file(&path);
@@ -342,17 +384,22 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
             ..Fetched::default()
         });
     }
-    let (hasher, have) = hash_file(&file).map_err(|e| local("reading a partial download", e))?;
+    let (file, hasher, have) = blocking(move || {
+        let (h, n) = hash_file(&file).map_err(|e| local("reading a partial download", e))?;
+        Ok((file, h, n))
+    })
+    .await?;
     let mut p = Partial {
-        file: &file,
+        file,
         hasher,
         have,
+        received: 0,
     };
     if p.have > want.cap {
         p.restart().map_err(|e| local("restarting a download", e))?;
     }
     if let Some(size) = want.size {
-        let free = free_bytes(dir).map_err(|e| local("checking free disk space", e))?;
+        let free = free_bytes(&dir).map_err(|e| local("checking free disk space", e))?;
         let need = size - p.have;
         if free < need.saturating_add(DISK_MARGIN) {
             return Err(SourceError::Io(format!(
@@ -362,13 +409,34 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
         }
     }
     let resumed_from = p.have;
+    let host = printable(&inner.host);
+    // Connections in a row that brought nothing new.
     let mut failed = 0;
     let mut retried_whole = false;
+    let fail = |e: SourceError| {
+        // A final failure: nothing to go on from later.
+        let _ = fs::remove_file(&path);
+        e
+    };
     for _ in 0..MAX_CONNECTIONS {
         if Some(p.have) != want.size {
             let before = p.have;
-            match stream(inner, want, &mut p).await {
-                Ok(()) => {}
+            let mut short = false;
+            let e = match stream(inner, want, &mut p).await {
+                Ok(()) if want.size.is_none_or(|s| p.have >= s) => None,
+                // The body ended early: go on from there, or after a
+                // wait when it brought nothing new.
+                Ok(()) => {
+                    short = true;
+                    Some(RegistryError::Transport(
+                        format!("GET /v2/{}/blobs/{}", inner.repo, want.digest),
+                        format!(
+                            "the body ended after {} of the {} bytes its manifest declares",
+                            p.have,
+                            want.size.unwrap_or_default()
+                        ),
+                    ))
+                }
                 // The bytes kept are not a prefix the registry can go on
                 // from (416): from the start, once.
                 Err(RegistryError::Status(_, 416)) if p.have > 0 && !retried_whole => {
@@ -376,37 +444,44 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
                     p.restart().map_err(|e| local("restarting a download", e))?;
                     continue;
                 }
-                Err(e) => {
-                    failed += 1;
-                    if p.have > before {
-                        failed = 1;
+                Err(e) => Some(e),
+            };
+            if let Some(e) = e {
+                failed = if p.have > before { 1 } else { failed + 1 };
+                match backoff(&e, failed) {
+                    Some(wait) => {
+                        tracing::debug!(error = %e, have = p.have, "blob download cut short; resuming");
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
-                    match backoff(&e, failed) {
-                        Some(wait) => {
-                            tracing::debug!(error = %e, have = p.have, "blob download cut short; resuming");
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        None => {
-                            let _ = file.sync_data();
-                            return Err(source_error(&inner.host, e));
-                        }
+                    // Ended short again and again, each time complete
+                    // as far as HTTP goes: the blob is not the size its
+                    // manifest declares.
+                    None if short => {
+                        return Err(fail(SourceError::BadObject(format!(
+                            "registry {host}: {e}"
+                        ))))
                     }
+                    None if e.retryable() => {
+                        let _ = p.file.sync_data();
+                        return Err(source_error(&inner.host, e));
+                    }
+                    None => return Err(fail(source_error(&inner.host, e))),
                 }
-            }
-            if want.size.is_some_and(|s| p.have < s) {
-                // The body ended early: go on from there.
-                continue;
             }
         }
         let got = format!("sha256:{}", hex::encode(p.hasher.clone().finalize()));
         if got == want.digest && want.size.is_none_or(|s| s == p.have) {
-            file.sync_all()
-                .map_err(|e| local("syncing a download", e))?;
-            adopt(blobs, &path, &want.digest)?;
+            let (f, digest, from) = (p.file, want.digest.clone(), path.clone());
+            let blobs2 = blobs.clone();
+            blocking(move || {
+                f.sync_all().map_err(|e| local("syncing a download", e))?;
+                adopt(&blobs2, &from, &digest)
+            })
+            .await?;
             return Ok(Fetched {
                 size: p.have,
-                received: p.have - resumed_from,
+                received: p.received,
                 resumed_from,
             });
         }
@@ -417,17 +492,13 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
             p.restart().map_err(|e| local("restarting a download", e))?;
             continue;
         }
-        let _ = fs::remove_file(&path);
-        return Err(SourceError::BadObject(format!(
-            "registry {}: blob {} does not match its digest: its {} bytes are {got}",
-            printable(&inner.host),
-            want.digest,
-            p.have
-        )));
+        return Err(fail(SourceError::BadObject(format!(
+            "registry {host}: blob {} does not match its digest: its {} bytes are {got}",
+            want.digest, p.have
+        ))));
     }
     Err(SourceError::Io(format!(
-        "registry {}: blob {}: still incomplete after {MAX_CONNECTIONS} connections",
-        printable(&inner.host),
+        "registry {host}: blob {}: still incomplete after {MAX_CONNECTIONS} connections",
         want.digest
     )))
 }

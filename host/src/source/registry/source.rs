@@ -78,13 +78,11 @@ impl Drop for RegistrySource {
 }
 
 /// The spec in one spelling: the same image configured twice is one source.
+/// (Without `ca-file`: a host path never reaches a stored message.)
 fn canonical(spec: &RegistrySpec, key: &str) -> String {
     let mut opts = Vec::new();
     if spec.plain_http {
         opts.push("plain-http".to_string());
-    }
-    if let Some(c) = &spec.ca_file {
-        opts.push(format!("ca-file={c}"));
     }
     if let Some(n) = &spec.name {
         opts.push(format!("name={n}"));
@@ -168,18 +166,18 @@ impl RegistrySource {
         let (digest, size) = run_on_handle(self.rt().handle(), async move {
             let head =
                 fetch::retrying(|| inner.client.manifest_head(&inner.repo, &reference)).await?;
-            let size = match head.size {
-                Some(s) => s,
-                // No length in the answer: the manifest itself says it.
-                None => {
-                    let digest = head.digest.clone();
-                    fetch::retrying(|| inner.client.manifest(&inner.repo, &digest, MAX_MANIFEST))
-                        .await?
-                        .bytes
-                        .len() as u64
+            match (head.digest, head.size) {
+                (Some(d), Some(s)) => Ok((d, s)),
+                // No digest or no length in the answer: the manifest
+                // itself says them.
+                (digest, _) => {
+                    let by = digest.unwrap_or(reference);
+                    let m =
+                        fetch::retrying(|| inner.client.manifest(&inner.repo, &by, MAX_MANIFEST))
+                            .await?;
+                    Ok((m.digest, m.bytes.len() as u64))
                 }
-            };
-            Ok((head.digest, size))
+            }
         })?;
         Ok(Listed {
             key: self.key.clone(),
@@ -264,12 +262,17 @@ impl RegistrySource {
                     return Err(msg);
                 }
             }
-            let mut f = blobs.open(&digest).map_err(|e| e.to_string())?;
             let mut bytes = Vec::new();
-            (&mut f)
-                .take(cap as u64 + 1)
-                .read_to_end(&mut bytes)
-                .map_err(|e| e.to_string())?;
+            let read = blobs
+                .open(&digest)
+                .and_then(|f| f.take(cap as u64 + 1).read_to_end(&mut bytes));
+            if let Err(e) = read {
+                // The host's trouble, not the image's.
+                let msg = format!("reading a stored blob: {e}");
+                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(SourceError::Io(msg.clone()));
+                return Err(msg);
+            }
             Ok(bytes)
         };
         (Box::new(read), slot)
