@@ -351,6 +351,21 @@ def docker_unit():
     ]
 
 
+def registry_unit(files, top):
+    """An OCI layout's files as a registry serves them: `manifest` is `top`
+    (or, with None, the first image manifest), and every blob is there as
+    blobs/sha256/HEX and manifests/sha256/HEX."""
+    out, first = [], None
+    for name, content in files:
+        if name.startswith("blobs/sha256/"):
+            out.append((name, content))
+            out.append(("manifests/" + name[len("blobs/"):], content))
+            if first is None and b'"layers"' in content:
+                first = content
+    top_bytes = dict(files)[top] if top else first
+    return [("manifest", top_bytes)] + out
+
+
 def manifest_seed(kind, members):
     recs = []
     for name, content in members:
@@ -441,7 +456,7 @@ def main():
         seeds["classify"].append((name, data))
 
     # manifest: kind byte bit 0 archive, bit 1 arm64, bit 2 variant v8,
-    # bits 4-6 index depth.
+    # bit 3 registry, bits 4-6 index depth.
     for name, data in archives:
         seeds["manifest"].append((name, manifest_seed(0x41, members_of_tar(data))))
     layout = [(k[len("images/ocilayout/"):], v) for k, v in bucket_files()
@@ -455,6 +470,11 @@ def main():
         ("oci-nested-2", manifest_seed(0x41, oci_unit(nested=2))),
         ("oci-nested-too-deep", manifest_seed(0x11, oci_unit(nested=3))),
         ("docker-save", manifest_seed(0x41, docker_unit())),
+        # A registry image (bit 3): `manifest` is what the reference names;
+        # the rest is read by digest, manifests under manifests/.
+        ("registry-index", manifest_seed(0x4e, registry_unit(
+            oci_unit((("amd64", None), ("arm64", "v8"))), top="index.json"))),
+        ("registry-manifest", manifest_seed(0x48, registry_unit(oci_unit(), top=None))),
         ("docker-legacy-v1", manifest_seed(0x41, [
             ("repositories", js({"x": {"latest": "a" * 64}})),
             ("a" * 64 + "/json", js({"id": "a" * 64, "architecture": "amd64"})),

@@ -198,5 +198,16 @@ mod tests {
             s.uri(),
             "registry://r.io:5000/team/api:v1?plain-http&name=api"
         );
+        // Another platform is another image (key, and so fingerprint).
+        for (spec, key) in [
+            ("registry://r.io/team/api:v1", "team/api:v1"),
+            (
+                "registry://r.io/team/api:v1?platform=linux/arm64/v8",
+                "team/api:v1 for linux/arm64/v8",
+            ),
+        ] {
+            let s = super::registry::RegistrySource::new(spec, &Default::default()).unwrap();
+            assert_eq!(s.key(), key);
+        }
     }
 }

@@ -60,7 +60,8 @@ pub struct RegistrySource {
     spec: RegistrySpec,
     /// The tag or digest the reference names.
     reference: String,
-    /// The image's object key: `REPO:TAG` or `REPO@DIGEST`.
+    /// The image's object key: `REPO:TAG` or `REPO@DIGEST`, and ` for
+    /// OS/ARCH[/VARIANT]` when `platform=` is given.
     key: String,
     name: String,
     uri: String,
@@ -119,10 +120,20 @@ impl RegistrySource {
             None => default_name(&repo, &target)
                 .ok_or_else(|| bad("the image name made from it would be too long: give name="))?,
         };
-        let (reference, key) = match &target {
+        let (reference, mut key) = match &target {
             Target::Tag(t) => (t.clone(), format!("{repo}:{t}")),
             Target::Digest(d) => (d.clone(), format!("{repo}@{d}")),
         };
+        if let Some(p) = &spec.platform {
+            // Another platform is another image: its key (and so the
+            // image's fingerprint) says which.
+            let v = p
+                .variant
+                .as_ref()
+                .map(|v| format!("/{v}"))
+                .unwrap_or_default();
+            key.push_str(&format!(" for {}/{}{v}", p.os, p.arch));
+        }
         let files = auth::auth_files(opts.auth_file.as_deref(), &|k| std::env::var(k).ok());
         let credential = auth::find(&files, &spec.host, &repo).map_err(|e| bad(&e.to_string()))?;
         let client = Registry::new(&spec, credential).map_err(|e| bad(&e))?;
@@ -152,6 +163,11 @@ impl RegistrySource {
         self.rt
             .as_ref()
             .expect("the registry runtime lives as long as the source")
+    }
+
+    /// The image's one object key.
+    pub fn key(&self) -> &str {
+        &self.key
     }
 
     /// The platform the reference asks for (`platform=`), if any.
