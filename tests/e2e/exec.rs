@@ -1239,8 +1239,6 @@ fn exec_cleans_up_after_a_killed_exec(rt: &str) {
     let script = format!("echo ready; exec sleep {secs}");
     let mut r = Running::start(&env, "bb", &script);
     r.expect("ready");
-    r.signal("-KILL");
-    assert_eq!(wait(&mut r.child).code(), None);
     let list = || {
         let out = Command::new(rt)
             .arg("--root")
@@ -1258,6 +1256,14 @@ fn exec_cleans_up_after_a_killed_exec(rt: &str) {
             .filter(|c| c.as_slice() == format!("sleep\x00{secs}\x00").as_bytes())
             .count()
     };
+    // Killed once the runtime has recorded the container and `sh` has
+    // become the sleep ("ready" comes before both).
+    let end = Instant::now() + TIMEOUT;
+    while !(list().starts_with("bb.") && sleepers() == 1) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    r.signal("-KILL");
+    assert_eq!(wait(&mut r.child).code(), None);
     // Left behind: the container and its command.
     let left = list();
     assert!(left.starts_with("bb."), "{left:?}");
