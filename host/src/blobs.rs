@@ -115,6 +115,18 @@ impl BlobStore {
         Ok((digest, size))
     }
 
+    /// Moves `file`, whose bytes the caller hashed to `digest` (a download
+    /// verified as it came), into the store under that name, and syncs the
+    /// store's directory; a blob already there is kept and `file` removed.
+    pub fn put(&self, file: &Path, digest: &str) -> io::Result<()> {
+        let dest = self.path(digest);
+        if dest.exists() {
+            return fs::remove_file(file);
+        }
+        fs::rename(file, &dest)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
     /// Streams `reader` into the store. With `expected_size`, refuses to start
     /// when the disk lacks room, and rejects a stream of another length.
     /// Returns `sha256:<hex>` and the size.

@@ -127,6 +127,16 @@ impl PlanError {
     }
 }
 
+/// The chain ID of every layer of a plan, from the diff IDs it has (a
+/// missing one counts as empty).
+pub fn chain_ids(layers: &[PlannedLayer]) -> Vec<String> {
+    let diffs: Vec<String> = layers
+        .iter()
+        .map(|l| l.diff_id.clone().unwrap_or_default())
+        .collect();
+    chain::chain_ids(&diffs)
+}
+
 /// Whether magic bytes of this kind can start a layer.
 pub fn is_layer_kind(kind: BlobKind) -> bool {
     matches!(

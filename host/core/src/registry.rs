@@ -20,6 +20,17 @@ pub struct Platform {
     pub variant: Option<String>,
 }
 
+impl std::fmt::Display for Platform {
+    /// `os/arch[/variant]`, as `platform=` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A parsed `registry://` source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrySpec {

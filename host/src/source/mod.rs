@@ -82,7 +82,7 @@ pub trait Source: Send + Sync {
 /// the `Source` trait is synchronous and called from both, so a source
 /// with an async client keeps its own runtime (never `block_on`).
 pub(crate) fn run_on<T: Send + 'static>(
-    rt: &tokio::runtime::Runtime,
+    rt: &tokio::runtime::Handle,
     f: impl std::future::Future<Output = T> + Send + 'static,
 ) -> Result<T, SourceError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);

@@ -6,7 +6,6 @@ use std::io::BufReader;
 
 use super::{input, open_blob, worker_request, RunData};
 use crate::archive;
-use crate::core::chain;
 use crate::core::plan::PlannedLayer;
 use crate::core::policy::Verdicts;
 use crate::ctx::Ctx;
@@ -43,12 +42,7 @@ pub(super) fn run(
             verified[i] = true;
         }
     }
-    let diffs: Vec<String> = data
-        .layers
-        .iter()
-        .map(|l| l.diff_id.clone().unwrap_or_default())
-        .collect();
-    let chains = chain::chain_ids(&diffs);
+    let chains = crate::core::plan::chain_ids(&data.layers);
     let mut present = 0;
     let mut report = Vec::new();
     for (i, (l, c)) in data.layers.iter_mut().zip(&chains).enumerate() {

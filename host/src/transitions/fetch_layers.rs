@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 
 use super::classify::{describe, head_of};
 use super::{deny_if, input, open_blob, source, unit, RunData};
-use crate::core::chain;
 use crate::core::names::printable;
 use crate::core::plan::{self, Placed};
 use crate::core::policy::Verdicts;
@@ -39,12 +38,7 @@ pub(super) fn run(
     let v = ctx.policy.check_image_size(total);
     verdicts.push(v.clone());
     deny_if(&v)?;
-    let diffs: Vec<String> = data
-        .layers
-        .iter()
-        .map(|l| l.diff_id.clone().unwrap_or_default())
-        .collect();
-    let chains = chain::chain_ids(&diffs);
+    let chains = crate::core::plan::chain_ids(&data.layers);
     let mut wanted: Vec<(String, u64)> = Vec::new();
     let (mut stored, mut layer_stored) = (0, 0);
     for (l, c) in data.layers.iter().zip(&chains) {

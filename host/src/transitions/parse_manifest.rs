@@ -41,14 +41,7 @@ pub(super) fn run(
     let u = unit(data)?.clone();
     let layout = match u.kind {
         UnitKind::Prefix => {
-            let members: Vec<Member> = u
-                .objects
-                .iter()
-                .map(|o| Member {
-                    name: o.member.clone(),
-                    size: o.size,
-                })
-                .collect();
+            let members = object_members(&u);
             // The reader owns what it reads: each member's blob path, the cap.
             let paths: BTreeMap<String, std::path::PathBuf> = data
                 .blobs
@@ -107,14 +100,7 @@ pub(super) fn run(
                 .blobs
                 .get("manifest")
                 .ok_or_else(|| input("download did not record the manifest"))?;
-            let members: Vec<Member> = u
-                .objects
-                .iter()
-                .map(|o| Member {
-                    name: o.member.clone(),
-                    size: o.size,
-                })
-                .collect();
+            let members = object_members(&u);
             let (read, failed) = reg.member_reader(
                 &ctx.blobs,
                 manifest,
@@ -189,6 +175,17 @@ pub(super) fn run(
         "component": answered.component,
         "component_sha256": answered.sha256,
     }))
+}
+
+/// A prefix's or registry image's objects, as the manifest step sees them.
+fn object_members(u: &Unit) -> Vec<Member> {
+    u.objects
+        .iter()
+        .map(|o| Member {
+            name: o.member.clone(),
+            size: o.size,
+        })
+        .collect()
 }
 
 /// Where layer `n`'s bytes lie (a stored blob, or a member of the archive

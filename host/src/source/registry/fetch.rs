@@ -476,7 +476,9 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
             let blobs2 = blobs.clone();
             blocking(move || {
                 f.sync_all().map_err(|e| local("syncing a download", e))?;
-                adopt(&blobs2, &from, &digest)
+                blobs2
+                    .put(&from, &digest)
+                    .map_err(|e| local("storing a blob", e))
             })
             .await?;
             return Ok(Fetched {
@@ -501,16 +503,4 @@ async fn download(inner: &Inner, blobs: &BlobStore, want: &Want) -> Result<Fetch
         "registry {host}: blob {}: still incomplete after {MAX_CONNECTIONS} connections",
         want.digest
     )))
-}
-
-/// Moves a verified download into the store under its digest.
-fn adopt(blobs: &BlobStore, path: &Path, digest: &str) -> Result<(), SourceError> {
-    let dest = blobs.path(digest);
-    fs::rename(path, &dest).map_err(|e| local("storing a blob", e))?;
-    if let Some(parent) = dest.parent() {
-        File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| local("syncing the blob store", e))?;
-    }
-    Ok(())
 }

@@ -89,12 +89,7 @@ fn canonical(spec: &RegistrySpec, key: &str) -> String {
         opts.push(format!("name={n}"));
     }
     if let Some(p) = &spec.platform {
-        let v = p
-            .variant
-            .as_ref()
-            .map(|v| format!("/{v}"))
-            .unwrap_or_default();
-        opts.push(format!("platform={}/{}{v}", p.os, p.arch));
+        opts.push(format!("platform={p}"));
     }
     let query = if opts.is_empty() {
         String::new()
@@ -127,12 +122,7 @@ impl RegistrySource {
         if let Some(p) = &spec.platform {
             // Another platform is another image: its key (and so the
             // image's fingerprint) says which.
-            let v = p
-                .variant
-                .as_ref()
-                .map(|v| format!("/{v}"))
-                .unwrap_or_default();
-            key.push_str(&format!(" for {}/{}{v}", p.os, p.arch));
+            key.push_str(&format!(" for {p}"));
         }
         let files = auth::auth_files(opts.auth_file.as_deref(), &|k| std::env::var(k).ok());
         let credential = auth::find(&files, &spec.host, &repo).map_err(|e| bad(&e.to_string()))?;
@@ -218,7 +208,7 @@ impl RegistrySource {
             .collect();
         let parallel = self.parallel;
         let n = wants.len();
-        match run_on(self.rt(), async move {
+        match run_on(self.rt().handle(), async move {
             fetch::many(inner, blobs2, wants, parallel).await
         }) {
             Ok(r) => r,
@@ -245,6 +235,10 @@ impl RegistrySource {
         let (inner, blobs) = (self.inner.clone(), blobs.clone());
         let (manifest, handle) = (manifest.to_string(), self.rt().handle().clone());
         let failed = slot.clone();
+        // A failure that is not the image's: kept for the transition.
+        let environment = move |msg: &str| {
+            *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(SourceError::Io(msg.into()));
+        };
         let read = move |name: &str| -> Result<Vec<u8>, String> {
             let (digest, want) = if name == "manifest" {
                 (manifest.clone(), None)
@@ -262,18 +256,15 @@ impl RegistrySource {
             }
             if let Some(want) = want {
                 let (inner, blobs) = (inner.clone(), blobs.clone());
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                handle.spawn(async move {
-                    let _ = tx.send(fetch::one(&inner, &blobs, &want).await);
-                });
-                let r = rx
-                    .recv()
-                    .unwrap_or_else(|_| Err(SourceError::Io("the registry client stopped".into())));
+                let r = run_on(
+                    &handle,
+                    async move { fetch::one(&inner, &blobs, &want).await },
+                )
+                .and_then(|r| r);
                 if let Err(e) = r {
                     let msg = e.to_string();
                     if matches!(e, SourceError::Io(_)) {
-                        *failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(SourceError::Io(msg.clone()));
+                        environment(&msg);
                     }
                     return Err(msg);
                 }
@@ -285,8 +276,7 @@ impl RegistrySource {
             if let Err(e) = read {
                 // The host's trouble, not the image's.
                 let msg = format!("reading a stored blob: {e}");
-                *failed.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(SourceError::Io(msg.clone()));
+                environment(&msg);
                 return Err(msg);
             }
             Ok(bytes)
@@ -301,19 +291,16 @@ impl RegistrySource {
     }
 }
 
-/// Runs `f` on the source's runtime and waits for it on this thread.
+/// Runs the requests `f` on the source's runtime ([`run_on`]) and waits for
+/// their answer on this thread.
 fn run_on_handle<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     f: impl std::future::Future<Output = Result<T, RegistryError>> + Send + 'static,
 ) -> Result<T, RegistryError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    handle.spawn(async move {
-        let _ = tx.send(f.await);
-    });
-    rx.recv().unwrap_or_else(|_| {
+    run_on(handle, f).unwrap_or_else(|e| {
         Err(RegistryError::Transport(
             "the registry client".into(),
-            "its task stopped".into(),
+            e.to_string(),
         ))
     })
 }
@@ -401,7 +388,7 @@ impl Source for RegistrySource {
         let want = Want::manifest(&obj.stamp, MAX_MANIFEST);
         let inner = self.inner.clone();
         let blobs2 = blobs.clone();
-        let got = run_on(self.rt(), async move {
+        let got = run_on(self.rt().handle(), async move {
             fetch::one(&inner, &blobs2, &want).await
         })??;
         if got.size != obj.size {

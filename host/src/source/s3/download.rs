@@ -255,7 +255,7 @@ impl S3Source {
             fetched: AtomicU64::new(0),
         });
         let j = job.clone();
-        let results = run_on(self.rt(), async move {
+        let results = run_on(self.rt().handle(), async move {
             let mut set = tokio::task::JoinSet::new();
             for _ in 0..workers {
                 set.spawn(j.clone().worker());
@@ -310,17 +310,9 @@ impl S3Source {
             )));
         }
         let digest = format!("sha256:{}", hex::encode(h.finalize()));
-        let dest = blobs.path(&digest);
-        if blobs.has(&digest, n_total) {
-            let _ = fs::remove_file(&part_path);
-        } else {
-            fs::rename(&part_path, &dest).map_err(|e| io_err("storing the blob", e))?;
-            if let Some(parent) = dest.parent() {
-                File::open(parent)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| io_err("syncing the blob store", e))?;
-            }
-        }
+        blobs
+            .put(&part_path, &digest)
+            .map_err(|e| io_err("storing the blob", e))?;
         let _ = fs::remove_file(&progress_path);
         Ok((digest, n_total))
     }

@@ -40,7 +40,7 @@ impl S3Source {
         loop {
             let inner = self.inner.clone();
             let (p, t) = (list_prefix.clone(), token.take());
-            let page = run_on(self.rt(), async move {
+            let page = run_on(self.rt().handle(), async move {
                 inner
                     .client
                     .list_objects_v2()

@@ -73,7 +73,7 @@ impl S3Source {
             .build()
             .map_err(|e| SourceError::Config(format!("starting the S3 client: {e}")))?;
         let anonymous = spec.anonymous;
-        let (client, endpoint) = run_on(&rt, async move {
+        let (client, endpoint) = run_on(rt.handle(), async move {
             use aws_smithy_http_client::tls;
             let http = aws_smithy_http_client::Builder::new()
                 .tls_provider(tls::Provider::Rustls(
@@ -155,7 +155,7 @@ impl S3Source {
     fn head(&self, key: &str) -> Result<Listed, SourceError> {
         let inner = self.inner.clone();
         let full = self.full_key(key);
-        let r = run_on(self.rt(), async move {
+        let r = run_on(self.rt().handle(), async move {
             inner
                 .client
                 .head_object()
