@@ -26,3 +26,7 @@ py3_layers() {
         gzip -dc "$img/oci/blobs/sha256/$l" > "$out/$n.tar"; n=$((n+1))
     done
 }
+
+# now: the time in seconds, with nanoseconds. median: of the numbers on stdin.
+now() { date +%s.%N; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

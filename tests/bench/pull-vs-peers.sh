@@ -58,8 +58,6 @@ REG_PID=$!
 for _ in $(seq 100); do (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.1; done
 skopeo copy -q --dest-tls-verify=false "oci:$IMG/oci:py3" "docker://$REG/library/py:3"
 
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 fresh() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 
 # A containerd of the benchmark's own, started anew (not timed) for each run.

@@ -20,8 +20,6 @@ ensure_images "$IMG"
 W=$(mktemp -d /var/tmp/tarpool-bench.XXXX)
 trap 'rm -rf "$W"' EXIT
 py3_layers "$IMG" "$W/bucket/images/py"
-now() { date +%s.%N; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 for i in $(seq "$RUNS"); do
     rm -rf "$W/s" "$W/t" "$W/u"; sync
     s=$(now); "$BIN" --state-dir "$W/s" run --once --jobs 1 --source "$W/bucket" >/dev/null; sync; e=$(now)

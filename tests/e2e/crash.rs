@@ -73,19 +73,8 @@ fn sigkill_at_every_boundary_then_restart_equals_an_uninterrupted_run() {
     }
     let mut killed = 0;
     for p in &points {
-        let out = env
-            .cmd(&["run", "--once", "--jobs", "1", "--source", src])
-            .env("TARPOOL_FAILPOINTS", p)
-            .output()
-            .unwrap();
-        match out.status.signal() {
-            Some(9) => killed += 1,
-            other => assert!(
-                out.status.code().is_some(),
-                "failpoint {p}: ended by {other:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        let cmd = env.cmd(&["run", "--once", "--jobs", "1", "--source", src]);
+        killed += usize::from(killed_at(cmd, p));
     }
     assert!(
         killed >= STEPS.len() * 3,

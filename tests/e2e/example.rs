@@ -173,18 +173,9 @@ fn gc_removes_only_unreferenced_layers() {
     std::fs::copy(bucket.join("images/adhoc/3.tar"), &sib).unwrap();
     run(&env);
     let st = env.json(&["status", "--json"]);
-    let top = |name: &str| {
-        st["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == name)
-            .unwrap()["top_chain"]
-            .clone()
-    };
     assert_eq!(
-        top("adhoc"),
-        top("adhoc-sibling"),
+        top_chain(&st, "adhoc"),
+        top_chain(&st, "adhoc-sibling"),
         "the sibling now is adhoc"
     );
     let gc = env.json(&["gc", "--json"]);

@@ -327,3 +327,47 @@ pub fn has_decision(audit: &Value, rule: &str, action: &str, path: &str) -> bool
             && !d["reason"].as_str().unwrap_or("").is_empty()
     })
 }
+
+/// The images of a `run --json` report: `(name, state)`, in its order.
+pub fn report_states(report: &Value) -> Vec<(String, String)> {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The top chain `status --json` gives image `name`.
+pub fn top_chain(status: &Value, name: &str) -> Value {
+    status["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap()["top_chain"]
+        .clone()
+}
+
+/// Runs `cmd` with the failpoint `point` armed; whether it was SIGKILLed
+/// there (otherwise it must have exited, not died another way).
+pub fn killed_at(mut cmd: Command, point: &str) -> bool {
+    use std::os::unix::process::ExitStatusExt as _;
+    let out = cmd.env("TARPOOL_FAILPOINTS", point).output().unwrap();
+    match out.status.signal() {
+        Some(9) => true,
+        other => {
+            assert!(
+                out.status.code().is_some(),
+                "failpoint {point}: ended by {other:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            false
+        }
+    }
+}

@@ -154,21 +154,6 @@ fn b64(s: &str) -> String {
     out
 }
 
-/// The image states a run report gives, by name.
-fn states(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["name"].as_str().unwrap().to_string(),
-                i["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn blob_gets(log: &[Logged]) -> Vec<&Logged> {
     log.iter()
         .filter(|l| l.method == "GET" && l.path.contains("/blobs/"))
@@ -187,7 +172,7 @@ fn pushed_images_are_ready_with_the_buckets_root_filesystems_and_fetched_once() 
     let report = s.run_ok(&[&oci, &docker]);
     let ready = |n: &str| (n.to_string(), "ready".to_string());
     assert_eq!(
-        states(&report),
+        report_states(&report),
         [ready("ocilayout"), ready("dockersave")],
         "{report}"
     );
@@ -235,7 +220,10 @@ fn a_moved_tag_runs_the_image_again_with_its_new_content() {
     let src = s.source("team/app:v1", "ocilayout");
     // First the docker archive's content under the name...
     let first = s.run_ok(&[&src]);
-    assert_eq!(states(&first), [("ocilayout".into(), "ready".into())]);
+    assert_eq!(
+        report_states(&first),
+        [("ocilayout".into(), "ready".into())]
+    );
     let top = |env: &Env| env.json(&["status", "--json"])["images"][0]["top_chain"].clone();
     let before = top(&s.env);
     // ... then the tag moves to the OCI image: that one it is now.
@@ -314,7 +302,10 @@ fn registry_faults_are_retried_and_a_wrong_blob_fails_the_image() {
         });
     }
     let report = s.run_ok(&[&src]);
-    assert_eq!(states(&report), [("ocilayout".into(), "ready".into())]);
+    assert_eq!(
+        report_states(&report),
+        [("ocilayout".into(), "ready".into())]
+    );
     check_activation(&s.env, "ocilayout");
     let log = s.proxy.log();
     let cut = log
@@ -471,7 +462,7 @@ fn sigkill_during_a_blob_download_resumes_from_the_stored_bytes() {
     s.proxy.clear_log();
     let report = s.run_ok(&[&src]);
     assert_eq!(
-        states(&report),
+        report_states(&report),
         [("big".into(), "ready".into())],
         "{report}"
     );
@@ -504,13 +495,16 @@ fn what_a_bucket_stored_is_not_fetched_from_a_registry() {
     s.push("ocilayout", "team/oci:v1");
     let bucket = bucket_with(&s.env, &["ocilayout"]);
     let report = s.run_ok(&[bucket.to_str().unwrap()]);
-    assert_eq!(states(&report), [("ocilayout".into(), "ready".into())]);
+    assert_eq!(
+        report_states(&report),
+        [("ocilayout".into(), "ready".into())]
+    );
     // The same image from the registry, under another name: its blobs
     // (manifest, config, layers) are stored by digest already, and its
     // layer is shared by chain ID.
     s.proxy.clear_log();
     let report = s.run_ok(&[bucket.to_str().unwrap(), &s.source("team/oci:v1", "again")]);
-    let got = states(&report);
+    let got = report_states(&report);
     assert!(got.contains(&("again".into(), "ready".into())), "{report}");
     let log = s.proxy.log();
     assert!(
@@ -518,47 +512,31 @@ fn what_a_bucket_stored_is_not_fetched_from_a_registry() {
         "only the tag is resolved: {log:?}"
     );
     let status = s.env.json(&["status", "--json"]);
-    let top = |n: &str| {
-        status["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == n)
-            .unwrap()["top_chain"]
-            .clone()
-    };
-    assert_eq!(top("again"), top("ocilayout"), "{status}");
+    assert_eq!(
+        top_chain(&status, "again"),
+        top_chain(&status, "ocilayout"),
+        "{status}"
+    );
     check_activation_as(&s.env, "again", "ocilayout");
 }
 
 #[test]
 fn sigkill_at_every_boundary_of_a_registry_image_then_restart_completes_each_once() {
-    use std::os::unix::process::ExitStatusExt as _;
     let s = Setup::new(false, &[]);
     s.push("ocilayout", "team/oci:v1");
     let src = s.source("team/oci:v1", "ocilayout");
     let mut killed = 0;
     for step in STEPS {
         for when in ["before", "before-commit", "after"] {
-            let p = format!("{when}:{step}");
-            let out = s
-                .cmd(&[&src])
-                .env("TARPOOL_FAILPOINTS", &p)
-                .output()
-                .unwrap();
-            match out.status.signal() {
-                Some(9) => killed += 1,
-                other => assert!(
-                    out.status.code().is_some(),
-                    "failpoint {p}: ended by {other:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            }
+            killed += usize::from(killed_at(s.cmd(&[&src]), &format!("{when}:{step}")));
         }
     }
     assert_eq!(killed, STEPS.len() * 3, "every failpoint fired");
     let report = s.run_ok(&[&src]);
-    assert_eq!(states(&report), [("ocilayout".into(), "ready".into())]);
+    assert_eq!(
+        report_states(&report),
+        [("ocilayout".into(), "ready".into())]
+    );
     check_activation(&s.env, "ocilayout");
     let audit = s.env.json(&["audit", "ocilayout", "--json"]);
     for step in STEPS {
@@ -599,7 +577,10 @@ fn a_layer_stored_from_an_archive_is_not_fetched_for_its_digest() {
         "team/archive:v1",
     );
     let report = s.run_ok(&[bucket.to_str().unwrap()]);
-    assert_eq!(states(&report), [("ociarchive".into(), "ready".into())]);
+    assert_eq!(
+        report_states(&report),
+        [("ociarchive".into(), "ready".into())]
+    );
     // Its layers are members of the archive, stored as one blob: none is
     // a blob of its own, but each was shown to hold its diff ID.
     s.proxy.clear_log();
@@ -608,7 +589,7 @@ fn a_layer_stored_from_an_archive_is_not_fetched_for_its_digest() {
         &s.source("team/archive:v1", "again"),
     ]);
     assert!(
-        states(&report).contains(&("again".into(), "ready".into())),
+        report_states(&report).contains(&("again".into(), "ready".into())),
         "{report}"
     );
     let log = s.proxy.log();

@@ -35,17 +35,7 @@ fn one_run_serves_several_sources_and_names_stay_unique() {
     let report = env.json(&[
         "run", "--once", "--json", "--source", first_s, "--source", second_s,
     ]);
-    let states: Vec<(String, String)> = report["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                i["name"].as_str().unwrap().to_string(),
-                i["state"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let states = report_states(&report);
     let ready = |n: &str| (n.to_string(), "ready".to_string());
     assert_eq!(
         states,
@@ -65,16 +55,11 @@ fn one_run_serves_several_sources_and_names_stay_unique() {
     // layers (chain IDs) whatever its source.
     check_activation(&env, "adhoc");
     let status = env.json(&["status", "--json"]);
-    let top = |n: &str| {
-        status["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["name"] == n)
-            .unwrap()["top_chain"]
-            .clone()
-    };
-    assert_eq!(top("again"), top("dockersave"), "{status}");
+    assert_eq!(
+        top_chain(&status, "again"),
+        top_chain(&status, "dockersave"),
+        "{status}"
+    );
     // Nothing changed: the next pass starts no run.
     let again = env.json(&[
         "run", "--once", "--json", "--source", first_s, "--source", second_s,
