@@ -18,7 +18,8 @@ use std::process::{Command, Stdio};
 
 const TARGET: &str = "wasm32-wasip2";
 /// (package, variable naming its `.wasm`).
-const GUESTS: [(&str, &str); 5] = [
+const GUESTS: [(&str, &str); 6] = [
+    ("listing", "TARPOOL_LISTING_WASM"),
     ("classify", "TARPOOL_CLASSIFY_WASM"),
     ("manifest", "TARPOOL_MANIFEST_WASM"),
     ("rootfs-dir", "TARPOOL_ROOTFS_DIR_WASM"),

@@ -608,3 +608,84 @@ fn a_layer_stored_from_an_archive_is_not_fetched_for_its_digest() {
     assert_eq!(fetch["output"]["layer_stored"], 3, "{fetch}");
     check_activation_as(&s.env, "again", "ociarchive");
 }
+
+/// `registry://HOST`: every tag of every repository the catalog lists is an
+/// image (named by the default mapping), listed again at every pass; the
+/// policy's `max-images` bounds how many are served.
+#[test]
+fn a_whole_registry_serves_every_tag_within_max_images() {
+    let s = Setup::new(true, &[("PROXY", &format!("{USER}:{PASSWORD}"))]);
+    s.push("ocilayout", "team/oci:v1");
+    s.push("dockersave", "team/docker:v1");
+    s.push("dockersave", "team/docker:v2");
+    let whole = format!("registry://{}?plain-http", s.proxy.host);
+    let report = s.run_ok(&[&whole]);
+    let mut states = report_states(&report);
+    states.sort();
+    let ready = |n: &str| (n.to_string(), "ready".to_string());
+    assert_eq!(
+        states,
+        [
+            ready("team_docker_v1"),
+            ready("team_docker_v2"),
+            ready("team_oci_v1")
+        ],
+        "{report}"
+    );
+    check_activation_as(&s.env, "team_oci_v1", "ocilayout");
+    check_activation_as(&s.env, "team_docker_v2", "dockersave");
+    // The same content under two tags: its blobs were fetched once.
+    let log = s.proxy.log();
+    let mut gets: Vec<&str> = blob_gets(&log).iter().map(|l| l.path.as_str()).collect();
+    let n = gets.len();
+    gets.sort_by_key(|p| p.rsplit('/').next().unwrap_or_default().to_string());
+    gets.dedup_by_key(|p| p.rsplit('/').next().unwrap_or_default().to_string());
+    assert_eq!(gets.len(), n, "a blob fetched twice: {log:?}");
+
+    // The next pass lists and resolves, and fetches nothing.
+    s.proxy.clear_log();
+    let again = s.run_ok(&[&whole]);
+    assert!(
+        again["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["unchanged"] == true),
+        "{again}"
+    );
+    for l in s.proxy.log() {
+        let listing = l.path.starts_with("/v2/_catalog") || l.path.ends_with("/tags/list");
+        let head = l.method == "HEAD" && l.path.contains("/manifests/");
+        assert!(listing || head, "{l:?}");
+    }
+
+    // At most two images: the first two listed are served, the third is
+    // one rejection naming the rule.
+    let policy = s.env.dir.path().join("two.toml");
+    let default = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml"),
+    )
+    .unwrap();
+    std::fs::write(&policy, default.replace("limit = 10000\n", "limit = 2\n")).unwrap();
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("policy = {:?}\n{config}", policy.to_str().unwrap()),
+    )
+    .unwrap();
+    let bounded = s.run_ok(&[&whole]);
+    let served: Vec<&str> = bounded["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(served.len(), 2, "{bounded}");
+    let rejected = bounded["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{bounded}");
+    let reason = rejected[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("policy max-images: the source lists more than 2 images"),
+        "{reason}"
+    );
+}

@@ -14,6 +14,7 @@ here, in each target's input format (see fuzz_targets/*.rs):
   rootfs_dir                 member-bits byte + metadata.yaml
   names                      newline-separated object keys
   user                       User spec NUL /etc/passwd NUL /etc/group
+  listing                    list byte (even: catalog, odd: tags) + body NUL Link
 
 Run from anywhere: python3 tests/fuzz/seeds.py
 """
@@ -409,7 +410,7 @@ def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     seeds = {t: [] for t in ["tarcheck", "tarcheck_vs_tar", "extract", "classify",
-                             "manifest", "rootfs_dir", "names", "user"]}
+                             "manifest", "rootfs_dir", "names", "user", "listing"]}
     layers = bucket_tars() + synthetic() + [
         pytar(tarfile.GNU_FORMAT, "py-gnu"),
         pytar(tarfile.PAX_FORMAT, "py-pax"),
@@ -508,6 +509,21 @@ def main():
     for spec in [b"", b"app", b"1000", b"app:extra", b"5:6", b"nobody", b"app:nogroup"]:
         seeds["user"].append(("spec-" + (spec.decode().replace(":", "-") or "empty"),
                               spec + b"\0" + passwd + b"\0" + group))
+    # listing: LIST-BYTE BODY [NUL LINK]
+    for name, which, body, link in [
+        ("catalog", 0, {"repositories": ["library/py", "team/api", "a.b_c__d---e/f"]}, None),
+        ("catalog-paged", 0, {"repositories": ["a/x"]}, '</v2/_catalog?last=a%2Fx&n=1>; rel="next"'),
+        ("catalog-bad-names", 0, {"repositories": ["Team/API", "../x", "a//b", "ok"]}, None),
+        ("catalog-absolute-link", 0, {"repositories": ["z"]},
+         '</v2/_catalog?n=1>; rel="prev", <https://r.example.com:5000/v2/_catalog?last=z>; rel="next last"'),
+        ("tags", 1, {"name": "team/api", "tags": ["v1", "latest", "_x.y-z", "-bad"]}, None),
+        ("tags-null", 1, {"name": "team/api", "tags": None}, None),
+        ("tags-other-repo", 1, {"name": "other", "tags": ["v1"]}, None),
+    ]:
+        data = bytes([which]) + js(body)
+        if link is not None:
+            data += b"\0" + link.encode()
+        seeds["listing"].append((name, data))
     seeds["names"] += [
         ("bucket", "\n".join(keys).encode()),
         ("odd-keys", "\n".join([

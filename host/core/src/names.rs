@@ -71,6 +71,25 @@ pub struct Discovery {
     pub rejected: Vec<Rejected>,
 }
 
+impl Discovery {
+    /// Keeps the first `max` units; the others (a source may have stopped
+    /// listing after the first one too many) are one rejection under the
+    /// policy rule `max-images`, keyed by the first left out.
+    pub fn bound(&mut self, max: usize, reason: &str) {
+        if self.units.len() <= max {
+            return;
+        }
+        let key = printable(&unit_key(&self.units[max]));
+        self.units.truncate(max);
+        self.rejected.push(Rejected {
+            key,
+            reason: format!(
+                "policy max-images: the source lists more than {max} images; this one and those after it are not served ({reason})"
+            ),
+        });
+    }
+}
+
 /// An activation's name, the one rule for every command that takes one:
 /// `[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}` (it names a lock file and a
 /// directory, so it never starts with a dot).
@@ -404,6 +423,36 @@ mod tests {
         let d = discover(&listing(&[&huge]));
         assert!(d.rejected[0].reason.contains("longer than"));
         assert!(d.rejected[0].key.len() < 300);
+    }
+
+    /// `max-images`: the first units listed are kept, the rest are one
+    /// rejection keyed by the first left out.
+    #[test]
+    fn a_bound_keeps_the_first_images() {
+        let keys = ["images/a.tar", "images/b/1.tar", "images/c.tar"];
+        for (max, kept, first_out) in [
+            (3, &["a", "b", "c"][..], None),
+            (2, &["a", "b"][..], Some("images/c.tar")),
+            (1, &["a"][..], Some("images/b/")),
+        ] {
+            let mut d = discover(&listing(&keys));
+            d.bound(max, "why");
+            let names: Vec<&str> = d.units.iter().map(|u| u.name.as_str()).collect();
+            assert_eq!(names, kept);
+            let r: Vec<(&str, &str)> = d
+                .rejected
+                .iter()
+                .map(|r| (r.key.as_str(), r.reason.as_str()))
+                .collect();
+            let reason = format!("policy max-images: the source lists more than {max} images; this one and those after it are not served (why)");
+            assert_eq!(
+                r,
+                first_out
+                    .map(|k| (k, reason.as_str()))
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct Policy {
     pub max_depth: Limit,
     pub max_ext_header_bytes: Limit,
     pub max_json_bytes: Limit,
+    /// Images one source may serve (a registry's whole catalog above all:
+    /// each image is resolved at every poll). Optional in a policy file,
+    /// for the files written before it.
+    #[serde(default = "default_max_images")]
+    pub max_images: Limit,
     pub max_id: Limit,
     pub device_nodes: ActionRule,
     pub fifos: ActionRule,
@@ -84,6 +89,16 @@ pub struct Policy {
     pub absolute_symlinks: ActionRule,
     pub duplicates: ActionRule,
     pub mtime: TimeRange,
+}
+
+/// `max-images` where a policy file does not say it (the default
+/// policy's; a unit test keeps the two the same).
+fn default_max_images() -> Limit {
+    Limit {
+        limit: 10_000,
+        reason: "images one source serves: a registry's every image is resolved at each poll"
+            .into(),
+    }
 }
 
 /// Reasons of the rules that are not configurable (they always reject).
@@ -131,6 +146,7 @@ impl Policy {
             ("max-name-bytes", &self.max_name_bytes),
             ("max-depth", &self.max_depth),
             ("max-json-bytes", &self.max_json_bytes),
+            ("max-images", &self.max_images),
         ] {
             if l.limit == 0 {
                 return bad(rule, "limit must be at least 1");
@@ -210,6 +226,7 @@ impl Policy {
             "max-depth" => &self.max_depth.reason,
             "max-ext-header-bytes" => &self.max_ext_header_bytes.reason,
             "max-json-bytes" => &self.max_json_bytes.reason,
+            "max-images" => &self.max_images.reason,
             "max-id" => &self.max_id.reason,
             "device-nodes" => &self.device_nodes.reason,
             "fifos" => &self.fifos.reason,
@@ -338,6 +355,13 @@ impl Policy {
         )
     }
 
+    /// Keeps a source's first `max-images` images (in the order it listed
+    /// them); the others are one rejection, naming the first left out.
+    pub fn bound_images(&self, d: &mut crate::names::Discovery) {
+        let max = usize::try_from(self.max_images.limit).unwrap_or(usize::MAX);
+        d.bound(max, &self.max_images.reason);
+    }
+
     /// Bound on a layer's decompressed size given its compressed size.
     pub fn decompressed_cap(&self, compressed: u64) -> u64 {
         compressed
@@ -437,6 +461,19 @@ mod tests {
         assert_eq!(p.decompressed_cap(u64::MAX), u64::MAX);
     }
 
+    /// A policy file written before `max-images` gets the default
+    /// policy's.
+    #[test]
+    fn max_images_defaults_to_the_default_policys() {
+        let d = Policy::default_policy();
+        assert_eq!(d.max_images, default_max_images());
+        let start = DEFAULT_POLICY.find("[max-images]").unwrap();
+        let end = start + DEFAULT_POLICY[start..].find("\n\n").unwrap();
+        let older = format!("{}{}", &DEFAULT_POLICY[..start], &DEFAULT_POLICY[end + 2..]);
+        assert!(!older.contains("max-images"));
+        assert_eq!(Policy::from_toml(&older).unwrap().max_images, d.max_images);
+    }
+
     #[test]
     fn bad_policies_are_reported() {
         let swap = |from: &str, to: &str| DEFAULT_POLICY.replacen(from, to, 1);
@@ -464,6 +501,10 @@ mod tests {
             (swap("limit = 4294967294", "limit = 4294967295"), "`max-id`"),
             (swap("min = 0", "min = 253402300800"), "min is after max"),
             (swap("reason = \"FIFOs", "why = \"FIFOs"), "unknown field"),
+            (
+                swap("limit = 10000\n", "limit = 0\n"),
+                "`max-images`: limit must be at least 1",
+            ),
         ] {
             let e = Policy::from_toml(&text).unwrap_err();
             assert!(e.contains(frag), "{e} lacks {frag}");

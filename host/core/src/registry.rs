@@ -51,54 +51,7 @@ pub struct RegistrySpec {
 /// Why a `registry://` spec is refused (one line, the spec's fault).
 pub type SpecError = String;
 
-/// The longest repository name the specification allows.
-const MAX_REPO: usize = 255;
-
-/// A repository path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
-fn valid_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    if b.is_empty() || !b[0].is_ascii_lowercase() && !b[0].is_ascii_digit() {
-        return false;
-    }
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        // A separator: `.`, `_`, `__` or a run of `-`, then alphanumerics.
-        let start = i;
-        match b[i] {
-            b'.' => i += 1,
-            b'_' => i += if b.get(i + 1) == Some(&b'_') { 2 } else { 1 },
-            b'-' => {
-                while b.get(i) == Some(&b'-') {
-                    i += 1;
-                }
-            }
-            _ => return false,
-        }
-        if i == start || !b.get(i).is_some_and(|&x| alnum(x)) {
-            return false;
-        }
-    }
-    true
-}
-
-/// A repository name: `/`-separated components, at most 255 characters.
-pub fn valid_repo(r: &str) -> bool {
-    (1..=MAX_REPO).contains(&r.len()) && r.split('/').all(valid_component)
-}
-
-/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
-pub fn valid_tag(t: &str) -> bool {
-    let b = t.as_bytes();
-    (1..=128).contains(&b.len())
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'_' | b'.' | b'-'))
-}
+pub use guest_text::distribution::{valid_repo, valid_tag};
 
 /// `host`, `host:port`, `[v6]:port`: letters, digits, `.`, `-`, and a
 /// port of 1 to 65535.

@@ -8,7 +8,8 @@ pub(super) fn build_ctx(
     shutdown: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Ctx> {
     let store = open_store(&cfg.state_dir)?;
-    let sources = crate::source::Sources::parse(&cfg.sources, &cfg.registry)?;
+    let sources =
+        crate::source::Sources::parse(&cfg.sources, &cfg.registry, &cfg.state_dir.cache())?;
     let blobs = crate::blobs::BlobStore::new(&cfg.state_dir).context("opening the blob store")?;
     let steps = crate::wasm::Steps::load_with(&cfg.state_dir.cache(), &cfg.steps)
         .context("loading the format steps")?;

@@ -18,8 +18,12 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
     let mut found = Vec::new();
     let mut first_err = None;
     for src in ctx.sources.iter() {
-        match src.discover() {
-            Ok(d) => found.push((src.uri(), d)),
+        let max = usize::try_from(ctx.policy.max_images.limit).unwrap_or(usize::MAX);
+        match src.discover(max) {
+            Ok(mut d) => {
+                ctx.policy.bound_images(&mut d);
+                found.push((src.uri(), d))
+            }
             Err(e) => {
                 tracing::error!(source = %src.uri(), error = %e, "the source cannot be listed; its images are left as they are");
                 summary

@@ -156,7 +156,10 @@ fn setup_sources(sources: &[&[(&str, Vec<u8>)]]) -> Setup {
         for (name, bytes) in *images {
             std::fs::write(source.join(format!("images/{name}.tar")), bytes).unwrap();
         }
-        all.push(crate::source::parse(source.to_str().unwrap(), &Default::default()).unwrap());
+        all.push(
+            crate::source::parse(source.to_str().unwrap(), &Default::default(), dir.path())
+                .unwrap(),
+        );
     }
     setup_from(dir, all)
 }
@@ -513,6 +516,7 @@ fn a_source_that_cannot_be_listed_is_skipped_and_named() {
     let first = crate::source::parse(
         dir.path().join("source0").to_str().unwrap(),
         &Default::default(),
+        dir.path(),
     )
     .unwrap();
     let s = setup_from(dir, vec![first, Box::new(Unlistable)]);

@@ -45,8 +45,11 @@ pub trait Source: Send + Sync {
     fn uri(&self) -> String;
     fn list(&self) -> Result<Listing, SourceError>;
     /// The images the source holds now. By default: its listing grouped by
-    /// `core::names` (the listing's rejections first).
-    fn discover(&self) -> Result<Discovery, SourceError> {
+    /// `core::names` (the listing's rejections first). A source may stop
+    /// listing after `max_images + 1` images: the caller keeps `max_images`
+    /// of them (the policy's `max-images`).
+    fn discover(&self, max_images: usize) -> Result<Discovery, SourceError> {
+        let _ = max_images;
         let listing = self.list()?;
         let mut d = crate::core::names::discover(&listing.objects);
         let mut rejected = listing.rejected;
@@ -117,11 +120,15 @@ impl Sources {
     }
 
     /// Each spec parsed as by [`parse`].
-    pub fn parse(specs: &[String], registry: &registry::Options) -> Result<Sources, SourceError> {
+    pub fn parse(
+        specs: &[String],
+        registry: &registry::Options,
+        cache_dir: &Path,
+    ) -> Result<Sources, SourceError> {
         Sources::new(
             specs
                 .iter()
-                .map(|s| parse(s, registry))
+                .map(|s| parse(s, registry, cache_dir))
                 .collect::<Result<_, _>>()?,
         )
     }
@@ -136,11 +143,19 @@ impl Sources {
     }
 }
 
-/// Parses `dir:PATH`, a plain path, `s3://BUCKET[/PREFIX][?OPTIONS]` or
-/// `registry://HOST[:PORT]/REPO[:TAG|@DIGEST][?OPTIONS]`.
-pub fn parse(spec: &str, registry: &registry::Options) -> Result<Box<dyn Source>, SourceError> {
+/// Parses `dir:PATH`, a plain path, `s3://BUCKET[/PREFIX][?OPTIONS]`,
+/// `registry://HOST[:PORT]/REPO[:TAG|@DIGEST][?OPTIONS]` or
+/// `registry://HOST[:PORT][?OPTIONS]` (a whole registry, whose listing
+/// step is compiled or loaded from `cache_dir`).
+pub fn parse(
+    spec: &str,
+    registry: &registry::Options,
+    cache_dir: &Path,
+) -> Result<Box<dyn Source>, SourceError> {
     if spec.starts_with("registry://") {
-        return Ok(Box::new(registry::RegistrySource::new(spec, registry)?));
+        return Ok(Box::new(registry::RegistrySource::new(
+            spec, registry, cache_dir,
+        )?));
     }
     if spec.starts_with("s3://") {
         return Ok(Box::new(s3::S3Source::new(spec)?));
@@ -165,14 +180,15 @@ pub fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    /// A `registry://` spec is checked when the source is made; a
-    /// registry's whole catalog is refused in one line (not served yet).
+    /// A `registry://` spec is checked when the source is made.
     #[test]
     fn registry_sources_are_checked() {
+        let cache = tempfile::tempdir().unwrap();
+        let parse = |spec: &str| super::parse(spec, &Default::default(), cache.path());
         for (spec, expected) in [
             (
-                "registry://r.io",
-                "registry source `registry://r.io`: listing a registry's catalog is not implemented yet",
+                "registry://r.io?name=x",
+                "registry source `registry://r.io?name=x`: name= names one image: give a repository",
             ),
             (
                 "registry://r.io/Team/api",
@@ -183,21 +199,24 @@ mod tests {
                 "registry source `registry://r.io/a?ca-file=/nonexistent/ca.pem`: ca-file /nonexistent/ca.pem: ",
             ),
         ] {
-            let e = super::parse(spec, &Default::default())
+            let e = parse(spec)
                 .err()
                 .expect(spec)
                 .to_string();
             assert!(e.starts_with(expected), "{spec}: {e}");
         }
-        let s = super::parse(
-            "registry://R.io:5000/team/api:v1?name=api&plain-http",
-            &Default::default(),
-        )
-        .unwrap();
-        assert_eq!(
-            s.uri(),
-            "registry://r.io:5000/team/api:v1?plain-http&name=api"
-        );
+        for (spec, uri) in [
+            (
+                "registry://R.io:5000/team/api:v1?name=api&plain-http",
+                "registry://r.io:5000/team/api:v1?plain-http&name=api",
+            ),
+            (
+                "registry://R.io:5000?platform=linux/arm64&plain-http",
+                "registry://r.io:5000?plain-http&platform=linux/arm64",
+            ),
+        ] {
+            assert_eq!(parse(spec).unwrap().uri(), uri);
+        }
         // Another platform is another image (key, and so fingerprint).
         for (spec, key) in [
             ("registry://r.io/team/api:v1", "team/api:v1"),
@@ -206,8 +225,9 @@ mod tests {
                 "team/api:v1 for linux/arm64/v8",
             ),
         ] {
-            let s = super::registry::RegistrySource::new(spec, &Default::default()).unwrap();
-            assert_eq!(s.key(), key);
+            let s = super::registry::RegistrySource::new(spec, &Default::default(), cache.path())
+                .unwrap();
+            assert_eq!(s.key(), Some(key));
         }
     }
 }

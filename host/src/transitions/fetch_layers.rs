@@ -56,7 +56,12 @@ pub(super) fn run(
             printable(&data.source)
         ))
     })?;
-    let results = reg.fetch_blobs(&wanted, &ctx.blobs);
+    let key = data
+        .unit
+        .as_ref()
+        .and_then(|u| u.objects.first())
+        .map_or("", |o| o.key.as_str());
+    let results = reg.fetch_blobs(key, &wanted, &ctx.blobs);
     let (mut received, mut resumed) = (0u64, 0u64);
     let mut first_err: Option<Failure> = None;
     for r in results {

@@ -101,11 +101,15 @@ pub(super) fn run(
                 .get("manifest")
                 .ok_or_else(|| input("download did not record the manifest"))?;
             let members = object_members(&u);
-            let (read, failed) = reg.member_reader(
-                &ctx.blobs,
-                manifest,
-                ctx.policy.max_json_bytes.limit as usize,
-            );
+            let key = u.objects.first().map_or("", |o| o.key.as_str());
+            let (read, failed) = reg
+                .member_reader(
+                    key,
+                    &ctx.blobs,
+                    manifest,
+                    ctx.policy.max_json_bytes.limit as usize,
+                )
+                .map_err(|e| Failure::Retry(e.to_string()))?;
             let r =
                 ctx.steps
                     .parse_manifest_for(UnitKind::Registry, &members, read, reg.platform());

@@ -13,6 +13,10 @@ use super::{host_err, StepError};
 pub(super) const USER_MEMORY: usize = 64 << 20;
 pub(super) const USER_FUEL: u64 = 2_000_000_000;
 
+/// Linear memory and fuel of a listing step: one page of at most 4 MiB.
+pub(super) const LISTING_MEMORY: usize = 128 << 20;
+pub(super) const LISTING_FUEL: u64 = 2_000_000_000;
+
 /// Linear memory a `classify` instance may use.
 pub(super) const CLASSIFY_MEMORY: usize = 64 << 20;
 /// Linear memory a `parse` instance may use: the member list of a flat

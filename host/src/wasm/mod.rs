@@ -16,7 +16,7 @@
 //! This file holds [`Steps`], its config and errors; `cache.rs` the engine
 //! and compiled components, `store.rs` the per-call store, `limits.rs` the
 //! guests' limits, and one file per step (`classify`, `manifest`, `tarcheck`,
-//! `user`).
+//! `user`, `listing`).
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +28,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 mod cache;
 mod classify;
 mod limits;
+mod listing;
 mod manifest;
 mod store;
 mod tarcheck;
@@ -35,6 +36,7 @@ mod tarcheck;
 mod tests;
 mod user;
 
+pub use listing::{ListOf, ListingStep, NextPage, Page};
 pub use tarcheck::{TarOnly, TarSession};
 pub use user::{UserIds, UserStep};
 

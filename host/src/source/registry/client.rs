@@ -215,7 +215,7 @@ impl Registry {
     /// Sends a request for `scope` (`repository:REPO:pull`), answering the
     /// registry's challenge once: HTTP Basic, or a bearer token fetched
     /// from the realm it names (refetched when a cached one is refused).
-    async fn send(
+    pub(super) async fn send(
         &self,
         method: Method,
         path: &str,

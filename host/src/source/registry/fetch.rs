@@ -40,7 +40,7 @@ const DISK_MARGIN: u64 = 64 << 20;
 
 /// One repository of one registry: what every fetch goes through.
 pub(super) struct Inner {
-    pub(super) client: Registry,
+    pub(super) client: Arc<Registry>,
     pub(super) repo: String,
     /// The registry, for messages: `HOST[:PORT]`.
     pub(super) host: String,

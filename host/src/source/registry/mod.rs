@@ -6,11 +6,14 @@
 
 pub mod answers;
 pub mod auth;
+pub mod catalog;
 pub mod client;
 pub mod fetch;
 pub mod source;
 
 pub use source::{Options, RegistrySource};
 
+#[cfg(test)]
+mod catalog_tests;
 #[cfg(test)]
 mod tests;

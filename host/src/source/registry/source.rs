@@ -1,7 +1,8 @@
 //! The registry source: one `registry://HOST/REPO[:TAG|@DIGEST]` reference
-//! served as one image.
+//! served as one image, or a whole registry (`registry://HOST`) served as
+//! every tag of every repository its catalog lists ([`super::catalog`]).
 //!
-//! Discovery resolves the reference with one `HEAD` of its manifest: the
+//! Discovery resolves each reference with one `HEAD` of its manifest: the
 //! image's one object is the manifest or index it names (member
 //! `manifest`), stamped with its digest, so a moved tag changes the image's
 //! fingerprint and an unchanged one costs that one request. A reference the
@@ -19,14 +20,15 @@ use std::sync::{Arc, Mutex};
 
 use super::answers::RegistryError;
 use super::auth;
+use super::catalog;
 use super::client::Registry;
 use super::fetch::{self, Inner, Want};
 use crate::blobs::BlobStore;
-use crate::core::names::{printable, Discovery, Listed, Unit, UnitObject};
-use crate::core::registry::{default_name, Platform, RegistrySpec, Target};
+use crate::core::names::{printable, Discovery, Listed, Rejected, Unit, UnitObject};
+use crate::core::registry::{default_name, valid_repo, valid_tag, Platform, RegistrySpec, Target};
 use crate::model::UnitKind;
 use crate::source::{run_on, Listing, Source, SourceError};
-use crate::wasm::MemberReader;
+use crate::wasm::{ListingStep, MemberReader};
 
 /// The largest manifest or index fetched (the distribution specification
 /// has registries accept manifests of at least 4 MiB).
@@ -55,15 +57,33 @@ impl Default for Options {
     }
 }
 
-pub struct RegistrySource {
-    inner: Arc<Inner>,
-    spec: RegistrySpec,
+/// Where a member reader puts a failure that is not the image's.
+pub type FailedSlot = Arc<Mutex<Option<SourceError>>>;
+
+/// One image of the registry.
+#[derive(Debug, Clone)]
+struct Image {
+    repo: String,
     /// The tag or digest the reference names.
     reference: String,
     /// The image's object key: `REPO:TAG` or `REPO@DIGEST`, and ` for
     /// OS/ARCH[/VARIANT]` when `platform=` is given.
     key: String,
     name: String,
+}
+
+/// What the source serves.
+enum Serves {
+    /// The image one reference names.
+    One(Image),
+    /// Every image of the registry, listed by the listing step.
+    All(ListingStep),
+}
+
+pub struct RegistrySource {
+    client: Arc<Registry>,
+    spec: RegistrySpec,
+    serves: Serves,
     uri: String,
     parallel: usize,
     rt: Option<tokio::runtime::Runtime>,
@@ -80,7 +100,7 @@ impl Drop for RegistrySource {
 
 /// The spec in one spelling: the same image configured twice is one source.
 /// (Without `ca-file`: a host path never reaches a stored message.)
-fn canonical(spec: &RegistrySpec, key: &str) -> String {
+fn canonical(spec: &RegistrySpec, key: Option<&str>) -> String {
     let mut opts = Vec::new();
     if spec.plain_http {
         opts.push("plain-http".to_string());
@@ -96,36 +116,64 @@ fn canonical(spec: &RegistrySpec, key: &str) -> String {
     } else {
         format!("?{}", opts.join("&"))
     };
-    format!("registry://{}/{key}{query}", spec.host)
+    match key {
+        Some(key) => format!("registry://{}/{key}{query}", spec.host),
+        None => format!("registry://{}{query}", spec.host),
+    }
+}
+
+/// An image's key: its reference, and the platform asked for (another
+/// platform is another image: its key, and so its fingerprint, says which).
+fn image_key(repo: &str, target: &Target, platform: Option<&Platform>) -> (String, String) {
+    let (reference, mut key) = match target {
+        Target::Tag(t) => (t.clone(), format!("{repo}:{t}")),
+        Target::Digest(d) => (d.clone(), format!("{repo}@{d}")),
+    };
+    if let Some(p) = platform {
+        key.push_str(&format!(" for {p}"));
+    }
+    (reference, key)
 }
 
 impl RegistrySource {
-    pub fn new(spec_text: &str, opts: &Options) -> Result<RegistrySource, SourceError> {
+    /// The source `spec_text` names; a whole registry's listing step is
+    /// compiled or loaded from `cache_dir`.
+    pub fn new(
+        spec_text: &str,
+        opts: &Options,
+        cache_dir: &std::path::Path,
+    ) -> Result<RegistrySource, SourceError> {
         let spec = crate::core::registry::parse(spec_text).map_err(SourceError::Config)?;
         let bad = |why: &str| {
             SourceError::Config(format!("registry source `{}`: {why}", printable(spec_text)))
         };
-        let Some((repo, target)) = spec.image.clone() else {
-            return Err(bad(
-                "listing a registry's catalog is not implemented yet: name a repository",
-            ));
+        let serves = match spec.image.clone() {
+            Some((repo, target)) => {
+                let name = match &spec.name {
+                    Some(n) => n.clone(),
+                    None => default_name(&repo, &target).ok_or_else(|| {
+                        bad("the image name made from it would be too long: give name=")
+                    })?,
+                };
+                let (reference, key) = image_key(&repo, &target, spec.platform.as_ref());
+                Serves::One(Image {
+                    repo,
+                    reference,
+                    key,
+                    name,
+                })
+            }
+            None => Serves::All(
+                ListingStep::load(cache_dir)
+                    .map_err(|e| bad(&format!("loading the listing step: {e}")))?,
+            ),
         };
-        let name = match &spec.name {
-            Some(n) => n.clone(),
-            None => default_name(&repo, &target)
-                .ok_or_else(|| bad("the image name made from it would be too long: give name="))?,
-        };
-        let (reference, mut key) = match &target {
-            Target::Tag(t) => (t.clone(), format!("{repo}:{t}")),
-            Target::Digest(d) => (d.clone(), format!("{repo}@{d}")),
-        };
-        if let Some(p) = &spec.platform {
-            // Another platform is another image: its key (and so the
-            // image's fingerprint) says which.
-            key.push_str(&format!(" for {p}"));
-        }
         let files = auth::auth_files(opts.auth_file.as_deref(), &|k| std::env::var(k).ok());
-        let credential = auth::find(&files, &spec.host, &repo).map_err(|e| bad(&e.to_string()))?;
+        let repo = match &serves {
+            Serves::One(i) => i.repo.as_str(),
+            Serves::All(_) => "",
+        };
+        let credential = auth::find(&files, &spec.host, repo).map_err(|e| bad(&e.to_string()))?;
         let client = Registry::new(&spec, credential).map_err(|e| bad(&e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -134,16 +182,16 @@ impl RegistrySource {
             .build()
             .map_err(|e| bad(&format!("starting the client: {e}")))?;
         Ok(RegistrySource {
-            uri: canonical(&spec, &key),
-            inner: Arc::new(Inner {
-                client,
-                host: spec.host.clone(),
-                repo,
-            }),
+            uri: canonical(
+                &spec,
+                match &serves {
+                    Serves::One(i) => Some(&i.key),
+                    Serves::All(_) => None,
+                },
+            ),
+            client: Arc::new(client),
             spec,
-            reference,
-            key,
-            name,
+            serves,
             parallel: opts.parallel.max(1),
             rt: Some(rt),
         })
@@ -155,9 +203,12 @@ impl RegistrySource {
             .expect("the registry runtime lives as long as the source")
     }
 
-    /// The image's one object key.
-    pub fn key(&self) -> &str {
-        &self.key
+    /// The image's one object key, when the source is one image.
+    pub fn key(&self) -> Option<&str> {
+        match &self.serves {
+            Serves::One(i) => Some(&i.key),
+            Serves::All(_) => None,
+        }
     }
 
     /// The platform the reference asks for (`platform=`), if any.
@@ -165,32 +216,129 @@ impl RegistrySource {
         self.spec.platform.as_ref()
     }
 
-    /// The reference resolved now: its digest (the stamp) and size.
-    fn head(&self) -> Result<Listed, RegistryError> {
-        let inner = self.inner.clone();
-        let reference = self.reference.clone();
-        let (digest, size) = run_on_handle(self.rt().handle(), async move {
-            let head =
-                fetch::retrying(|| inner.client.manifest_head(&inner.repo, &reference)).await?;
-            match (head.digest, head.size) {
-                (Some(d), Some(s)) => Ok((d, s)),
-                // No digest or no length in the answer: the manifest
-                // itself says them.
-                (digest, _) => {
-                    let by = digest.unwrap_or(reference);
-                    let m =
-                        fetch::retrying(|| inner.client.manifest(&inner.repo, &by, MAX_MANIFEST))
-                            .await?;
-                    Ok((m.digest, m.bytes.len() as u64))
-                }
+    /// The image an object key names: the one image, or (a whole
+    /// registry) any `REPO:TAG` of the grammar, with this source's
+    /// platform.
+    fn image(&self, key: &str) -> Result<Image, SourceError> {
+        let not_found = || SourceError::NotFound(printable(key));
+        match &self.serves {
+            Serves::One(i) if i.key == key => Ok(i.clone()),
+            Serves::One(_) => Err(not_found()),
+            Serves::All(_) => {
+                let reference = match &self.spec.platform {
+                    Some(p) => key.strip_suffix(&format!(" for {p}")),
+                    None => Some(key),
+                };
+                let (repo, tag) = reference
+                    .and_then(|r| r.split_once(':'))
+                    .filter(|(r, t)| valid_repo(r) && valid_tag(t))
+                    .ok_or_else(not_found)?;
+                let target = Target::Tag(tag.to_string());
+                let name = default_name(repo, &target).ok_or_else(not_found)?;
+                let (reference, key) = image_key(repo, &target, self.spec.platform.as_ref());
+                Ok(Image {
+                    repo: repo.to_string(),
+                    reference,
+                    key,
+                    name,
+                })
             }
-        })?;
+        }
+    }
+
+    /// What every fetch of `image` goes through.
+    fn inner(&self, image: &Image) -> Arc<Inner> {
+        Arc::new(Inner {
+            client: self.client.clone(),
+            repo: image.repo.clone(),
+            host: self.spec.host.clone(),
+        })
+    }
+
+    /// `image` resolved now: its digest (the stamp) and size.
+    fn head(&self, image: &Image) -> Result<Listed, RegistryError> {
+        let fut = head(self.inner(image), image.reference.clone());
+        let (digest, size) = run_on_handle(self.rt().handle(), fut)?;
         Ok(Listed {
-            key: self.key.clone(),
+            key: image.key.clone(),
             size,
             stamp: digest,
             modified: String::new(),
         })
+    }
+
+    /// `image` as a unit: resolved, or (refused) an image all the same,
+    /// whose run fails with why.
+    fn unit(image: &Image, head: Result<(String, u64), RegistryError>) -> Unit {
+        let (stamp, size) = head.unwrap_or_else(|_| ("unresolved".into(), 0));
+        Unit {
+            name: image.name.clone(),
+            kind: UnitKind::Registry,
+            objects: vec![UnitObject {
+                key: image.key.clone(),
+                member: "manifest".into(),
+                size,
+                stamp,
+                modified: String::new(),
+            }],
+        }
+    }
+
+    /// A whole registry's images, each resolved (`parallel` at a time).
+    /// One that cannot be resolved now (the network, 429, 5xx) is left
+    /// out of this discovery (its image is left as it is), unless none
+    /// can: then the listing fails.
+    fn discover_all(&self, step: &ListingStep, max: usize) -> Result<Discovery, SourceError> {
+        let host = self.spec.host.as_str();
+        let listed = catalog::list(self.rt().handle(), &self.client, host, step, max)?;
+        let mut rejected = listed.rejected;
+        let mut images = Vec::new();
+        for (repo, tag) in listed.images {
+            match self.image(&image_key(&repo, &Target::Tag(tag), self.spec.platform.as_ref()).1) {
+                Ok(i) => images.push(i),
+                Err(_) => rejected.push(Rejected {
+                    key: printable(&format!("{repo}:")),
+                    reason: "the image name made from it would be too long".into(),
+                }),
+            }
+        }
+        let inners: Vec<(Arc<Inner>, String)> = images
+            .iter()
+            .map(|i| (self.inner(i), i.reference.clone()))
+            .collect();
+        let parallel = self.parallel;
+        let heads = run_on(self.rt().handle(), async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+            let mut set = tokio::task::JoinSet::new();
+            for (i, (inner, reference)) in inners.into_iter().enumerate() {
+                let slots = slots.clone();
+                set.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
+                    (i, head(inner, reference).await)
+                });
+            }
+            let mut out = Vec::new();
+            while let Some(r) = set.join_next().await {
+                out.extend(r.ok());
+            }
+            out.sort_by_key(|(i, _)| *i);
+            out
+        })?;
+        let mut units = Vec::new();
+        let mut first_err = None;
+        for (i, h) in heads {
+            match h {
+                Err(e) if e.retryable() => {
+                    tracing::warn!(image = %images[i].key, error = %e, "cannot be resolved now; left as it is");
+                    first_err.get_or_insert(e);
+                }
+                h => units.push(Self::unit(&images[i], h)),
+            }
+        }
+        if let (true, Some(e)) = (units.is_empty(), first_err) {
+            return Err(self.err(e));
+        }
+        Ok(Discovery { units, rejected })
     }
 
     /// Fetches the blobs `wanted` (each by digest, of its size) into
@@ -198,10 +346,20 @@ impl RegistrySource {
     /// Returns each blob's outcome, in order.
     pub fn fetch_blobs(
         &self,
+        key: &str,
         wanted: &[(String, u64)],
         blobs: &BlobStore,
     ) -> Vec<Result<fetch::Fetched, SourceError>> {
-        let (inner, blobs2) = (self.inner.clone(), blobs.clone());
+        let inner = match self.image(key) {
+            Ok(i) => self.inner(&i),
+            Err(e) => {
+                return wanted
+                    .iter()
+                    .map(|_| Err(SourceError::Io(e.to_string())))
+                    .collect()
+            }
+        };
+        let blobs2 = blobs.clone();
         let wants: Vec<Want> = wanted
             .iter()
             .map(|(d, size)| Want::blob(d, *size))
@@ -227,12 +385,13 @@ impl RegistrySource {
     /// blaming the image.
     pub fn member_reader(
         &self,
+        key: &str,
         blobs: &BlobStore,
         manifest: &str,
         cap: usize,
-    ) -> (MemberReader, Arc<Mutex<Option<SourceError>>>) {
+    ) -> Result<(MemberReader, FailedSlot), SourceError> {
         let slot = Arc::new(Mutex::new(None));
-        let (inner, blobs) = (self.inner.clone(), blobs.clone());
+        let (inner, blobs) = (self.inner(&self.image(key)?), blobs.clone());
         let (manifest, handle) = (manifest.to_string(), self.rt().handle().clone());
         let failed = slot.clone();
         // A failure that is not the image's: kept for the transition.
@@ -281,13 +440,29 @@ impl RegistrySource {
             }
             Ok(bytes)
         };
-        (Box::new(read), slot)
+        Ok((Box::new(read), slot))
     }
 
     /// A refusal as the image's failure (its fault, or the registry's
     /// refusal to serve it) or as the environment's (retried).
     fn err(&self, e: RegistryError) -> SourceError {
-        fetch::source_error(&self.inner.host, e)
+        fetch::source_error(&self.spec.host, e)
+    }
+}
+
+/// `reference` of `inner`'s repository resolved: its digest and size.
+async fn head(inner: Arc<Inner>, reference: String) -> Result<(String, u64), RegistryError> {
+    let head = fetch::retrying(|| inner.client.manifest_head(&inner.repo, &reference)).await?;
+    match (head.digest, head.size) {
+        (Some(d), Some(s)) => Ok((d, s)),
+        // No digest or no length in the answer: the manifest itself says
+        // them.
+        (digest, _) => {
+            let by = digest.unwrap_or(reference);
+            let m =
+                fetch::retrying(|| inner.client.manifest(&inner.repo, &by, MAX_MANIFEST)).await?;
+            Ok((m.digest, m.bytes.len() as u64))
+        }
     }
 }
 
@@ -312,7 +487,7 @@ impl Source for RegistrySource {
 
     /// The one image, as [`Source::discover`] makes it.
     fn list(&self) -> Result<Listing, SourceError> {
-        let d = self.discover()?;
+        let d = self.discover(usize::MAX)?;
         Ok(Listing {
             objects: d
                 .units
@@ -329,44 +504,30 @@ impl Source for RegistrySource {
         })
     }
 
-    fn discover(&self) -> Result<Discovery, SourceError> {
-        let listed = match self.head() {
-            Ok(l) => l,
+    fn discover(&self, max_images: usize) -> Result<Discovery, SourceError> {
+        let image = match &self.serves {
+            Serves::One(i) => i,
+            Serves::All(step) => return self.discover_all(step, max_images),
+        };
+        let fut = head(self.inner(image), image.reference.clone());
+        let h = match run_on_handle(self.rt().handle(), fut) {
             Err(e) if e.retryable() => return Err(self.err(e)),
-            // Refused: an image all the same, whose run fails with why.
-            Err(_) => Listed {
-                key: self.key.clone(),
-                size: 0,
-                stamp: "unresolved".into(),
-                modified: String::new(),
-            },
+            h => h,
         };
         Ok(Discovery {
-            units: vec![Unit {
-                name: self.name.clone(),
-                kind: UnitKind::Registry,
-                objects: vec![UnitObject {
-                    key: listed.key,
-                    member: "manifest".into(),
-                    size: listed.size,
-                    stamp: listed.stamp,
-                    modified: listed.modified,
-                }],
-            }],
+            units: vec![Self::unit(image, h)],
             rejected: Vec::new(),
         })
     }
 
     fn stat(&self, key: &str) -> Result<Listed, SourceError> {
-        if key != self.key {
-            return Err(SourceError::NotFound(key.to_string()));
-        }
-        self.head().map_err(|e| self.err(e))
+        let image = self.image(key)?;
+        self.head(&image).map_err(|e| self.err(e))
     }
 
     fn open(&self, key: &str) -> Result<(Box<dyn Read + Send>, Listed), SourceError> {
         let l = self.stat(key)?;
-        let inner = self.inner.clone();
+        let inner = self.inner(&self.image(key)?);
         let digest = l.stamp.clone();
         let m = run_on_handle(self.rt().handle(), async move {
             fetch::retrying(|| inner.client.manifest(&inner.repo, &digest, MAX_MANIFEST)).await
@@ -386,7 +547,7 @@ impl Source for RegistrySource {
             )));
         }
         let want = Want::manifest(&obj.stamp, MAX_MANIFEST);
-        let inner = self.inner.clone();
+        let inner = self.inner(&self.image(&obj.key)?);
         let blobs2 = blobs.clone();
         let got = run_on(self.rt().handle(), async move {
             fetch::one(&inner, &blobs2, &want).await
@@ -394,7 +555,7 @@ impl Source for RegistrySource {
         if got.size != obj.size {
             return Err(SourceError::BadObject(format!(
                 "registry {}: manifest {} is {} bytes, listed as {}",
-                printable(&self.inner.host),
+                printable(&self.spec.host),
                 obj.stamp,
                 got.size,
                 obj.size

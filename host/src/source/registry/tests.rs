@@ -16,11 +16,11 @@ use super::client::Registry;
 use crate::core::registry;
 
 #[path = "../../../../tests/support/registry.rs"]
-mod support;
+pub(super) mod support;
 use support::{free_port, start, start_with, TestRegistry};
 
 /// Pushes the example bucket's docker archive to `reference` on `r`.
-fn push(r: &TestRegistry, reference: &str, creds: Option<&str>) {
+pub(super) fn push(r: &TestRegistry, reference: &str, creds: Option<&str>) {
     let archive =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/example-bucket/images/dockersave.tar");
     support::push(
@@ -484,11 +484,11 @@ fn bearer_tokens_are_fetched_cached_and_fetched_again_when_refused() {
 
 // ---- what a hostile registry cannot make the client do ----
 
-type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+pub(super) type Heads = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// A scripted HTTP server: each request's head is recorded, and `answer`
 /// gives the response to it.
-fn scripted(answer: impl Fn(&str) -> String + Send + 'static) -> (u16, Heads) {
+pub(super) fn scripted(answer: impl Fn(&str) -> String + Send + 'static) -> (u16, Heads) {
     use std::io::{Read as _, Write as _};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -510,7 +510,7 @@ fn scripted(answer: impl Fn(&str) -> String + Send + 'static) -> (u16, Heads) {
     (port, heads)
 }
 
-fn http(status: &str, headers: &[String], body: &str) -> String {
+pub(super) fn http(status: &str, headers: &[String], body: &str) -> String {
     let mut r = format!(
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
