@@ -40,6 +40,11 @@ impl Setup {
     fn new(auth: bool, entries: &[(&str, &str)]) -> Setup {
         let env = Env::new();
         let reg = support::start(auth.then_some((USER, PASSWORD)));
+        Setup::around(env, reg, entries)
+    }
+
+    /// [`Setup::new`] around a registry already started.
+    fn around(env: Env, reg: TestRegistry, entries: &[(&str, &str)]) -> Setup {
         let proxy = Proxy::start(&reg.host);
         let auths: Vec<String> = entries
             .iter()
@@ -688,4 +693,84 @@ fn a_whole_registry_serves_every_tag_within_max_images() {
         reason.starts_with("policy max-images: the source lists more than 2 images"),
         "{reason}"
     );
+}
+
+/// The bearer-token flow through `tarpool run`: the registry's auth is a
+/// token server of the test's own (ES256 tokens the registry verifies);
+/// the configured user and password go to the token server, a token for
+/// each scope (the catalog's, each repository's) to the registry. An
+/// image reference and the whole registry are served alike.
+#[test]
+fn the_bearer_token_flow_serves_a_reference_and_a_whole_registry() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let env = Env::new();
+    let key = support::signing_key(env.dir.path());
+    let cert = key.cert_pem.clone();
+    let tokens = support::token_server(key, &format!("{USER}:{PASSWORD}"));
+    let reg = support::start_with_tokens(&tokens, &cert);
+    let s = Setup::around(env, reg, &[("PROXY", &format!("{USER}:{PASSWORD}"))]);
+    s.push("ocilayout", "team/oci:v1");
+    s.push("dockersave", "team/docker:v1");
+    let before = tokens.asked.load(SeqCst);
+    let whole = format!("registry://{}?plain-http", s.proxy.host);
+    let one = s.source("team/oci:v1", "ocilayout");
+    let report = s.run_ok(&[&one, &whole]);
+    let mut states = report_states(&report);
+    states.sort();
+    let ready = |n: &str| (n.to_string(), "ready".to_string());
+    assert_eq!(
+        states,
+        [
+            ready("ocilayout"),
+            ready("team_docker_v1"),
+            ready("team_oci_v1")
+        ],
+        "{report}"
+    );
+    check_activation(&s.env, "ocilayout");
+    check_activation_as(&s.env, "team_docker_v1", "dockersave");
+    // Tokens for the catalog and for each repository, each fetched once
+    // and reused (a token lives 300 s here): far fewer than requests.
+    let asked = tokens.asked.load(SeqCst) - before;
+    let requests = s.proxy.log().len();
+    assert!(
+        (3..=6).contains(&asked),
+        "{asked} tokens for {requests} requests"
+    );
+    assert!(
+        requests > 2 * asked,
+        "{asked} tokens for {requests} requests"
+    );
+    // A wrong password: the token server refuses it. The reference's image
+    // fails with that, in one line; the whole registry cannot be listed,
+    // and its images are left as they are.
+    let auth_file = s.env.dir.path().join("auth.json");
+    std::fs::write(
+        &auth_file,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#,
+            s.proxy.host,
+            b64(&format!("{USER}:wrong"))
+        ),
+    )
+    .unwrap();
+    let refused = "unauthorized (401): the token server refused the configured user and password";
+    let out = s.run(&[&one]);
+    let status = s.env.status();
+    assert_eq!(status["ocilayout"].0, "failed", "{status:?}");
+    let why = status["ocilayout"].1.clone().unwrap();
+    assert!(why.ends_with(refused) && !why.contains('\n'), "{why}");
+    let out2 = s.run(&[&whole]);
+    assert!(!out2.status.success());
+    let status = s.env.status();
+    assert_eq!(status["team_docker_v1"].0, "ready", "{status:?}");
+    let stderr = String::from_utf8_lossy(&out2.stderr);
+    assert!(
+        stderr.contains("GET /v2/_catalog: ") && stderr.contains(refused),
+        "{stderr}"
+    );
+    let sent = b64(&format!("{USER}:wrong"));
+    for text in [String::from_utf8_lossy(&out.stderr), stderr] {
+        assert!(!text.contains(&sent) && !text.contains(PASSWORD), "{text}");
+    }
 }

@@ -5,7 +5,6 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use http_body_util::BodyExt as _;
 use sha2::{Digest as _, Sha256};
@@ -17,7 +16,7 @@ use crate::core::registry;
 
 #[path = "../../../../tests/support/registry.rs"]
 pub(super) mod support;
-use support::{free_port, start, start_with, TestRegistry};
+use support::{free_port, signing_key, start, start_with_tokens, token_server, TestRegistry};
 
 /// Pushes the example bucket's docker archive to `reference` on `r`.
 pub(super) fn push(r: &TestRegistry, reference: &str, creds: Option<&str>) {
@@ -244,203 +243,13 @@ fn a_ca_file_must_hold_certificates() {
 
 // ---- the bearer-token flow, against a token server of the test's own ----
 
-/// A key and its self-signed certificate (openssl), which the registry
-/// trusts for tokens.
-struct SigningKey {
-    pkcs8: Vec<u8>,
-    cert_der: Vec<u8>,
-    cert_pem: PathBuf,
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn signing_key(dir: &Path) -> SigningKey {
-    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    openssl(&[
-        "ecparam",
-        "-name",
-        "prime256v1",
-        "-genkey",
-        "-noout",
-        "-out",
-        &p("key.pem"),
-    ]);
-    openssl(&[
-        "pkcs8",
-        "-topk8",
-        "-nocrypt",
-        "-in",
-        &p("key.pem"),
-        "-outform",
-        "DER",
-        "-out",
-        &p("key.p8"),
-    ]);
-    openssl(&[
-        "req",
-        "-x509",
-        "-new",
-        "-key",
-        &p("key.pem"),
-        "-subj",
-        "/CN=tarpool-test-tokens",
-        "-days",
-        "2",
-        "-out",
-        &p("cert.pem"),
-    ]);
-    openssl(&[
-        "x509",
-        "-in",
-        &p("cert.pem"),
-        "-outform",
-        "DER",
-        "-out",
-        &p("cert.der"),
-    ]);
-    SigningKey {
-        pkcs8: std::fs::read(p("key.p8")).unwrap(),
-        cert_der: std::fs::read(p("cert.der")).unwrap(),
-        cert_pem: dir.join("cert.pem"),
-    }
-}
-
-/// A JWT the registry accepts: ES256, the certificate in `x5c`, granting
-/// `actions` on repository `name`.
-fn token(key: &SigningKey, name: &str, actions: &str) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let header = serde_json::json!({
-        "typ": "JWT", "alg": "ES256",
-        "x5c": [base64::engine::general_purpose::STANDARD.encode(&key.cert_der)],
-    });
-    let claims = serde_json::json!({
-        "iss": "test-issuer", "sub": "anna", "aud": "test-registry",
-        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("{now}-{name}-{actions}"),
-        "access": [{ "type": "repository", "name": name, "actions": actions.split(',').collect::<Vec<_>>() }],
-    });
-    let input = format!(
-        "{}.{}",
-        b64.encode(header.to_string()),
-        b64.encode(claims.to_string())
-    );
-    let rng = ring::rand::SystemRandom::new();
-    let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        &key.pkcs8,
-        &rng,
-    )
-    .unwrap();
-    let sig = pair.sign(&rng, input.as_bytes()).unwrap();
-    format!("{input}.{}", b64.encode(sig.as_ref()))
-}
-
-/// The token server: HTTP Basic for anna/s3cret, a token for the scope
-/// asked; `wrong` answers grant another repository instead (a token the
-/// registry refuses).
-struct TokenServer {
-    port: u16,
-    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    wrong: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-fn token_server(key: SigningKey) -> TokenServer {
-    use std::io::{BufRead as _, Write as _};
-    use std::sync::atomic::Ordering::SeqCst;
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let wrong = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (a, w) = (asked.clone(), wrong.clone());
-    std::thread::spawn(move || {
-        use base64::Engine as _;
-        let good = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode("anna:s3cret")
-        );
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let target = line.split(' ').nth(1).unwrap_or("").to_string();
-            let mut authorized = false;
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    authorized |= k.eq_ignore_ascii_case("authorization") && v.trim() == good;
-                }
-            }
-            a.fetch_add(1, SeqCst);
-            let url = url::Url::parse(&format!("http://x{target}")).unwrap();
-            let scope = url
-                .query_pairs()
-                .find(|(k, _)| k == "scope")
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
-            let mut parts = scope.splitn(3, ':').skip(1);
-            let (name, actions) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let answer = if !authorized {
-                "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            } else {
-                let name = if w.load(SeqCst) > 0 {
-                    w.fetch_sub(1, SeqCst);
-                    "other/repository"
-                } else {
-                    name
-                };
-                let body =
-                    serde_json::json!({ "token": token(&key, name, actions), "expires_in": 300 })
-                        .to_string();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            };
-            let _ = conn.write_all(answer.as_bytes());
-        }
-    });
-    TokenServer { port, asked, wrong }
-}
-
-/// A registry whose auth is the bearer flow through `tokens`, trusting
-/// `cert`.
-fn start_with_tokens(tokens: &TokenServer, cert: &Path) -> TestRegistry {
-    start_with(
-        tempfile::tempdir().unwrap(),
-        &format!(
-        "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: test-registry\n    issuer: test-issuer\n    rootcertbundle: {}\n",
-        tokens.port,
-        cert.display()
-    ),
-    )
-}
-
 #[test]
 fn bearer_tokens_are_fetched_cached_and_fetched_again_when_refused() {
     use std::sync::atomic::Ordering::SeqCst;
     let dir = tempfile::tempdir().unwrap();
     let key = signing_key(dir.path());
     let cert = key.cert_pem.clone();
-    let tokens = token_server(key);
+    let tokens = token_server(key, "anna:s3cret");
     let r = start_with_tokens(&tokens, &cert);
     push(&r, "team/app:v1", Some("anna:s3cret"));
     rt().block_on(async {
