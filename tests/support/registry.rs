@@ -223,9 +223,14 @@ fn token(key: &SigningKey, typ: &str, name: &str, actions: &str) -> String {
     format!("{input}.{}", b64.encode(sig.as_ref()))
 }
 
-/// The token server: HTTP Basic for `user_password` (`user:password`), a
-/// token for the scope asked; `wrong` answers grant another repository
-/// instead (a token the registry refuses).
+/// The refresh token (an `identitytoken`) the token server takes.
+pub const REFRESH_TOKEN: &str = "tarpool-test-refresh-token";
+
+/// The token server: HTTP Basic for `user_password` (`user:password`) on a
+/// GET, or OAuth2's refresh-token grant of [`REFRESH_TOKEN`] on a POST
+/// (400 for another); a token for the scope asked (`access_token` to a
+/// POST); `wrong` answers grant another repository instead (a token the
+/// registry refuses).
 pub struct TokenServer {
     pub port: u16,
     /// Tokens asked for.
@@ -254,7 +259,9 @@ pub fn token_server(key: SigningKey, user_password: &str) -> TokenServer {
             let mut line = String::new();
             reader.read_line(&mut line).unwrap();
             let target = line.split(' ').nth(1).unwrap_or("").to_string();
+            let post = line.starts_with("POST ");
             let mut authorized = false;
+            let mut length = 0;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
@@ -262,22 +269,45 @@ pub fn token_server(key: SigningKey, user_password: &str) -> TokenServer {
                 }
                 if let Some((k, v)) = h.split_once(':') {
                     authorized |= k.eq_ignore_ascii_case("authorization") && v.trim() == good;
+                    if k.eq_ignore_ascii_case("content-length") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
                 }
             }
             a.fetch_add(1, SeqCst);
+            let mut body = vec![0u8; length];
+            std::io::Read::read_exact(&mut reader, &mut body).unwrap();
             let url = url::Url::parse(&format!("http://x{target}")).unwrap();
-            let scope = url
-                .query_pairs()
-                .find(|(k, _)| k == "scope")
-                .map(|(_, v)| v.to_string())
-                .unwrap_or_default();
+            let params: Vec<(String, String)> = if post {
+                url::form_urlencoded::parse(&body).into_owned().collect()
+            } else {
+                url.query_pairs().into_owned().collect()
+            };
+            let param = |name: &str| {
+                params
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let scope = param("scope");
+            if post {
+                authorized = param("grant_type") == "refresh_token"
+                    && param("refresh_token") == REFRESH_TOKEN;
+            }
             let mut parts = scope.splitn(3, ':');
             let (typ, name, actions) = (
                 parts.next().unwrap_or(""),
                 parts.next().unwrap_or(""),
                 parts.next().unwrap_or(""),
             );
-            let answer = if !authorized {
+            let answer = if !authorized && post {
+                let body = r#"{"error":"invalid_grant"}"#;
+                format!(
+                    "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else if !authorized {
                 "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     .to_string()
             } else {
@@ -287,9 +317,13 @@ pub fn token_server(key: SigningKey, user_password: &str) -> TokenServer {
                 } else {
                     name
                 };
-                let body =
-                    serde_json::json!({ "token": token(&key, typ, name, actions), "expires_in": 300 })
-                        .to_string();
+                let token = token(&key, typ, name, actions);
+                let body = if post {
+                    serde_json::json!({ "access_token": token, "expires_in": 300 })
+                } else {
+                    serde_json::json!({ "token": token, "expires_in": 300 })
+                }
+                .to_string();
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use base64::Engine as _;
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{header, Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -67,7 +67,7 @@ pub struct Blob {
     pub body: Incoming,
 }
 
-type Http = Hyper<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type Http = Hyper<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One registry, with its credential and the tokens it was given.
 pub struct Registry {
@@ -189,7 +189,7 @@ impl Registry {
                 req = req.header(header::AUTHORIZATION, a);
             }
             let req = req
-                .body(Empty::new())
+                .body(Full::default())
                 .map_err(|e| RegistryError::Transport(what.into(), e.to_string()))?;
             let resp = timed(what, self.http.request(req)).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
@@ -314,7 +314,8 @@ impl Registry {
     }
 
     /// A bearer token for `scope` from the challenge's realm (sent the
-    /// configured user and password, if any), cached until it expires.
+    /// configured user and password, or exchanged for the configured
+    /// identity token), cached until it expires.
     async fn fetch_token(
         &self,
         what: &str,
@@ -349,40 +350,66 @@ impl Registry {
                 "the token realm is not HTTPS".into(),
             ));
         }
-        {
-            // Always our own scope: the token is cached under it.
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = c.param("service") {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-        }
-        let basic = match &self.credential {
-            Some(Credential::IdentityToken(_)) => {
-                return Err(RegistryError::Unauthorized(
-                    what.into(),
-                    "an identity token (OAuth2 refresh token) is configured; tarpool does not exchange those yet".into(),
-                ))
-            }
-            _ => self.basic_header(),
-        };
         let token_what = format!("{what} (token)");
-        let mut req = Request::get(url.as_str());
-        if let Some(b) = &basic {
-            req = req.header(header::AUTHORIZATION, b);
+        let service = c.param("service");
+        let req = match &self.credential {
+            // OAuth2's refresh-token grant, as docker sends an
+            // `identitytoken` (the distribution token specification's
+            // POST form); its answer's `access_token` is the token.
+            Some(Credential::IdentityToken(refresh)) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh)
+                    .append_pair("client_id", "tarpool");
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                // Always our own scope: the token is cached under it.
+                form.append_pair("scope", scope);
+                Request::post(url.as_str())
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .body(Full::new(Bytes::from(form.finish())))
+            }
+            _ => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    q.append_pair("scope", scope);
+                }
+                let mut req = Request::get(url.as_str());
+                if let Some(b) = self.basic_header() {
+                    req = req.header(header::AUTHORIZATION, b);
+                }
+                req.body(Full::default())
+            }
         }
-        let req = req
-            .body(Empty::new())
-            .map_err(|e| RegistryError::Transport(token_what.clone(), e.to_string()))?;
+        .map_err(|e| RegistryError::Transport(token_what.clone(), e.to_string()))?;
         let resp = timed(&token_what, self.http.request(req)).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+        let refused = match resp.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => true,
+            // OAuth2's `invalid_grant`: a refresh token it does not take.
+            StatusCode::BAD_REQUEST => {
+                matches!(self.credential, Some(Credential::IdentityToken(_)))
+            }
+            _ => false,
+        };
+        if refused {
             return Err(RegistryError::Unauthorized(
                 what.into(),
-                if basic.is_some() {
-                    "the token server refused the configured user and password".into()
-                } else {
-                    "the token server wants a user and password; none is configured for this registry".into()
-                },
+                match &self.credential {
+                    Some(Credential::IdentityToken(_)) => {
+                        "the token server refused the configured identity token"
+                    }
+                    Some(Credential::Basic { .. }) => {
+                        "the token server refused the configured user and password"
+                    }
+                    None => {
+                        "the token server wants a user and password; none is configured for this registry"
+                    }
+                }
+                .into(),
             ));
         }
         let resp = check(&token_what, resp)?;

@@ -277,8 +277,19 @@ fn bearer_tokens_are_fetched_cached_and_fetched_again_when_refused() {
         c.manifest_head("team/app", "v1").await.unwrap();
         assert_eq!(tokens.asked.load(SeqCst) - before, 1);
 
-        // The token server's refusals, in one line and without the password.
+        // An identity token (OAuth2 refresh token) is exchanged for an
+        // access token: a POST of the refresh-token grant.
+        let c = client(&r, Some(Credential::IdentityToken(support::REFRESH_TOKEN.into())));
+        let before = tokens.asked.load(SeqCst);
+        c.manifest_head("team/app", "v1").await.unwrap();
+        assert_eq!(tokens.asked.load(SeqCst) - before, 1);
+
+        // The token server's refusals, in one line and without the secret.
         for (cred, why) in [
+            (
+                Some(Credential::IdentityToken("not-the-token".into())),
+                "the token server refused the configured identity token",
+            ),
             (basic("anna", "wrong"), "the token server refused the configured user and password"),
             (None, "the token server wants a user and password; none is configured for this registry"),
         ] {
