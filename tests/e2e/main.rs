@@ -16,4 +16,5 @@ mod proxy;
 mod registry;
 mod s3;
 mod sources;
+mod steps;
 mod worker;

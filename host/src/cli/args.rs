@@ -170,6 +170,12 @@ pub enum Cmd {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// The WebAssembly steps: the configured chains, and checking a
+    /// component before pinning it (see docs/steps.md).
+    Steps {
+        #[command(subcommand)]
+        cmd: StepsCmd,
+    },
     /// Cancels an image's active run.
     Cancel { name: String },
     /// Starts a new database in a state directory whose state.db is lost
@@ -212,6 +218,25 @@ pub enum ConfigCmd {
         backend: Option<crate::core::states::Backend>,
         #[arg(long)]
         jobs: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StepsCmd {
+    /// Each configured component, in the order it is asked: its step,
+    /// world, origin, WIT package version and sha256.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which world FILE implements, the WIT version it was built against
+    /// and whether this host accepts it (and if not, why), what it
+    /// imports, its size and compile time, and the `[steps]` line that
+    /// pins it. Exits 1 when it is refused.
+    Check {
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },

@@ -8,6 +8,7 @@ mod config;
 mod maintenance;
 mod output;
 mod service;
+mod steps;
 #[cfg(test)]
 mod tests;
 
@@ -17,6 +18,7 @@ use config::*;
 use maintenance::*;
 use output::*;
 use service::*;
+use steps::*;
 
 use crate::statedir::StateDir;
 use anyhow::{bail, Context as _, Result};
@@ -204,6 +206,17 @@ pub fn main() -> Result<u8> {
         Cmd::Recover { wipe, json } => {
             let cfg = config(&args, &none)?;
             recover(&cfg, *wipe, *json)
+        }
+        Cmd::Steps {
+            cmd: StepsCmd::List { json },
+        } => steps_list(&config(&args, &none)?, *json),
+        Cmd::Steps {
+            cmd: StepsCmd::Check { file, json },
+        } => {
+            // The chains it would join: the configuration's, or the
+            // default ones when there is none to read.
+            let steps = config(&args, &none).map(|c| c.steps).unwrap_or_default();
+            steps_check(&steps, file, *json)
         }
         Cmd::Cancel { name } => {
             let cfg = config(&args, &none)?;

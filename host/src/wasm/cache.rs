@@ -57,6 +57,16 @@ pub(super) fn component_bytes(spec: &ComponentSpec) -> Result<(String, Vec<u8>),
                 ))
             }),
         ComponentSpec::File { path, sha256 } => {
+            let size = fs::metadata(path)
+                .map_err(|e| host_err(&format!("reading component {}", path.display()), e))?
+                .len();
+            if size > super::describe::MAX_COMPONENT_BYTES as u64 {
+                return Err(StepError::Host(format!(
+                    "component {} is {size} bytes: a component is at most {} bytes",
+                    path.display(),
+                    super::describe::MAX_COMPONENT_BYTES
+                )));
+            }
             let wasm = fs::read(path)
                 .map_err(|e| host_err(&format!("reading component {}", path.display()), e))?;
             let got = hex::encode(Sha256::digest(&wasm));

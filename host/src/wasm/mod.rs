@@ -27,6 +27,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 mod cache;
 mod classify;
+pub mod describe;
 mod limits;
 mod listing;
 mod manifest;
@@ -107,6 +108,8 @@ struct Loaded<P> {
     label: String,
     /// sha256 (hex) of the component's bytes.
     sha256: String,
+    /// The `tarpool:steps` version it was built against.
+    wit: String,
     pre: P,
 }
 
@@ -177,6 +180,98 @@ impl Default for StepsConfig {
 /// lives in the data of the store that runs the guest.
 pub type MemberReader = Box<dyn FnMut(&str) -> Result<Vec<u8>, String> + Send>;
 
+/// One component of a configured chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChainEntry {
+    /// The `[steps]` key: `classify`, `manifest`, `tar-check`.
+    pub step: &'static str,
+    pub world: &'static str,
+    /// `builtin` or `file`.
+    pub origin: &'static str,
+    /// `builtin:NAME` or the file's path.
+    pub component: String,
+    pub sha256: String,
+    /// The `tarpool:steps` version it was built against.
+    pub wit_version: String,
+}
+
+/// What [`check_component`] found in a component this host accepts.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub sha256: String,
+    pub size: usize,
+    /// Compiling it (once per host: the service caches the result).
+    pub compile: std::time::Duration,
+    pub description: describe::Description,
+}
+
+/// Whether this host can run `wasm` as a step, without running it: a
+/// component of at most [`describe::MAX_COMPONENT_BYTES`], of a world of
+/// `wit/tarpool.wit` built against a compatible version, importing only
+/// what the host provides, whose exports have the world's types. The
+/// refusal is one line.
+pub fn check_component(wasm: &[u8]) -> Result<Checked, String> {
+    if wasm.len() > describe::MAX_COMPONENT_BYTES {
+        return Err(format!(
+            "{} bytes: a component is at most {} bytes",
+            wasm.len(),
+            describe::MAX_COMPONENT_BYTES
+        ));
+    }
+    match wasm.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+            return Err("a core WebAssembly module, not a component: build it for wasm32-wasip2 (see docs/steps.md)".into())
+        }
+        Some([0, b'a', b's', b'm', ..]) => {}
+        _ => return Err("not WebAssembly: no `\\0asm` header".into()),
+    }
+    let engine = new_engine().map_err(|e| e.to_string())?;
+    let t = std::time::Instant::now();
+    let component = wasmtime::component::Component::new(&engine, wasm).map_err(|e| {
+        one_line(
+            &format!("not a WebAssembly component this host can compile: {e:#}"),
+            300,
+        )
+    })?;
+    let compile = t.elapsed();
+    let description = describe::describe(&engine, &component)?;
+    let mut linker: Linker<State> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+    manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        .map_err(|e| e.to_string())?;
+    let world = description.world;
+    let typed = linker.instantiate_pre(&component).and_then(|pre| {
+        use describe::World;
+        match world {
+            World::ClassifyStep => ClassifyStepPre::new(pre).map(drop),
+            World::ManifestStep => ManifestStepPre::new(pre).map(drop),
+            World::TarCheckStep => TarCheckStepPre::new(pre).map(drop),
+            World::UserStep | World::ListingStep => Ok(()),
+        }
+    });
+    if let Err(e) = typed {
+        return Err(one_line(
+            &format!(
+                "its exports and imports do not have the types of {}: {e:#}",
+                world.name()
+            ),
+            300,
+        ));
+    }
+    if world.config_key().is_none() {
+        return Err(format!(
+            "{} is built in only: no configuration swaps it",
+            world.name()
+        ));
+    }
+    Ok(Checked {
+        sha256: hex::encode(Sha256::digest(wasm)),
+        size: wasm.len(),
+        compile,
+        description,
+    })
+}
+
 /// Which component answered a step, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Answered {
@@ -227,34 +322,57 @@ impl Steps {
             };
             let (component, cached) =
                 load_component(&engine, cache_dir, name, &wasm, &mut warnings)?;
+            let d = describe::describe(&engine, &component)
+                .map_err(|e| StepError::Host(format!("component {label}: {e}")))?;
+            if d.world.config_key() != Some(step) {
+                return Err(StepError::Host(format!(
+                    "component {label} is a {} component; the config lists it for the {step} step",
+                    d.world.name()
+                )));
+            }
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(|e| host_err(&format!("preparing the {step} step {label}"), e))?;
-            Ok::<_, StepError>((label, sha256, pre, cached))
+            Ok::<_, StepError>((label, sha256, d.wit_version, pre, cached))
         };
         let mut classify = Vec::new();
         for spec in &config.classify {
-            let (label, sha256, pre, _) = prepare("classify", spec)?;
+            let (label, sha256, wit, pre, _) = prepare("classify", spec)?;
             let pre = ClassifyStepPre::new(pre)
                 .map_err(|e| host_err(&format!("{label} is not a classify-step component"), e))?;
-            classify.push(Loaded { label, sha256, pre });
+            classify.push(Loaded {
+                label,
+                sha256,
+                wit,
+                pre,
+            });
         }
         let mut manifest = Vec::new();
         for spec in &config.manifest {
-            let (label, sha256, pre, _) = prepare("manifest", spec)?;
+            let (label, sha256, wit, pre, _) = prepare("manifest", spec)?;
             let pre = ManifestStepPre::new(pre)
                 .map_err(|e| host_err(&format!("{label} is not a manifest-step component"), e))?;
-            manifest.push(Loaded { label, sha256, pre });
+            manifest.push(Loaded {
+                label,
+                sha256,
+                wit,
+                pre,
+            });
         }
         if classify.is_empty() || manifest.is_empty() {
             return Err(StepError::Host(
                 "the config lists no classify or no manifest component".into(),
             ));
         }
-        let (label, sha256, pre, tar_cwasm) = prepare("tar-check", &config.tar_check)?;
+        let (label, sha256, wit, pre, tar_cwasm) = prepare("tar-check", &config.tar_check)?;
         let pre = TarCheckStepPre::new(pre)
             .map_err(|e| host_err(&format!("{label} is not a tar-check-step component"), e))?;
-        let tar = Loaded { label, sha256, pre };
+        let tar = Loaded {
+            label,
+            sha256,
+            wit,
+            pre,
+        };
         Ok(Steps {
             engine,
             classify,
@@ -289,6 +407,53 @@ impl Steps {
                 .map(|c| ("manifest", a(&c.label, &c.sha256))),
         );
         v.push(("tar-check", a(&self.tar.label, &self.tar.sha256)));
+        v
+    }
+
+    /// The configured chains, for `tarpool steps list`: each component in
+    /// the order it is asked.
+    pub fn chains(&self) -> Vec<ChainEntry> {
+        let entry = |step: &'static str, world: &'static str, label: &str, sha: &str, wit: &str| {
+            ChainEntry {
+                step,
+                world,
+                origin: if label.starts_with("builtin:") {
+                    "builtin"
+                } else {
+                    "file"
+                },
+                component: label.to_string(),
+                sha256: sha.to_string(),
+                wit_version: wit.to_string(),
+            }
+        };
+        let mut v = Vec::new();
+        for c in &self.classify {
+            v.push(entry(
+                "classify",
+                "classify-step",
+                &c.label,
+                &c.sha256,
+                &c.wit,
+            ));
+        }
+        for c in &self.manifest {
+            v.push(entry(
+                "manifest",
+                "manifest-step",
+                &c.label,
+                &c.sha256,
+                &c.wit,
+            ));
+        }
+        let t = &self.tar;
+        v.push(entry(
+            "tar-check",
+            "tar-check-step",
+            &t.label,
+            &t.sha256,
+            &t.wit,
+        ));
         v
     }
 

@@ -546,3 +546,102 @@ fn tempdir(tag: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// The WIT package version the host states is the one `wit/tarpool.wit`
+/// declares; the compatibility rule is semver's (0.x: the minor is the
+/// major).
+#[test]
+fn the_wit_version_is_the_files_and_compatibility_is_semver() {
+    let wit = include_str!("../../../wit/tarpool.wit");
+    assert!(
+        wit.contains(&format!("package tarpool:steps@{};", describe::WIT_VERSION)),
+        "wit/tarpool.wit declares another version than {}",
+        describe::WIT_VERSION
+    );
+    for (built, host, ok) in [
+        ("0.1.0", "0.1.0", true),
+        ("0.1.0", "0.1.3", true),
+        ("0.1.4", "0.1.3", false),
+        ("0.2.0", "0.1.0", false),
+        ("0.1.0", "0.2.0", false),
+        ("1.0.0", "1.2.0", true),
+        ("1.3.0", "1.2.0", false),
+        ("1.2.1", "1.2.0", false),
+        ("2.0.0", "1.9.0", false),
+        ("0.1", "0.1.0", false),
+        ("0.1.0-rc1", "0.1.0", false),
+    ] {
+        assert_eq!(describe::compatible(built, host), ok, "{built} on {host}");
+    }
+}
+
+/// What `check_component` refuses, in one line each: components written
+/// as text, each breaking one rule; the built-in ones pass.
+#[test]
+fn components_are_checked_by_world_version_imports_types_and_size() {
+    fn component(imports: &[&str], export: &str, params: &str) -> Vec<u8> {
+        let imports: String = imports
+            .iter()
+            .map(|i| format!("(import \"{i}\" (instance))\n"))
+            .collect();
+        // A lifted function of one u32 lowers to one i32.
+        let core = if params.is_empty() { "f" } else { "g" };
+        wat::parse_str(format!(
+            r#"(component
+                {imports}
+                (core module $m (func (export "f")) (func (export "g") (param i32)))
+                (core instance $i (instantiate $m))
+                (type $t (func {params}))
+                (func $f (type $t) (canon lift (core func $i "{core}")))
+                (export "{export}" (func $f)))"#
+        ))
+        .unwrap()
+    }
+    fn check(wasm: &[u8], expected: &str) {
+        let e = super::check_component(wasm).err().unwrap_or_default();
+        assert!(e.contains(expected), "{e} lacks {expected}");
+        assert!(!e.contains('\n') && e.len() < 600, "{e}");
+    }
+    let types = "tarpool:steps/types@0.1.0";
+    check(
+        &component(&["tarpool:steps/types@0.2.0"], "classify", ""),
+        "classify-step was built against tarpool:steps@0.2.0; this host has 0.1.0 and loads 0.1.x up to 0.1.0",
+    );
+    check(
+        &component(&[types, "wasi:filesystem/preopens@0.2.6"], "classify", ""),
+        "classify-step imports what the host does not give a step: wasi:filesystem/preopens@0.2.6",
+    );
+    check(
+        &component(&[types, "tarpool:steps/source@0.1.0"], "classify", ""),
+        "imports what the host does not give a step: tarpool:steps/source@0.1.0",
+    );
+    check(
+        &component(&[types], "hello", ""),
+        "implements no world of tarpool:steps (its exports: hello;",
+    );
+    check(
+        &component(&[], "classify", ""),
+        "classify-step names no version of tarpool:steps",
+    );
+    check(
+        &component(&[types, "tarpool:steps/source@0.2.0"], "parse", ""),
+        "manifest-step was built against several versions of tarpool:steps: 0.1.0, 0.2.0",
+    );
+    check(
+        &component(&[types], "classify", "(param \"x\" u32)"),
+        "its exports and imports do not have the types of classify-step",
+    );
+    check(
+        &wat::parse_str("(module)").unwrap(),
+        "a core WebAssembly module, not a component",
+    );
+    check(b"#!/bin/sh\n", "not WebAssembly");
+    check(
+        &vec![0u8; describe::MAX_COMPONENT_BYTES + 1],
+        "a component is at most 16777216 bytes",
+    );
+    for (name, wasm) in super::cache::BUILTINS {
+        let c = super::check_component(wasm).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.description.wit_version, describe::WIT_VERSION);
+    }
+}

@@ -8,7 +8,8 @@
 //! drops the status and `Retry-After` of a refusal, and never refreshes a
 //! token on 401. Nothing here reads a manifest: its bytes are returned raw,
 //! capped, with their sha256. The one JSON read is the token server's
-//! answer (`token`, `expires_in`), from the server the registry names.
+//! answer (`token`, `expires_in`), from the server the registry names
+//! (`token.rs`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,8 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use sha2::{Digest as _, Sha256};
 
 use super::answers::{
-    challenges, check, media_type, read_capped, token_answer, transport_error, Challenge,
-    RegistryError, MAX_TOKEN_ANSWER,
+    challenges, check, media_type, read_capped, transport_error, Challenge, RegistryError,
 };
 use super::auth::Credential;
 use crate::core::names::printable;
@@ -67,16 +67,16 @@ pub struct Blob {
     pub body: Incoming,
 }
 
-type Http = Hyper<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(super) type Http = Hyper<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// One registry, with its credential and the tokens it was given.
 pub struct Registry {
-    host: String,
-    scheme: &'static str,
-    http: Http,
-    credential: Option<Credential>,
+    pub(super) host: String,
+    pub(super) scheme: &'static str,
+    pub(super) http: Http,
+    pub(super) credential: Option<Credential>,
     /// Bearer tokens by scope, until when each is used.
-    tokens: Mutex<HashMap<String, (String, Instant)>>,
+    pub(super) tokens: Mutex<HashMap<String, (String, Instant)>>,
     /// The registry asked for HTTP Basic: send it from the start.
     basic: std::sync::atomic::AtomicBool,
 }
@@ -139,7 +139,7 @@ impl Registry {
         format!("{}://{}{path}", self.scheme, self.host)
     }
 
-    fn basic_header(&self) -> Option<String> {
+    pub(super) fn basic_header(&self) -> Option<String> {
         match &self.credential {
             Some(Credential::Basic { user, password }) => Some(format!(
                 "Basic {}",
@@ -313,116 +313,6 @@ impl Registry {
         check(&what, resp)
     }
 
-    /// A bearer token for `scope` from the challenge's realm (sent the
-    /// configured user and password, or exchanged for the configured
-    /// identity token), cached until it expires.
-    async fn fetch_token(
-        &self,
-        what: &str,
-        c: &Challenge,
-        scope: &str,
-    ) -> Result<String, RegistryError> {
-        let realm = c.param("realm").ok_or_else(|| {
-            RegistryError::Unauthorized(
-                what.into(),
-                "the registry's Bearer challenge names no realm".into(),
-            )
-        })?;
-        let mut url = url::Url::parse(realm).map_err(|_| {
-            RegistryError::BadAnswer(what.into(), "the token realm is not a URL".into())
-        })?;
-        // HTTPS, or HTTP only to the registry's own host (any port) when
-        // it is plain HTTP itself: a password never crosses the network in
-        // clear to another host.
-        let own_host = self
-            .host
-            .rsplit_once(':')
-            .filter(|(h, p)| !p.contains(']') && !h.is_empty())
-            .map_or(self.host.as_str(), |(h, _)| h);
-        let same_host = url
-            .host_str()
-            .is_some_and(|h| h.eq_ignore_ascii_case(own_host));
-        let ok = url.scheme() == "https"
-            || (url.scheme() == "http" && self.scheme == "http" && same_host);
-        if !ok {
-            return Err(RegistryError::BadAnswer(
-                what.into(),
-                "the token realm is not HTTPS".into(),
-            ));
-        }
-        let token_what = format!("{what} (token)");
-        let service = c.param("service");
-        let req = match &self.credential {
-            // OAuth2's refresh-token grant, as docker sends an
-            // `identitytoken` (the distribution token specification's
-            // POST form); its answer's `access_token` is the token.
-            Some(Credential::IdentityToken(refresh)) => {
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "refresh_token")
-                    .append_pair("refresh_token", refresh)
-                    .append_pair("client_id", "tarpool");
-                if let Some(s) = service {
-                    form.append_pair("service", s);
-                }
-                // Always our own scope: the token is cached under it.
-                form.append_pair("scope", scope);
-                Request::post(url.as_str())
-                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                    .body(Full::new(Bytes::from(form.finish())))
-            }
-            _ => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                    q.append_pair("scope", scope);
-                }
-                let mut req = Request::get(url.as_str());
-                if let Some(b) = self.basic_header() {
-                    req = req.header(header::AUTHORIZATION, b);
-                }
-                req.body(Full::default())
-            }
-        }
-        .map_err(|e| RegistryError::Transport(token_what.clone(), e.to_string()))?;
-        let resp = timed(&token_what, self.http.request(req)).await?;
-        let refused = match resp.status() {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => true,
-            // OAuth2's `invalid_grant`: a refresh token it does not take.
-            StatusCode::BAD_REQUEST => {
-                matches!(self.credential, Some(Credential::IdentityToken(_)))
-            }
-            _ => false,
-        };
-        if refused {
-            return Err(RegistryError::Unauthorized(
-                what.into(),
-                match &self.credential {
-                    Some(Credential::IdentityToken(_)) => {
-                        "the token server refused the configured identity token"
-                    }
-                    Some(Credential::Basic { .. }) => {
-                        "the token server refused the configured user and password"
-                    }
-                    None => {
-                        "the token server wants a user and password; none is configured for this registry"
-                    }
-                }
-                .into(),
-            ));
-        }
-        let resp = check(&token_what, resp)?;
-        let bytes = read_capped(&token_what, resp.into_body(), MAX_TOKEN_ANSWER).await?;
-        let (token, life) =
-            token_answer(&bytes).map_err(|e| RegistryError::BadAnswer(token_what, e))?;
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        tokens.retain(|_, (_, until)| *until > now);
-        tokens.insert(scope.to_string(), (token.clone(), now + life));
-        Ok(token)
-    }
-
     /// `HEAD` of `repo`'s manifest `reference` (a tag or a digest): its
     /// digest, media type and size, without its bytes.
     pub async fn manifest_head(
@@ -583,7 +473,7 @@ fn checked(path: &str, repo: &str, reference: &str) -> Result<(), RegistryError>
 /// [`super::answers::READ_TIMEOUT`].
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn timed(
+pub(super) async fn timed(
     what: &str,
     f: impl std::future::Future<Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>>,
 ) -> Result<Response<Incoming>, RegistryError> {

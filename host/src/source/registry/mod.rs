@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod client;
 pub mod fetch;
 pub mod source;
+mod token;
 
 pub use source::{Options, RegistrySource};
 
