@@ -36,8 +36,8 @@ fn component(dir: &Path, name: &str, imports: &[&str]) -> (PathBuf, String) {
 fn components_the_host_cannot_load_are_refused_in_one_line() {
     let env = Env::new();
     let dir = env.dir.path();
-    let types = "tarpool:steps/types@0.1.0";
-    let source = "tarpool:steps/source@0.1.0";
+    let types = "tarpool:steps/types@0.1.1";
+    let source = "tarpool:steps/source@0.1.1";
     let big = dir.join("big.wasm");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(17 << 20).unwrap();
@@ -45,7 +45,7 @@ fn components_the_host_cannot_load_are_refused_in_one_line() {
     for ((path, sha), why) in [
         (
             component(dir, "newer", &["tarpool:steps/types@0.2.0", "tarpool:steps/source@0.2.0"]),
-            "manifest-step was built against tarpool:steps@0.2.0; this host has 0.1.0 and loads 0.1.x up to 0.1.0",
+            "manifest-step was built against tarpool:steps@0.2.0; this host has 0.1.1 and loads 0.1.x up to 0.1.1",
         ),
         (
             component(dir, "files", &[types, source, "wasi:filesystem/preopens@0.2.6"]),
@@ -95,7 +95,7 @@ fn components_the_host_cannot_load_are_refused_in_one_line() {
 fn steps_list_names_the_chains() {
     let env = Env::new();
     let v = env.json(&["steps", "list", "--json"]);
-    assert_eq!(v["wit_version"], "0.1.0");
+    assert_eq!(v["wit_version"], "0.1.1");
     let rows: Vec<String> = v["components"]
         .as_array()
         .unwrap()
@@ -113,10 +113,299 @@ fn steps_list_names_the_chains() {
     assert_eq!(
         rows,
         [
-            "classify classify-step builtin:classify 0.1.0",
-            "manifest manifest-step builtin:manifest 0.1.0",
-            "manifest manifest-step builtin:rootfs-dir 0.1.0",
-            "tar-check tar-check-step builtin:tarcheck 0.1.0",
+            "classify classify-step builtin:classify 0.1.1",
+            "manifest manifest-step builtin:manifest 0.1.1",
+            "manifest manifest-step builtin:rootfs-dir 0.1.1",
+            "tar-check tar-check-step builtin:tarcheck 0.1.1",
         ]
     );
+}
+
+/// The example inspect step (`examples/inspect-rules`), built as its
+/// README says, outside the workspace: its file and sha256.
+fn example_inspect() -> (PathBuf, String) {
+    static BUILT: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = repo().join("examples/inspect-rules");
+            let out = std::process::Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "--locked",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--release",
+                ])
+                .current_dir(&dir)
+                .env_remove("CARGO_TARGET_DIR")
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "building the example: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let wasm = dir.join("target/wasm32-wasip2/release/inspect_rules.wasm");
+            let sha = hex::encode(Sha256::digest(std::fs::read(&wasm).unwrap()));
+            (wasm, sha)
+        })
+        .clone()
+}
+
+/// An ad-hoc image of one layer of regular files (path, mode).
+fn adhoc(bucket: &Path, name: &str, files: &[(&str, u32)]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, mode) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(*mode);
+        h.set_size(3);
+        h.set_mtime(1_700_000_000);
+        h.set_cksum();
+        b.append(&h, &b"hi\n"[..]).unwrap();
+    }
+    let dir = bucket.join("images").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("1.tar"), b.into_inner().unwrap()).unwrap();
+}
+
+fn inspect_config(env: &Env, bucket: &Path, steps: &[(PathBuf, String)]) -> PathBuf {
+    let pins: Vec<String> = steps
+        .iter()
+        .map(|(p, sha)| format!("{{ path = {:?}, sha256 = \"{sha}\" }}", p.to_str().unwrap()))
+        .collect();
+    let config = env.dir.path().join("tarpool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "source = \"dir:{}\"\n[steps]\ninspect = [{}]\n",
+            bucket.display(),
+            pins.join(", ")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The example inspect step, pinned: it denies a root image and a setuid
+/// file outside /bin, skips an editor's backup, lets the rest through; the
+/// audit names each rule and the step that decided.
+#[test]
+fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
+    let env = Env::new();
+    let example = example_inspect();
+    let out = env.run(&["steps", "check", example.0.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bucket = bucket_with(&env, &["adhoc", "dockersave.tar"]);
+    adhoc(
+        &bucket,
+        "tricky",
+        &[("etc/conf", 0o644), ("opt/tool", 0o4755)],
+    );
+    adhoc(
+        &bucket,
+        "backups",
+        &[
+            ("etc/motd", 0o644),
+            ("etc/motd~", 0o644),
+            ("etc/.motd.swp", 0o600),
+        ],
+    );
+    let config = inspect_config(&env, &bucket, std::slice::from_ref(&example));
+    let out = env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
+    let status = env.status();
+    let state = |n: &str| status[n].0.as_str();
+    assert_eq!(
+        state("adhoc"),
+        "ready",
+        "{status:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state("backups"), "ready", "{status:?}");
+    assert_eq!(state("tricky"), "failed", "{status:?}");
+    assert_eq!(state("dockersave"), "failed", "{status:?}");
+    let label = example.0.to_str().unwrap();
+    let why = |n: &str| status[n].1.clone().unwrap_or_default();
+    assert!(
+        why("dockersave").contains(&format!(
+            "inspect step {label}: rule no-root-user: the image runs as root"
+        )),
+        "{}",
+        why("dockersave")
+    );
+    assert!(
+        why("tricky").contains("setuid-outside-bin"),
+        "{}",
+        why("tricky")
+    );
+    for w in [why("dockersave"), why("tricky")] {
+        assert!(!w.contains('\n'), "{w}");
+    }
+
+    let audit = env.json(&["audit", "tricky", "--json"]);
+    assert!(
+        has_decision(&audit, "setuid-outside-bin", "reject", "opt/tool"),
+        "{audit}"
+    );
+    let audit = env.json(&["audit", "dockersave", "--json"]);
+    assert!(
+        has_decision(&audit, "no-root-user", "reject", ""),
+        "{audit}"
+    );
+    let audit = env.json(&["audit", "backups", "--json"]);
+    for path in ["etc/motd~", "etc/.motd.swp"] {
+        assert!(
+            has_decision(&audit, "no-editor-backups", "skip", path),
+            "{audit}"
+        );
+    }
+    let d = audit["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["rule"] == "no-editor-backups")
+        .unwrap();
+    assert!(
+        d["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("inspect step {label}: ")),
+        "{d}"
+    );
+
+    // What was skipped is not in the layer.
+    let mnt = env.dir.path().join("mnt-backups");
+    env.json(&[
+        "activate",
+        "backups",
+        "--as",
+        "b",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(mnt.join("etc/motd").exists());
+    assert!(!mnt.join("etc/motd~").exists() && !mnt.join("etc/.motd.swp").exists());
+    env.run(&["deactivate", "b"]);
+
+    // Layers judged by the step are not those of a run without it: the
+    // same image unpacked with no inspect step is another snapshot.
+    let judged = top_chain(&env.json(&["status", "--json"]), "adhoc");
+    std::fs::write(&config, format!("source = \"dir:{}\"\n", bucket.display())).unwrap();
+    std::fs::remove_dir_all(bucket.join("images/backups")).unwrap();
+    adhoc(
+        &bucket,
+        "backups",
+        &[("etc/motd", 0o644), ("etc/motd~", 0o600)],
+    );
+    env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
+    let status = env.json(&["status", "--json"]);
+    assert_eq!(
+        top_chain(&status, "adhoc"),
+        judged,
+        "adhoc did not change: not run again"
+    );
+    let mnt = env.dir.path().join("mnt-backups2");
+    env.json(&[
+        "activate",
+        "backups",
+        "--as",
+        "b2",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(
+        mnt.join("etc/motd~").exists(),
+        "no inspect step: nothing skipped"
+    );
+    env.run(&["deactivate", "b2"]);
+}
+
+/// An inspect-step component written as text, whose calls
+/// run `body` (a trap, or a loop that burns its fuel).
+fn inspect_component(dir: &Path, name: &str, body: &str) -> (PathBuf, String) {
+    let p16 = "i32 ".repeat(16);
+    let wasm = wat::parse_str(format!(
+        r#"(component
+            (core module $m
+                (memory (export "mem") 1)
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 64)
+                (func (export "check-image") (param {p16}) (result i32) {body})
+                (func (export "check-entries") (param i32 i32 i32 i32 i32) (result i32) {body}))
+            (core instance $i (instantiate $m))
+            (type $rc0 (record (field "env" (list string)) (field "entrypoint" (list string))
+                (field "cmd" (list string)) (field "working-dir" string) (field "user" string)))
+            (export $rc "runtime-config" (type $rc0))
+            (type $ii0 (record (field "name" string) (field "format" string) (field "layers" u32)
+                (field "config" (option $rc))))
+            (export $ii "image-info" (type $ii0))
+            (type $et0 (enum "regular" "directory" "symlink" "hardlink" "char-device"
+                "block-device" "fifo" "whiteout" "opaque"))
+            (export $et "entry-type" (type $et0))
+            (type $eh0 (record (field "path" string) (field "kind" $et) (field "mode" u32)
+                (field "uid" u32) (field "gid" u32) (field "size" u64)
+                (field "link" (option string)) (field "xattr-names" (list string))))
+            (export $eh "entry-header" (type $eh0))
+            (type $v0 (enum "allow" "deny" "skip"))
+            (export $v "verdict" (type $v0))
+            (type $a0 (record (field "verdict" $v) (field "rule" string) (field "reason" string)))
+            (export $a "answer" (type $a0))
+            (type $ea0 (record (field "index" u32) (field "answer" $a)))
+            (export $ea "entry-answer" (type $ea0))
+            (func $ci (param "image" $ii) (result (list $a))
+                (canon lift (core func $i "check-image") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+            (func $ce (param "image" string) (param "layer" u32) (param "entries" (list $eh))
+                (result (list $ea))
+                (canon lift (core func $i "check-entries") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+            (instance $inst (export "check-image" (func $ci)) (export "check-entries" (func $ce)))
+            (export "tarpool:steps/inspect@0.1.1" (instance $inst)))"#
+    ))
+    .unwrap();
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, &wasm).unwrap();
+    (path, hex::encode(Sha256::digest(&wasm)))
+}
+
+/// An inspect step that traps, or runs out of fuel, fails each image in one
+/// line naming it; the run goes on to the end.
+#[test]
+fn an_inspect_step_that_traps_or_loops_fails_the_images_in_one_line() {
+    for (name, body, why) in [
+        (
+            "trap",
+            "unreachable",
+            "wasm trap: wasm `unreachable` instruction executed",
+        ),
+        ("loop", "(loop $l (br $l)) i32.const 0", "all fuel consumed"),
+    ] {
+        let env = Env::new();
+        let step = inspect_component(env.dir.path(), name, body);
+        let out = env.run(&["steps", "check", step.0.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let bucket = bucket_with(&env, &["adhoc", "dockersave.tar"]);
+        let config = inspect_config(&env, &bucket, std::slice::from_ref(&step));
+        env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
+        let status = env.status();
+        for image in ["adhoc", "dockersave"] {
+            let (state, why_failed) = &status[image];
+            let w = why_failed.clone().unwrap_or_default();
+            assert_eq!(state, "failed", "{name} {image}: {status:?}");
+            assert!(!w.contains('\n'), "{w}");
+            assert!(
+                w.contains(&format!("inspect step {}", step.0.display())),
+                "{w}"
+            );
+            assert!(w.contains(why), "{name}: {w}");
+        }
+    }
 }

@@ -130,11 +130,27 @@ impl PlanError {
 /// The chain ID of every layer of a plan, from the diff IDs it has (a
 /// missing one counts as empty).
 pub fn chain_ids(layers: &[PlannedLayer]) -> Vec<String> {
-    let diffs: Vec<String> = layers
+    chain_ids_under(layers, None)
+}
+
+/// The identities of `layers`' snapshots: their chain IDs, or, when
+/// inspect steps judge what is written (`inspected`: the identity of the
+/// chain of them), the chain IDs of the layers stacked on a virtual base
+/// layer whose diff ID is `sha256:<inspected>`. A layer unpacked under
+/// other inspect steps (or none) is another snapshot, never reused
+/// unjudged.
+pub fn chain_ids_under(layers: &[PlannedLayer], inspected: Option<&str>) -> Vec<String> {
+    let base = inspected.map(|i| format!("sha256:{i}"));
+    let diffs: Vec<String> = base
         .iter()
-        .map(|l| l.diff_id.clone().unwrap_or_default())
+        .cloned()
+        .chain(layers.iter().map(|l| l.diff_id.clone().unwrap_or_default()))
         .collect();
-    chain::chain_ids(&diffs)
+    let mut ids = chain::chain_ids(&diffs);
+    if base.is_some() {
+        ids.remove(0);
+    }
+    ids
 }
 
 /// Whether magic bytes of this kind can start a layer.
@@ -256,6 +272,41 @@ mod tests {
             blob: "sha256:b".into(),
             offset: 512,
             len,
+        }
+    }
+
+    /// Snapshot identities: the OCI chain IDs without inspect steps; under
+    /// inspect steps, the chain IDs on a virtual base layer named by them,
+    /// so no layer is shared between the two (or between two chains of
+    /// inspect steps).
+    #[test]
+    fn inspected_layers_are_other_snapshots() {
+        let planned: Vec<PlannedLayer> = ["sha256:11", "sha256:22"]
+            .iter()
+            .map(|d| {
+                let mut p = plan_layer(
+                    1,
+                    &layer(LayerMedia::Tar, None, None),
+                    at(0),
+                    BlobKind::Empty,
+                )
+                .unwrap();
+                p.diff_id = Some(d.to_string());
+                p
+            })
+            .collect();
+        let plain = chain_ids_under(&planned, None);
+        assert_eq!(plain, chain_ids(&planned));
+        assert_eq!(plain[0], "sha256:11");
+        let a = chain_ids_under(&planned, Some("aa"));
+        let b = chain_ids_under(&planned, Some("bb"));
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            a,
+            chain::chain_ids(&["sha256:aa".into(), "sha256:11".into(), "sha256:22".into()])[1..]
+        );
+        for (x, y) in [(&plain, &a), (&plain, &b), (&a, &b)] {
+            assert!(x.iter().all(|c| !y.contains(c)), "{x:?} {y:?}");
         }
     }
 

@@ -40,9 +40,9 @@ pub(super) fn steps_list(cfg: &Config, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-/// The `[steps]` table with `file` (pinned by `sha256`) added to the
-/// chain of `step`: after the configured components of a chain, in place
-/// of the tar check.
+/// The `[steps]` line with `file` (pinned by `sha256`) added to the chain
+/// of `step`: after the configured components of a chain, in place of the
+/// tar check.
 fn pinned(steps: &StepsConfig, step: &str, file: &Path, sha256: &str) -> Result<String> {
     let spec = ComponentSpec::File {
         path: file.to_path_buf(),
@@ -56,6 +56,11 @@ fn pinned(steps: &StepsConfig, step: &str, file: &Path, sha256: &str) -> Result<
         }
         "manifest" => {
             let mut v = steps.manifest.clone();
+            v.push(spec);
+            toml::Value::try_from(v)?
+        }
+        "inspect" => {
+            let mut v = steps.inspect.clone();
             v.push(spec);
             toml::Value::try_from(v)?
         }

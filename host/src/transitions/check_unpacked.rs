@@ -42,7 +42,8 @@ pub(super) fn run(
             verified[i] = true;
         }
     }
-    let chains = crate::core::plan::chain_ids(&data.layers);
+    let chains =
+        crate::core::plan::chain_ids_under(&data.layers, ctx.steps.inspect_identity().as_deref());
     let mut present = 0;
     let mut report = Vec::new();
     for (i, (l, c)) in data.layers.iter_mut().zip(&chains).enumerate() {

@@ -38,7 +38,8 @@ pub(super) fn run(
     let v = ctx.policy.check_image_size(total);
     verdicts.push(v.clone());
     deny_if(&v)?;
-    let chains = crate::core::plan::chain_ids(&data.layers);
+    let chains =
+        crate::core::plan::chain_ids_under(&data.layers, ctx.steps.inspect_identity().as_deref());
     let mut wanted: Vec<(String, u64)> = Vec::new();
     let (mut stored, mut layer_stored) = (0, 0);
     for (l, c) in data.layers.iter().zip(&chains) {

@@ -24,6 +24,7 @@ mod classify;
 mod create_snapshot;
 mod download;
 mod fetch_layers;
+mod inspect;
 mod parse_manifest;
 mod unpack_layers;
 mod update_tracking;
@@ -118,6 +119,8 @@ fn worker_request(
         n,
         policy: ctx.policy.clone(),
         tar_cache: std::path::PathBuf::new(),
+        inspect: Vec::new(),
+        image: String::new(),
         unconfined: ctx.unconfined_worker,
         test_escape: None,
         test_no_landlock: false,
@@ -175,7 +178,7 @@ pub fn execute(
             layer: v.layer,
             path: v.path.as_deref(),
             detail,
-            reason: ctx.policy.reason(&v.rule),
+            reason: inspect::reason(&ctx.policy, v),
         })
         .collect();
     ctx.store.record_decisions(run, version, image, &rows)?;

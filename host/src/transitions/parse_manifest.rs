@@ -171,6 +171,7 @@ pub(super) fn run(
     data.format = Some(layout.format.clone());
     data.config = layout.config.clone();
     data.layers = planned;
+    super::inspect::check_image(ctx, &u.name, data, verdicts)?;
     Ok(json!({
         "format": layout.format,
         "layers": data.layers.len(),

@@ -232,6 +232,11 @@ fn apply_one(
     })?;
     let mut req = worker_request(ctx, crate::worker::Task::Apply, l.clone(), n);
     req.tar_cache = tar_cache.to_path_buf();
+    req.inspect = ctx
+        .steps
+        .inspect_caches()
+        .map_err(|e| Failure::Retry(e.to_string()))?;
+    req.image = image.to_string();
     req.bench_native_check = cfg!(feature = "bench-native-check")
         && std::env::var_os("TARPOOL_BENCH_NATIVE_CHECK").is_some();
     let total = l.len;

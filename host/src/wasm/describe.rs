@@ -18,7 +18,7 @@ use wasmtime::Engine;
 pub const WIT_PACKAGE: &str = "tarpool:steps";
 /// This host's version of it (`package tarpool:steps@...;` in
 /// `wit/tarpool.wit`; a unit test keeps the two the same).
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 /// The largest component loaded.
 pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
 
@@ -32,15 +32,17 @@ pub enum World {
     ClassifyStep,
     ManifestStep,
     TarCheckStep,
+    InspectStep,
     UserStep,
     ListingStep,
 }
 
 impl World {
-    pub const ALL: [World; 5] = [
+    pub const ALL: [World; 6] = [
         World::ClassifyStep,
         World::ManifestStep,
         World::TarCheckStep,
+        World::InspectStep,
         World::UserStep,
         World::ListingStep,
     ];
@@ -51,6 +53,7 @@ impl World {
             World::ClassifyStep => "classify-step",
             World::ManifestStep => "manifest-step",
             World::TarCheckStep => "tar-check-step",
+            World::InspectStep => "inspect-step",
             World::UserStep => "user-step",
             World::ListingStep => "listing-step",
         }
@@ -62,6 +65,7 @@ impl World {
             World::ClassifyStep => Some("classify"),
             World::ManifestStep => Some("manifest"),
             World::TarCheckStep => Some("tar-check"),
+            World::InspectStep => Some("inspect"),
             World::UserStep | World::ListingStep => None,
         }
     }
@@ -72,6 +76,7 @@ impl World {
             World::ClassifyStep => "classify",
             World::ManifestStep => "parse",
             World::TarCheckStep => "tarpool:steps/tar-check",
+            World::InspectStep => "tarpool:steps/inspect",
             World::UserStep => "resolve-user",
             World::ListingStep => "read-page",
         }
@@ -83,6 +88,7 @@ impl World {
             World::ClassifyStep => &["types"],
             World::ManifestStep => &["types", "source"],
             World::TarCheckStep => &[],
+            World::InspectStep => &["types", "inspect-types"],
             World::UserStep => &["user-types"],
             World::ListingStep => &["listing-types"],
         }

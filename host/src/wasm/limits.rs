@@ -17,6 +17,11 @@ pub(super) const USER_FUEL: u64 = 2_000_000_000;
 pub(super) const LISTING_MEMORY: usize = 128 << 20;
 pub(super) const LISTING_FUEL: u64 = 2_000_000_000;
 
+/// Linear memory and fuel of one inspect step call (the image, or one
+/// batch of entries: at most a megabyte of a layer's stream).
+pub(super) const INSPECT_MEMORY: usize = 64 << 20;
+pub(super) const INSPECT_FUEL: u64 = 1_000_000_000;
+
 /// Linear memory a `classify` instance may use.
 pub(super) const CLASSIFY_MEMORY: usize = 64 << 20;
 /// Linear memory a `parse` instance may use: the member list of a flat

@@ -28,6 +28,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 mod cache;
 mod classify;
 pub mod describe;
+mod inspect;
 mod limits;
 mod listing;
 mod manifest;
@@ -37,6 +38,7 @@ mod tarcheck;
 mod tests;
 mod user;
 
+pub use inspect::{Answer, ImageInfo, Inspectors, Verdict};
 pub use listing::{ListOf, ListingStep, NextPage, Page};
 pub use tarcheck::{TarOnly, TarSession};
 pub use user::{UserIds, UserStep};
@@ -94,6 +96,10 @@ pub struct Steps {
     tar: Loaded<TarCheckStepPre<State>>,
     /// Where the compiled tar check is cached (for the worker).
     tar_cwasm: Option<PathBuf>,
+    /// The inspect steps, and where each is cached compiled (for the
+    /// worker): (label, sha256, WIT version, cache file).
+    inspect: Inspectors,
+    inspect_cwasm: Vec<(String, String, String, Option<PathBuf>)>,
     options: ManifestOptions,
     max_member_read: usize,
     slots: Slots,
@@ -155,6 +161,10 @@ pub struct StepsConfig {
     pub classify: Vec<ComponentSpec>,
     pub manifest: Vec<ComponentSpec>,
     pub tar_check: ComponentSpec,
+    /// The operator's rules: inspect steps, asked in order about each
+    /// image's configuration and each layer's entries (none by default).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inspect: Vec<ComponentSpec>,
     /// Largest manifest, index or config the manifest step may read (the
     /// policy's `max-json-bytes`).
     #[serde(skip)]
@@ -169,6 +179,7 @@ impl Default for StepsConfig {
             classify: vec![b("classify")],
             manifest: vec![b("manifest"), b("rootfs-dir")],
             tar_check: b("tarcheck"),
+            inspect: Vec::new(),
             max_member_read: None,
             platform: ManifestOptions::default(),
         }
@@ -246,6 +257,7 @@ pub fn check_component(wasm: &[u8]) -> Result<Checked, String> {
             World::ClassifyStep => ClassifyStepPre::new(pre).map(drop),
             World::ManifestStep => ManifestStepPre::new(pre).map(drop),
             World::TarCheckStep => TarCheckStepPre::new(pre).map(drop),
+            World::InspectStep => inspect::InspectStepPre::new(pre).map(drop),
             World::UserStep | World::ListingStep => Ok(()),
         }
     });
@@ -373,7 +385,18 @@ impl Steps {
             wit,
             pre,
         };
+        let mut inspect = Vec::new();
+        let mut inspect_cwasm = Vec::new();
+        for spec in &config.inspect {
+            let (label, sha256, wit, pre, cwasm) = prepare("inspect", spec)?;
+            let pre = inspect::InspectStepPre::new(pre)
+                .map_err(|e| host_err(&format!("{label} is not an inspect-step component"), e))?;
+            inspect.push((label.clone(), pre));
+            inspect_cwasm.push((label, sha256, wit, cwasm));
+        }
         Ok(Steps {
+            inspect: Inspectors::new(engine.clone(), inspect),
+            inspect_cwasm,
             engine,
             classify,
             manifest,
@@ -454,7 +477,44 @@ impl Steps {
             &t.sha256,
             &t.wit,
         ));
+        for (label, sha, wit, _) in &self.inspect_cwasm {
+            v.push(entry("inspect", "inspect-step", label, sha, wit));
+        }
         v
+    }
+
+    /// The inspect steps (none unless configured).
+    pub fn inspectors(&self) -> &Inspectors {
+        &self.inspect
+    }
+
+    /// The inspect steps' compiled cache files, for the extraction worker,
+    /// as (label, file); an error names one that could not be cached.
+    pub fn inspect_caches(&self) -> Result<Vec<(String, PathBuf)>, StepError> {
+        self.inspect_cwasm
+            .iter()
+            .map(|(label, _, _, f)| {
+                f.clone().map(|f| (label.clone(), f)).ok_or_else(|| {
+                    StepError::Host(format!(
+                        "the inspect step {label} could not be cached compiled for the extraction worker"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// What the configured inspect steps are, for the identity of the
+    /// layers they judged: the sha256 of their sha256s, in order (None
+    /// when none is configured).
+    pub fn inspect_identity(&self) -> Option<String> {
+        (!self.inspect_cwasm.is_empty()).then(|| {
+            let mut h = Sha256::new();
+            for (_, sha, _, _) in &self.inspect_cwasm {
+                h.update(sha.as_bytes());
+                h.update(b"\n");
+            }
+            hex::encode(h.finalize())
+        })
     }
 
     /// Why the compiled-component cache could not be written during

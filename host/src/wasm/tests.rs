@@ -602,18 +602,18 @@ fn components_are_checked_by_world_version_imports_types_and_size() {
         assert!(e.contains(expected), "{e} lacks {expected}");
         assert!(!e.contains('\n') && e.len() < 600, "{e}");
     }
-    let types = "tarpool:steps/types@0.1.0";
+    let types = "tarpool:steps/types@0.1.1";
     check(
         &component(&["tarpool:steps/types@0.2.0"], "classify", ""),
-        "classify-step was built against tarpool:steps@0.2.0; this host has 0.1.0 and loads 0.1.x up to 0.1.0",
+        "classify-step was built against tarpool:steps@0.2.0; this host has 0.1.1 and loads 0.1.x up to 0.1.1",
     );
     check(
         &component(&[types, "wasi:filesystem/preopens@0.2.6"], "classify", ""),
         "classify-step imports what the host does not give a step: wasi:filesystem/preopens@0.2.6",
     );
     check(
-        &component(&[types, "tarpool:steps/source@0.1.0"], "classify", ""),
-        "imports what the host does not give a step: tarpool:steps/source@0.1.0",
+        &component(&[types, "tarpool:steps/source@0.1.1"], "classify", ""),
+        "imports what the host does not give a step: tarpool:steps/source@0.1.1",
     );
     check(
         &component(&[types], "hello", ""),
@@ -625,7 +625,7 @@ fn components_are_checked_by_world_version_imports_types_and_size() {
     );
     check(
         &component(&[types, "tarpool:steps/source@0.2.0"], "parse", ""),
-        "manifest-step was built against several versions of tarpool:steps: 0.1.0, 0.2.0",
+        "manifest-step was built against several versions of tarpool:steps: 0.1.1, 0.2.0",
     );
     check(
         &component(&[types], "classify", "(param \"x\" u32)"),

@@ -58,6 +58,7 @@ use serde::{Deserialize, Serialize};
 
 mod capped;
 mod confine;
+mod inspected;
 pub mod seccomp;
 mod spawn;
 mod stream;
@@ -107,6 +108,13 @@ pub struct Request {
     pub policy: Policy,
     /// The compiled tar check (`sha256 || cwasm`).
     pub tar_cache: PathBuf,
+    /// The operator's inspect steps, compiled (`sha256 || cwasm`), in
+    /// order: (label, file). Read before the worker confines itself.
+    #[serde(default)]
+    pub inspect: Vec<(String, PathBuf)>,
+    /// The image whose run unpacks the layer (for the inspect steps).
+    #[serde(default)]
+    pub image: String,
     /// The operator's opt-out of confinement.
     pub unconfined: bool,
     /// Test hook (debug builds only): after confining itself, the worker

@@ -98,6 +98,18 @@ fn work(req: &Request) -> Reply {
         Ok(b) => b,
         Err(e) => return failed(Failure::io("worker: reading the compiled tar check", e)),
     };
+    let mut inspect_files = Vec::new();
+    for (label, path) in &req.inspect {
+        match std::fs::read(path) {
+            Ok(b) => inspect_files.push((label.clone(), b)),
+            Err(e) => {
+                return failed(Failure::io(
+                    &format!("worker: reading the compiled inspect step {label}"),
+                    e,
+                ))
+            }
+        }
+    }
     let confinement = match confine(req, Some(root.as_fd())) {
         Ok(c) => c,
         Err(e) => return failed(Failure::Retry(e)),
@@ -166,6 +178,22 @@ fn work(req: &Request) -> Reply {
             Err(e) => return failed(e.into()),
         };
         &mut guest
+    };
+    let inspectors = match crate::wasm::Inspectors::load(&inspect_files) {
+        Ok(i) => i,
+        Err(e) => return failed(Failure::Retry(format!("worker: {e}"))),
+    };
+    let mut inspected;
+    let check: &mut dyn crate::extract::view::TarCheck = if inspectors.is_empty() {
+        check
+    } else {
+        inspected = super::inspected::Inspected {
+            check,
+            inspectors: &inspectors,
+            image: &req.image,
+            layer: u32::try_from(req.n).unwrap_or(u32::MAX),
+        };
+        &mut inspected
     };
     if req.progress {
         std::thread::spawn(report_progress);
