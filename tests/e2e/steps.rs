@@ -409,3 +409,84 @@ fn an_inspect_step_that_traps_or_loops_fails_the_images_in_one_line() {
         }
     }
 }
+
+/// `steps try`: the chains with the candidate in, against a local image,
+/// printing the layout and every inspect answer; no state directory is
+/// touched.
+#[test]
+fn steps_try_shows_the_layout_and_every_answer_without_a_state_directory() {
+    let env = Env::new();
+    let example = example_inspect();
+    let bucket = env.dir.path().join("bucket");
+    adhoc(
+        &bucket,
+        "mixed",
+        &[
+            ("usr/bin/su", 0o4755),
+            ("etc/motd~", 0o644),
+            ("opt/tool", 0o4755),
+        ],
+    );
+    let out = env.run(&[
+        "steps",
+        "try",
+        example.0.to_str().unwrap(),
+        bucket.join("images/mixed").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["candidate"]["step"], "inspect", "{v}");
+    assert_eq!(v["manifest"]["format"], "ad-hoc", "{v}");
+    assert_eq!(
+        v["image"],
+        serde_json::json!([]),
+        "no configuration: not judged"
+    );
+    let answers: Vec<String> = v["layers"][0]["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["verdict"].as_str().unwrap(),
+                a["rule"].as_str().unwrap(),
+                a["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    // The deny ends the layer: nothing after opt/tool is shown.
+    assert_eq!(
+        answers,
+        [
+            "skip no-editor-backups etc/motd~",
+            "deny setuid-outside-bin opt/tool"
+        ]
+    );
+    assert!(
+        !env.state().join("state.db").exists(),
+        "no state directory was made"
+    );
+
+    // A docker archive: its configuration is judged too.
+    let out = env.run(&[
+        "steps",
+        "try",
+        example.0.to_str().unwrap(),
+        example_bucket()
+            .join("images/dockersave.tar")
+            .to_str()
+            .unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("manifest: docker-archive"), "{text}");
+    assert!(
+        text.contains("deny no-root-user: the image runs as root"),
+        "{text}"
+    );
+}

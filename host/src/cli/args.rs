@@ -240,6 +240,19 @@ pub enum StepsCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Runs the configured chains with FILE inserted (first among the
+    /// classify or manifest components, in place of the tar check, or last
+    /// among the inspect steps) against IMAGE, a directory laid out as an
+    /// image prefix or an uncompressed image archive, and prints what they
+    /// answered: the layout (format, layers, config) and every inspect
+    /// verdict. Uses no state directory. Exits 1 when FILE is refused or
+    /// the image cannot be read.
+    Try {
+        file: PathBuf,
+        image: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

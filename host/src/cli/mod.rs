@@ -9,6 +9,7 @@ mod maintenance;
 mod output;
 mod service;
 mod steps;
+mod steps_try;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +20,7 @@ use maintenance::*;
 use output::*;
 use service::*;
 use steps::*;
+use steps_try::*;
 
 use crate::statedir::StateDir;
 use anyhow::{bail, Context as _, Result};
@@ -217,6 +219,12 @@ pub fn main() -> Result<u8> {
             // default ones when there is none to read.
             let steps = config(&args, &none).map(|c| c.steps).unwrap_or_default();
             steps_check(&steps, file, *json)
+        }
+        Cmd::Steps {
+            cmd: StepsCmd::Try { file, image, json },
+        } => {
+            let steps = config(&args, &none).map(|c| c.steps).unwrap_or_default();
+            steps_try(&steps, file, image, *json)
         }
         Cmd::Cancel { name } => {
             let cfg = config(&args, &none)?;

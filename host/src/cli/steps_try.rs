@@ -1,0 +1,385 @@
+//! `tarpool steps try FILE.wasm IMAGE`: the configured step chains with a
+//! candidate component inserted, run against a local image, printing what
+//! they answered. Nothing of the state directory is read or written: the
+//! compiled steps go to a temporary directory.
+//!
+//! The image is a directory laid out as a bucket's image prefix (an OCI
+//! layout, numbered layers, a rootfs directory) or an uncompressed image
+//! archive (docker save, OCI archive). Its layers' entries are shown to the
+//! inspect steps when a layer is an uncompressed tar: a compressed one is
+//! named and passed over (tarpool decompresses only in its confined
+//! worker, which this command does not start).
+
+use std::fs::File;
+use std::io::Read as _;
+
+use super::*;
+use crate::archive::{self, IndexedMember};
+use crate::extract::view::{Mode, TarCheck};
+use crate::model::{BlobKind, Member, UnitKind};
+use crate::wasm::{Answer, ComponentSpec, ImageInfo, Steps, StepsConfig, Verdict};
+
+/// The largest member the manifest step may read (as `max-json-bytes`).
+const MAX_READ: u64 = 4 << 20;
+/// Stream bytes fed to the tar check at a time.
+const CHUNK: usize = 1 << 20;
+
+/// The chains with `file` inserted where its world goes: first among the
+/// classify and manifest components (it is asked first), in place of the
+/// tar check, last among the inspect steps.
+fn with_candidate(steps: &StepsConfig, step: &str, file: &Path, sha256: &str) -> StepsConfig {
+    let spec = ComponentSpec::File {
+        path: file.to_path_buf(),
+        sha256: sha256.to_string(),
+    };
+    let mut s = steps.clone();
+    match step {
+        "classify" => s.classify.insert(0, spec),
+        "manifest" => s.manifest.insert(0, spec),
+        "tar-check" => s.tar_check = spec,
+        _ => s.inspect.push(spec),
+    }
+    s
+}
+
+/// Where the image's members are.
+enum Image {
+    Dir(PathBuf),
+    Archive(File, Vec<IndexedMember>),
+}
+
+impl Image {
+    fn members(&self) -> Result<Vec<Member>> {
+        Ok(match self {
+            Image::Dir(root) => {
+                let mut out = Vec::new();
+                walk(root, root, &mut out)?;
+                out
+            }
+            Image::Archive(_, index) => index
+                .iter()
+                .map(|m| Member {
+                    name: m.name.clone(),
+                    size: m.size,
+                })
+                .collect(),
+        })
+    }
+
+    /// A member's bytes, at most `cap`.
+    fn read(&self, name: &str, cap: u64) -> std::result::Result<Vec<u8>, String> {
+        match self {
+            Image::Dir(root) => {
+                let m = archive::normalize(name).ok_or_else(|| format!("no member `{name}`"))?;
+                let f = File::open(root.join(m)).map_err(|e| format!("`{name}`: {e}"))?;
+                let mut bytes = Vec::new();
+                f.take(cap + 1)
+                    .read_to_end(&mut bytes)
+                    .map_err(|e| format!("`{name}`: {e}"))?;
+                if bytes.len() as u64 > cap {
+                    return Err(format!("`{name}` is larger than {cap} bytes"));
+                }
+                Ok(bytes)
+            }
+            Image::Archive(f, index) => {
+                let m = index
+                    .iter()
+                    .find(|m| m.name == name)
+                    .ok_or_else(|| format!("no member `{name}`"))?;
+                archive::read_member(f, m, cap)
+            }
+        }
+    }
+
+    /// A member's whole stream.
+    fn open(&self, name: &str) -> Result<Box<dyn std::io::Read>> {
+        Ok(match self {
+            Image::Dir(root) => Box::new(File::open(
+                root.join(archive::normalize(name).context("a bad member name")?),
+            )?),
+            Image::Archive(f, index) => {
+                let m = index
+                    .iter()
+                    .find(|m| m.name == name)
+                    .with_context(|| format!("no member `{name}`"))?;
+                Box::new(archive::range(f.try_clone()?, m.offset, m.size)?)
+            }
+        })
+    }
+}
+
+/// The regular files under `dir`, named relative to `root`.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<Member>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let t = e.file_type()?;
+        let p = e.path();
+        if t.is_dir() {
+            walk(root, &p, out)?;
+        } else if t.is_file() {
+            let name = p.strip_prefix(root)?.to_string_lossy().into_owned();
+            out.push(Member {
+                name,
+                size: e.metadata()?.len(),
+            });
+        }
+    }
+    if out.len() > archive::MAX_MEMBERS {
+        bail!("more than {} files", archive::MAX_MEMBERS);
+    }
+    Ok(())
+}
+
+fn answer_json(a: &Answer) -> serde_json::Value {
+    json!({
+        "component": a.component,
+        "verdict": match a.verdict { Verdict::Allow => "allow", Verdict::Deny => "deny", Verdict::Skip => "skip" },
+        "rule": a.rule,
+        "reason": a.reason,
+    })
+}
+
+/// `tarpool steps try FILE IMAGE`.
+pub(super) fn steps_try(steps: &StepsConfig, file: &Path, image: &Path, json: bool) -> Result<u8> {
+    let abs = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
+    let wasm = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
+    let checked = match crate::wasm::check_component(&wasm) {
+        Ok(c) => c,
+        Err(why) => {
+            println!("{}: refused: {why}", abs.display());
+            return Ok(1);
+        }
+    };
+    let step = checked.description.world.config_key().unwrap_or_default();
+    let config = with_candidate(steps, step, &abs, &checked.sha256);
+    let cache = tempfile::tempdir().context("a temporary directory for the compiled steps")?;
+    let steps = Steps::load_with(cache.path(), &config).context("loading the steps")?;
+    let mut report = serde_json::Map::new();
+    report.insert("candidate".into(), json!({"component": abs, "step": step}));
+
+    // The image as a unit: a directory is a prefix, a file an archive.
+    let meta = std::fs::metadata(image).with_context(|| format!("{}", image.display()))?;
+    let (kind, img) = if meta.is_dir() {
+        (UnitKind::Prefix, Image::Dir(image.to_path_buf()))
+    } else {
+        let mut head = Vec::new();
+        File::open(image)?.take(64 << 10).read_to_end(&mut head)?;
+        let f = File::open(image)?;
+        let c = steps.classify(&head, meta.len())?;
+        report.insert(
+            "classify".into(),
+            json!({"kind": format!("{:?}", c.kind).to_lowercase(), "detail": c.detail}),
+        );
+        if c.kind != BlobKind::Tar {
+            bail!(
+                "{}: {} ({:?}): steps try reads an uncompressed archive or a directory",
+                image.display(),
+                c.detail,
+                c.kind
+            );
+        }
+        let mut check = steps.tar_check(Mode::Archive, &Policy::default_policy())?;
+        let index = archive::index(&f, &mut check).map_err(|e| anyhow::anyhow!("{e}"))?;
+        (UnitKind::Archive, Image::Archive(f, index))
+    };
+    let img = std::sync::Arc::new(img);
+    let members = img.members()?;
+    let reader = {
+        let img = img.clone();
+        move |name: &str| img.read(name, MAX_READ)
+    };
+    let parsed = steps.parse_manifest(kind, &members, Box::new(reader));
+    let (layout, answered) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            report.insert("manifest".into(), json!({"error": e.to_string()}));
+            return finish(report, json, 1);
+        }
+    };
+    report.insert(
+        "manifest".into(),
+        json!({
+            "component": answered.component,
+            "format": layout.format,
+            "layers": layout.layers,
+            "config_digest": layout.config_digest,
+            "config": layout.config,
+        }),
+    );
+
+    let inspectors = steps.inspectors();
+    if !inspectors.is_empty() {
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let info = ImageInfo {
+            name: name.clone(),
+            format: layout.format.clone(),
+            layers: u32::try_from(layout.layers.len()).unwrap_or(u32::MAX),
+            config: layout.config.clone(),
+        };
+        let answers = inspectors.check_image(&info)?;
+        report.insert(
+            "image".into(),
+            answers.iter().map(answer_json).collect::<Vec<_>>().into(),
+        );
+        let mut layers = Vec::new();
+        for (i, l) in layout.layers.iter().enumerate() {
+            let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            layers.push(inspect_layer(&steps, &img, &name, n, &l.member)?);
+        }
+        report.insert("layers".into(), layers.into());
+    }
+    finish(report, json, 0)
+}
+
+/// Layer `n` (member `member`) through the tar check and the inspect
+/// steps: every answer about its entries.
+fn inspect_layer(
+    steps: &Steps,
+    img: &Image,
+    image: &str,
+    n: u32,
+    member: &str,
+) -> Result<serde_json::Value> {
+    let mut stream = img.open(member)?;
+    let mut head = vec![0u8; 64 << 10];
+    let got = crate::source::read_up_to(&mut stream, &mut head)?;
+    head.truncate(got);
+    let c = steps.classify(&head, head.len() as u64)?;
+    if !matches!(c.kind, BlobKind::Tar | BlobKind::Empty) {
+        return Ok(json!({
+            "layer": n,
+            "member": member,
+            "inspected": false,
+            "why": format!("{}: steps try reads only uncompressed layers (tarpool run decompresses in its confined worker)", c.detail),
+        }));
+    }
+    let mut check = steps.tar_check(Mode::Layer, &Policy::default_policy())?;
+    let mut answers = Vec::new();
+    let mut judge = |entries: Vec<crate::extract::view::Entry>| -> Result<bool> {
+        for (i, a) in steps.inspectors().check_entries(image, n, &entries)? {
+            let path = crate::core::names::printable(&String::from_utf8_lossy(&entries[i].path));
+            let mut j = answer_json(&a);
+            j["path"] = path.into();
+            answers.push(j);
+            if a.verdict == Verdict::Deny {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    // The stream from byte 0: the head read above, then the rest, fed
+    // from where the check wants.
+    let mut rest = std::io::Cursor::new(head).chain(stream);
+    let mut buf = vec![0u8; CHUNK];
+    let (mut base, mut want) = (0u64, 0u64);
+    let mut going = true;
+    while going {
+        let k = crate::source::read_up_to(&mut rest, &mut buf)?;
+        if k == 0 {
+            break;
+        }
+        let end = base + k as u64;
+        if want < end {
+            let from = usize::try_from(want.saturating_sub(base)).unwrap_or(0);
+            let p = check
+                .feed(want, &buf[from..k])
+                .map_err(|e| anyhow::anyhow!("layer {n}: {e}"))?;
+            want = p.want;
+            going = judge(p.entries)?;
+        }
+        base = end;
+    }
+    if going {
+        let p = check
+            .finish(base)
+            .map_err(|e| anyhow::anyhow!("layer {n}: {e}"))?;
+        judge(p.entries)?;
+    }
+    Ok(json!({"layer": n, "member": member, "inspected": true, "answers": answers}))
+}
+
+/// Prints the report: as JSON, or as lines for a person.
+fn finish(report: serde_json::Map<String, serde_json::Value>, json: bool, code: u8) -> Result<u8> {
+    let v = serde_json::Value::Object(report);
+    if json {
+        println!("{v}");
+        return Ok(code);
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let c = &v["candidate"];
+    println!("candidate: {} ({} step)", s(&c["component"]), s(&c["step"]));
+    if let Some(k) = v.get("classify") {
+        println!("classify: {} ({})", s(&k["kind"]), s(&k["detail"]));
+    }
+    let m = &v["manifest"];
+    if let Some(e) = m.get("error") {
+        println!("manifest: failed: {}", s(e));
+        return Ok(code);
+    }
+    println!(
+        "manifest: {} (answered by {})",
+        s(&m["format"]),
+        s(&m["component"])
+    );
+    for (i, l) in m["layers"].as_array().into_iter().flatten().enumerate() {
+        println!(
+            "  layer {}: {} {} digest {} diff-id {}",
+            i + 1,
+            s(&l["member"]),
+            s(&l["media"]),
+            l["digest"].as_str().unwrap_or("-"),
+            l["diff_id"].as_str().unwrap_or("-")
+        );
+    }
+    match m["config"].as_object() {
+        Some(cfg) => println!(
+            "  config: user `{}`, entrypoint {}, cmd {}, env {}",
+            s(&cfg["user"]),
+            cfg["entrypoint"],
+            cfg["cmd"],
+            cfg["env"]
+        ),
+        None => println!("  config: none"),
+    }
+    let said = |a: &serde_json::Value| {
+        format!(
+            "{} {}{}: {} [{}]",
+            s(&a["verdict"]),
+            s(&a["rule"]),
+            a.get("path")
+                .map(|p| format!(" {}", s(p)))
+                .unwrap_or_default(),
+            s(&a["reason"]),
+            s(&a["component"])
+        )
+    };
+    if let Some(answers) = v["image"].as_array() {
+        println!(
+            "inspect, the image: {}",
+            if answers.is_empty() { "no answer" } else { "" }
+        );
+        for a in answers {
+            println!("  {}", said(a));
+        }
+    }
+    for l in v["layers"].as_array().into_iter().flatten() {
+        if l["inspected"] == true {
+            let answers = l["answers"].as_array().cloned().unwrap_or_default();
+            println!("inspect, layer {}: {} answers", l["layer"], answers.len());
+            for a in &answers {
+                println!("  {}", said(a));
+            }
+        } else {
+            println!(
+                "inspect, layer {}: not inspected: {}",
+                l["layer"],
+                s(&l["why"])
+            );
+        }
+    }
+    Ok(code)
+}
