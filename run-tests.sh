@@ -12,9 +12,12 @@ cargo fmt --all --check
 # the tests: the end-to-end tests need it. The build without it is linted too.
 cargo clippy --locked --workspace --all-targets --features tarpool/failpoints -- -D warnings
 cargo clippy --locked -p tarpool --lib --bins -- -D warnings
-# The example step, built as docs/steps.md says, outside the workspace (the
-# e2e tests load it): its rules' unit tests, then the component.
-(cd examples/inspect-rules && cargo test --locked --quiet && cargo build --locked --quiet --target wasm32-wasip2 --release)
+# The example steps, built as docs/steps.md says, outside the workspace (the
+# e2e tests load them): formatting, their unit tests, then the component.
+for example in examples/*/; do
+    (cd "$example" && cargo fmt --check && cargo test --locked --quiet \
+        && cargo build --locked --quiet --target wasm32-wasip2 --release)
+done
 # The workspace's tests include the layout test (tests/layout): it fails on an
 # import cycle between host modules or a file over 600 lines of non-test code.
 cargo test --locked --workspace --features tarpool/failpoints

@@ -121,37 +121,46 @@ fn steps_list_names_the_chains() {
     );
 }
 
-/// The example inspect step (`examples/inspect-rules`), built as its
-/// README says, outside the workspace: its file and sha256.
+/// An example step under `examples/` (its directory), built as its
+/// Cargo.toml says, outside the workspace: its file and sha256.
+fn example(name: &str) -> (PathBuf, String) {
+    static BUILT: std::sync::Mutex<Vec<(String, (PathBuf, String))>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, b)) = built.iter().find(|(n, _)| n == name) {
+        return b.clone();
+    }
+    let dir = repo().join("examples").join(name);
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+            "--release",
+        ])
+        .current_dir(&dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building examples/{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wasm = dir
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    let sha = hex::encode(Sha256::digest(std::fs::read(&wasm).unwrap()));
+    built.push((name.to_string(), (wasm.clone(), sha.clone())));
+    (wasm, sha)
+}
+
+/// The example inspect step (`examples/inspect-rules`).
 fn example_inspect() -> (PathBuf, String) {
-    static BUILT: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let dir = repo().join("examples/inspect-rules");
-            let out = std::process::Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "--locked",
-                    "--target",
-                    "wasm32-wasip2",
-                    "--release",
-                ])
-                .current_dir(&dir)
-                .env_remove("CARGO_TARGET_DIR")
-                .env_remove("RUSTFLAGS")
-                .env_remove("CARGO_ENCODED_RUSTFLAGS")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "building the example: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let wasm = dir.join("target/wasm32-wasip2/release/inspect_rules.wasm");
-            let sha = hex::encode(Sha256::digest(std::fs::read(&wasm).unwrap()));
-            (wasm, sha)
-        })
-        .clone()
+    example("inspect-rules")
 }
 
 /// An ad-hoc image of one layer of regular files (path, mode).
@@ -489,4 +498,96 @@ fn steps_try_shows_the_layout_and_every_answer_without_a_state_directory() {
         text.contains("deny no-root-user: the image runs as root"),
         "{text}"
     );
+}
+
+/// The example manifest step (`examples/manifest-skopeo-dir`), pinned after
+/// the built-in ones: images `skopeo copy ... dir:` wrote (from an OCI
+/// layout, and from a `docker save` archive) end ready with the same root
+/// filesystems as their originals, under a policy that allows the format.
+#[test]
+fn images_in_skopeos_dir_layout_are_ready_through_the_example_manifest_step() {
+    let env = Env::new();
+    let (wasm, sha) = example("manifest-skopeo-dir");
+    let bucket = env.dir.path().join("bucket");
+    std::fs::create_dir_all(bucket.join("images")).unwrap();
+    for (from, name) in [
+        (
+            format!(
+                "oci:{}:latest",
+                example_bucket().join("images/ocilayout").display()
+            ),
+            "fromoci",
+        ),
+        (
+            format!(
+                "docker-archive:{}",
+                example_bucket().join("images/dockersave.tar").display()
+            ),
+            "fromdocker",
+        ),
+    ] {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", &from])
+            .arg(format!(
+                "dir:{}",
+                bucket.join("images").join(name).display()
+            ))
+            .output()
+            .expect("skopeo (deploy/install-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let policy = env.dir.path().join("policy.toml");
+    let default = std::fs::read_to_string(repo().join("policies/default.toml")).unwrap();
+    std::fs::write(
+        &policy,
+        default.replace(
+            "allow = [\"ad-hoc\",",
+            "allow = [\"skopeo-dir\", \"ad-hoc\",",
+        ),
+    )
+    .unwrap();
+    let config = env.dir.path().join("tarpool.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "source = \"dir:{}\"\npolicy = {:?}\n[steps]\nmanifest = [\"builtin:manifest\", \"builtin:rootfs-dir\", {{ path = {:?}, sha256 = \"{sha}\" }}]\n",
+            bucket.display(),
+            policy.to_str().unwrap(),
+            wasm.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
+    let status = env.status();
+    for name in ["fromoci", "fromdocker"] {
+        assert_eq!(
+            status[name].0,
+            "ready",
+            "{status:?} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let audit = env.json(&["audit", "fromoci", "--json"]);
+    assert!(audit.to_string().contains("skopeo-dir"), "{audit}");
+    check_activation_as(&env, "fromoci", "ocilayout");
+    check_activation_as(&env, "fromdocker", "dockersave");
+
+    // Without the format in the policy, the image fails under `formats`.
+    let env = Env::new();
+    std::fs::write(
+        &config,
+        format!(
+            "source = \"dir:{}\"\n[steps]\nmanifest = [\"builtin:manifest\", {{ path = {:?}, sha256 = \"{sha}\" }}]\n",
+            bucket.display(),
+            wasm.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
+    let why = env.status()["fromoci"].1.clone().unwrap_or_default();
+    assert!(why.contains("skopeo-dir"), "{why}");
 }

@@ -4,7 +4,8 @@
 //!   top-level modules) the sibling modules' uses form no cycle; a module
 //!   using its parent (`super::`) or its children is not an edge;
 //! - every file under `host/src` holds at most [`MAX_LINES`] lines of
-//!   non-test code.
+//!   non-test code;
+//! - each example step under `examples/` carries a current copy of the WIT.
 //!
 //! Hand-written rather than `cargo modules dependencies --acyclic`: that
 //! tool builds rust-analyzer (minutes on these machines, a pinned nightly
@@ -535,4 +536,29 @@ fn long_files_count_only_non_test_code() {
         long_files(&tree(&[("a.rs", &format!("{body}fn g() {{}}\n"))])),
         [format!("a.rs ({} lines of non-test code)", MAX_LINES + 1)]
     );
+}
+
+/// Each example step under `examples/` carries the WIT it builds against,
+/// as a crate outside this repository would: a copy of `wit/tarpool.wit`,
+/// kept the same.
+#[test]
+fn examples_carry_the_current_wit() {
+    let root = host_src().join("../..");
+    let wit = std::fs::read_to_string(root.join("wit/tarpool.wit")).unwrap();
+    let mut seen = 0;
+    for e in std::fs::read_dir(root.join("examples")).unwrap() {
+        let dir = e.unwrap().path();
+        if !dir.join("Cargo.toml").exists() {
+            continue;
+        }
+        seen += 1;
+        let copy = std::fs::read_to_string(dir.join("wit/tarpool.wit"))
+            .unwrap_or_else(|e| panic!("{}: wit/tarpool.wit: {e}", dir.display()));
+        assert!(
+            copy == wit,
+            "{}/wit/tarpool.wit differs from wit/tarpool.wit: copy it again",
+            dir.display()
+        );
+    }
+    assert!(seen >= 2, "the example steps are under examples/");
 }

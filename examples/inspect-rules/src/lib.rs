@@ -54,7 +54,7 @@ pub fn check_entry(path: &str, regular: bool, mode: u32) -> Option<Says> {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ path: "../../wit", world: "inspect-step" });
+    wit_bindgen::generate!({ path: "wit", world: "inspect-step" });
 
     use exports::tarpool::steps::inspect::Guest;
     use tarpool::steps::inspect_types::{
