@@ -10,7 +10,14 @@
 # OCI archive. The compiled guests are cached before the measured runs (a
 # cold start compiles them once, ~1-2 s, reported separately).
 #
-# Usage: tests/bench/guest-cost.sh [IMGDIR] [RUNS]   (root; needs a release build)
+# With INSPECT=FILE.wasm (an inspect step, e.g. the built
+# examples/inspect-rules), the ad-hoc py3 image is measured again in the same
+# run with that step pinned, its share printed beside the one without: the
+# inspect step's time is inside the tar check's (the worker times the two
+# together). Only the ad-hoc image: the other two have configurations that
+# run as root, which the example denies before unpacking anything.
+#
+# Usage: [INSPECT=FILE.wasm] tests/bench/guest-cost.sh [IMGDIR] [RUNS]   (root; needs a release build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IMG=${1:-/tmp/realimgs}
@@ -25,30 +32,41 @@ py3_layers "$IMG" "$W/bucket/images/py"
 cp "$IMG/py-docker.tar" "$W/bucket/images/py-docker.tar"
 cp "$IMG/py-oci.tar" "$W/bucket/images/py-oci.tar"
 
+CONFIGS=(plain)
+: > "$W/plain.toml"
+if [ -n "${INSPECT:-}" ]; then
+    sha=$(sha256sum "$INSPECT" | cut -d' ' -f1)
+    printf '[steps]\ninspect = [{ path = "%s", sha256 = "%s" }]\n' "$(realpath "$INSPECT")" "$sha" > "$W/inspect.toml"
+    CONFIGS+=(inspect)
+fi
 # One cold start, to fill the compiled-guest cache (timed on its own).
 s=$(date +%s.%N)
-"$BIN" --state-dir "$W/cold" run --once --jobs 1 --source "$W/bucket" >/dev/null
+"$BIN" --config "$W/${CONFIGS[-1]}.toml" --state-dir "$W/cold" run --once --jobs 1 --source "$W/bucket" >/dev/null || true
 e=$(date +%s.%N)
 echo "cold run (compiles the guests once): $(echo "$e - $s" | bc) s"
 # Each image alone in a fresh state directory (they share their layers, so
 # together only the first would unpack anything).
 for i in $(seq "$RUNS"); do
-    for img in py py-docker py-oci; do
-        rm -rf "$W/s" "$W/one"; mkdir -p "$W/s" "$W/one/images"; cp -a "$W/cold/cache" "$W/s/cache"
-        obj=$img; [ "$img" = py ] || obj=$img.tar
-        cp -al "$W/bucket/images/$obj" "$W/one/images/"; sync
-        "$BIN" --state-dir "$W/s" run --once --jobs 1 --source "$W/one" >/dev/null
-        "$BIN" --state-dir "$W/s" audit "$img" --json > "$W/audit-$img-$i.json"
+    for cfg in "${CONFIGS[@]}"; do
+        imgs="py py-docker py-oci"; [ "$cfg" = plain ] || imgs=py
+        for img in $imgs; do
+            rm -rf "$W/s" "$W/one"; mkdir -p "$W/s" "$W/one/images"; cp -a "$W/cold/cache" "$W/s/cache"
+            obj=$img; [ "$img" = py ] || obj=$img.tar
+            cp -al "$W/bucket/images/$obj" "$W/one/images/"; sync
+            "$BIN" --config "$W/$cfg.toml" --state-dir "$W/s" run --once --jobs 1 --source "$W/one" >/dev/null
+            "$BIN" --state-dir "$W/s" audit "$img" --json > "$W/audit-$cfg-$img-$i.json"
+        done
     done
 done
-python3 - "$W" "$RUNS" <<'PY'
+python3 - "$W" "$RUNS" "${CONFIGS[@]}" <<'PY'
 import json, sys, statistics
-w, runs = sys.argv[1], int(sys.argv[2])
-print(f"{'image':<10} {'guest ms':>9} {'unpack ms':>10} {'run ms':>8} {'guest/unpack':>13} {'guest/run':>10}   (medians of {runs} runs)")
-for img in ["py", "py-docker", "py-oci"]:
+w, runs, configs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+print(f"{'image':<18} {'guest ms':>9} {'unpack ms':>10} {'run ms':>8} {'guest/unpack':>13} {'guest/run':>10}   (medians of {runs} runs)")
+rows = [("plain", img) for img in ["py", "py-docker", "py-oci"]] + [(c, "py") for c in configs if c != "plain"]
+for cfg, img in rows:
     g, u, r = [], [], []
     for i in range(1, runs + 1):
-        a = json.load(open(f"{w}/audit-{img}-{i}.json"))
+        a = json.load(open(f"{w}/audit-{cfg}-{img}-{i}.json"))
         ts = [t for t in a["transitions"] if t["outcome"] == "ok"]
         guest = unpack = 0.0
         for t in ts:
@@ -60,5 +78,6 @@ for img in ["py", "py-docker", "py-oci"]:
         run = max(t["finished_at"] for t in ts) - min(t["started_at"] for t in ts)
         g.append(guest); u.append(unpack); r.append(run)
     gm, um, rm = statistics.median(g), statistics.median(u), statistics.median(r)
-    print(f"{img:<10} {gm:>9.1f} {um:>10.0f} {rm:>8.0f} {gm/um:>12.1%} {gm/rm:>10.1%}")
+    label = img if cfg == "plain" else f"{img} +{cfg}"
+    print(f"{label:<18} {gm:>9.1f} {um:>10.0f} {rm:>8.0f} {gm/um:>12.1%} {gm/rm:>10.1%}")
 PY

@@ -5,7 +5,8 @@
 //!   as root (no `User`, `root` or uid 0). Images without a configuration
 //!   (a bare layer, a rootfs archive) are not judged by it.
 //! - `setuid-outside-bin` (deny): a setuid or setgid file anywhere but
-//!   directly in `/bin` or `/usr/bin`.
+//!   directly in `/bin`, `/sbin`, `/usr/bin` or `/usr/sbin` (Debian's
+//!   `unix_chkpwd` is setgid in `/usr/sbin`).
 //! - `no-editor-backups` (skip): files named `*~` or `.*.swp` are not
 //!   written.
 //!
@@ -37,10 +38,12 @@ pub fn check_image(user: Option<&str>) -> Option<Says> {
 pub fn check_entry(path: &str, regular: bool, mode: u32) -> Option<Says> {
     let name = path.rsplit('/').next().unwrap_or(path);
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-    if regular && mode & 0o6000 != 0 && dir != "bin" && dir != "usr/bin" {
+    if regular && mode & 0o6000 != 0 && !["bin", "sbin", "usr/bin", "usr/sbin"].contains(&dir) {
         return Some(Says::Deny(
             "setuid-outside-bin",
-            format!("setuid or setgid file outside /bin and /usr/bin (mode {mode:o})"),
+            format!(
+                "setuid or setgid file outside the system's program directories (mode {mode:o})"
+            ),
         ));
     }
     if regular && (name.ends_with('~') || (name.starts_with('.') && name.ends_with(".swp"))) {
@@ -123,6 +126,7 @@ mod tests {
         }
         assert_eq!(check_entry("usr/bin/su", true, 0o4755), None);
         assert_eq!(check_entry("bin/mount", true, 0o4755), None);
+        assert_eq!(check_entry("usr/sbin/unix_chkpwd", true, 0o2755), None);
         assert!(matches!(
             check_entry("opt/tool", true, 0o4755),
             Some(Says::Deny(..))
