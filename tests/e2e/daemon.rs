@@ -196,6 +196,39 @@ fn the_service_polls_reloads_on_sighup_and_stops_on_sigterm() {
         message(e).starts_with("reload failed") && e["level"] == "ERROR"
     });
     assert!(svc.alive(), "a bad reload stopped the service");
+    // So is one pinning a component the host refuses (it imports the
+    // filesystem), in one line naming it.
+    let bad = env.dir.path().join("files.wasm");
+    let wasm = wat::parse_str(
+        r#"(component
+            (import "tarpool:steps/types@0.1.1" (instance))
+            (import "wasi:filesystem/preopens@0.2.6" (instance))
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func $f (canon lift (core func $i "f")))
+            (export "classify" (func $f)))"#,
+    )
+    .unwrap();
+    std::fs::write(&bad, &wasm).unwrap();
+    write_config(
+        &config,
+        &bucket,
+        &format!(
+            "[steps]\nclassify = [\"builtin:classify\", {{ path = {:?}, sha256 = \"{}\" }}]\n",
+            bad.to_str().unwrap(),
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&wasm))
+        ),
+    );
+    svc.signal(libc::SIGHUP);
+    svc.wait_event("the refused component", |e| {
+        message(e).starts_with("reload failed")
+            && e["error"].as_str().is_some_and(|m| {
+                m.contains(
+                    "imports what the host does not give a step: wasi:filesystem/preopens@0.2.6",
+                ) && !m.contains('\n')
+            })
+    });
+    assert!(svc.alive(), "a refused component stopped the service");
 
     // A good one applies before the next poll: the strict policy.
     write_config(&config, &bucket, "policy = \"strict\"\n");
