@@ -42,20 +42,32 @@ fn with_candidate(steps: &StepsConfig, step: &str, file: &Path, sha256: &str) ->
     s
 }
 
-/// Where the image's members are.
+/// Where the image's members are: a directory's regular files (found by
+/// a walk that follows no symlink; nothing else is read), or an archive's
+/// index.
 enum Image {
-    Dir(PathBuf),
+    Dir(PathBuf, Vec<Member>),
     Archive(File, Vec<IndexedMember>),
 }
 
 impl Image {
+    fn dir(root: &Path) -> Result<Image> {
+        let mut out = Vec::new();
+        walk(root, root, &mut out)?;
+        Ok(Image::Dir(root.to_path_buf(), out))
+    }
+
+    /// The path of a directory's member `name`, if it is one.
+    fn member_path(root: &Path, members: &[Member], name: &str) -> Option<PathBuf> {
+        members
+            .iter()
+            .any(|m| m.name == name)
+            .then(|| root.join(name))
+    }
+
     fn members(&self) -> Result<Vec<Member>> {
         Ok(match self {
-            Image::Dir(root) => {
-                let mut out = Vec::new();
-                walk(root, root, &mut out)?;
-                out
-            }
+            Image::Dir(_, members) => members.clone(),
             Image::Archive(_, index) => index
                 .iter()
                 .map(|m| Member {
@@ -69,9 +81,10 @@ impl Image {
     /// A member's bytes, at most `cap`.
     fn read(&self, name: &str, cap: u64) -> std::result::Result<Vec<u8>, String> {
         match self {
-            Image::Dir(root) => {
-                let m = archive::normalize(name).ok_or_else(|| format!("no member `{name}`"))?;
-                let f = File::open(root.join(m)).map_err(|e| format!("`{name}`: {e}"))?;
+            Image::Dir(root, members) => {
+                let path = Image::member_path(root, members, name)
+                    .ok_or_else(|| format!("no member `{name}`"))?;
+                let f = File::open(path).map_err(|e| format!("`{name}`: {e}"))?;
                 let mut bytes = Vec::new();
                 f.take(cap + 1)
                     .read_to_end(&mut bytes)
@@ -94,8 +107,9 @@ impl Image {
     /// A member's whole stream.
     fn open(&self, name: &str) -> Result<Box<dyn std::io::Read>> {
         Ok(match self {
-            Image::Dir(root) => Box::new(File::open(
-                root.join(archive::normalize(name).context("a bad member name")?),
+            Image::Dir(root, members) => Box::new(File::open(
+                Image::member_path(root, members, name)
+                    .with_context(|| format!("no member `{name}`"))?,
             )?),
             Image::Archive(f, index) => {
                 let m = index
@@ -161,7 +175,7 @@ pub(super) fn steps_try(steps: &StepsConfig, file: &Path, image: &Path, json: bo
     // The image as a unit: a directory is a prefix, a file an archive.
     let meta = std::fs::metadata(image).with_context(|| format!("{}", image.display()))?;
     let (kind, img) = if meta.is_dir() {
-        (UnitKind::Prefix, Image::Dir(image.to_path_buf()))
+        (UnitKind::Prefix, Image::dir(image)?)
     } else {
         let mut head = Vec::new();
         File::open(image)?.take(64 << 10).read_to_end(&mut head)?;
