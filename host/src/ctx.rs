@@ -64,6 +64,17 @@ pub enum CtxError {
 }
 
 impl Ctx {
+    /// An image unit's fingerprint as runs and images record it: the
+    /// unit's (its objects' keys, sizes and stamps), and the identity of
+    /// the inspect steps that judge it, when some are configured, so that
+    /// configuring other ones runs every image again.
+    pub fn fingerprint(&self, u: &crate::core::names::Unit) -> String {
+        match self.steps.inspect_identity() {
+            Some(i) => format!("{} inspected-by {i}", u.fingerprint()),
+            None => u.fingerprint(),
+        }
+    }
+
     /// Builds the context; the policy is recorded in the store (by its
     /// hash) so audits can show the exact policy a run used.
     pub fn new(p: Parts) -> Result<Ctx, CtxError> {

@@ -303,8 +303,9 @@ fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
     assert!(!mnt.join("etc/motd~").exists() && !mnt.join("etc/.motd.swp").exists());
     env.run(&["deactivate", "b"]);
 
-    // Layers judged by the step are not those of a run without it: the
-    // same image unpacked with no inspect step is another snapshot.
+    // Layers judged by the step are not those of a run without it: taking
+    // the step out runs every image again (their fingerprints named it),
+    // and the same image unpacked with no inspect step is another snapshot.
     let judged = top_chain(&env.json(&["status", "--json"]), "adhoc");
     std::fs::write(&config, format!("source = \"dir:{}\"\n", bucket.display())).unwrap();
     std::fs::remove_dir_all(bucket.join("images/backups")).unwrap();
@@ -315,10 +316,10 @@ fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
     );
     env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
     let status = env.json(&["status", "--json"]);
-    assert_eq!(
-        top_chain(&status, "adhoc"),
-        judged,
-        "adhoc did not change: not run again"
+    let unjudged = top_chain(&status, "adhoc");
+    assert!(
+        unjudged.is_string() && unjudged != judged,
+        "{judged} {unjudged}"
     );
     let mnt = env.dir.path().join("mnt-backups2");
     env.json(&[
@@ -346,7 +347,7 @@ fn inspect_component(dir: &Path, name: &str, body: &str) -> (PathBuf, String) {
                 (memory (export "mem") 1)
                 (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 64)
                 (func (export "check-image") (param {p16}) (result i32) {body})
-                (func (export "check-entries") (param i32 i32 i32 i32 i32) (result i32) {body}))
+                (func (export "check-entries") (param i32 i32 i32) (result i32) {body}))
             (core instance $i (instantiate $m))
             (type $rc0 (record (field "env" (list string)) (field "entrypoint" (list string))
                 (field "cmd" (list string)) (field "working-dir" string) (field "user" string)))
@@ -369,7 +370,7 @@ fn inspect_component(dir: &Path, name: &str, body: &str) -> (PathBuf, String) {
             (export $ea "entry-answer" (type $ea0))
             (func $ci (param "image" $ii) (result (list $a))
                 (canon lift (core func $i "check-image") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
-            (func $ce (param "image" string) (param "layer" u32) (param "entries" (list $eh))
+            (func $ce (param "layer" u32) (param "entries" (list $eh))
                 (result (list $ea))
                 (canon lift (core func $i "check-entries") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
             (instance $inst (export "check-image" (func $ci)) (export "check-entries" (func $ce)))
@@ -590,4 +591,50 @@ fn images_in_skopeos_dir_layout_are_ready_through_the_example_manifest_step() {
     env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
     let why = env.status()["fromoci"].1.clone().unwrap_or_default();
     assert!(why.contains("skopeo-dir"), "{why}");
+}
+
+/// A run killed after parse-manifest judged its image under one set of
+/// inspect steps, resumed under another: it does not unpack under steps
+/// that did not judge the image; the image runs again under the new ones.
+#[test]
+fn a_run_resumed_under_other_inspect_steps_starts_again() {
+    let env = Env::new();
+    let example = example_inspect();
+    let bucket = env.dir.path().join("bucket");
+    adhoc(&bucket, "app", &[("etc/motd", 0o644), ("etc/motd~", 0o644)]);
+    let with = inspect_config(&env, &bucket, std::slice::from_ref(&example));
+    let killed = killed_at(
+        env.cmd(&["--config", with.to_str().unwrap(), "run", "--once"]),
+        "before:unpack-layers",
+    );
+    assert!(killed, "the run was killed before unpack-layers");
+    // Restarted without the step: the run judged under it stops, in one
+    // line, and nothing was unpacked under the new (no) steps.
+    let without = env.dir.path().join("without.toml");
+    std::fs::write(&without, format!("source = \"dir:{}\"\n", bucket.display())).unwrap();
+    env.run(&["--config", without.to_str().unwrap(), "run", "--once"]);
+    let audit = env.json(&["audit", "app", "--json"]);
+    assert!(
+        audit
+            .to_string()
+            .contains("the inspect steps changed since this run judged the image"),
+        "{audit}"
+    );
+    // The next pass runs it again under the steps configured now.
+    env.run(&["--config", without.to_str().unwrap(), "run", "--once"]);
+    assert_eq!(env.status()["app"].0, "ready", "{:?}", env.status());
+    let mnt = env.dir.path().join("mnt-app");
+    env.json(&[
+        "activate",
+        "app",
+        "--as",
+        "a",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(
+        mnt.join("etc/motd~").exists(),
+        "unpacked under no inspect step"
+    );
+    env.run(&["deactivate", "a"]);
 }

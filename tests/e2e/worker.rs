@@ -33,7 +33,6 @@ fn request(dir: &std::path::Path, escape: std::path::PathBuf) -> Request {
         policy: tarpool::core::policy::Policy::default_policy(),
         tar_cache: cache,
         inspect: Vec::new(),
-        image: String::new(),
         unconfined: false,
         test_escape: Some(escape),
         test_no_landlock: false,

@@ -86,11 +86,7 @@ mod component {
                 .collect()
         }
 
-        fn check_entries(
-            _image: String,
-            _layer: u32,
-            entries: Vec<EntryHeader>,
-        ) -> Vec<EntryAnswer> {
+        fn check_entries(_layer: u32, entries: Vec<EntryHeader>) -> Vec<EntryAnswer> {
             entries
                 .iter()
                 .enumerate()

@@ -216,15 +216,24 @@ pub fn main() -> Result<u8> {
             cmd: StepsCmd::Check { file, json },
         } => {
             // The chains it would join: the configuration's, or the
-            // default ones when there is none to read.
-            let steps = config(&args, &none).map(|c| c.steps).unwrap_or_default();
+            // default ones when there is none to read (said).
+            let steps = config(&args, &none).map(|c| c.steps).unwrap_or_else(|e| {
+                eprintln!("tarpool: the configuration cannot be read ({e:#}); the pin below joins the default chains");
+                Default::default()
+            });
             steps_check(&steps, file, *json)
         }
         Cmd::Steps {
             cmd: StepsCmd::Try { file, image, json },
         } => {
-            let steps = config(&args, &none).map(|c| c.steps).unwrap_or_default();
-            steps_try(&steps, file, image, *json)
+            let (steps, policy) = match config(&args, &none) {
+                Ok(c) => (c.steps, c.policy),
+                Err(e) => {
+                    eprintln!("tarpool: the configuration cannot be read ({e:#}); trying with the default steps and policy");
+                    (Default::default(), Policy::default_policy())
+                }
+            };
+            steps_try(&steps, &policy, file, image, *json)
         }
         Cmd::Cancel { name } => {
             let cfg = config(&args, &none)?;

@@ -154,8 +154,14 @@ fn answer_json(a: &Answer) -> serde_json::Value {
     })
 }
 
-/// `tarpool steps try FILE IMAGE`.
-pub(super) fn steps_try(steps: &StepsConfig, file: &Path, image: &Path, json: bool) -> Result<u8> {
+/// `tarpool steps try FILE IMAGE`, with the configured chains and policy.
+pub(super) fn steps_try(
+    steps: &StepsConfig,
+    policy: &Policy,
+    file: &Path,
+    image: &Path,
+    json: bool,
+) -> Result<u8> {
     let abs = std::fs::canonicalize(file).with_context(|| format!("{}", file.display()))?;
     let wasm = std::fs::read(&abs).with_context(|| format!("reading {}", abs.display()))?;
     let checked = match crate::wasm::check_component(&wasm) {
@@ -193,7 +199,7 @@ pub(super) fn steps_try(steps: &StepsConfig, file: &Path, image: &Path, json: bo
                 c.kind
             );
         }
-        let mut check = steps.tar_check(Mode::Archive, &Policy::default_policy())?;
+        let mut check = steps.tar_check(Mode::Archive, policy)?;
         let index = archive::index(&f, &mut check).map_err(|e| anyhow::anyhow!("{e}"))?;
         (UnitKind::Archive, Image::Archive(f, index))
     };
@@ -242,7 +248,7 @@ pub(super) fn steps_try(steps: &StepsConfig, file: &Path, image: &Path, json: bo
         let mut layers = Vec::new();
         for (i, l) in layout.layers.iter().enumerate() {
             let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            layers.push(inspect_layer(&steps, &img, &name, n, &l.member)?);
+            layers.push(inspect_layer(&steps, policy, &img, n, &l.member)?);
         }
         report.insert("layers".into(), layers.into());
     }
@@ -253,8 +259,8 @@ pub(super) fn steps_try(steps: &StepsConfig, file: &Path, image: &Path, json: bo
 /// steps: every answer about its entries.
 fn inspect_layer(
     steps: &Steps,
+    policy: &Policy,
     img: &Image,
-    image: &str,
     n: u32,
     member: &str,
 ) -> Result<serde_json::Value> {
@@ -262,7 +268,12 @@ fn inspect_layer(
     let mut head = vec![0u8; 64 << 10];
     let got = crate::source::read_up_to(&mut stream, &mut head)?;
     head.truncate(got);
-    let c = steps.classify(&head, head.len() as u64)?;
+    let size = img
+        .members()?
+        .iter()
+        .find(|m| m.name == member)
+        .map_or(head.len() as u64, |m| m.size);
+    let c = steps.classify(&head, size)?;
     if !matches!(c.kind, BlobKind::Tar | BlobKind::Empty) {
         return Ok(json!({
             "layer": n,
@@ -271,10 +282,10 @@ fn inspect_layer(
             "why": format!("{}: steps try reads only uncompressed layers (tarpool run decompresses in its confined worker)", c.detail),
         }));
     }
-    let mut check = steps.tar_check(Mode::Layer, &Policy::default_policy())?;
+    let mut check = steps.tar_check(Mode::Layer, policy)?;
     let mut answers = Vec::new();
     let mut judge = |entries: Vec<crate::extract::view::Entry>| -> Result<bool> {
-        for (i, a) in steps.inspectors().check_entries(image, n, &entries)? {
+        for (i, a) in steps.inspectors().check_entries(n, &entries)? {
             let path = crate::core::names::printable(&String::from_utf8_lossy(&entries[i].path));
             let mut j = answer_json(&a);
             j["path"] = path.into();

@@ -63,7 +63,7 @@ pub fn discover(ctx: &Ctx) -> anyhow::Result<(Vec<String>, Summary)> {
         if active.contains(&unit.name) {
             continue;
         }
-        let fingerprint = unit.fingerprint();
+        let fingerprint = ctx.fingerprint(&unit);
         if let Some(img) = ctx.store.image(&unit.name)? {
             let same = img.fingerprint.as_deref() == Some(fingerprint.as_str());
             let settled = img.state == ImageState::Ready

@@ -48,6 +48,7 @@ pub(super) fn refresh(ctx: &Ctx, data: &mut RunData, i: usize) -> Result<bool, F
     o.size = now.size;
     o.stamp = now.stamp;
     o.modified = now.modified;
-    data.fingerprint = u.fingerprint();
+    let u = u.clone();
+    data.fingerprint = ctx.fingerprint(&u);
     Ok(true)
 }

@@ -31,6 +31,7 @@ pub(super) fn run(
     data: &mut RunData,
     verdicts: &mut Verdicts,
 ) -> Result<Value, Failure> {
+    super::inspect::same_steps(ctx, data)?;
     let mut verified = vec![false; data.layers.len()];
     let mut in_worker = 0;
     // Diff IDs that no manifest gave.

@@ -22,6 +22,7 @@ pub(super) fn run(
     data: &mut RunData,
     verdicts: &mut Verdicts,
 ) -> Result<Value, Failure> {
+    super::inspect::same_steps(ctx, data)?;
     if unit(data)?.kind != UnitKind::Registry {
         return Ok(json!({ "fetched": 0, "layers_in_objects": true }));
     }

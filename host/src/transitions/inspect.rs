@@ -28,27 +28,42 @@ fn verdict(a: &Answer) -> Verdict {
     }
 }
 
-/// The reason recorded beside decision `v`: its policy rule's, or, for a
-/// rule of an inspect step, that the step named in the detail decided.
+/// The reason recorded beside decision `v`: for a rule of an inspect step
+/// (whatever its name), that the step named in the detail decided; else
+/// its policy rule's.
 pub(super) fn reason<'a>(policy: &'a crate::core::policy::Policy, v: &Verdict) -> &'a str {
-    match policy.reason(&v.rule) {
-        "" if v.detail.starts_with(DETAIL) => {
-            "a rule of the operator's inspect step named in the detail"
-        }
-        r => r,
+    if v.detail.starts_with(DETAIL) {
+        "a rule of the operator's inspect step named in the detail"
+    } else {
+        policy.reason(&v.rule)
+    }
+}
+
+/// Refuses to go on with a run whose image was judged at parse-manifest by
+/// other inspect steps than those configured now (the configuration
+/// changed while the run was under way): its layers would be judged by
+/// steps that did not judge the image, under their identity. The image
+/// runs again under the new steps (its fingerprint names them).
+pub(super) fn same_steps(ctx: &Ctx, data: &super::RunData) -> Result<(), Failure> {
+    if data.inspected_by == ctx.steps.inspect_identity() {
+        Ok(())
+    } else {
+        Err(Failure::Input(
+            "the inspect steps changed since this run judged the image; it runs again under the new ones".into(),
+        ))
     }
 }
 
 /// Asks the inspect steps about the image `name` as parse-manifest found
-/// it.
+/// it, and records which steps judged it.
 pub(super) fn check_image(
     ctx: &Ctx,
     name: &str,
-    data: &super::RunData,
+    data: &mut super::RunData,
     verdicts: &mut Verdicts,
 ) -> Result<(), Failure> {
-    let inspectors = ctx.steps.inspectors();
-    if inspectors.is_empty() {
+    data.inspected_by = ctx.steps.inspect_identity();
+    if ctx.steps.inspectors().is_empty() {
         return Ok(());
     }
     let info = ImageInfo {
@@ -57,7 +72,7 @@ pub(super) fn check_image(
         layers: u32::try_from(data.layers.len()).unwrap_or(u32::MAX),
         config: data.config.clone(),
     };
-    for a in inspectors.check_image(&info)? {
+    for a in ctx.steps.inspect_image(&info)? {
         verdicts.push(verdict(&a));
         if a.verdict == Says::Deny {
             return Err(Failure::Input(format!(

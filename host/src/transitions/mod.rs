@@ -45,6 +45,11 @@ pub struct RunData {
     pub config: Option<RuntimeConfig>,
     pub layers: Vec<PlannedLayer>,
     pub top_chain: Option<String>,
+    /// The identity of the inspect steps that judged the image at
+    /// parse-manifest (None: none configured); later transitions refuse to
+    /// go on under others.
+    #[serde(default)]
+    pub inspected_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,7 +125,6 @@ fn worker_request(
         policy: ctx.policy.clone(),
         tar_cache: std::path::PathBuf::new(),
         inspect: Vec::new(),
-        image: String::new(),
         unconfined: ctx.unconfined_worker,
         test_escape: None,
         test_no_landlock: false,

@@ -69,6 +69,7 @@ pub(super) fn run(
     data: &mut RunData,
     verdicts: &mut Verdicts,
 ) -> Result<Value, Failure> {
+    super::inspect::same_steps(ctx, data)?;
     let done: Vec<usize> = ctx
         .store
         .layer_progress(run)?
@@ -236,7 +237,6 @@ fn apply_one(
         .steps
         .inspect_caches()
         .map_err(|e| Failure::Retry(e.to_string()))?;
-    req.image = image.to_string();
     req.bench_native_check = cfg!(feature = "bench-native-check")
         && std::env::var_os("TARPOOL_BENCH_NATIVE_CHECK").is_some();
     let total = l.len;

@@ -23,6 +23,8 @@ use inspect_bindings::tarpool::steps::inspect_types as it;
 use inspect_bindings::tarpool::steps::types;
 pub(super) use inspect_bindings::InspectStepPre;
 
+/// Answers a component may give about one image.
+const MAX_IMAGE_ANSWERS: usize = 64;
 /// The longest rule name and reason kept from a component.
 const MAX_RULE_CHARS: usize = 64;
 const MAX_REASON_CHARS: usize = 300;
@@ -107,7 +109,7 @@ impl Inspectors {
     }
 
     /// Every component's answers about the image, in order, up to the
-    /// first `deny`.
+    /// first `deny` (at most [`MAX_IMAGE_ANSWERS`] from each).
     pub fn check_image(&self, image: &ImageInfo) -> Result<Vec<Answer>, StepError> {
         let info = it::ImageInfo {
             name: image.name.clone(),
@@ -132,6 +134,12 @@ impl Inspectors {
                 .tarpool_steps_inspect()
                 .call_check_image(&mut store, &info)
                 .map_err(|e| in_component(label, trapped(e, &stderr)))?;
+            if answers.len() > MAX_IMAGE_ANSWERS {
+                return Err(StepError::Trapped(format!(
+                    "inspect step {label} gave {} answers about the image (at most {MAX_IMAGE_ANSWERS})",
+                    answers.len()
+                )));
+            }
             for a in answers {
                 let a = answer(label, a);
                 let deny = a.verdict == Verdict::Deny;
@@ -144,13 +152,13 @@ impl Inspectors {
         Ok(out)
     }
 
-    /// Every component's answers about `entries` (a batch of layer `layer`
-    /// of image `image`), as (index in `entries`, answer); an entry one
-    /// skips is not shown to the next, and the first `deny` ends the
-    /// batch.
+    /// Every component's answers about `entries` (a batch of layer
+    /// `layer`), as (index in `entries`, answer); an entry one skips is not
+    /// shown to the next, and the first `deny` ends the batch. A component
+    /// that answers twice about an entry, or more often than it was shown
+    /// entries, is broken: its call fails as a trap.
     pub fn check_entries(
         &self,
-        image: &str,
         layer: u32,
         entries: &[Entry],
     ) -> Result<Vec<(usize, Answer)>, StepError> {
@@ -169,10 +177,27 @@ impl Inspectors {
                 .map_err(|e| instantiate_err("inspect", e, &stderr))?;
             let answers = step
                 .tarpool_steps_inspect()
-                .call_check_entries(&mut store, image, layer, &headers)
+                .call_check_entries(&mut store, layer, &headers)
                 .map_err(|e| in_component(label, trapped(e, &stderr)))?;
+            if answers.len() > shown.len() {
+                return Err(StepError::Trapped(format!(
+                    "inspect step {label} gave {} answers about {} entries",
+                    answers.len(),
+                    shown.len()
+                )));
+            }
+            let mut answered = vec![false; shown.len()];
             let mut skipped = Vec::new();
             for a in answers {
+                if answered.get(a.index as usize).copied().unwrap_or(false) {
+                    return Err(StepError::Trapped(format!(
+                        "inspect step {label} answered twice about entry {} of a batch",
+                        a.index
+                    )));
+                }
+                if let Some(x) = answered.get_mut(a.index as usize) {
+                    *x = true;
+                }
                 let Some(&i) = shown.get(a.index as usize) else {
                     return Err(StepError::Trapped(format!(
                         "inspect step {label} answered about entry {} of a batch of {}",

@@ -488,6 +488,13 @@ impl Steps {
         &self.inspect
     }
 
+    /// The inspect steps' answers about an image, each call in one of the
+    /// engine's instance slots (as every other step's).
+    pub fn inspect_image(&self, image: &ImageInfo) -> Result<Vec<Answer>, StepError> {
+        let _slot = self.slots.acquire();
+        self.inspect.check_image(image)
+    }
+
     /// The inspect steps' compiled cache files, for the extraction worker,
     /// as (label, file); an error names one that could not be cached.
     pub fn inspect_caches(&self) -> Result<Vec<(String, PathBuf)>, StepError> {

@@ -11,8 +11,6 @@ use crate::wasm::{Inspectors, StepError, Verdict};
 pub(super) struct Inspected<'a> {
     pub check: &'a mut dyn TarCheck,
     pub inspectors: &'a Inspectors,
-    /// The image whose run unpacks the layer.
-    pub image: &'a str,
     /// The layer's number (1 = bottom).
     pub layer: u32,
 }
@@ -24,7 +22,7 @@ impl Inspected<'_> {
         }
         let answers = self
             .inspectors
-            .check_entries(self.image, self.layer, &p.entries)
+            .check_entries(self.layer, &p.entries)
             .map_err(|e| match e {
                 StepError::Host(m) => CheckError::Host(m),
                 StepError::Trapped(m) | StepError::Rejected(m) => CheckError::Trapped(m),

@@ -112,9 +112,6 @@ pub struct Request {
     /// order: (label, file). Read before the worker confines itself.
     #[serde(default)]
     pub inspect: Vec<(String, PathBuf)>,
-    /// The image whose run unpacks the layer (for the inspect steps).
-    #[serde(default)]
-    pub image: String,
     /// The operator's opt-out of confinement.
     pub unconfined: bool,
     /// Test hook (debug builds only): after confining itself, the worker

@@ -190,7 +190,6 @@ fn work(req: &Request) -> Reply {
         inspected = super::inspected::Inspected {
             check,
             inspectors: &inspectors,
-            image: &req.image,
             layer: u32::try_from(req.n).unwrap_or(u32::MAX),
         };
         &mut inspected

@@ -20,8 +20,13 @@ use super::answers::{read_capped, RegistryError};
 use super::client::Registry;
 use super::fetch;
 use crate::core::names::{printable, Rejected};
+use crate::core::registry::{valid_repo, valid_tag};
 use crate::source::{run_on, SourceError};
 use crate::wasm::{ListOf, ListingStep, StepError};
+
+/// Names outside the grammar said one by one, per source; the rest are
+/// counted in one line.
+const MAX_REJECTED: usize = 64;
 
 /// The largest page read.
 pub const MAX_PAGE: usize = 4 << 20;
@@ -73,6 +78,8 @@ pub fn list(
     let budget = max.saturating_add(1);
     let mut listed = Listed::default();
     let walker = Walker {
+        said: Default::default(),
+        unsaid: Default::default(),
         handle,
         client,
         host,
@@ -113,10 +120,22 @@ pub fn list(
             }),
         }
     }
+    if walker.unsaid.get() > 0 {
+        listed.rejected.push(Rejected {
+            key: "_catalog".into(),
+            reason: format!(
+                "{} more names the registry lists are not of the distribution specification",
+                walker.unsaid.get()
+            ),
+        });
+    }
     Ok(listed)
 }
 
 struct Walker<'a> {
+    /// Names outside the grammar said, and those only counted.
+    said: std::cell::Cell<usize>,
+    unsaid: std::cell::Cell<usize>,
     handle: &'a tokio::runtime::Handle,
     client: &'a Arc<Registry>,
     host: &'a str,
@@ -147,8 +166,8 @@ impl Walker<'_> {
         // Without `n=`: a registry pages by its own size (distribution
         // refuses an `n` above its `maxentries`).
         let mut next = path.to_string();
-        // Each page but the last names something, and the walk stops at
-        // `budget` names: at most `budget + 1` pages.
+        // Each page but the last names something new, and the walk stops
+        // at `budget` names: at most `budget + 1` pages.
         for _ in 0..=budget {
             let (client, pq, sc) = (self.client.clone(), next.clone(), scope.to_string());
             let (body, link) = run_on(self.handle, async move {
@@ -162,27 +181,36 @@ impl Walker<'_> {
                     StepError::Host(e) => SourceError::Io(e),
                     e => registry(format!("GET {}: {e}", printable(&next))),
                 })?;
+            // What the registry lists outside the grammar: said, up to
+            // `MAX_REJECTED` lines a list, then counted.
             let refused = page.refused_count as usize;
-            let unsaid = refused.saturating_sub(page.refused.len());
-            for r in page.refused {
+            let kept = page
+                .refused
+                .len()
+                .min(MAX_REJECTED.saturating_sub(self.said.get()));
+            for r in page.refused.into_iter().take(kept) {
                 rejected.push(Rejected {
                     key: key.clone(),
-                    reason: r,
+                    reason: crate::core::names::printable(&r),
                 });
             }
-            if unsaid > 0 {
-                rejected.push(Rejected {
-                    key: key.clone(),
-                    reason: format!("{unsaid} more names of this page are not of the distribution specification"),
-                });
-            }
-            let named = page.names.len() + refused;
+            self.said.set(self.said.get() + kept);
+            self.unsaid
+                .set(self.unsaid.get() + refused.saturating_sub(kept));
+            let mut added = 0;
             for n in page.names {
                 if names.len() >= budget {
                     return Ok(names);
                 }
-                if seen.insert(n.clone()) {
+                // The guest checked the grammar; so does the host, before
+                // a name reaches a URL or a token scope.
+                let valid = match &of {
+                    ListOf::Repositories => valid_repo(&n),
+                    ListOf::Tags(_) => valid_tag(&n),
+                };
+                if valid && seen.insert(n.clone()) {
                     names.push(n);
+                    added += 1;
                 }
             }
             let Some(n) = page.next else {
@@ -191,9 +219,9 @@ impl Walker<'_> {
             if names.len() >= budget {
                 return Ok(names);
             }
-            if named == 0 {
+            if added == 0 {
                 return Err(registry(format!(
-                    "GET {}: a page that names nothing links to another",
+                    "GET {}: a page that names nothing new links to another",
                     printable(&next)
                 )));
             }
@@ -204,7 +232,11 @@ impl Walker<'_> {
             let under = n
                 .path_and_query
                 .strip_prefix(path)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'));
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('?'))
+                && n.path_and_query.len() <= 2048
+                && n.path_and_query
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'#');
             if !own || !under {
                 return Err(registry(format!(
                     "GET {}: the next page is not {path} on this registry",

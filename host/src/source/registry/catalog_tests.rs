@@ -138,7 +138,7 @@ fn hostile_lists_are_refused_or_their_bad_names_rejected() {
         ),
         (
             r#"Link: </v2/_catalog?again>; rel="next""#,
-            "/v2/_catalog: more than 4 pages",
+            "GET /v2/_catalog?again: a page that names nothing new links to another",
         ),
         (
             r#"Link: <_catalog>; rel="next""#,
@@ -174,7 +174,59 @@ fn hostile_lists_are_refused_or_their_bad_names_rejected() {
         .unwrap_err();
     assert!(
         e.to_string()
-            .ends_with("a page that names nothing links to another"),
+            .ends_with("a page that names nothing new links to another"),
         "{e}"
+    );
+}
+
+/// Names the default mapping makes the same are served under neither; a
+/// registry listing many names outside the grammar is said in a bounded
+/// number of lines.
+#[test]
+fn clashing_names_and_many_bad_names() {
+    let digest = format!("sha256:{}", "e".repeat(64));
+    let bad: Vec<String> = (0..100).map(|i| format!("\"BAD{i}\"")).collect();
+    let catalog = format!(
+        r#"{{"repositories":["team/app","team_app","z",{}]}}"#,
+        bad.join(",")
+    );
+    let (port, _) = scripted(move |head| {
+        let path = head.split(' ').nth(1).unwrap_or("");
+        let json = |b: &str| http("200 OK", &[], b);
+        match path {
+            "/v2/_catalog" => json(&catalog),
+            "/v2/team/app/tags/list" => json(r#"{"name":"team/app","tags":["v1"]}"#),
+            "/v2/team_app/tags/list" => json(r#"{"name":"team_app","tags":["v1"]}"#),
+            "/v2/z/tags/list" => json(r#"{"name":"z","tags":["v1"]}"#),
+            p if p.ends_with("/manifests/v1") => {
+                http("200 OK", &[format!("Docker-Content-Digest: {digest}")], "")
+            }
+            _ => http("404 Not Found", &[], ""),
+        }
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let d = whole(&format!("127.0.0.1:{port}"), cache.path())
+        .discover(1000)
+        .unwrap();
+    let (units, rejected) = shown(&d);
+    assert_eq!(units, ["z:v1 z_v1"]);
+    for key in ["team/app:v1", "team_app:v1"] {
+        assert!(
+            rejected.iter().any(|r| r.starts_with(&format!("{key}: another repository and tag of the registry make the same image name `team_app_v1`"))),
+            "{rejected:?}"
+        );
+    }
+    let bad_lines = rejected
+        .iter()
+        .filter(|r| r.starts_with("_catalog: "))
+        .count();
+    // The listing step says 16 of a page's refusals; the rest are counted.
+    assert_eq!(bad_lines, 17, "{rejected:?}");
+    assert!(
+        rejected.contains(
+            &"_catalog: 84 more names the registry lists are not of the distribution specification"
+                .to_string()
+        ),
+        "{rejected:?}"
     );
 }

@@ -294,14 +294,41 @@ impl RegistrySource {
         let mut rejected = listed.rejected;
         let mut images = Vec::new();
         for (repo, tag) in listed.images {
-            match self.image(&image_key(&repo, &Target::Tag(tag), self.spec.platform.as_ref()).1) {
+            let key = image_key(&repo, &Target::Tag(tag), self.spec.platform.as_ref()).1;
+            match self.image(&key) {
                 Ok(i) => images.push(i),
                 Err(_) => rejected.push(Rejected {
-                    key: printable(&format!("{repo}:")),
+                    key: printable(&key),
                     reason: "the image name made from it would be too long".into(),
                 }),
             }
         }
+        // The default names are not one to one (`team/app:v1` and
+        // `team_app:v1` are both `team_app_v1`): an image whose name
+        // another one listed also has is served under neither, lest the
+        // first listed take the other's name.
+        let mut by_name: std::collections::HashMap<&str, usize> = Default::default();
+        for i in &images {
+            *by_name.entry(i.name.as_str()).or_default() += 1;
+        }
+        let shared: Vec<String> = by_name
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        images.retain(|i| {
+            let clash = shared.contains(&i.name);
+            if clash {
+                rejected.push(Rejected {
+                    key: printable(&i.key),
+                    reason: format!(
+                        "another repository and tag of the registry make the same image name `{}`: neither is served (give each a source of its own with name=)",
+                        i.name
+                    ),
+                });
+            }
+            !clash
+        });
         let inners: Vec<(Arc<Inner>, String)> = images
             .iter()
             .map(|i| (self.inner(i), i.reference.clone()))
