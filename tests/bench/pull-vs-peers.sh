@@ -33,11 +33,15 @@ done
 ensure_images "$IMG"
 W=$(mktemp -d /var/tmp/tarpool-pull.XXXX)
 REG_PID= CTRD_PID=
+# Keeps the script's own exit status (the registry's SIGTERM status is not
+# the benchmark's).
 cleanup() {
-    [ -n "$CTRD_PID" ] && kill "$CTRD_PID" 2>/dev/null && wait "$CTRD_PID" 2>/dev/null
-    [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+    local status=$?
+    if [ -n "$CTRD_PID" ]; then kill "$CTRD_PID" 2>/dev/null; wait "$CTRD_PID" 2>/dev/null; fi
+    if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null; wait "$REG_PID" 2>/dev/null; fi
     umount -R "$W/ctrd" 2>/dev/null || true
     rm -rf "$W"
+    exit "$status"
 }
 trap cleanup EXIT
 
