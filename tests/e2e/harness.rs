@@ -328,6 +328,27 @@ pub fn has_decision(audit: &Value, rule: &str, action: &str, path: &str) -> bool
     })
 }
 
+/// A policy file in the test's directory, named `name`: the built-in
+/// policy `base` (`default`, `strict`) with the first `from` made `to`
+/// (`from` must be in it).
+pub fn policy_file(env: &Env, name: &str, base: &str, from: &str, to: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo().join(format!("policies/{base}.toml"))).unwrap();
+    assert!(text.contains(from), "policies/{base}.toml has no `{from}`");
+    let path = env.dir.path().join(name);
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    path
+}
+
+/// Whether a `run --json` report says every image was unchanged (no run
+/// started for any).
+pub fn all_unchanged(report: &Value) -> bool {
+    report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["unchanged"] == true)
+}
+
 /// The images of a `run --json` report: `(name, state)`, in its order.
 pub fn report_states(report: &Value) -> Vec<(String, String)> {
     report["images"]

@@ -201,14 +201,7 @@ fn pushed_images_are_ready_with_the_buckets_root_filesystems_and_fetched_once() 
     // registry's challenge to this new process) and starts no run.
     s.proxy.clear_log();
     let again = s.run_ok(&[&oci, &docker]);
-    assert!(
-        again["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["unchanged"] == true),
-        "{again}"
-    );
+    assert!(all_unchanged(&again), "{again}");
     let log = s.proxy.log();
     assert!(
         log.iter()
@@ -650,14 +643,7 @@ fn a_whole_registry_serves_every_tag_within_max_images() {
     // The next pass lists and resolves, and fetches nothing.
     s.proxy.clear_log();
     let again = s.run_ok(&[&whole]);
-    assert!(
-        again["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["unchanged"] == true),
-        "{again}"
-    );
+    assert!(all_unchanged(&again), "{again}");
     for l in s.proxy.log() {
         let listing = l.path.starts_with("/v2/_catalog") || l.path.ends_with("/tags/list");
         let head = l.method == "HEAD" && l.path.contains("/manifests/");
@@ -666,12 +652,13 @@ fn a_whole_registry_serves_every_tag_within_max_images() {
 
     // At most two images: the first two listed are served, the third is
     // one rejection naming the rule.
-    let policy = s.env.dir.path().join("two.toml");
-    let default = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml"),
-    )
-    .unwrap();
-    std::fs::write(&policy, default.replace("limit = 10000\n", "limit = 2\n")).unwrap();
+    let policy = policy_file(
+        &s.env,
+        "two.toml",
+        "default",
+        "limit = 10000\n",
+        "limit = 2\n",
+    );
     let config = std::fs::read_to_string(&s.config).unwrap();
     std::fs::write(
         &s.config,

@@ -64,14 +64,7 @@ fn one_run_serves_several_sources_and_names_stay_unique() {
     let again = env.json(&[
         "run", "--once", "--json", "--source", first_s, "--source", second_s,
     ]);
-    assert!(
-        again["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|i| i["unchanged"] == true),
-        "{again}"
-    );
+    assert!(all_unchanged(&again), "{again}");
     // A source that is not there at the start is a configuration error:
     // one line, exit 2, nothing run.
     let out = env.run(&[

@@ -541,16 +541,13 @@ fn images_in_skopeos_dir_layout_are_ready_through_the_example_manifest_step() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let policy = env.dir.path().join("policy.toml");
-    let default = std::fs::read_to_string(repo().join("policies/default.toml")).unwrap();
-    std::fs::write(
-        &policy,
-        default.replace(
-            "allow = [\"ad-hoc\",",
-            "allow = [\"skopeo-dir\", \"ad-hoc\",",
-        ),
-    )
-    .unwrap();
+    let policy = policy_file(
+        &env,
+        "policy.toml",
+        "default",
+        "allow = [\"ad-hoc\",",
+        "allow = [\"skopeo-dir\", \"ad-hoc\",",
+    );
     let config = env.dir.path().join("tarpool.toml");
     std::fs::write(
         &config,

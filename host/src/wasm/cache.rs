@@ -6,10 +6,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::limits::{one_line, MANIFEST_MEMORY, MAX_CONCURRENT};
+use super::store::State;
 use super::{host_err, ComponentSpec, StepError};
 
 /// The components built from `guest-steps/` into this binary, by the name
@@ -97,6 +98,32 @@ pub(super) fn new_engine() -> Result<Engine, StepError> {
     Engine::new(&config).map_err(|e| host_err("configuring wasmtime", e))
 }
 
+/// The component in a cache file (`sha256(cwasm) || cwasm`, written by
+/// [`load_component`] into the service's private cache directory), its
+/// checksum verified; or why not: `truncated`, `corrupt`, or wasmtime's
+/// refusal (another version or configuration).
+pub(super) fn load_cached(engine: &Engine, file: &[u8]) -> Result<Component, String> {
+    let (sum, cwasm) = file.split_at_checked(32).ok_or("truncated")?;
+    if Sha256::digest(cwasm).as_slice() != sum {
+        return Err("corrupt".into());
+    }
+    // SAFETY: `deserialize` trusts its input to be code that this wasmtime
+    // compiled. Cache files are in the service's private cache directory,
+    // written by `store_cache` with the output of `Component::serialize`
+    // under a name keyed by this engine's configuration, and this one's
+    // checksum has just been verified, so it is intact; wasmtime also
+    // checks its version and configuration before using it.
+    unsafe { Component::deserialize(engine, cwasm) }.map_err(|e| one_line(&format!("{e:#}"), 300))
+}
+
+/// A linker with WASI, and nothing of it granted (see `store.rs`): what a
+/// step that imports nothing of tarpool's is linked with.
+pub(super) fn wasi_linker(engine: &Engine) -> Result<Linker<State>, StepError> {
+    let mut linker: Linker<State> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| host_err("linking WASI", e))?;
+    Ok(linker)
+}
+
 /// Compiles `wasm`, or loads it from the cache.
 ///
 /// A cache file is `sha256(cwasm) || cwasm`, named after the key; a file
@@ -109,21 +136,11 @@ pub(super) fn load_component(
     warnings: &mut Vec<String>,
 ) -> Result<(Component, Option<PathBuf>), StepError> {
     let path = cache_dir.join(format!("{name}-{}.cwasm", cache_key(engine, wasm)));
-    if let Ok(file) = fs::read(&path) {
-        if let Some((sum, cwasm)) = file.split_at_checked(32) {
-            if Sha256::digest(cwasm).as_slice() == sum {
-                // SAFETY: `deserialize` trusts its input to be code that this
-                // wasmtime compiled. The file is in the service's private
-                // cache directory, was written by `store_cache` below with the
-                // output of `Component::serialize` under a name keyed by this
-                // engine's configuration, and its checksum has just been
-                // verified, so it is intact; wasmtime also checks its version
-                // and configuration before using it.
-                if let Ok(component) = unsafe { Component::deserialize(engine, cwasm) } {
-                    return Ok((component, Some(path)));
-                }
-            }
-        }
+    if let Ok(component) = fs::read(&path)
+        .map_err(drop)
+        .and_then(|f| load_cached(engine, &f).map_err(drop))
+    {
+        return Ok((component, Some(path)));
     }
     let component = Component::new(engine, wasm)
         .map_err(|e| host_err(&format!("compiling the {name} step"), e))?;

@@ -5,11 +5,9 @@
 //! with the component's rule and reason; a `skip` drops an entry; every
 //! answer is a decision in the audit log, naming the component.
 
-use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
-use super::cache::new_engine;
+use super::cache::{load_cached, new_engine, wasi_linker};
 use super::limits::{instantiate_err, one_line, trapped, INSPECT_FUEL, INSPECT_MEMORY};
 use super::store::{new_store, State};
 use super::{host_err, StepError};
@@ -73,27 +71,12 @@ impl Inspectors {
     /// worker runs. `files` are (label, bytes).
     pub fn load(files: &[(String, Vec<u8>)]) -> Result<Inspectors, StepError> {
         let engine = new_engine()?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| host_err("linking WASI", e))?;
+        let linker = wasi_linker(&engine)?;
         let mut chain = Vec::new();
         for (label, file) in files {
-            let (sum, cwasm) = file.split_at_checked(32).ok_or_else(|| {
-                StepError::Host(format!("the compiled inspect step {label} is truncated"))
+            let component = load_cached(&engine, file).map_err(|why| {
+                StepError::Host(format!("the compiled inspect step {label} is {why}"))
             })?;
-            if Sha256::digest(cwasm).as_slice() != sum {
-                return Err(StepError::Host(format!(
-                    "the compiled inspect step {label} is corrupt"
-                )));
-            }
-            // SAFETY: `deserialize` trusts its input to be code that this
-            // wasmtime compiled. The bytes come from the service's private
-            // cache directory, written by `store_cache` with the output of
-            // `Component::serialize` for this engine configuration, and
-            // their checksum has just been verified; wasmtime also checks
-            // its version and configuration before using them.
-            let component = unsafe { Component::deserialize(&engine, cwasm) }
-                .map_err(|e| host_err(&format!("loading the compiled inspect step {label}"), e))?;
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(|e| host_err(&format!("preparing the inspect step {label}"), e))?;
@@ -102,6 +85,24 @@ impl Inspectors {
             chain.push((label.clone(), pre));
         }
         Ok(Inspectors { engine, chain })
+    }
+
+    /// Runs `f` on a fresh instance of the component `label`, under the
+    /// inspect steps' fuel and memory; a trap names the component.
+    fn call<T>(
+        &self,
+        label: &str,
+        pre: &InspectStepPre<State>,
+        f: impl FnOnce(
+            &inspect_bindings::InspectStep,
+            &mut wasmtime::Store<State>,
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, StepError> {
+        let (mut store, stderr) = new_store(&self.engine, INSPECT_FUEL, INSPECT_MEMORY, None, 0)?;
+        let step = pre
+            .instantiate(&mut store)
+            .map_err(|e| instantiate_err("inspect", e, &stderr))?;
+        f(&step, &mut store).map_err(|e| in_component(label, trapped(e, &stderr)))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,15 +126,9 @@ impl Inspectors {
         };
         let mut out = Vec::new();
         for (label, pre) in &self.chain {
-            let (mut store, stderr) =
-                new_store(&self.engine, INSPECT_FUEL, INSPECT_MEMORY, None, 0)?;
-            let step = pre
-                .instantiate(&mut store)
-                .map_err(|e| instantiate_err("inspect", e, &stderr))?;
-            let answers = step
-                .tarpool_steps_inspect()
-                .call_check_image(&mut store, &info)
-                .map_err(|e| in_component(label, trapped(e, &stderr)))?;
+            let answers = self.call(label, pre, |i, store| {
+                i.tarpool_steps_inspect().call_check_image(store, &info)
+            })?;
             if answers.len() > MAX_IMAGE_ANSWERS {
                 return Err(StepError::Trapped(format!(
                     "inspect step {label} gave {} answers about the image (at most {MAX_IMAGE_ANSWERS})",
@@ -170,15 +165,10 @@ impl Inspectors {
             }
             let headers: Vec<it::EntryHeader> =
                 shown.iter().map(|&i| header(&entries[i])).collect();
-            let (mut store, stderr) =
-                new_store(&self.engine, INSPECT_FUEL, INSPECT_MEMORY, None, 0)?;
-            let step = pre
-                .instantiate(&mut store)
-                .map_err(|e| instantiate_err("inspect", e, &stderr))?;
-            let answers = step
-                .tarpool_steps_inspect()
-                .call_check_entries(&mut store, layer, &headers)
-                .map_err(|e| in_component(label, trapped(e, &stderr)))?;
+            let answers = self.call(label, pre, |i, store| {
+                i.tarpool_steps_inspect()
+                    .call_check_entries(store, layer, &headers)
+            })?;
             if answers.len() > shown.len() {
                 return Err(StepError::Trapped(format!(
                     "inspect step {label} gave {} answers about {} entries",

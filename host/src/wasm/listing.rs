@@ -4,10 +4,9 @@
 
 use std::path::Path;
 
-use wasmtime::component::Linker;
 use wasmtime::Engine;
 
-use super::cache::{load_component, new_engine};
+use super::cache::{load_component, new_engine, wasi_linker};
 use super::limits::{
     instantiate_err, one_line, trapped, LISTING_FUEL, LISTING_MEMORY, MAX_MESSAGE_CHARS,
 };
@@ -63,9 +62,7 @@ impl ListingStep {
     /// `cache_dir` (a cache that cannot be written is not an error).
     pub fn load(cache_dir: &Path) -> Result<ListingStep, StepError> {
         let engine = new_engine()?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| host_err("linking WASI", e))?;
+        let linker = wasi_linker(&engine)?;
         let mut warnings = Vec::new();
         let (component, _) =
             load_component(&engine, cache_dir, "listing", LISTING_WASM, &mut warnings)?;

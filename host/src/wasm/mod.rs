@@ -206,6 +206,15 @@ pub struct ChainEntry {
     pub wit_version: String,
 }
 
+/// The linker of the configurable steps: WASI (nothing of it granted) and
+/// the manifest step's `source` import.
+fn step_linker(engine: &Engine) -> Result<Linker<State>, StepError> {
+    let mut linker = cache::wasi_linker(engine)?;
+    manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+        .map_err(|e| host_err("linking the source interface", e))?;
+    Ok(linker)
+}
+
 /// What [`check_component`] found in a component this host accepts.
 #[derive(Debug, Clone)]
 pub struct Checked {
@@ -246,10 +255,7 @@ pub fn check_component(wasm: &[u8]) -> Result<Checked, String> {
     })?;
     let compile = t.elapsed();
     let description = describe::describe(&engine, &component)?;
-    let mut linker: Linker<State> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
-    manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-        .map_err(|e| e.to_string())?;
+    let linker = step_linker(&engine).map_err(|e| e.to_string())?;
     let world = description.world;
     let typed = linker.instantiate_pre(&component).and_then(|pre| {
         use describe::World;
@@ -319,11 +325,7 @@ impl Steps {
     pub fn load_with(cache_dir: &Path, config: &StepsConfig) -> Result<Steps, StepError> {
         let engine = new_engine()?;
         let mut warnings = Vec::new();
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| host_err("linking WASI", e))?;
-        manifest_bindings::ManifestStep::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| host_err("linking the source interface", e))?;
+        let linker = step_linker(&engine)?;
         let mut prepare = |step: &str, spec: &ComponentSpec| {
             let (label, wasm) = component_bytes(spec)?;
             let sha256 = hex::encode(Sha256::digest(&wasm));

@@ -2,15 +2,13 @@
 //! member index), with the policy's per-entry rules; and `TarOnly`, the tar
 //! check alone, for the extraction worker.
 
-use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::core::policy::{Action as PolicyAction, Policy};
 use crate::extract::view;
 
-use super::cache::new_engine;
+use super::cache::{load_cached, new_engine, wasi_linker};
 use super::limits::{
     instantiate_err, one_line, trapped, Slot, Slots, MAX_CONCURRENT, MAX_MESSAGE_CHARS,
     TAR_FUEL_BASE, TAR_FUEL_PER_BYTE, TAR_MEMORY,
@@ -81,23 +79,9 @@ impl TarOnly {
     /// checking its checksum.
     pub fn load(file: &[u8]) -> Result<TarOnly, StepError> {
         let engine = new_engine()?;
-        let (sum, cwasm) = file
-            .split_at_checked(32)
-            .ok_or_else(|| StepError::Host("tar check cache file is truncated".into()))?;
-        if Sha256::digest(cwasm).as_slice() != sum {
-            return Err(StepError::Host("tar check cache file is corrupt".into()));
-        }
-        // SAFETY: `deserialize` trusts its input to be code that this
-        // wasmtime compiled. The bytes come from the service's private cache
-        // directory, written by `store_cache` with the output of
-        // `Component::serialize` for this engine configuration, and their
-        // checksum has just been verified; wasmtime also checks its version
-        // and configuration before using them.
-        let component = unsafe { Component::deserialize(&engine, cwasm) }
-            .map_err(|e| host_err("loading the compiled tar check", e))?;
-        let mut linker: Linker<State> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| host_err("linking WASI", e))?;
+        let component = load_cached(&engine, file)
+            .map_err(|why| StepError::Host(format!("tar check cache file is {why}")))?;
+        let linker = wasi_linker(&engine)?;
         let pre = linker
             .instantiate_pre(&component)
             .and_then(TarCheckStepPre::new)
