@@ -45,7 +45,7 @@ fn components_the_host_cannot_load_are_refused_in_one_line() {
     for ((path, sha), why) in [
         (
             component(dir, "newer", &["tarpool:steps/types@0.2.0", "tarpool:steps/source@0.2.0"]),
-            "manifest-step was built against tarpool:steps@0.2.0; this host has 0.1.1 and loads 0.1.x up to 0.1.1",
+            "manifest-step was built against tarpool:steps@0.2.0; this host has 0.1.2 and loads 0.1.x up to 0.1.2",
         ),
         (
             component(dir, "files", &[types, source, "wasi:filesystem/preopens@0.2.6"]),
@@ -90,35 +90,53 @@ fn components_the_host_cannot_load_are_refused_in_one_line() {
 }
 
 /// `steps list` names every configured component with its world, origin
-/// and WIT version.
+/// and WIT version: the inspect steps of both worlds, one built against an
+/// older patch of the WIT.
 #[test]
 fn steps_list_names_the_chains() {
     let env = Env::new();
+    let rows = |v: &serde_json::Value| -> Vec<String> {
+        v["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} {}",
+                    c["step"].as_str().unwrap(),
+                    c["world"].as_str().unwrap(),
+                    c["component"].as_str().unwrap(),
+                    c["wit_version"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
     let v = env.json(&["steps", "list", "--json"]);
-    assert_eq!(v["wit_version"], "0.1.1");
-    let rows: Vec<String> = v["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            format!(
-                "{} {} {} {}",
-                c["step"].as_str().unwrap(),
-                c["world"].as_str().unwrap(),
-                c["component"].as_str().unwrap(),
-                c["wit_version"].as_str().unwrap()
-            )
-        })
-        .collect();
-    assert_eq!(
-        rows,
-        [
-            "classify classify-step builtin:classify 0.1.1",
-            "manifest manifest-step builtin:manifest 0.1.1",
-            "manifest manifest-step builtin:rootfs-dir 0.1.1",
-            "tar-check tar-check-step builtin:tarcheck 0.1.1",
-        ]
-    );
+    assert_eq!(v["wit_version"], "0.1.2");
+    let builtins = [
+        "classify classify-step builtin:classify 0.1.2",
+        "manifest manifest-step builtin:manifest 0.1.2",
+        "manifest manifest-step builtin:rootfs-dir 0.1.2",
+        "tar-check tar-check-step builtin:tarcheck 0.1.2",
+    ];
+    assert_eq!(rows(&v), builtins);
+    let example = example_inspect();
+    let old = inspect_component(env.dir.path(), "headers", "i32.const 0");
+    let config = inspect_config(&env, env.dir.path(), &[example.clone(), old.clone()]);
+    let v = env.json(&[
+        "--config",
+        config.to_str().unwrap(),
+        "steps",
+        "list",
+        "--json",
+    ]);
+    let mut want: Vec<String> = builtins.iter().map(|s| s.to_string()).collect();
+    want.push(format!(
+        "inspect inspect-contents-step {} 0.1.2",
+        example.0.display()
+    ));
+    want.push(format!("inspect inspect-step {} 0.1.1", old.0.display()));
+    assert_eq!(rows(&v), want);
 }
 
 /// An example step under `examples/` (its directory), built as its
@@ -163,18 +181,25 @@ fn example_inspect() -> (PathBuf, String) {
     example("inspect-rules")
 }
 
-/// An ad-hoc image of one layer of regular files (path, mode).
+/// An ad-hoc image of one layer of regular files (path, mode) that say
+/// "hi".
 fn adhoc(bucket: &Path, name: &str, files: &[(&str, u32)]) {
+    let files: Vec<(&str, u32, &[u8])> = files.iter().map(|&(p, m)| (p, m, &b"hi\n"[..])).collect();
+    adhoc_with(bucket, name, &files);
+}
+
+/// An ad-hoc image of one layer of regular files (path, mode, contents).
+fn adhoc_with(bucket: &Path, name: &str, files: &[(&str, u32, &[u8])]) {
     let mut b = tar::Builder::new(Vec::new());
-    for (path, mode) in files {
+    for (path, mode, data) in files {
         let mut h = tar::Header::new_ustar();
         h.set_path(path).unwrap();
         h.set_entry_type(tar::EntryType::Regular);
         h.set_mode(*mode);
-        h.set_size(3);
+        h.set_size(data.len() as u64);
         h.set_mtime(1_700_000_000);
         h.set_cksum();
-        b.append(&h, &b"hi\n"[..]).unwrap();
+        b.append(&h, *data).unwrap();
     }
     let dir = bucket.join("images").join(name);
     std::fs::create_dir_all(&dir).unwrap();
@@ -335,6 +360,117 @@ fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
         "no inspect step: nothing skipped"
     );
     env.run(&["deactivate", "b2"]);
+}
+
+/// The example step's rules that read small files: an `etc/shadow` that
+/// gives root an empty password fails its image; private keys are left out
+/// of the layer while a certificate, a public key and a key file over the
+/// 64 KiB a step may read are written; the audit names each rule, and
+/// `steps try` shows the same answers.
+#[test]
+fn the_example_inspect_step_reads_small_files_before_they_are_written() {
+    let env = Env::new();
+    let example = example_inspect();
+    let bucket = env.dir.path().join("bucket");
+    let key = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n-----END OPENSSH PRIVATE KEY-----\n";
+    let rsa = b"-----BEGIN RSA PRIVATE KEY-----\nMIIEow==\n-----END RSA PRIVATE KEY-----\n";
+    let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let mut big = rsa.to_vec();
+    big.resize(64 * 1024 + 1, b'\n');
+    adhoc_with(
+        &bucket,
+        "keys",
+        &[
+            ("root/.ssh/id_ed25519", 0o600, key),
+            ("root/.ssh/id_ed25519.pub", 0o644, b"ssh-ed25519 AAAA\n"),
+            ("srv/tls/server.key", 0o600, rsa),
+            ("srv/tls/server.pem", 0o644, cert),
+            ("srv/tls/big.key", 0o600, &big),
+            ("etc/shadow", 0o640, b"root:*:19000:0:99999:7:::\n"),
+        ],
+    );
+    adhoc_with(
+        &bucket,
+        "open-root",
+        &[
+            ("etc/motd", 0o644, b"hi\n"),
+            (
+                "etc/shadow",
+                0o640,
+                b"daemon:*:1::::::\nroot::19000:0:99999:7:::\n",
+            ),
+        ],
+    );
+    let config = inspect_config(&env, &bucket, std::slice::from_ref(&example));
+    let out = env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
+    let status = env.status();
+    assert_eq!(
+        status["keys"].0,
+        "ready",
+        "{status:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (state, why) = &status["open-root"];
+    let why = why.clone().unwrap_or_default();
+    assert_eq!(state, "failed", "{status:?}");
+    let label = example.0.display();
+    assert!(
+        why.contains("`etc/shadow`")
+            && why.contains(&format!(
+                "inspect step {label}: etc/shadow gives root an empty password (rule no-empty-root-password)"
+            ))
+            && !why.contains('\n'),
+        "{why}"
+    );
+    let audit = env.json(&["audit", "open-root", "--json"]);
+    assert!(
+        has_decision(&audit, "no-empty-root-password", "reject", "etc/shadow"),
+        "{audit}"
+    );
+    let audit = env.json(&["audit", "keys", "--json"]);
+    for path in ["root/.ssh/id_ed25519", "srv/tls/server.key"] {
+        assert!(
+            has_decision(&audit, "no-private-keys", "skip", path),
+            "{path}: {audit}"
+        );
+    }
+    let mnt = env.dir.path().join("mnt-keys");
+    env.json(&[
+        "activate",
+        "keys",
+        "--as",
+        "k",
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(!mnt.join("root/.ssh/id_ed25519").exists());
+    assert!(!mnt.join("srv/tls/server.key").exists());
+    assert_eq!(std::fs::read(mnt.join("srv/tls/server.pem")).unwrap(), cert);
+    assert_eq!(std::fs::read(mnt.join("srv/tls/big.key")).unwrap(), big);
+    assert!(mnt.join("root/.ssh/id_ed25519.pub").exists());
+    assert!(mnt.join("etc/shadow").exists());
+    env.run(&["deactivate", "k"]);
+
+    let out = env.run(&[
+        "steps",
+        "try",
+        example.0.to_str().unwrap(),
+        bucket.join("images/keys").to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for path in ["root/.ssh/id_ed25519", "srv/tls/server.key"] {
+        assert!(
+            text.contains(&format!(
+                "skip no-private-keys {path} (its contents): a private key"
+            )),
+            "{text}"
+        );
+    }
+    assert!(
+        !text.contains("server.pem") && !text.contains("big.key"),
+        "{text}"
+    );
 }
 
 /// An inspect-step component written as text, whose calls

@@ -1,5 +1,6 @@
-//! An example inspect step: three rules of an operator's own, as a
-//! component of tarpool's `inspect-step` world (`wit/tarpool.wit`).
+//! An example inspect step: five rules of an operator's own, as a
+//! component of tarpool's `inspect-contents-step` world
+//! (`wit/tarpool.wit`): three judge headers, two read small files.
 //!
 //! - `no-root-user` (deny): an image whose configuration runs its command
 //!   as root (no `User`, `root` or uid 0). Images without a configuration
@@ -9,9 +10,15 @@
 //!   `unix_chkpwd` is setgid in `/usr/sbin`).
 //! - `no-editor-backups` (skip): files named `*~` or `.*.swp` are not
 //!   written.
+//! - `no-empty-root-password` (deny): `etc/shadow` gives `root` an empty
+//!   password (anyone may log in as root without one).
+//! - `no-private-keys` (skip): a `*.pem` or `*.key` file, or an SSH key
+//!   (`id_rsa`, `id_ecdsa`, `id_ed25519`, `id_dsa`), that holds a PEM or
+//!   OpenSSH private key is not written.
 //!
-//! The rules are plain functions ([`check_image`], [`check_entry`]) so that
-//! `cargo test` runs them natively; on `wasm32` the crate exports them.
+//! The rules are plain functions ([`check_image`], [`check_entry`],
+//! [`wants_contents`], [`check_contents`]) so that `cargo test` runs them
+//! natively; on `wasm32` the crate exports them.
 
 /// What a rule says, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +62,50 @@ pub fn check_entry(path: &str, regular: bool, mode: u32) -> Option<Says> {
     None
 }
 
+/// The largest file whose bytes tarpool shows a step.
+pub const MAX_CONTENTS: u64 = 64 << 10;
+
+/// Whether the rules read the bytes of the regular file `path` of `size`
+/// bytes.
+pub fn wants_contents(path: &str, size: u64) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    size <= MAX_CONTENTS
+        && (path == "etc/shadow"
+            || name.ends_with(".pem")
+            || name.ends_with(".key")
+            || ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].contains(&name))
+}
+
+/// The bytes of a file [`wants_contents`] asked for.
+pub fn check_contents(path: &str, bytes: &[u8]) -> Option<Says> {
+    if path == "etc/shadow" {
+        let empty_root = bytes
+            .split(|&b| b == b'\n')
+            .any(|line| line.starts_with(b"root::"));
+        return empty_root.then(|| {
+            Says::Deny(
+                "no-empty-root-password",
+                "etc/shadow gives root an empty password".to_string(),
+            )
+        });
+    }
+    let holds = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    if holds(b"-----BEGIN ") && holds(b"PRIVATE KEY-----") {
+        return Some(Says::Skip(
+            "no-private-keys",
+            "a private key: keys are given to a container at run time, not baked into its image"
+                .to_string(),
+        ));
+    }
+    None
+}
+
 #[cfg(target_arch = "wasm32")]
 mod component {
-    wit_bindgen::generate!({ path: "wit", world: "inspect-step" });
+    wit_bindgen::generate!({ path: "wit", world: "inspect-contents-step" });
 
     use exports::tarpool::steps::inspect::Guest;
+    use exports::tarpool::steps::inspect_contents::Guest as Contents;
     use tarpool::steps::inspect_types::{
         Answer, EntryAnswer, EntryHeader, EntryType, ImageInfo, Verdict,
     };
@@ -102,6 +148,23 @@ mod component {
         }
     }
 
+    impl Contents for Rules {
+        fn want_contents(_layer: u32, entries: Vec<EntryHeader>) -> Vec<u32> {
+            entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| {
+                    e.kind == EntryType::Regular && super::wants_contents(&e.path, e.size)
+                })
+                .map(|(i, _)| i as u32)
+                .collect()
+        }
+
+        fn check_contents(_layer: u32, file: EntryHeader, bytes: Vec<u8>) -> Option<Answer> {
+            super::check_contents(&file.path, &bytes).map(answer)
+        }
+    }
+
     export!(Rules);
 }
 
@@ -141,5 +204,40 @@ mod tests {
             Some(Says::Skip(..))
         ));
         assert_eq!(check_entry("etc/motd", true, 0o644), None);
+    }
+
+    #[test]
+    fn contents() {
+        for (path, size, wanted) in [
+            ("etc/shadow", 900, true),
+            ("etc/shadow", MAX_CONTENTS + 1, false),
+            ("srv/tls/server.key", 1700, true),
+            ("etc/ssl/certs/ca.pem", 1200, true),
+            ("root/.ssh/id_ed25519", 400, true),
+            ("root/.ssh/id_ed25519.pub", 100, false),
+            ("etc/passwd", 900, false),
+        ] {
+            assert_eq!(wants_contents(path, size), wanted, "{path} {size}");
+        }
+        let shadow = |text: &str| check_contents("etc/shadow", text.as_bytes());
+        assert!(matches!(
+            shadow("daemon:*:1::::::\nroot::19000:0:99999:7:::\n"),
+            Some(Says::Deny("no-empty-root-password", _))
+        ));
+        assert_eq!(shadow("root:*:19000:0:99999:7:::\n"), None);
+        assert_eq!(shadow("root:$y$j9T$abc:19000::::::\nuser::1::::::\n"), None);
+        let key =
+            b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn==\n-----END OPENSSH PRIVATE KEY-----\n";
+        assert!(matches!(
+            check_contents("root/.ssh/id_ed25519", key),
+            Some(Says::Skip("no-private-keys", _))
+        ));
+        let rsa = b"-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n";
+        assert!(matches!(
+            check_contents("srv/a.key", rsa),
+            Some(Says::Skip(..))
+        ));
+        let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(check_contents("etc/ssl/certs/ca.pem", cert), None);
     }
 }

@@ -284,15 +284,24 @@ fn inspect_layer(
     }
     let mut check = steps.tar_check(Mode::Layer, policy)?;
     let mut answers = Vec::new();
+    // Files whose bytes inspect steps want: (entry, the steps' places).
+    let mut wanted = Vec::new();
     let mut judge = |entries: Vec<crate::extract::view::Entry>| -> Result<bool> {
-        for (i, a) in steps.inspectors().check_entries(n, &entries)? {
-            let path = crate::core::names::printable(&String::from_utf8_lossy(&entries[i].path));
-            let mut j = answer_json(&a);
-            j["path"] = path.into();
-            answers.push(j);
+        let judged = steps.inspectors().check_entries(n, &entries)?;
+        for (i, a) in judged.answers {
+            answers.push(entry_answer(&entries[i], &a, "header"));
             if a.verdict == Verdict::Deny {
                 return Ok(false);
             }
+        }
+        for (i, places) in judged.wants {
+            if wanted.len() >= crate::wasm::MAX_CONTENTS_FILES {
+                bail!(
+                    "layer {n}: inspect steps wanted the contents of more than {} files",
+                    crate::wasm::MAX_CONTENTS_FILES
+                );
+            }
+            wanted.push((entries[i].clone(), places));
         }
         Ok(true)
     };
@@ -322,9 +331,55 @@ fn inspect_layer(
         let p = check
             .finish(base)
             .map_err(|e| anyhow::anyhow!("layer {n}: {e}"))?;
-        judge(p.entries)?;
+        going = judge(p.entries)?;
+    }
+    if going && !wanted.is_empty() {
+        answers.extend(judge_contents(steps, img, n, member, &wanted)?);
     }
     Ok(json!({"layer": n, "member": member, "inspected": true, "answers": answers}))
+}
+
+/// The answers about the bytes of the `wanted` files of layer `n` (member
+/// `member`), read from their data spans in a second pass over the layer,
+/// up to the first `deny`.
+fn judge_contents(
+    steps: &Steps,
+    img: &Image,
+    n: u32,
+    member: &str,
+    wanted: &[(crate::extract::view::Entry, Vec<usize>)],
+) -> Result<Vec<serde_json::Value>> {
+    let mut stream = img.open(member)?;
+    let mut at = 0u64;
+    let mut out = Vec::new();
+    for (e, places) in wanted {
+        let gap = e
+            .data_offset
+            .checked_sub(at)
+            .with_context(|| format!("layer {n}: the tar check gave data spans out of order"))?;
+        std::io::copy(&mut (&mut stream).take(gap), &mut std::io::sink())?;
+        let mut bytes = Vec::new();
+        (&mut stream).take(e.data_size).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 != e.data_size {
+            bail!("layer {n}: the layer ends inside a file's data");
+        }
+        at = e.data_offset + e.data_size;
+        for a in steps.inspectors().check_contents(n, e, places, &bytes)? {
+            out.push(entry_answer(e, &a, "contents"));
+            if a.verdict == Verdict::Deny {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An answer about an entry's header or contents, as the report has it.
+fn entry_answer(e: &crate::extract::view::Entry, a: &Answer, about: &str) -> serde_json::Value {
+    let mut j = answer_json(a);
+    j["path"] = crate::core::names::printable(&String::from_utf8_lossy(&e.path)).into();
+    j["about"] = about.into();
+    j
 }
 
 /// Prints the report: as JSON, or as lines for a person.
@@ -372,12 +427,17 @@ fn finish(report: serde_json::Map<String, serde_json::Value>, json: bool, code: 
     }
     let said = |a: &serde_json::Value| {
         format!(
-            "{} {}{}: {} [{}]",
+            "{} {}{}{}: {} [{}]",
             s(&a["verdict"]),
             s(&a["rule"]),
             a.get("path")
                 .map(|p| format!(" {}", s(p)))
                 .unwrap_or_default(),
+            if a["about"] == "contents" {
+                " (its contents)"
+            } else {
+                ""
+            },
             s(&a["reason"]),
             s(&a["component"])
         )

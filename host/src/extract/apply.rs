@@ -12,7 +12,7 @@ use super::create::OpenFile;
 use super::errors::{check_bug, cstr};
 use super::meta::Meta;
 use super::names::{check_normalized, show, split_last};
-use super::view::{Entry, EntryKind, TarCheck};
+use super::view::{Entry, EntryKind, TarCheck, MAX_CONTENTS_BYTES};
 use super::{read_full, Applier, ApplyError, ApplyStats, ENTRIES_SEEN};
 
 /// Decompressed bytes read (and fed to the check) at a time.
@@ -31,7 +31,7 @@ pub fn apply_layer<R: Read>(
     let mut base: u64 = 0;
     let mut want: u64 = 0;
     let mut queue: VecDeque<Entry> = VecDeque::new();
-    let mut file: Option<OpenFile> = None;
+    let mut file: Option<Data> = None;
     loop {
         let n = read_full(&mut layer, &mut buf).map_err(|e| match e.kind() {
             // The decoder's verdict on the bytes (or the decompression cap).
@@ -64,7 +64,7 @@ pub fn apply_layer<R: Read>(
             ENTRIES_SEEN.fetch_add(p.entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
             queue.extend(p.entries);
         }
-        ap.consume(&buf[..n], base, &mut queue, &mut file)?;
+        ap.consume(&buf[..n], base, &mut queue, &mut file, check)?;
         base = end;
     }
     let t = std::time::Instant::now();
@@ -73,11 +73,57 @@ pub fn apply_layer<R: Read>(
     let p = p.map_err(ApplyError::Check)?;
     ap.decisions(p.decisions);
     queue.extend(p.entries);
-    ap.consume(&[], base, &mut queue, &mut file)?;
+    ap.consume(&[], base, &mut queue, &mut file, check)?;
     if file.is_some() || !queue.is_empty() {
         return Err(check_bug("returned data past the end of the stream".into()));
     }
     ap.finish()
+}
+
+/// Where a regular file's data goes as the stream passes: into the file,
+/// or held in memory until the tar check has judged its bytes.
+pub(super) enum Data {
+    File(OpenFile),
+    Held {
+        entry: Entry,
+        disp: String,
+        bytes: Vec<u8>,
+        next: u64,
+        end: u64,
+    },
+}
+
+impl Data {
+    fn span(&self) -> (u64, u64) {
+        match self {
+            Data::File(f) => (f.next, f.end),
+            Data::Held { next, end, .. } => (*next, *end),
+        }
+    }
+
+    /// The next data bytes of the file.
+    fn take(&mut self, bytes: &[u8]) -> Result<(), ApplyError> {
+        match self {
+            Data::File(f) => write(f, bytes)?,
+            Data::Held {
+                bytes: held, next, ..
+            } => {
+                held.extend_from_slice(bytes);
+                *next += bytes.len() as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next data bytes of an open file.
+fn write(f: &mut OpenFile, bytes: &[u8]) -> Result<(), ApplyError> {
+    f.file.write_all(bytes).map_err(|e| ApplyError::Io {
+        context: format!("`{}`: writing file", f.disp),
+        source: e,
+    })?;
+    f.next += bytes.len() as u64;
+    Ok(())
 }
 
 impl Applier<'_> {
@@ -89,32 +135,31 @@ impl Applier<'_> {
         chunk: &[u8],
         base: u64,
         queue: &mut VecDeque<Entry>,
-        file: &mut Option<OpenFile>,
+        file: &mut Option<Data>,
+        check: &mut dyn TarCheck,
     ) -> Result<(), ApplyError> {
         let end = base + chunk.len() as u64;
         loop {
             if let Some(f) = file {
-                if f.next < base {
+                let (next, fend) = f.span();
+                if next < base {
                     return Err(check_bug(format!(
-                        "gave a data span at {} before {base}",
-                        f.next
+                        "gave a data span at {next} before {base}"
                     )));
                 }
-                let to = f.end.min(end);
-                if f.next < to {
-                    let a = (f.next - base) as usize;
-                    let b = (to - base) as usize;
-                    f.file.write_all(&chunk[a..b]).map_err(|e| ApplyError::Io {
-                        context: format!("`{}`: writing file", f.disp),
-                        source: e,
-                    })?;
-                    f.next = to;
+                let to = fend.min(end);
+                if next < to {
+                    f.take(&chunk[(next - base) as usize..(to - base) as usize])?;
                 }
-                if f.next < f.end {
+                if to < fend {
                     return Ok(());
                 }
-                let f = file.take().expect("checked above");
-                self.regular_done(f)?;
+                match file.take().expect("checked above") {
+                    Data::File(f) => self.regular_done(f)?,
+                    Data::Held {
+                        entry, disp, bytes, ..
+                    } => self.judged(entry, disp, &bytes, check)?,
+                }
             }
             let Some(e) = queue.pop_front() else {
                 return Ok(());
@@ -129,11 +174,47 @@ impl Applier<'_> {
                         "gave `{disp}` data before the stream position"
                     )));
                 }
-                *file = Some(self.regular_begin(e, disp)?);
+                *file = Some(if e.contents_wanted {
+                    if e.data_size > MAX_CONTENTS_BYTES {
+                        return Err(check_bug(format!(
+                            "wants the contents of `{disp}`, over {MAX_CONTENTS_BYTES} bytes"
+                        )));
+                    }
+                    Data::Held {
+                        bytes: Vec::with_capacity(e.data_size as usize),
+                        next: e.data_offset,
+                        end: e.data_offset.saturating_add(e.data_size),
+                        entry: e,
+                        disp,
+                    }
+                } else {
+                    Data::File(self.regular_begin(e, disp)?)
+                });
                 continue;
             }
             self.entry(e, &disp)?;
         }
+    }
+
+    /// A file whose bytes the tar check wanted: written if it keeps it.
+    fn judged(
+        &mut self,
+        entry: Entry,
+        disp: String,
+        bytes: &[u8],
+        check: &mut dyn TarCheck,
+    ) -> Result<(), ApplyError> {
+        let t = std::time::Instant::now();
+        let said = check.contents(&entry, bytes);
+        self.stats.check_ns += t.elapsed().as_nanos() as u64;
+        let said = said.map_err(ApplyError::Check)?;
+        self.decisions(said.decisions);
+        if !said.keep {
+            return Ok(());
+        }
+        let mut f = self.regular_begin(entry, disp)?;
+        write(&mut f, bytes)?;
+        self.regular_done(f)
     }
 
     fn entry(&mut self, e: Entry, disp: &str) -> Result<(), ApplyError> {

@@ -44,6 +44,7 @@ fn convert(
                 xattrs: e.xattrs.into_iter().map(|x| (x.name, x.value)).collect(),
                 data_offset: e.data_offset,
                 data_size: e.data_size,
+                contents_wanted: false,
             })
             .collect(),
         decisions: p

@@ -2009,3 +2009,113 @@ fn strict_policy() {
         Err("(rule max-id)"),
     );
 }
+
+/// The real tar check with a recording fake of the inspect steps behind
+/// it: it wants the bytes of every `*.key` file, records them, and skips
+/// those that hold `PRIVATE`.
+struct Reading<'a> {
+    check: &'a mut dyn view::TarCheck,
+    read: Vec<(String, Vec<u8>)>,
+}
+
+impl Reading<'_> {
+    fn mark(mut p: view::Progress) -> view::Progress {
+        for e in &mut p.entries {
+            e.contents_wanted = e.path.ends_with(b".key");
+        }
+        p
+    }
+}
+
+impl view::TarCheck for Reading<'_> {
+    fn feed(&mut self, offset: u64, bytes: &[u8]) -> Result<view::Progress, view::CheckError> {
+        self.check.feed(offset, bytes).map(Reading::mark)
+    }
+
+    fn finish(&mut self, total: u64) -> Result<view::Progress, view::CheckError> {
+        self.check.finish(total).map(Reading::mark)
+    }
+
+    fn contents(
+        &mut self,
+        entry: &view::Entry,
+        bytes: &[u8],
+    ) -> Result<view::Contents, view::CheckError> {
+        let path = String::from_utf8_lossy(&entry.path).into_owned();
+        self.read.push((path.clone(), bytes.to_vec()));
+        let private = bytes.windows(7).any(|w| w == b"PRIVATE");
+        Ok(view::Contents {
+            keep: !private,
+            decisions: if private {
+                vec![view::Decision {
+                    path,
+                    rule: "no-keys".into(),
+                    action: "skip".into(),
+                    detail: "a private key".into(),
+                }]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+}
+
+/// Files whose bytes the check wants are held until it has judged them
+/// (one straddling the stream's 1 MiB chunks among them), then written
+/// whole with their metadata, or not at all; the rest are written as
+/// they pass.
+#[test]
+fn files_judged_by_their_bytes_are_written_whole_or_not_at_all() {
+    let filler = vec![b'f'; (1 << 20) - 2660];
+    let filler: &'static [u8] = Box::leak(filler.into_boxed_slice());
+    let mut straddling = b"-----BEGIN PRIVATE KEY-----\n".to_vec();
+    straddling.resize(3000, b'k');
+    let straddling: &'static [u8] = Box::leak(straddling.into_boxed_slice());
+    let bytes = tar_bytes(&[
+        F("filler", filler),
+        F("srv/a.key", straddling),
+        Fm("srv/b.key", b"public stuff\n", 0o600, 7, 8),
+        F("srv/empty.key", b""),
+        F("srv/c.txt", b"PRIVATE but not read\n"),
+    ]);
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"-----BEGIN PRIVA")
+        .unwrap();
+    assert!(at < 1 << 20 && at + 3000 > 1 << 20, "{at}: it straddles");
+    let sb = Sandbox::new();
+    let policy = ApplyOptions::default().policy();
+    let mut inner = crate::wasm::test_steps()
+        .tar_check(view::Mode::Layer, &policy)
+        .unwrap();
+    let mut check = Reading {
+        check: &mut inner,
+        read: Vec::new(),
+    };
+    let stats = apply_layer(sb.root_fd().as_fd(), &bytes[..], &mut check).unwrap();
+    let read: Vec<(&str, usize)> = check
+        .read
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.len()))
+        .collect();
+    assert_eq!(
+        read,
+        [("srv/a.key", 3000), ("srv/b.key", 13), ("srv/empty.key", 0)]
+    );
+    assert_eq!(check.read[0].1, straddling);
+    assert!(!sb.p("srv/a.key").exists());
+    assert_eq!(fs::read(sb.p("srv/b.key")).unwrap(), b"public stuff\n");
+    let m = fs::metadata(sb.p("srv/b.key")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o600, 7, 8));
+    assert_eq!(fs::read(sb.p("srv/empty.key")).unwrap(), b"");
+    assert_eq!(
+        fs::read(sb.p("srv/c.txt")).unwrap(),
+        b"PRIVATE but not read\n"
+    );
+    assert_eq!(fs::read(sb.p("filler")).unwrap().len(), filler.len());
+    assert_eq!(
+        decision_lines(&stats),
+        ["`srv/a.key`: no-keys skip a private key"]
+    );
+    assert_eq!(stats.files, 4);
+}

@@ -32,7 +32,13 @@ pub struct Entry {
     pub xattrs: Vec<(String, Vec<u8>)>,
     pub data_offset: u64,
     pub data_size: u64,
+    /// Its bytes are judged ([`TarCheck::contents`]) before it is written
+    /// (a regular file of at most [`MAX_CONTENTS_BYTES`]).
+    pub contents_wanted: bool,
 }
+
+/// The largest file whose bytes an inspect step may read.
+pub const MAX_CONTENTS_BYTES: u64 = 64 << 10;
 
 /// A non-trivial policy decision about one entry.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -79,6 +85,22 @@ pub trait TarCheck {
     fn feed(&mut self, offset: u64, bytes: &[u8]) -> Result<Progress, CheckError>;
     /// The stream ended after `total` bytes.
     fn finish(&mut self, total: u64) -> Result<Progress, CheckError>;
+    /// The bytes of `entry`, one this check returned with
+    /// `contents_wanted`, before it is written: whether to write it, and the
+    /// decisions about it. Checks that want no contents keep the default.
+    fn contents(&mut self, entry: &Entry, _bytes: &[u8]) -> Result<Contents, CheckError> {
+        Err(CheckError::Host(format!(
+            "judged the contents of `{}`, which it did not ask for",
+            crate::core::names::printable(&String::from_utf8_lossy(&entry.path))
+        )))
+    }
+}
+
+/// What [`TarCheck::contents`] says about a file.
+#[derive(Debug, Default)]
+pub struct Contents {
+    pub keep: bool,
+    pub decisions: Vec<Decision>,
 }
 
 /// What a stream is: a layer, or an image archive whose members are indexed.

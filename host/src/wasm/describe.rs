@@ -18,7 +18,7 @@ use wasmtime::Engine;
 pub const WIT_PACKAGE: &str = "tarpool:steps";
 /// This host's version of it (`package tarpool:steps@...;` in
 /// `wit/tarpool.wit`; a unit test keeps the two the same).
-pub const WIT_VERSION: &str = "0.1.1";
+pub const WIT_VERSION: &str = "0.1.2";
 /// The largest component loaded.
 pub const MAX_COMPONENT_BYTES: usize = 16 << 20;
 
@@ -32,16 +32,20 @@ pub enum World {
     ClassifyStep,
     ManifestStep,
     TarCheckStep,
+    /// An inspect step that also reads small files (before
+    /// [`World::InspectStep`] in [`World::ALL`]: it exports `inspect` too).
+    InspectContentsStep,
     InspectStep,
     UserStep,
     ListingStep,
 }
 
 impl World {
-    pub const ALL: [World; 6] = [
+    pub const ALL: [World; 7] = [
         World::ClassifyStep,
         World::ManifestStep,
         World::TarCheckStep,
+        World::InspectContentsStep,
         World::InspectStep,
         World::UserStep,
         World::ListingStep,
@@ -53,6 +57,7 @@ impl World {
             World::ClassifyStep => "classify-step",
             World::ManifestStep => "manifest-step",
             World::TarCheckStep => "tar-check-step",
+            World::InspectContentsStep => "inspect-contents-step",
             World::InspectStep => "inspect-step",
             World::UserStep => "user-step",
             World::ListingStep => "listing-step",
@@ -65,7 +70,7 @@ impl World {
             World::ClassifyStep => Some("classify"),
             World::ManifestStep => Some("manifest"),
             World::TarCheckStep => Some("tar-check"),
-            World::InspectStep => Some("inspect"),
+            World::InspectStep | World::InspectContentsStep => Some("inspect"),
             World::UserStep | World::ListingStep => None,
         }
     }
@@ -76,6 +81,7 @@ impl World {
             World::ClassifyStep => "classify",
             World::ManifestStep => "parse",
             World::TarCheckStep => "tarpool:steps/tar-check",
+            World::InspectContentsStep => "tarpool:steps/inspect-contents",
             World::InspectStep => "tarpool:steps/inspect",
             World::UserStep => "resolve-user",
             World::ListingStep => "read-page",
@@ -88,7 +94,7 @@ impl World {
             World::ClassifyStep => &["types"],
             World::ManifestStep => &["types", "source"],
             World::TarCheckStep => &[],
-            World::InspectStep => &["types", "inspect-types"],
+            World::InspectStep | World::InspectContentsStep => &["types", "inspect-types"],
             World::UserStep => &["user-types"],
             World::ListingStep => &["listing-types"],
         }
@@ -129,7 +135,7 @@ pub fn compatible(built: &str, host: &str) -> bool {
     }
 }
 
-/// The versions a host of `host` accepts, in words (`0.1.x, at most 0.1.0`).
+/// The versions a host of `host` accepts, in words (`0.1.x up to 0.1.2`).
 fn accepted(host: &str) -> String {
     match parse_version(host) {
         Some((0, m, _)) => format!("0.{m}.x up to {host}"),

@@ -3,23 +3,100 @@
 //! service, before anything is unpacked) and about each layer's entries (in
 //! the extraction worker, before any is written). A `deny` fails the image
 //! with the component's rule and reason; a `skip` drops an entry; every
-//! answer is a decision in the audit log, naming the component.
+//! answer is a decision in the audit log, naming the component. A
+//! component of `inspect-contents-step` also asks for the bytes of small
+//! regular files, and judges each before it is written.
 
-use wasmtime::Engine;
+use wasmtime::component::InstancePre;
+use wasmtime::{Engine, Store};
 
 use super::cache::{load_cached, new_engine, wasi_linker};
+use super::describe::{describe, World};
 use super::limits::{instantiate_err, one_line, trapped, INSPECT_FUEL, INSPECT_MEMORY};
 use super::store::{new_store, State};
 use super::{host_err, StepError};
-use crate::extract::view::{Entry, EntryKind};
+use crate::extract::view::{Entry, EntryKind, MAX_CONTENTS_BYTES};
 
 pub(super) mod inspect_bindings {
     wasmtime::component::bindgen!({ path: "../wit", world: "inspect-step" });
 }
 
+mod contents_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "inspect-contents-step",
+        with: {
+            "tarpool:steps/types": super::inspect_bindings::tarpool::steps::types,
+            "tarpool:steps/inspect-types": super::inspect_bindings::tarpool::steps::inspect_types,
+        },
+    });
+}
+
 use inspect_bindings::tarpool::steps::inspect_types as it;
 use inspect_bindings::tarpool::steps::types;
-pub(super) use inspect_bindings::InspectStepPre;
+
+/// An inspect step ready to instantiate: of either world.
+pub(super) enum InspectPre {
+    Headers(inspect_bindings::InspectStepPre<State>),
+    Contents(contents_bindings::InspectContentsStepPre<State>),
+}
+
+impl InspectPre {
+    /// `pre` as a component of `world` (one of the inspect worlds).
+    pub(super) fn new(world: World, pre: InstancePre<State>) -> wasmtime::Result<InspectPre> {
+        Ok(match world {
+            World::InspectContentsStep => {
+                InspectPre::Contents(contents_bindings::InspectContentsStepPre::new(pre)?)
+            }
+            _ => InspectPre::Headers(inspect_bindings::InspectStepPre::new(pre)?),
+        })
+    }
+
+    fn world(&self) -> World {
+        match self {
+            InspectPre::Headers(_) => World::InspectStep,
+            InspectPre::Contents(_) => World::InspectContentsStep,
+        }
+    }
+}
+
+/// An instance of an inspect step.
+enum Instance {
+    Headers(inspect_bindings::InspectStep),
+    Contents(contents_bindings::InspectContentsStep),
+}
+
+impl Instance {
+    fn check_image(
+        &self,
+        store: &mut Store<State>,
+        info: &it::ImageInfo,
+    ) -> wasmtime::Result<Vec<it::Answer>> {
+        match self {
+            Instance::Headers(i) => i.tarpool_steps_inspect().call_check_image(store, info),
+            Instance::Contents(i) => i.tarpool_steps_inspect().call_check_image(store, info),
+        }
+    }
+
+    fn check_entries(
+        &self,
+        store: &mut Store<State>,
+        layer: u32,
+        headers: &[it::EntryHeader],
+    ) -> wasmtime::Result<Vec<it::EntryAnswer>> {
+        match self {
+            Instance::Headers(i) => i
+                .tarpool_steps_inspect()
+                .call_check_entries(store, layer, headers),
+            Instance::Contents(i) => i
+                .tarpool_steps_inspect()
+                .call_check_entries(store, layer, headers),
+        }
+    }
+}
+
+/// Files of one layer whose bytes the inspect steps may ask for, in all.
+pub const MAX_CONTENTS_FILES: usize = 4096;
 
 /// Answers a component may give about one image.
 const MAX_IMAGE_ANSWERS: usize = 64;
@@ -58,11 +135,21 @@ pub struct ImageInfo {
 pub struct Inspectors {
     engine: Engine,
     /// (label, pre) per component.
-    chain: Vec<(String, InspectStepPre<State>)>,
+    chain: Vec<(String, InspectPre)>,
+}
+
+/// What the inspect steps say about a batch of entries.
+#[derive(Debug, Default)]
+pub struct Judged {
+    /// (index in the batch, answer), in the order given; a `deny` is last.
+    pub answers: Vec<(usize, Answer)>,
+    /// (index in the batch, the steps that want its bytes, by their place
+    /// in the chain), for entries no step skipped, in the batch's order.
+    pub wants: Vec<(usize, Vec<usize>)>,
 }
 
 impl Inspectors {
-    pub(super) fn new(engine: Engine, chain: Vec<(String, InspectStepPre<State>)>) -> Inspectors {
+    pub(super) fn new(engine: Engine, chain: Vec<(String, InspectPre)>) -> Inspectors {
         Inspectors { engine, chain }
     }
 
@@ -80,7 +167,10 @@ impl Inspectors {
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(|e| host_err(&format!("preparing the inspect step {label}"), e))?;
-            let pre = InspectStepPre::new(pre)
+            let world = describe(&engine, &component)
+                .map_err(|why| StepError::Host(format!("the inspect step {label}: {why}")))?
+                .world;
+            let pre = InspectPre::new(world, pre)
                 .map_err(|e| host_err(&format!("{label} is not an inspect-step component"), e))?;
             chain.push((label.clone(), pre));
         }
@@ -92,17 +182,27 @@ impl Inspectors {
     fn call<T>(
         &self,
         label: &str,
-        pre: &InspectStepPre<State>,
-        f: impl FnOnce(
-            &inspect_bindings::InspectStep,
-            &mut wasmtime::Store<State>,
-        ) -> wasmtime::Result<T>,
+        pre: &InspectPre,
+        f: impl FnOnce(&Instance, &mut Store<State>) -> wasmtime::Result<T>,
     ) -> Result<T, StepError> {
         let (mut store, stderr) = new_store(&self.engine, INSPECT_FUEL, INSPECT_MEMORY, None, 0)?;
-        let step = pre
-            .instantiate(&mut store)
-            .map_err(|e| instantiate_err("inspect", e, &stderr))?;
+        let step = match pre {
+            InspectPre::Headers(p) => p.instantiate(&mut store).map(Instance::Headers),
+            InspectPre::Contents(p) => p.instantiate(&mut store).map(Instance::Contents),
+        }
+        .map_err(|e| instantiate_err("inspect", e, &stderr))?;
         f(&step, &mut store).map_err(|e| in_component(label, trapped(e, &stderr)))
+    }
+
+    /// The chain's worlds (`inspect-step` or `inspect-contents-step`), in
+    /// order.
+    pub fn worlds(&self) -> Vec<&'static str> {
+        self.chain.iter().map(|(_, p)| p.world().name()).collect()
+    }
+
+    /// The label of the step at `place` in the chain.
+    pub fn label(&self, place: usize) -> &str {
+        self.chain.get(place).map_or("?", |(l, _)| l.as_str())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,9 +226,7 @@ impl Inspectors {
         };
         let mut out = Vec::new();
         for (label, pre) in &self.chain {
-            let answers = self.call(label, pre, |i, store| {
-                i.tarpool_steps_inspect().call_check_image(store, &info)
-            })?;
+            let answers = self.call(label, pre, |i, store| i.check_image(store, &info))?;
             if answers.len() > MAX_IMAGE_ANSWERS {
                 return Err(StepError::Trapped(format!(
                     "inspect step {label} gave {} answers about the image (at most {MAX_IMAGE_ANSWERS})",
@@ -148,30 +246,35 @@ impl Inspectors {
     }
 
     /// Every component's answers about `entries` (a batch of layer
-    /// `layer`), as (index in `entries`, answer); an entry one skips is not
-    /// shown to the next, and the first `deny` ends the batch. A component
-    /// that answers twice about an entry, or more often than it was shown
-    /// entries, is broken: its call fails as a trap.
-    pub fn check_entries(
-        &self,
-        layer: u32,
-        entries: &[Entry],
-    ) -> Result<Vec<(usize, Answer)>, StepError> {
+    /// `layer`), and which entries' bytes they want; an entry one skips is
+    /// not shown to the next, and the first `deny` ends the batch. A
+    /// component that answers twice about an entry, or more often than it
+    /// was shown entries, or wants what is not a regular file of at most
+    /// [`MAX_CONTENTS_BYTES`], is broken: its call fails as a trap.
+    pub fn check_entries(&self, layer: u32, entries: &[Entry]) -> Result<Judged, StepError> {
         let mut shown: Vec<usize> = (0..entries.len()).collect();
-        let mut out = Vec::new();
-        for (label, pre) in &self.chain {
+        let mut out = Judged::default();
+        let mut wants: Vec<Vec<usize>> = vec![Vec::new(); entries.len()];
+        for (place, (label, pre)) in self.chain.iter().enumerate() {
             if shown.is_empty() {
                 break;
             }
             let headers: Vec<it::EntryHeader> =
                 shown.iter().map(|&i| header(&entries[i])).collect();
-            let answers = self.call(label, pre, |i, store| {
-                i.tarpool_steps_inspect()
-                    .call_check_entries(store, layer, &headers)
+            let (answers, wanted) = self.call(label, pre, |i, store| {
+                let answers = i.check_entries(store, layer, &headers)?;
+                let wanted = match i {
+                    Instance::Contents(c) => c
+                        .tarpool_steps_inspect_contents()
+                        .call_want_contents(store, layer, &headers)?,
+                    Instance::Headers(_) => Vec::new(),
+                };
+                Ok((answers, wanted))
             })?;
+            let broken = |why: String| StepError::Trapped(format!("inspect step {label} {why}"));
             if answers.len() > shown.len() {
-                return Err(StepError::Trapped(format!(
-                    "inspect step {label} gave {} answers about {} entries",
+                return Err(broken(format!(
+                    "gave {} answers about {} entries",
                     answers.len(),
                     shown.len()
                 )));
@@ -179,34 +282,98 @@ impl Inspectors {
             let mut answered = vec![false; shown.len()];
             let mut skipped = Vec::new();
             for a in answers {
-                if answered.get(a.index as usize).copied().unwrap_or(false) {
-                    return Err(StepError::Trapped(format!(
-                        "inspect step {label} answered twice about entry {} of a batch",
-                        a.index
-                    )));
-                }
-                if let Some(x) = answered.get_mut(a.index as usize) {
-                    *x = true;
-                }
-                let Some(&i) = shown.get(a.index as usize) else {
-                    return Err(StepError::Trapped(format!(
-                        "inspect step {label} answered about entry {} of a batch of {}",
+                let Some(seen) = answered.get_mut(a.index as usize) else {
+                    return Err(broken(format!(
+                        "answered about entry {} of a batch of {}",
                         a.index,
                         shown.len()
                     )));
                 };
+                if std::mem::replace(seen, true) {
+                    return Err(broken(format!(
+                        "answered twice about entry {} of a batch",
+                        a.index
+                    )));
+                }
+                let i = shown[a.index as usize];
                 let a = answer(label, a.answer);
                 match a.verdict {
                     Verdict::Deny => {
-                        out.push((i, a));
+                        out.answers.push((i, a));
                         return Ok(out);
                     }
                     Verdict::Skip => skipped.push(i),
                     Verdict::Allow => {}
                 }
-                out.push((i, a));
+                out.answers.push((i, a));
+            }
+            let mut asked = vec![false; shown.len()];
+            for w in wanted {
+                let Some(&i) = shown.get(w as usize) else {
+                    return Err(broken(format!(
+                        "wanted the contents of entry {w} of a batch of {}",
+                        shown.len()
+                    )));
+                };
+                let e = &entries[i];
+                let path = crate::core::names::printable(&String::from_utf8_lossy(&e.path));
+                if std::mem::replace(&mut asked[w as usize], true) {
+                    return Err(broken(format!("wanted the contents of `{path}` twice")));
+                }
+                if e.kind != EntryKind::Regular {
+                    return Err(broken(format!(
+                        "wanted the contents of `{path}`, which is not a regular file"
+                    )));
+                }
+                if e.data_size > MAX_CONTENTS_BYTES {
+                    return Err(broken(format!(
+                        "wanted the contents of `{path}`, {} bytes (at most {MAX_CONTENTS_BYTES})",
+                        e.data_size
+                    )));
+                }
+                if !skipped.contains(&i) {
+                    wants[i].push(place);
+                }
             }
             shown.retain(|i| !skipped.contains(i));
+        }
+        out.wants = shown
+            .into_iter()
+            .map(|i| (i, std::mem::take(&mut wants[i])))
+            .filter(|(_, w)| !w.is_empty())
+            .collect();
+        Ok(out)
+    }
+
+    /// The answers about a file's bytes of the steps at `places` (those
+    /// that wanted them), in order, up to the first `deny` or `skip`.
+    pub fn check_contents(
+        &self,
+        layer: u32,
+        entry: &Entry,
+        places: &[usize],
+        bytes: &[u8],
+    ) -> Result<Vec<Answer>, StepError> {
+        let file = header(entry);
+        let mut out = Vec::new();
+        for &place in places {
+            let Some((label, pre)) = self.chain.get(place) else {
+                return Err(StepError::Host(format!("no inspect step {place}")));
+            };
+            let said = self.call(label, pre, |i, store| match i {
+                Instance::Contents(c) => c
+                    .tarpool_steps_inspect_contents()
+                    .call_check_contents(store, layer, &file, bytes),
+                Instance::Headers(_) => Ok(None),
+            })?;
+            if let Some(a) = said {
+                let a = answer(label, a);
+                let last = a.verdict != Verdict::Allow;
+                out.push(a);
+                if last {
+                    break;
+                }
+            }
         }
         Ok(out)
     }

@@ -29,6 +29,8 @@ mod cache;
 mod classify;
 pub mod describe;
 mod inspect;
+#[cfg(test)]
+mod inspect_tests;
 mod limits;
 mod listing;
 mod manifest;
@@ -38,7 +40,7 @@ mod tarcheck;
 mod tests;
 mod user;
 
-pub use inspect::{Answer, ImageInfo, Inspectors, Verdict};
+pub use inspect::{Answer, ImageInfo, Inspectors, Judged, Verdict, MAX_CONTENTS_FILES};
 pub use listing::{ListOf, ListingStep, NextPage, Page};
 pub use tarcheck::{TarOnly, TarSession};
 pub use user::{UserIds, UserStep};
@@ -99,7 +101,7 @@ pub struct Steps {
     /// The inspect steps, and where each is cached compiled (for the
     /// worker): (label, sha256, WIT version, cache file).
     inspect: Inspectors,
-    inspect_cwasm: Vec<(String, String, String, Option<PathBuf>)>,
+    inspect_cwasm: Vec<CachedInspect>,
     options: ManifestOptions,
     max_member_read: usize,
     slots: Slots,
@@ -206,6 +208,16 @@ pub struct ChainEntry {
     pub wit_version: String,
 }
 
+/// A configured inspect step: who it is, and where it is cached compiled
+/// for the extraction worker.
+struct CachedInspect {
+    label: String,
+    sha256: String,
+    wit: String,
+    world: &'static str,
+    cwasm: Option<PathBuf>,
+}
+
 /// The linker of the configurable steps: WASI (nothing of it granted) and
 /// the manifest step's `source` import.
 fn step_linker(engine: &Engine) -> Result<Linker<State>, StepError> {
@@ -263,7 +275,9 @@ pub fn check_component(wasm: &[u8]) -> Result<Checked, String> {
             World::ClassifyStep => ClassifyStepPre::new(pre).map(drop),
             World::ManifestStep => ManifestStepPre::new(pre).map(drop),
             World::TarCheckStep => TarCheckStepPre::new(pre).map(drop),
-            World::InspectStep => inspect::InspectStepPre::new(pre).map(drop),
+            World::InspectStep | World::InspectContentsStep => {
+                inspect::InspectPre::new(world, pre).map(drop)
+            }
             World::UserStep | World::ListingStep => Ok(()),
         }
     });
@@ -347,11 +361,12 @@ impl Steps {
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(|e| host_err(&format!("preparing the {step} step {label}"), e))?;
-            Ok::<_, StepError>((label, sha256, d.wit_version, pre, cached))
+            Ok::<_, StepError>((label, sha256, d, pre, cached))
         };
         let mut classify = Vec::new();
         for spec in &config.classify {
-            let (label, sha256, wit, pre, _) = prepare("classify", spec)?;
+            let (label, sha256, d, pre, _) = prepare("classify", spec)?;
+            let wit = d.wit_version;
             let pre = ClassifyStepPre::new(pre)
                 .map_err(|e| host_err(&format!("{label} is not a classify-step component"), e))?;
             classify.push(Loaded {
@@ -363,7 +378,8 @@ impl Steps {
         }
         let mut manifest = Vec::new();
         for spec in &config.manifest {
-            let (label, sha256, wit, pre, _) = prepare("manifest", spec)?;
+            let (label, sha256, d, pre, _) = prepare("manifest", spec)?;
+            let wit = d.wit_version;
             let pre = ManifestStepPre::new(pre)
                 .map_err(|e| host_err(&format!("{label} is not a manifest-step component"), e))?;
             manifest.push(Loaded {
@@ -378,7 +394,8 @@ impl Steps {
                 "the config lists no classify or no manifest component".into(),
             ));
         }
-        let (label, sha256, wit, pre, tar_cwasm) = prepare("tar-check", &config.tar_check)?;
+        let (label, sha256, d, pre, tar_cwasm) = prepare("tar-check", &config.tar_check)?;
+        let wit = d.wit_version;
         let pre = TarCheckStepPre::new(pre)
             .map_err(|e| host_err(&format!("{label} is not a tar-check-step component"), e))?;
         let tar = Loaded {
@@ -390,11 +407,21 @@ impl Steps {
         let mut inspect = Vec::new();
         let mut inspect_cwasm = Vec::new();
         for spec in &config.inspect {
-            let (label, sha256, wit, pre, cwasm) = prepare("inspect", spec)?;
-            let pre = inspect::InspectStepPre::new(pre)
-                .map_err(|e| host_err(&format!("{label} is not an inspect-step component"), e))?;
+            let (label, sha256, d, pre, cwasm) = prepare("inspect", spec)?;
+            let pre = inspect::InspectPre::new(d.world, pre).map_err(|e| {
+                host_err(
+                    &format!("{label} is not an {} component", d.world.name()),
+                    e,
+                )
+            })?;
             inspect.push((label.clone(), pre));
-            inspect_cwasm.push((label, sha256, wit, cwasm));
+            inspect_cwasm.push(CachedInspect {
+                label,
+                sha256,
+                wit: d.wit_version,
+                world: d.world.name(),
+                cwasm,
+            });
         }
         Ok(Steps {
             inspect: Inspectors::new(engine.clone(), inspect),
@@ -479,8 +506,8 @@ impl Steps {
             &t.sha256,
             &t.wit,
         ));
-        for (label, sha, wit, _) in &self.inspect_cwasm {
-            v.push(entry("inspect", "inspect-step", label, sha, wit));
+        for c in &self.inspect_cwasm {
+            v.push(entry("inspect", c.world, &c.label, &c.sha256, &c.wit));
         }
         v
     }
@@ -502,8 +529,8 @@ impl Steps {
     pub fn inspect_caches(&self) -> Result<Vec<(String, PathBuf)>, StepError> {
         self.inspect_cwasm
             .iter()
-            .map(|(label, _, _, f)| {
-                f.clone().map(|f| (label.clone(), f)).ok_or_else(|| {
+            .map(|CachedInspect { label, cwasm, .. }| {
+                cwasm.clone().map(|f| (label.clone(), f)).ok_or_else(|| {
                     StepError::Host(format!(
                         "the inspect step {label} could not be cached compiled for the extraction worker"
                     ))
@@ -518,8 +545,8 @@ impl Steps {
     pub fn inspect_identity(&self) -> Option<String> {
         (!self.inspect_cwasm.is_empty()).then(|| {
             let mut h = Sha256::new();
-            for (_, sha, _, _) in &self.inspect_cwasm {
-                h.update(sha.as_bytes());
+            for c in &self.inspect_cwasm {
+                h.update(c.sha256.as_bytes());
                 h.update(b"\n");
             }
             hex::encode(h.finalize())

@@ -229,5 +229,6 @@ pub(super) fn convert_entry(e: tc::Entry) -> view::Entry {
         xattrs: e.xattrs.into_iter().map(|x| (x.name, x.value)).collect(),
         data_offset: e.data_offset,
         data_size: e.data_size,
+        contents_wanted: false,
     }
 }

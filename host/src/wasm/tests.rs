@@ -534,7 +534,7 @@ fn big_inputs_fit_the_budget() {
     }
 }
 
-fn tempdir(tag: &str) -> PathBuf {
+pub(super) fn tempdir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tarpool-wasm-{tag}-{}-{}",
         std::process::id(),
@@ -605,7 +605,7 @@ fn components_are_checked_by_world_version_imports_types_and_size() {
     let types = "tarpool:steps/types@0.1.1";
     check(
         &component(&["tarpool:steps/types@0.2.0"], "classify", ""),
-        "classify-step was built against tarpool:steps@0.2.0; this host has 0.1.1 and loads 0.1.x up to 0.1.1",
+        "classify-step was built against tarpool:steps@0.2.0; this host has 0.1.2 and loads 0.1.x up to 0.1.2",
     );
     check(
         &component(&[types, "wasi:filesystem/preopens@0.2.6"], "classify", ""),

@@ -187,11 +187,11 @@ fn work(req: &Request) -> Reply {
     let check: &mut dyn crate::extract::view::TarCheck = if inspectors.is_empty() {
         check
     } else {
-        inspected = super::inspected::Inspected {
+        inspected = super::inspected::Inspected::new(
             check,
-            inspectors: &inspectors,
-            layer: u32::try_from(req.n).unwrap_or(u32::MAX),
-        };
+            &inspectors,
+            u32::try_from(req.n).unwrap_or(u32::MAX),
+        );
         &mut inspected
     };
     if req.progress {
