@@ -1,9 +1,10 @@
 # Shared by the benchmark and real-image scripts (sourced, from the repo root).
 
-# ensure_tarpool: a release build at $BIN (default target/release/tarpool).
+# ensure_tarpool: a release build at $BIN (default target/release/tarpool,
+# brought up to date with the sources: a stale one would measure old code).
 ensure_tarpool() {
     BIN=${TARPOOL_BIN:-target/release/tarpool}
-    [ -x "$BIN" ] || cargo build --release --locked -p tarpool
+    [ -n "${TARPOOL_BIN:-}" ] || cargo build --release --locked -p tarpool
 }
 
 # ensure_images IMGDIR: the real images of ../shared/bench/make-images.sh

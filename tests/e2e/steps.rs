@@ -363,10 +363,12 @@ fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
 }
 
 /// The example step's rules that read small files: an `etc/shadow` that
-/// gives root an empty password fails its image; private keys are left out
-/// of the layer while a certificate, a public key and a key file over the
-/// 64 KiB a step may read are written; the audit names each rule, and
-/// `steps try` shows the same answers.
+/// gives root an empty password fails its image; private keys, and a key
+/// file over the 64 KiB a step may read, are left out of the layer while a
+/// certificate, a public key and a certificate bundle over 64 KiB (with a
+/// note) are written; the audit names each rule, and `steps try` shows the
+/// same answers. A layer with more files than a
+/// step may read fails in one line.
 #[test]
 fn the_example_inspect_step_reads_small_files_before_they_are_written() {
     let env = Env::new();
@@ -377,6 +379,7 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
     let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     let mut big = rsa.to_vec();
     big.resize(64 * 1024 + 1, b'\n');
+    let bundle = cert.repeat(64 * 1024 / cert.len() + 1);
     adhoc_with(
         &bucket,
         "keys",
@@ -386,6 +389,7 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
             ("srv/tls/server.key", 0o600, rsa),
             ("srv/tls/server.pem", 0o644, cert),
             ("srv/tls/big.key", 0o600, &big),
+            ("srv/tls/bundle.pem", 0o644, &bundle),
             ("etc/shadow", 0o640, b"root:*:19000:0:99999:7:::\n"),
         ],
     );
@@ -401,9 +405,31 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
             ),
         ],
     );
+    // One file more than a step may read in a layer.
+    let names: Vec<String> = (0..=4096).map(|i| format!("k/{i}.key")).collect();
+    let many: Vec<(&str, u32, &[u8])> = names
+        .iter()
+        .map(|n| (n.as_str(), 0o644, &b"not a key\n"[..]))
+        .collect();
+    adhoc_with(&bucket, "many-keys", &many);
     let config = inspect_config(&env, &bucket, std::slice::from_ref(&example));
     let out = env.run(&["--config", config.to_str().unwrap(), "run", "--once"]);
     let status = env.status();
+    let (state, why) = &status["many-keys"];
+    let why = why.clone().unwrap_or_default();
+    assert_eq!(state, "failed", "{status:?}");
+    assert!(
+        why.contains(&format!(
+            "`k/4096.key`: inspect step {} wants the contents of more files of this layer than a step may read (4096) (rule max-contents-files)",
+            example.0.display()
+        )) && !why.contains('\n'),
+        "{why}"
+    );
+    let audit = env.json(&["audit", "many-keys", "--json"]);
+    assert!(
+        has_decision(&audit, "max-contents-files", "reject", "k/4096.key"),
+        "{audit}"
+    );
     assert_eq!(
         status["keys"].0,
         "ready",
@@ -428,12 +454,20 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
         "{audit}"
     );
     let audit = env.json(&["audit", "keys", "--json"]);
-    for path in ["root/.ssh/id_ed25519", "srv/tls/server.key"] {
+    for path in [
+        "root/.ssh/id_ed25519",
+        "srv/tls/server.key",
+        "srv/tls/big.key",
+    ] {
         assert!(
             has_decision(&audit, "no-private-keys", "skip", path),
             "{path}: {audit}"
         );
     }
+    assert!(
+        has_decision(&audit, "no-private-keys", "note", "srv/tls/bundle.pem"),
+        "{audit}"
+    );
     let mnt = env.dir.path().join("mnt-keys");
     env.json(&[
         "activate",
@@ -446,7 +480,11 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
     assert!(!mnt.join("root/.ssh/id_ed25519").exists());
     assert!(!mnt.join("srv/tls/server.key").exists());
     assert_eq!(std::fs::read(mnt.join("srv/tls/server.pem")).unwrap(), cert);
-    assert_eq!(std::fs::read(mnt.join("srv/tls/big.key")).unwrap(), big);
+    assert!(!mnt.join("srv/tls/big.key").exists());
+    assert_eq!(
+        std::fs::read(mnt.join("srv/tls/bundle.pem")).unwrap(),
+        bundle
+    );
     assert!(mnt.join("root/.ssh/id_ed25519.pub").exists());
     assert!(mnt.join("etc/shadow").exists());
     env.run(&["deactivate", "k"]);
@@ -468,9 +506,10 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
         );
     }
     assert!(
-        !text.contains("server.pem") && !text.contains("big.key"),
+        text.contains("skip no-private-keys srv/tls/big.key: a key file that cannot be read"),
         "{text}"
     );
+    assert!(!text.contains("server.pem"), "{text}");
 }
 
 /// An inspect-step component written as text, whose calls

@@ -11,10 +11,13 @@
 //! - `no-editor-backups` (skip): files named `*~` or `.*.swp` are not
 //!   written.
 //! - `no-empty-root-password` (deny): `etc/shadow` gives `root` an empty
-//!   password (anyone may log in as root without one).
+//!   password (anyone may log in as root without one). An `etc/shadow`
+//!   the step cannot read (a link, or over 64 KiB) is denied too.
 //! - `no-private-keys` (skip): a `*.pem` or `*.key` file, or an SSH key
 //!   (`id_rsa`, `id_ecdsa`, `id_ed25519`, `id_dsa`), that holds a PEM or
-//!   OpenSSH private key is not written.
+//!   OpenSSH private key is not written; nor is a `*.key` or SSH key file
+//!   it cannot read. A `*.pem` over 64 KiB (a certificate bundle) is kept
+//!   unread, with a note in the audit log.
 //!
 //! The rules are plain functions ([`check_image`], [`check_entry`],
 //! [`wants_contents`], [`check_contents`]) so that `cargo test` runs them
@@ -25,6 +28,8 @@
 pub enum Says {
     Deny(&'static str, String),
     Skip(&'static str, String),
+    /// Allowed, with a note in the audit log.
+    Note(&'static str, String),
 }
 
 /// The image's configuration's `User`, when it has a configuration.
@@ -40,11 +45,21 @@ pub fn check_image(user: Option<&str>) -> Option<Says> {
     None
 }
 
-/// A layer entry: its path (`usr/bin/su`), whether it is a regular file,
-/// and its mode.
-pub fn check_entry(path: &str, regular: bool, mode: u32) -> Option<Says> {
+/// What an entry is, as the rules care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Regular,
+    /// A symlink or a hard link: its name says nothing of what it holds.
+    Link,
+    Other,
+}
+
+/// A layer entry: its path (`usr/bin/su`), kind, mode and size.
+pub fn check_entry(path: &str, kind: Kind, mode: u32, size: u64) -> Option<Says> {
     let name = path.rsplit('/').next().unwrap_or(path);
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+    let regular = kind == Kind::Regular;
+    let unreadable = kind == Kind::Link || (regular && size > MAX_CONTENTS);
     if regular && mode & 0o6000 != 0 && !["bin", "sbin", "usr/bin", "usr/sbin"].contains(&dir) {
         return Some(Says::Deny(
             "setuid-outside-bin",
@@ -59,7 +74,30 @@ pub fn check_entry(path: &str, regular: bool, mode: u32) -> Option<Says> {
             "an editor's backup or swap file".to_string(),
         ));
     }
+    if path == "etc/shadow" && unreadable {
+        return Some(Says::Deny(
+            "no-empty-root-password",
+            "etc/shadow is a link or over 64 KiB: its root password cannot be checked".to_string(),
+        ));
+    }
+    if key_name(name) && unreadable {
+        return Some(Says::Skip(
+            "no-private-keys",
+            "a key file that cannot be read (a link, or over 64 KiB)".to_string(),
+        ));
+    }
+    if name.ends_with(".pem") && regular && size > MAX_CONTENTS {
+        return Some(Says::Note(
+            "no-private-keys",
+            "not read: over 64 KiB (a certificate bundle?)".to_string(),
+        ));
+    }
     None
+}
+
+/// A file name a private key goes by (a `*.pem` may be a certificate).
+fn key_name(name: &str) -> bool {
+    name.ends_with(".key") || ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].contains(&name)
 }
 
 /// The largest file whose bytes tarpool shows a step.
@@ -69,11 +107,7 @@ pub const MAX_CONTENTS: u64 = 64 << 10;
 /// bytes.
 pub fn wants_contents(path: &str, size: u64) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
-    size <= MAX_CONTENTS
-        && (path == "etc/shadow"
-            || name.ends_with(".pem")
-            || name.ends_with(".key")
-            || ["id_rsa", "id_dsa", "id_ecdsa", "id_ed25519"].contains(&name))
+    size <= MAX_CONTENTS && (path == "etc/shadow" || name.ends_with(".pem") || key_name(name))
 }
 
 /// The bytes of a file [`wants_contents`] asked for.
@@ -114,6 +148,7 @@ mod component {
         let (verdict, rule, reason) = match s {
             super::Says::Deny(r, why) => (Verdict::Deny, r, why),
             super::Says::Skip(r, why) => (Verdict::Skip, r, why),
+            super::Says::Note(r, why) => (Verdict::Allow, r, why),
         };
         Answer {
             verdict,
@@ -137,11 +172,14 @@ mod component {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, e)| {
-                    super::check_entry(&e.path, e.kind == EntryType::Regular, e.mode).map(|s| {
-                        EntryAnswer {
-                            index: i as u32,
-                            answer: answer(s),
-                        }
+                    let kind = match e.kind {
+                        EntryType::Regular => super::Kind::Regular,
+                        EntryType::Symlink | EntryType::Hardlink => super::Kind::Link,
+                        _ => super::Kind::Other,
+                    };
+                    super::check_entry(&e.path, kind, e.mode, e.size).map(|s| EntryAnswer {
+                        index: i as u32,
+                        answer: answer(s),
                     })
                 })
                 .collect()
@@ -183,27 +221,91 @@ mod tests {
                 "{root}"
             );
         }
-        assert_eq!(check_entry("usr/bin/su", true, 0o4755), None);
-        assert_eq!(check_entry("bin/mount", true, 0o4755), None);
-        assert_eq!(check_entry("usr/sbin/unix_chkpwd", true, 0o2755), None);
-        assert!(matches!(
-            check_entry("opt/tool", true, 0o4755),
-            Some(Says::Deny(..))
-        ));
-        assert!(matches!(
-            check_entry("usr/bin/x/y", true, 0o2755),
-            Some(Says::Deny(..))
-        ));
-        assert_eq!(check_entry("opt/dir", false, 0o4755), None);
-        assert!(matches!(
-            check_entry("etc/motd~", true, 0o644),
-            Some(Says::Skip(..))
-        ));
-        assert!(matches!(
-            check_entry("etc/.motd.swp", true, 0o644),
-            Some(Says::Skip(..))
-        ));
-        assert_eq!(check_entry("etc/motd", true, 0o644), None);
+        fn check(path: &str, kind: Kind, mode: u32, size: u64, expected: Option<&str>) {
+            let got = check_entry(path, kind, mode, size).map(|s| match s {
+                Says::Deny(r, _) => format!("deny {r}"),
+                Says::Skip(r, _) => format!("skip {r}"),
+                Says::Note(r, _) => format!("note {r}"),
+            });
+            assert_eq!(got.as_deref(), expected, "{path} {kind:?} {mode:o} {size}");
+        }
+        use Kind::*;
+        let big = MAX_CONTENTS + 1;
+        for (path, kind, mode, size, expected) in [
+            ("usr/bin/su", Regular, 0o4755, 3, None),
+            ("bin/mount", Regular, 0o4755, 3, None),
+            ("usr/sbin/unix_chkpwd", Regular, 0o2755, 3, None),
+            (
+                "opt/tool",
+                Regular,
+                0o4755,
+                3,
+                Some("deny setuid-outside-bin"),
+            ),
+            (
+                "usr/bin/x/y",
+                Regular,
+                0o2755,
+                3,
+                Some("deny setuid-outside-bin"),
+            ),
+            ("opt/dir", Other, 0o4755, 0, None),
+            (
+                "etc/motd~",
+                Regular,
+                0o644,
+                3,
+                Some("skip no-editor-backups"),
+            ),
+            (
+                "etc/.motd.swp",
+                Regular,
+                0o644,
+                3,
+                Some("skip no-editor-backups"),
+            ),
+            ("etc/motd", Regular, 0o644, 3, None),
+            ("etc/shadow", Regular, 0o640, 900, None),
+            (
+                "etc/shadow",
+                Regular,
+                0o640,
+                big,
+                Some("deny no-empty-root-password"),
+            ),
+            (
+                "etc/shadow",
+                Link,
+                0o777,
+                0,
+                Some("deny no-empty-root-password"),
+            ),
+            ("srv/a.key", Regular, 0o600, 900, None),
+            (
+                "srv/a.key",
+                Regular,
+                0o600,
+                big,
+                Some("skip no-private-keys"),
+            ),
+            (
+                "root/.ssh/id_rsa",
+                Link,
+                0o777,
+                0,
+                Some("skip no-private-keys"),
+            ),
+            (
+                "etc/ssl/bundle.pem",
+                Regular,
+                0o644,
+                big,
+                Some("note no-private-keys"),
+            ),
+            ("etc/ssl/certs/a.pem", Link, 0o777, 0, None),
+        ] {
+            check(path, kind, mode, size, expected);
+        }
     }
 
     #[test]

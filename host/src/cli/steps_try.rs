@@ -286,8 +286,12 @@ fn inspect_layer(
     let mut answers = Vec::new();
     // Files whose bytes inspect steps want: (entry, the steps' places).
     let mut wanted = Vec::new();
+    let inspectors = steps.inspectors();
+    // Files each step has asked for (at most MAX_CONTENTS_FILES, as in
+    // the worker).
+    let mut asked = vec![0usize; inspectors.worlds().len()];
     let mut judge = |entries: Vec<crate::extract::view::Entry>| -> Result<bool> {
-        let judged = steps.inspectors().check_entries(n, &entries)?;
+        let judged = inspectors.check_entries(n, &entries)?;
         for (i, a) in judged.answers {
             answers.push(entry_answer(&entries[i], &a, "header"));
             if a.verdict == Verdict::Deny {
@@ -295,11 +299,15 @@ fn inspect_layer(
             }
         }
         for (i, places) in judged.wants {
-            if wanted.len() >= crate::wasm::MAX_CONTENTS_FILES {
-                bail!(
-                    "layer {n}: inspect steps wanted the contents of more than {} files",
-                    crate::wasm::MAX_CONTENTS_FILES
-                );
+            for &place in &places {
+                asked[place] += 1;
+                if asked[place] > crate::wasm::MAX_CONTENTS_FILES {
+                    bail!(
+                        "layer {n}: inspect step {} wants the contents of more files of this layer than a step may read ({}) (rule max-contents-files)",
+                        inspectors.label(place),
+                        crate::wasm::MAX_CONTENTS_FILES
+                    );
+                }
             }
             wanted.push((entries[i].clone(), places));
         }
@@ -363,7 +371,10 @@ fn judge_contents(
         if bytes.len() as u64 != e.data_size {
             bail!("layer {n}: the layer ends inside a file's data");
         }
-        at = e.data_offset + e.data_size;
+        at = e
+            .data_offset
+            .checked_add(e.data_size)
+            .with_context(|| format!("layer {n}: the tar check gave a data span past 2^64"))?;
         for a in steps.inspectors().check_contents(n, e, places, &bytes)? {
             out.push(entry_answer(e, &a, "contents"));
             if a.verdict == Verdict::Deny {

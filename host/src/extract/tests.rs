@@ -2016,6 +2016,8 @@ fn strict_policy() {
 struct Reading<'a> {
     check: &'a mut dyn view::TarCheck,
     read: Vec<(String, Vec<u8>)>,
+    /// The layer root: no file is there before it is judged.
+    root: PathBuf,
 }
 
 impl Reading<'_> {
@@ -2042,6 +2044,10 @@ impl view::TarCheck for Reading<'_> {
         bytes: &[u8],
     ) -> Result<view::Contents, view::CheckError> {
         let path = String::from_utf8_lossy(&entry.path).into_owned();
+        assert!(
+            fs::symlink_metadata(self.root.join(&path)).is_err(),
+            "`{path}` was written before it was judged"
+        );
         self.read.push((path.clone(), bytes.to_vec()));
         let private = bytes.windows(7).any(|w| w == b"PRIVATE");
         Ok(view::Contents {
@@ -2091,6 +2097,7 @@ fn files_judged_by_their_bytes_are_written_whole_or_not_at_all() {
     let mut check = Reading {
         check: &mut inner,
         read: Vec::new(),
+        root: sb.root.clone(),
     };
     let stats = apply_layer(sb.root_fd().as_fd(), &bytes[..], &mut check).unwrap();
     let read: Vec<(&str, usize)> = check

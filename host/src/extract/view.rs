@@ -97,7 +97,7 @@ pub trait TarCheck {
 }
 
 /// What [`TarCheck::contents`] says about a file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Contents {
     pub keep: bool,
     pub decisions: Vec<Decision>,

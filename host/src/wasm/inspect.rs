@@ -95,7 +95,7 @@ impl Instance {
     }
 }
 
-/// Files of one layer whose bytes the inspect steps may ask for, in all.
+/// Files of one layer whose bytes one inspect step may ask for.
 pub const MAX_CONTENTS_FILES: usize = 4096;
 
 /// Answers a component may give about one image.
@@ -263,11 +263,14 @@ impl Inspectors {
                 shown.iter().map(|&i| header(&entries[i])).collect();
             let (answers, wanted) = self.call(label, pre, |i, store| {
                 let answers = i.check_entries(store, layer, &headers)?;
+                let denied = answers
+                    .iter()
+                    .any(|a| a.answer.verdict == it::Verdict::Deny);
                 let wanted = match i {
-                    Instance::Contents(c) => c
+                    Instance::Contents(c) if !denied => c
                         .tarpool_steps_inspect_contents()
                         .call_want_contents(store, layer, &headers)?,
-                    Instance::Headers(_) => Vec::new(),
+                    _ => Vec::new(),
                 };
                 Ok((answers, wanted))
             })?;
@@ -360,10 +363,16 @@ impl Inspectors {
             let Some((label, pre)) = self.chain.get(place) else {
                 return Err(StepError::Host(format!("no inspect step {place}")));
             };
+            if let InspectPre::Headers(_) = pre {
+                return Err(StepError::Host(format!(
+                    "the inspect step {label} reads no contents, but was asked to"
+                )));
+            }
             let said = self.call(label, pre, |i, store| match i {
                 Instance::Contents(c) => c
                     .tarpool_steps_inspect_contents()
                     .call_check_contents(store, layer, &file, bytes),
+                // Refused above.
                 Instance::Headers(_) => Ok(None),
             })?;
             if let Some(a) = said {

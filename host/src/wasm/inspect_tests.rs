@@ -9,37 +9,57 @@ use super::*;
 use crate::extract::view::{Entry, EntryKind};
 
 /// An `inspect-contents-step` component written as text: it answers
-/// nothing about images, entries or contents, and wants the contents of
-/// the entries `wants` (indexes in each batch).
-fn wanting(wants: &[u32]) -> Vec<u8> {
-    // Memory: at 0 the list `want-contents` returns (pointer 16, length),
-    // at 8 an empty list and a `none`, at 16 the indexes.
-    let le = |x: u32| {
-        x.to_le_bytes()
-            .iter()
-            .map(|b| format!("\\{b:02x}"))
-            .collect::<String>()
-    };
-    let data = format!(
-        "{}{}{}{}",
-        le(16),
-        le(wants.len() as u32),
-        le(0).repeat(2),
-        wants.iter().map(|&w| le(w)).collect::<String>()
-    );
+/// nothing about images; in each batch it skips the entries `skips` and
+/// wants the contents of the entries `wants` (indexes in the batch); it
+/// answers `contents` (a verdict: 0 allow, 1 deny, 2 skip; rule `r`,
+/// reason `x`) about every file's bytes, or `none`.
+pub(crate) fn component(skips: &[u32], wants: &[u32], contents: Option<u8>) -> Vec<u8> {
+    // Memory: at 0 the list `want-contents` returns (its indexes at 4096),
+    // at 8 an empty list, at 16 the list `check-entries` returns (its
+    // records at 64), at 24 the `option<answer>` of `check-contents`, at
+    // 48 the strings `r` and `x`. The host's arguments go at 128 KiB.
+    let mut mem = vec![0u8; 4096 + 4 * wants.len()];
+    let put =
+        |mem: &mut Vec<u8>, at: usize, x: u32| mem[at..at + 4].copy_from_slice(&x.to_le_bytes());
+    put(&mut mem, 0, 4096);
+    put(&mut mem, 4, wants.len() as u32);
+    put(&mut mem, 16, 64);
+    put(&mut mem, 20, skips.len() as u32);
+    mem[24] = 1;
+    mem[28] = contents.unwrap_or(0);
+    for (at, s) in [(32, 48), (40, 49)] {
+        put(&mut mem, at, s);
+        put(&mut mem, at + 4, 1);
+    }
+    mem[48] = b'r';
+    mem[49] = b'x';
+    for (k, &i) in skips.iter().enumerate() {
+        let r = 64 + 24 * k;
+        put(&mut mem, r, i);
+        mem[r + 4] = 2;
+        for (at, s) in [(r + 8, 48), (r + 16, 49)] {
+            put(&mut mem, at, s);
+            put(&mut mem, at + 4, 1);
+        }
+    }
+    for (k, &w) in wants.iter().enumerate() {
+        put(&mut mem, 4096 + 4 * k, w);
+    }
+    let data: String = mem.iter().map(|b| format!("\\{b:02x}")).collect();
+    let said = if contents.is_some() { 24 } else { 8 };
     let p16 = "i32 ".repeat(16);
     wat::parse_str(format!(
         r#"(component
             (core module $m
-                (memory (export "mem") 2)
+                (memory (export "mem") 16)
                 (data (i32.const 0) "{data}")
-                (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 1024)
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32) i32.const 131072)
                 (func (export "check-image") (param {p16}) (result i32) i32.const 8)
-                (func (export "check-entries") (param i32 i32 i32) (result i32) i32.const 8)
+                (func (export "check-entries") (param i32 i32 i32) (result i32) i32.const 16)
                 (func (export "want-contents") (param i32 i32 i32) (result i32) i32.const 0)
                 (func (export "check-contents")
                     (param i32 i32 i32 i32 i32 i32 i32 i64 i32 i32 i32 i32 i32 i32 i32)
-                    (result i32) i32.const 8))
+                    (result i32) i32.const {said}))
             (core instance $i (instantiate $m))
             (type $rc0 (record (field "env" (list string)) (field "entrypoint" (list string))
                 (field "cmd" (list string)) (field "working-dir" string) (field "user" string)))
@@ -76,7 +96,12 @@ fn wanting(wants: &[u32]) -> Vec<u8> {
     .unwrap()
 }
 
-fn entry(path: &str, kind: EntryKind, size: u64) -> Entry {
+/// The component of [`component`] that wants `wants` and says nothing.
+fn wanting(wants: &[u32]) -> Vec<u8> {
+    component(&[], wants, None)
+}
+
+pub(crate) fn entry(path: &str, kind: EntryKind, size: u64) -> Entry {
     Entry {
         path: path.as_bytes().to_vec(),
         kind,
@@ -95,16 +120,20 @@ fn entry(path: &str, kind: EntryKind, size: u64) -> Entry {
     }
 }
 
-/// The steps with the component `wasm` as their one inspect step.
-fn steps_with(tag: &str, wasm: &[u8]) -> Steps {
+/// The steps with the components `wasms` as their inspect steps, in order.
+pub(crate) fn steps_with(tag: &str, wasms: &[&[u8]]) -> Steps {
     let dir = super::tests::tempdir(tag);
-    let file = dir.join("step.wasm");
-    fs::write(&file, wasm).unwrap();
-    let config = StepsConfig {
-        inspect: vec![ComponentSpec::File {
+    let mut inspect = Vec::new();
+    for (i, wasm) in wasms.iter().enumerate() {
+        let file = dir.join(format!("step{i}.wasm"));
+        fs::write(&file, wasm).unwrap();
+        inspect.push(ComponentSpec::File {
             path: file,
             sha256: hex::encode(Sha256::digest(wasm)),
-        }],
+        });
+    }
+    let config = StepsConfig {
+        inspect,
         ..StepsConfig::default()
     };
     Steps::load_with(&dir, &config).unwrap()
@@ -113,7 +142,7 @@ fn steps_with(tag: &str, wasm: &[u8]) -> Steps {
 /// What the steps want of the batch `entries` when the component wants
 /// `wants`: the indexes and places wanted, or the one-line failure.
 fn check(wants: &[u32], entries: &[Entry], expected: Result<Vec<(usize, Vec<usize>)>, &str>) {
-    let steps = steps_with("wants", &wanting(wants));
+    let steps = steps_with("wants", &[&wanting(wants)]);
     assert_eq!(
         steps.chains().last().map(|c| c.world),
         Some("inspect-contents-step")
@@ -162,11 +191,79 @@ fn what_a_step_may_want_to_read_is_checked() {
 /// Bytes a step answers `none` about pass with no answer.
 #[test]
 fn a_file_a_step_says_nothing_about_passes_unanswered() {
-    let steps = steps_with("none", &wanting(&[0]));
+    let steps = steps_with("none", &[&wanting(&[0])]);
     let e = entry("etc/shadow", EntryKind::Regular, 3);
     let said = steps
         .inspectors()
         .check_contents(1, &e, &[0], b"hi\n")
         .unwrap();
     assert!(said.is_empty(), "{said:?}");
+}
+
+/// In a chain, each step's indexes are into the batch it was shown (less
+/// what the steps before it skipped); a file one step wants and another
+/// skips by its header is not read; a step's own skip outweighs its want.
+#[test]
+fn wants_are_mapped_through_the_chain() {
+    let batch = [
+        entry("a", EntryKind::Regular, 1),
+        entry("b", EntryKind::Regular, 1),
+        entry("c", EntryKind::Regular, 1),
+    ];
+    let check = |chain: &[Vec<u8>], expected: Vec<(usize, Vec<usize>)>| {
+        let wasms: Vec<&[u8]> = chain.iter().map(|w| w.as_slice()).collect();
+        let steps = steps_with("chain", &wasms);
+        let j = steps.inspectors().check_entries(1, &batch).unwrap();
+        assert_eq!(j.wants, expected);
+    };
+    // The first skips `a` (and wants it: not read) and wants `c`; the
+    // second is shown `b`, `c` and wants its 1 (`c`).
+    check(
+        &[component(&[0], &[0, 2], None), component(&[], &[1], None)],
+        vec![(2, vec![0, 1])],
+    );
+    // The second skips what the first wanted (its 0: `a`).
+    check(
+        &[component(&[], &[0, 1], None), component(&[0], &[], None)],
+        vec![(1, vec![0])],
+    );
+    // The second is shown `b`, `c`: its 0 is `b`.
+    check(
+        &[component(&[0], &[], None), component(&[], &[0], None)],
+        vec![(1, vec![1])],
+    );
+}
+
+/// The answers about a file's bytes: each wanting step in order, until
+/// one denies or skips; an allow goes on to the next.
+#[test]
+fn contents_answers_go_down_the_chain_until_a_deny_or_skip() {
+    let e = entry("etc/shadow", EntryKind::Regular, 3);
+    let check = |verdicts: &[Option<u8>], expected: &[(usize, Verdict)]| {
+        let chain: Vec<Vec<u8>> = verdicts.iter().map(|&v| component(&[], &[0], v)).collect();
+        let wasms: Vec<&[u8]> = chain.iter().map(|w| w.as_slice()).collect();
+        let steps = steps_with("said", &wasms);
+        let places: Vec<usize> = (0..chain.len()).collect();
+        let said = steps
+            .inspectors()
+            .check_contents(1, &e, &places, b"hi\n")
+            .unwrap();
+        let got: Vec<(usize, Verdict)> = said
+            .iter()
+            .map(|a| {
+                let place = (0..chain.len())
+                    .find(|&p| steps.inspectors().label(p) == a.component)
+                    .unwrap();
+                assert_eq!((a.rule.as_str(), a.reason.as_str()), ("r", "x"));
+                (place, a.verdict)
+            })
+            .collect();
+        assert_eq!(got, expected, "{verdicts:?}");
+    };
+    check(&[None, None], &[]);
+    check(
+        &[Some(0), Some(2), Some(1)],
+        &[(0, Verdict::Allow), (1, Verdict::Skip)],
+    );
+    check(&[None, Some(1), Some(2)], &[(1, Verdict::Deny)]);
 }

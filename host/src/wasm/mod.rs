@@ -30,7 +30,7 @@ mod classify;
 pub mod describe;
 mod inspect;
 #[cfg(test)]
-mod inspect_tests;
+pub(crate) mod inspect_tests;
 mod limits;
 mod listing;
 mod manifest;

@@ -58,11 +58,16 @@ impl<'a> Inspected<'a> {
             for &place in &places {
                 self.asked[place] += 1;
                 if self.asked[place] > MAX_CONTENTS_FILES {
-                    return Err(CheckError::Trapped(format!(
-                        "inspect step {} wanted the contents of more than {MAX_CONTENTS_FILES} files of layer {}",
-                        self.inspectors.label(place),
-                        self.layer
-                    )));
+                    // The layer decides how many files a step wants (it
+                    // cannot count across batches): the image is to blame.
+                    return Err(CheckError::Rejected {
+                        path: printable(&String::from_utf8_lossy(&p.entries[i].path)),
+                        rule: "max-contents-files".into(),
+                        reason: format!(
+                            "inspect step {} wants the contents of more files of this layer than a step may read ({MAX_CONTENTS_FILES})",
+                            self.inspectors.label(place)
+                        ),
+                    });
                 }
             }
             p.entries[i].contents_wanted = true;
@@ -140,5 +145,97 @@ impl TarCheck for Inspected<'_> {
             out.decisions.push(decision(path.clone(), a)?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::view::EntryKind;
+    use crate::wasm::inspect_tests::{component, entry, steps_with};
+
+    /// A fake tar check (named as such): returns `entries` as one batch.
+    struct Batch(Vec<Entry>);
+
+    impl TarCheck for Batch {
+        fn feed(&mut self, _: u64, _: &[u8]) -> Result<Progress, CheckError> {
+            Ok(Progress {
+                entries: std::mem::take(&mut self.0),
+                decisions: Vec::new(),
+                want: 1 << 40,
+            })
+        }
+
+        fn finish(&mut self, _: u64) -> Result<Progress, CheckError> {
+            Ok(Progress::default())
+        }
+    }
+
+    fn files(n: usize) -> Vec<Entry> {
+        (0..n)
+            .map(|i| entry(&format!("f{i}"), EntryKind::Regular, 3))
+            .collect()
+    }
+
+    /// Wanted files are marked and judged in the stream's order; one
+    /// judged out of that order is a host error; a skip leaves it out and
+    /// a deny rejects the layer under the step's rule.
+    #[test]
+    fn wanted_files_are_marked_and_judged_in_order() {
+        for (verdict, keep) in [(None, Some(true)), (Some(2), Some(false)), (Some(1), None)] {
+            let steps = steps_with("inspected", &[&component(&[1], &[0, 1], verdict)]);
+            let mut check = Batch(files(3));
+            let mut judged = Inspected::new(&mut check, steps.inspectors(), 1);
+            let p = judged.feed(0, b"").unwrap();
+            let marked: Vec<(String, bool)> = p
+                .entries
+                .iter()
+                .map(|e| (String::from_utf8_lossy(&e.path).into(), e.contents_wanted))
+                .collect();
+            assert_eq!(
+                marked,
+                [("f0".to_string(), true), ("f2".to_string(), false)],
+                "f1 skipped (its step wanted it too), f2 not wanted"
+            );
+            assert_eq!(p.decisions.len(), 1, "{:?}", p.decisions);
+            match (judged.contents(&p.entries[0], b"hi\n"), keep) {
+                (Ok(c), Some(k)) => {
+                    assert_eq!(c.keep, k);
+                    assert_eq!(c.decisions.len(), usize::from(verdict.is_some()));
+                }
+                (Err(CheckError::Rejected { path, rule, reason }), None) => {
+                    assert_eq!((path.as_str(), rule.as_str()), ("f0", "r"));
+                    assert!(reason.starts_with("inspect step ") && reason.ends_with(": x"));
+                }
+                (got, _) => panic!("{verdict:?}: {got:?}"),
+            }
+            let e = judged.contents(&p.entries[1], b"hi\n").unwrap_err();
+            assert!(
+                matches!(&e, CheckError::Host(m) if m.contains("`f2` came out of the order")),
+                "{e:?}"
+            );
+        }
+    }
+
+    /// A layer in which one step wants more than 4096 files is rejected at
+    /// the file past the limit, under `max-contents-files`.
+    #[test]
+    fn a_step_reads_at_most_4096_files_a_layer() {
+        let all: Vec<u32> = (0..=4096).collect();
+        for (n, fails) in [(4096, false), (4097, true)] {
+            let steps = steps_with("many", &[&component(&[], &all[..n], None)]);
+            let mut check = Batch(files(n));
+            let mut judged = Inspected::new(&mut check, steps.inspectors(), 1);
+            match (judged.feed(0, b""), fails) {
+                (Ok(p), false) => assert!(p.entries.iter().all(|e| e.contents_wanted)),
+                (Err(CheckError::Rejected { path, rule, .. }), true) => {
+                    assert_eq!(
+                        (path.as_str(), rule.as_str()),
+                        ("f4096", "max-contents-files")
+                    )
+                }
+                (got, _) => panic!("{n}: {got:?}"),
+            }
+        }
     }
 }
