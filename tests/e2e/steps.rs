@@ -489,27 +489,41 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
     assert!(mnt.join("etc/shadow").exists());
     env.run(&["deactivate", "k"]);
 
-    let out = env.run(&[
-        "steps",
-        "try",
-        example.0.to_str().unwrap(),
-        bucket.join("images/keys").to_str().unwrap(),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
-    for path in ["root/.ssh/id_ed25519", "srv/tls/server.key"] {
+    // `steps try` gives the same answers, the layer as it is and gzipped
+    // (which the confined worker decompresses for it).
+    // (An ad-hoc image's layers are `N.tar` whatever their compression.)
+    let gz = env.dir.path().join("try/images/keys-gz");
+    std::fs::create_dir_all(&gz).unwrap();
+    let zipped = std::process::Command::new("gzip")
+        .arg("-c")
+        .arg(bucket.join("images/keys/1.tar"))
+        .stdout(std::fs::File::create(gz.join("1.tar")).unwrap())
+        .status()
+        .unwrap();
+    assert!(zipped.success());
+    for image in [bucket.join("images/keys"), gz] {
+        let out = env.run(&[
+            "steps",
+            "try",
+            example.0.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        for path in ["root/.ssh/id_ed25519", "srv/tls/server.key"] {
+            assert!(
+                text.contains(&format!(
+                    "skip no-private-keys {path} (its contents): a private key"
+                )),
+                "{text}"
+            );
+        }
         assert!(
-            text.contains(&format!(
-                "skip no-private-keys {path} (its contents): a private key"
-            )),
+            text.contains("skip no-private-keys srv/tls/big.key: a key file that cannot be read"),
             "{text}"
         );
+        assert!(!text.contains("server.pem"), "{text}");
     }
-    assert!(
-        text.contains("skip no-private-keys srv/tls/big.key: a key file that cannot be read"),
-        "{text}"
-    );
-    assert!(!text.contains("server.pem"), "{text}");
 }
 
 /// An inspect-step component written as text, whose calls
@@ -674,6 +688,32 @@ fn steps_try_shows_the_layout_and_every_answer_without_a_state_directory() {
         text.contains("deny no-root-user: the image runs as root"),
         "{text}"
     );
+
+    // A gzipped archive with gzip layers, and a layout with zstd layers:
+    // the confined worker decompresses each, and every layer is inspected.
+    for (image, format) in [
+        ("ociarchive.tar.gz", "oci-archive"),
+        ("ocilayout", "oci-layout"),
+    ] {
+        let out = env.run(&[
+            "steps",
+            "try",
+            example.0.to_str().unwrap(),
+            example_bucket()
+                .join("images")
+                .join(image)
+                .to_str()
+                .unwrap(),
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(v["manifest"]["format"], format, "{v}");
+        let layers = v["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 3, "{v}");
+        for l in layers {
+            assert_eq!(l["inspected"], true, "{image}: {l}");
+        }
+    }
 }
 
 /// The example manifest step (`examples/manifest-skopeo-dir`), pinned after

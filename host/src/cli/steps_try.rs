@@ -5,19 +5,22 @@
 //!
 //! The image is a directory laid out as a bucket's image prefix (an OCI
 //! layout, numbered layers, a rootfs directory) or an uncompressed image
-//! archive (docker save, OCI archive). Its layers' entries are shown to the
-//! inspect steps when a layer is an uncompressed tar: a compressed one is
-//! named and passed over (tarpool decompresses only in its confined
-//! worker, which this command does not start).
+//! archive (docker save, OCI archive), compressed or not. Its layers'
+//! entries are shown to the inspect steps; a compressed archive or layer is
+//! first decompressed by the confined extraction worker into the temporary
+//! directory (tarpool's own process decodes nothing), under the policy's
+//! limits.
 
 use std::fs::File;
 use std::io::Read as _;
 
 use super::*;
 use crate::archive::{self, IndexedMember};
+use crate::core::plan::PlannedLayer;
 use crate::extract::view::{Mode, TarCheck};
-use crate::model::{BlobKind, Member, UnitKind};
+use crate::model::{BlobKind, LayerMedia, Member, UnitKind};
 use crate::wasm::{Answer, ComponentSpec, ImageInfo, Steps, StepsConfig, Verdict};
+use rustix::fd::AsFd as _;
 
 /// The largest member the manifest step may read (as `max-json-bytes`).
 const MAX_READ: u64 = 4 << 20;
@@ -44,10 +47,10 @@ fn with_candidate(steps: &StepsConfig, step: &str, file: &Path, sha256: &str) ->
 
 /// Where the image's members are: a directory's regular files (found by
 /// a walk that follows no symlink; nothing else is read), or an archive's
-/// index.
+/// index (the archive's path, the file open).
 enum Image {
     Dir(PathBuf, Vec<Member>),
-    Archive(File, Vec<IndexedMember>),
+    Archive(PathBuf, File, Vec<IndexedMember>),
 }
 
 impl Image {
@@ -68,7 +71,7 @@ impl Image {
     fn members(&self) -> Result<Vec<Member>> {
         Ok(match self {
             Image::Dir(_, members) => members.clone(),
-            Image::Archive(_, index) => index
+            Image::Archive(_, _, index) => index
                 .iter()
                 .map(|m| Member {
                     name: m.name.clone(),
@@ -94,12 +97,32 @@ impl Image {
                 }
                 Ok(bytes)
             }
-            Image::Archive(f, index) => {
+            Image::Archive(_, f, index) => {
                 let m = index
                     .iter()
                     .find(|m| m.name == name)
                     .ok_or_else(|| format!("no member `{name}`"))?;
                 archive::read_member(f, m, cap)
+            }
+        }
+    }
+
+    /// Where a member's bytes are: (file, offset, length).
+    fn location(&self, name: &str) -> Result<(PathBuf, u64, u64)> {
+        match self {
+            Image::Dir(root, members) => {
+                let m = members
+                    .iter()
+                    .find(|m| m.name == name)
+                    .with_context(|| format!("no member `{name}`"))?;
+                Ok((root.join(name), 0, m.size))
+            }
+            Image::Archive(path, _, index) => {
+                let m = index
+                    .iter()
+                    .find(|m| m.name == name)
+                    .with_context(|| format!("no member `{name}`"))?;
+                Ok((path.clone(), m.offset, m.size))
             }
         }
     }
@@ -111,7 +134,7 @@ impl Image {
                 Image::member_path(root, members, name)
                     .with_context(|| format!("no member `{name}`"))?,
             )?),
-            Image::Archive(f, index) => {
+            Image::Archive(_, f, index) => {
                 let m = index
                     .iter()
                     .find(|m| m.name == name)
@@ -185,23 +208,30 @@ pub(super) fn steps_try(
     } else {
         let mut head = Vec::new();
         File::open(image)?.take(64 << 10).read_to_end(&mut head)?;
-        let f = File::open(image)?;
         let c = steps.classify(&head, meta.len())?;
         report.insert(
             "classify".into(),
             json!({"kind": format!("{:?}", c.kind).to_lowercase(), "detail": c.detail}),
         );
-        if c.kind != BlobKind::Tar {
-            bail!(
-                "{}: {} ({:?}): steps try reads an uncompressed archive or a directory",
+        let path = match compression(c.kind) {
+            Some(media) => {
+                let out = cache.path().join("archive.tar");
+                decompress(&out, image, 0, meta.len(), media, policy)
+                    .with_context(|| format!("{}", image.display()))?;
+                out
+            }
+            None if c.kind == BlobKind::Tar => image.to_path_buf(),
+            None => bail!(
+                "{}: {} ({:?}): steps try reads an image archive or a directory",
                 image.display(),
                 c.detail,
                 c.kind
-            );
-        }
+            ),
+        };
+        let f = File::open(&path)?;
         let mut check = steps.tar_check(Mode::Archive, policy)?;
         let index = archive::index(&f, &mut check).map_err(|e| anyhow::anyhow!("{e}"))?;
-        (UnitKind::Archive, Image::Archive(f, index))
+        (UnitKind::Archive, Image::Archive(path, f, index))
     };
     let img = std::sync::Arc::new(img);
     let members = img.members()?;
@@ -248,40 +278,104 @@ pub(super) fn steps_try(
         let mut layers = Vec::new();
         for (i, l) in layout.layers.iter().enumerate() {
             let n = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            layers.push(inspect_layer(&steps, policy, &img, n, &l.member)?);
+            layers.push(inspect_layer(
+                &steps,
+                policy,
+                &img,
+                n,
+                &l.member,
+                cache.path(),
+            )?);
         }
         report.insert("layers".into(), layers.into());
     }
     finish(report, json, 0)
 }
 
+/// The media a compressed blob of `kind` is decompressed as, if it is one.
+fn compression(kind: BlobKind) -> Option<LayerMedia> {
+    match kind {
+        BlobKind::Gzip => Some(LayerMedia::Gzip),
+        BlobKind::Zstd => Some(LayerMedia::Zstd),
+        _ => None,
+    }
+}
+
+/// Has the confined extraction worker decompress `len` bytes at `offset`
+/// of `blob` (compressed as `media`) into the new file `out`, under
+/// `policy`'s limits.
+fn decompress(
+    out: &Path,
+    blob: &Path,
+    offset: u64,
+    len: u64,
+    media: LayerMedia,
+    policy: &Policy,
+) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    let layer = PlannedLayer {
+        member: String::new(),
+        media,
+        blob: String::new(),
+        offset,
+        len,
+        digest: None,
+        diff_id: None,
+        chain_id: None,
+    };
+    let req = crate::worker::Request::new(
+        crate::worker::Task::Decompress,
+        blob.to_path_buf(),
+        layer,
+        0,
+        policy.clone(),
+    );
+    let mut verdicts = Vec::new();
+    crate::worker::decompress(req, file.as_fd(), &mut verdicts)
+        .map_err(|f| anyhow::anyhow!("decompressing: {f}"))?;
+    Ok(())
+}
+
 /// Layer `n` (member `member`) through the tar check and the inspect
-/// steps: every answer about its entries.
+/// steps: every answer about its entries and the files they read. A
+/// compressed layer is decompressed first, into `tmp`.
 fn inspect_layer(
     steps: &Steps,
     policy: &Policy,
     img: &Image,
     n: u32,
     member: &str,
+    tmp: &Path,
 ) -> Result<serde_json::Value> {
-    let mut stream = img.open(member)?;
     let mut head = vec![0u8; 64 << 10];
-    let got = crate::source::read_up_to(&mut stream, &mut head)?;
+    let got = crate::source::read_up_to(&mut img.open(member)?, &mut head)?;
     head.truncate(got);
-    let size = img
-        .members()?
-        .iter()
-        .find(|m| m.name == member)
-        .map_or(head.len() as u64, |m| m.size);
+    let (blob, offset, size) = img.location(member)?;
     let c = steps.classify(&head, size)?;
-    if !matches!(c.kind, BlobKind::Tar | BlobKind::Empty) {
-        return Ok(json!({
-            "layer": n,
-            "member": member,
-            "inspected": false,
-            "why": format!("{}: steps try reads only uncompressed layers (tarpool run decompresses in its confined worker)", c.detail),
-        }));
-    }
+    let open: Box<dyn Fn() -> Result<Box<dyn std::io::Read>>> = match compression(c.kind) {
+        Some(media) => {
+            let out = tmp.join(format!("layer-{n}.tar"));
+            decompress(&out, &blob, offset, size, media, policy)
+                .with_context(|| format!("layer {n} ({member})"))?;
+            Box::new(move || Ok(Box::new(File::open(&out)?) as Box<dyn std::io::Read>))
+        }
+        None if matches!(c.kind, BlobKind::Tar | BlobKind::Empty) => {
+            Box::new(move || img.open(member))
+        }
+        None => {
+            return Ok(json!({
+                "layer": n,
+                "member": member,
+                "inspected": false,
+                "why": format!("{}: not a layer tarpool reads", c.detail),
+            }))
+        }
+    };
+    let stream = open()?;
     let mut check = steps.tar_check(Mode::Layer, policy)?;
     let mut answers = Vec::new();
     // Files whose bytes inspect steps want: (entry, the steps' places).
@@ -313,9 +407,8 @@ fn inspect_layer(
         }
         Ok(true)
     };
-    // The stream from byte 0: the head read above, then the rest, fed
-    // from where the check wants.
-    let mut rest = std::io::Cursor::new(head).chain(stream);
+    // The stream from byte 0, fed from where the check wants.
+    let mut rest = stream;
     let mut buf = vec![0u8; CHUNK];
     let (mut base, mut want) = (0u64, 0u64);
     let mut going = true;
@@ -342,22 +435,20 @@ fn inspect_layer(
         going = judge(p.entries)?;
     }
     if going && !wanted.is_empty() {
-        answers.extend(judge_contents(steps, img, n, member, &wanted)?);
+        answers.extend(judge_contents(steps, open()?, n, &wanted)?);
     }
     Ok(json!({"layer": n, "member": member, "inspected": true, "answers": answers}))
 }
 
-/// The answers about the bytes of the `wanted` files of layer `n` (member
-/// `member`), read from their data spans in a second pass over the layer,
-/// up to the first `deny`.
+/// The answers about the bytes of the `wanted` files of layer `n`, read
+/// from their data spans in a second pass over the layer's `stream`, up to
+/// the first `deny`.
 fn judge_contents(
     steps: &Steps,
-    img: &Image,
+    mut stream: Box<dyn std::io::Read>,
     n: u32,
-    member: &str,
     wanted: &[(crate::extract::view::Entry, Vec<usize>)],
 ) -> Result<Vec<serde_json::Value>> {
-    let mut stream = img.open(member)?;
     let mut at = 0u64;
     let mut out = Vec::new();
     for (e, places) in wanted {

@@ -116,23 +116,10 @@ fn worker_request(
     l: PlannedLayer,
     n: usize,
 ) -> crate::worker::Request {
-    crate::worker::Request {
-        task,
-        root_fd: -1,
-        blob: ctx.blobs.path(&l.blob),
-        layer: l,
-        n,
-        policy: ctx.policy.clone(),
-        tar_cache: std::path::PathBuf::new(),
-        inspect: Vec::new(),
-        unconfined: ctx.unconfined_worker,
-        test_escape: None,
-        test_no_landlock: false,
-        test_landlock_abi: None,
-        test_escape_kind: Default::default(),
-        progress: false,
-        bench_native_check: false,
-    }
+    let mut req =
+        crate::worker::Request::new(task, ctx.blobs.path(&l.blob), l, n, ctx.policy.clone());
+    req.unconfined = ctx.unconfined_worker;
+    req
 }
 
 /// The ids of `chains`' layers, top first; each must be committed, except

@@ -138,6 +138,37 @@ pub struct Request {
     pub bench_native_check: bool,
 }
 
+impl Request {
+    /// A request for `task` on layer `n` (`layer`, in the file `blob`),
+    /// under `policy`, confined, with no tar check or inspect steps (an
+    /// apply sets them) and no test hook.
+    pub fn new(
+        task: Task,
+        blob: PathBuf,
+        layer: PlannedLayer,
+        n: usize,
+        policy: Policy,
+    ) -> Request {
+        Request {
+            task,
+            root_fd: -1,
+            blob,
+            layer,
+            n,
+            policy,
+            tar_cache: PathBuf::new(),
+            inspect: Vec::new(),
+            unconfined: false,
+            test_escape: None,
+            test_no_landlock: false,
+            test_landlock_abi: None,
+            test_escape_kind: Escape::default(),
+            progress: false,
+            bench_native_check: false,
+        }
+    }
+}
+
 /// The escape a confined worker attempts under the `test_escape` hook.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Escape {

@@ -356,11 +356,12 @@ pub(super) fn apply_stream(
     ))
 }
 
-/// Decompresses a whole image archive (`blob`, compressed as `l.media`,
-/// `l.len` bytes) into `out`, capped by the policy (its ratio rule, and
-/// `max-image-bytes`); returns the bytes written. The worker's
-/// [`super::Task::Decompress`]: the service then hashes the file and adopts
-/// it into the blob store, never decoding a byte itself.
+/// Decompresses an image archive or a layer (`l.len` bytes at `l.offset`
+/// of `blob`, compressed as `l.media`) into `out`, capped by the policy
+/// (its ratio rule, `max-layer-bytes` and `max-image-bytes`); returns the
+/// bytes written. The worker's [`super::Task::Decompress`]: the service
+/// then hashes the file and adopts it into the blob store (`steps try`
+/// reads it), never decoding a byte itself.
 pub(super) fn decompress_archive(
     blob: File,
     l: &PlannedLayer,
@@ -369,6 +370,8 @@ pub(super) fn decompress_archive(
     verdicts: &mut Verdicts,
 ) -> Result<u64, Failure> {
     let failed = Arc::new(AtomicBool::new(false));
+    let blob = archive::range(blob, l.offset, l.len)
+        .map_err(|e| Failure::io("reading the compressed file", e))?;
     let raw = Watched {
         inner: BufReader::with_capacity(1 << 20, blob),
         failed: failed.clone(),
