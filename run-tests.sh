@@ -18,6 +18,8 @@ for example in examples/*/; do
     (cd "$example" && cargo fmt --check && cargo test --locked --quiet \
         && cargo build --locked --quiet --target wasm32-wasip2 --release)
 done
+# The complete steps docs/steps.md shows build as the page says.
+tests/docs/steps-snippets.sh
 # The workspace's tests include the layout test (tests/layout): it fails on an
 # import cycle between host modules or a file over 600 lines of non-test code.
 cargo test --locked --workspace --features tarpool/failpoints

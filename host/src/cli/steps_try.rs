@@ -556,7 +556,12 @@ fn finish(report: serde_json::Map<String, serde_json::Value>, json: bool, code: 
     for l in v["layers"].as_array().into_iter().flatten() {
         if l["inspected"] == true {
             let answers = l["answers"].as_array().cloned().unwrap_or_default();
-            println!("inspect, layer {}: {} answers", l["layer"], answers.len());
+            println!(
+                "inspect, layer {}: {} answer{}",
+                l["layer"],
+                answers.len(),
+                if answers.len() == 1 { "" } else { "s" }
+            );
             for a in &answers {
                 println!("  {}", said(a));
             }
