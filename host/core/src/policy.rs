@@ -81,6 +81,11 @@ pub struct Policy {
     /// for the files written before it.
     #[serde(default = "default_max_images")]
     pub max_images: Limit,
+    /// Files of one layer whose bytes one inspect step may read (each a
+    /// fresh instance). Optional in a policy file, for the files written
+    /// before it.
+    #[serde(default = "default_max_contents_files")]
+    pub max_contents_files: Limit,
     pub max_id: Limit,
     pub device_nodes: ActionRule,
     pub fifos: ActionRule,
@@ -97,6 +102,16 @@ fn default_max_images() -> Limit {
     Limit {
         limit: 10_000,
         reason: "images one source serves: a registry's every image is resolved at each poll"
+            .into(),
+    }
+}
+
+/// `max-contents-files` where a policy file does not say it (the default
+/// policy's; a unit test keeps the two the same).
+fn default_max_contents_files() -> Limit {
+    Limit {
+        limit: 1_000_000,
+        reason: "files of one layer an inspect step reads, each judged by a fresh instance of it"
             .into(),
     }
 }
@@ -147,6 +162,7 @@ impl Policy {
             ("max-depth", &self.max_depth),
             ("max-json-bytes", &self.max_json_bytes),
             ("max-images", &self.max_images),
+            ("max-contents-files", &self.max_contents_files),
         ] {
             if l.limit == 0 {
                 return bad(rule, "limit must be at least 1");
@@ -227,6 +243,7 @@ impl Policy {
             "max-ext-header-bytes" => &self.max_ext_header_bytes.reason,
             "max-json-bytes" => &self.max_json_bytes.reason,
             "max-images" => &self.max_images.reason,
+            "max-contents-files" => &self.max_contents_files.reason,
             "max-id" => &self.max_id.reason,
             "device-nodes" => &self.device_nodes.reason,
             "fifos" => &self.fifos.reason,
@@ -461,17 +478,25 @@ mod tests {
         assert_eq!(p.decompressed_cap(u64::MAX), u64::MAX);
     }
 
-    /// A policy file written before `max-images` gets the default
-    /// policy's.
+    /// A policy file written before `max-images` or `max-contents-files`
+    /// gets the default policy's.
     #[test]
-    fn max_images_defaults_to_the_default_policys() {
+    fn later_rules_default_to_the_default_policys() {
         let d = Policy::default_policy();
         assert_eq!(d.max_images, default_max_images());
-        let start = DEFAULT_POLICY.find("[max-images]").unwrap();
-        let end = start + DEFAULT_POLICY[start..].find("\n\n").unwrap();
-        let older = format!("{}{}", &DEFAULT_POLICY[..start], &DEFAULT_POLICY[end + 2..]);
-        assert!(!older.contains("max-images"));
-        assert_eq!(Policy::from_toml(&older).unwrap().max_images, d.max_images);
+        assert_eq!(d.max_contents_files, default_max_contents_files());
+        let without = |rule: &str| {
+            let start = DEFAULT_POLICY.find(&format!("[{rule}]")).unwrap();
+            let end = start + DEFAULT_POLICY[start..].find("\n\n").unwrap();
+            let older = format!("{}{}", &DEFAULT_POLICY[..start], &DEFAULT_POLICY[end + 2..]);
+            assert!(!older.contains(rule));
+            Policy::from_toml(&older).unwrap()
+        };
+        assert_eq!(without("max-images").max_images, d.max_images);
+        assert_eq!(
+            without("max-contents-files").max_contents_files,
+            d.max_contents_files
+        );
     }
 
     #[test]

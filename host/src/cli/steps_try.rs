@@ -381,9 +381,10 @@ fn inspect_layer(
     // Files whose bytes inspect steps want: (entry, the steps' places).
     let mut wanted = Vec::new();
     let inspectors = steps.inspectors();
-    // Files each step has asked for (at most MAX_CONTENTS_FILES, as in
-    // the worker).
-    let mut asked = vec![0usize; inspectors.worlds().len()];
+    // Files each step has asked for (at most the policy's
+    // max-contents-files, as in the worker).
+    let mut asked = vec![0u64; inspectors.worlds().len()];
+    let max_files = policy.max_contents_files.limit;
     let mut judge = |entries: Vec<crate::extract::view::Entry>| -> Result<bool> {
         let judged = inspectors.check_entries(n, &entries)?;
         for (i, a) in judged.answers {
@@ -395,11 +396,10 @@ fn inspect_layer(
         for (i, places) in judged.wants {
             for &place in &places {
                 asked[place] += 1;
-                if asked[place] > crate::wasm::MAX_CONTENTS_FILES {
+                if asked[place] > max_files {
                     bail!(
-                        "layer {n}: inspect step {} wants the contents of more files of this layer than a step may read ({}) (rule max-contents-files)",
+                        "layer {n}: inspect step {} wants the contents of more than {max_files} files of this layer (rule max-contents-files)",
                         inspectors.label(place),
-                        crate::wasm::MAX_CONTENTS_FILES
                     );
                 }
             }

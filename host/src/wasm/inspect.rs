@@ -95,9 +95,6 @@ impl Instance {
     }
 }
 
-/// Files of one layer whose bytes one inspect step may ask for.
-pub const MAX_CONTENTS_FILES: usize = 1 << 20;
-
 /// Answers a component may give about one image.
 const MAX_IMAGE_ANSWERS: usize = 64;
 /// The longest rule name and reason kept from a component.

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use crate::core::names::printable;
 use crate::extract::view::{CheckError, Contents, Decision, Entry, Progress, TarCheck};
-use crate::wasm::{Answer, Inspectors, StepError, Verdict, MAX_CONTENTS_FILES};
+use crate::wasm::{Answer, Inspectors, StepError, Verdict};
 
 pub(super) struct Inspected<'a> {
     check: &'a mut dyn TarCheck,
@@ -19,8 +19,10 @@ pub(super) struct Inspected<'a> {
     /// The files whose bytes steps want, in the stream's order: (path, the
     /// steps' places in the chain).
     wanted: VecDeque<(Vec<u8>, Vec<usize>)>,
-    /// Files each step has asked for in this layer.
-    asked: Vec<usize>,
+    /// Files each step has asked for in this layer, and how many one may
+    /// (the policy's `max-contents-files`).
+    asked: Vec<u64>,
+    max_files: u64,
 }
 
 impl<'a> Inspected<'a> {
@@ -28,6 +30,7 @@ impl<'a> Inspected<'a> {
         check: &'a mut dyn TarCheck,
         inspectors: &'a Inspectors,
         layer: u32,
+        max_files: u64,
     ) -> Inspected<'a> {
         Inspected {
             check,
@@ -35,6 +38,7 @@ impl<'a> Inspected<'a> {
             layer,
             wanted: VecDeque::new(),
             asked: vec![0; inspectors.worlds().len()],
+            max_files,
         }
     }
 
@@ -57,15 +61,16 @@ impl<'a> Inspected<'a> {
         for (i, places) in judged.wants {
             for &place in &places {
                 self.asked[place] += 1;
-                if self.asked[place] > MAX_CONTENTS_FILES {
+                if self.asked[place] > self.max_files {
                     // The layer decides how many files a step wants (it
                     // cannot count across batches): the image is to blame.
                     return Err(CheckError::Rejected {
                         path: printable(&String::from_utf8_lossy(&p.entries[i].path)),
                         rule: "max-contents-files".into(),
                         reason: format!(
-                            "inspect step {} wants the contents of more files of this layer than a step may read ({MAX_CONTENTS_FILES})",
-                            self.inspectors.label(place)
+                            "inspect step {} wants the contents of more than {} files of this layer",
+                            self.inspectors.label(place),
+                            self.max_files
                         ),
                     });
                 }
@@ -154,13 +159,18 @@ mod tests {
     use crate::extract::view::EntryKind;
     use crate::wasm::inspect_tests::{component, entry, steps_with};
 
-    /// A fake tar check (named as such): returns `entries` as one batch.
-    struct Batch(Vec<Entry>);
+    /// A fake tar check (named as such): returns one of its batches of
+    /// entries per feed, in order.
+    struct Batches(Vec<Vec<Entry>>);
 
-    impl TarCheck for Batch {
+    impl TarCheck for Batches {
         fn feed(&mut self, _: u64, _: &[u8]) -> Result<Progress, CheckError> {
             Ok(Progress {
-                entries: std::mem::take(&mut self.0),
+                entries: if self.0.is_empty() {
+                    Vec::new()
+                } else {
+                    self.0.remove(0)
+                },
                 decisions: Vec::new(),
                 want: 1 << 40,
             })
@@ -184,8 +194,8 @@ mod tests {
     fn wanted_files_are_marked_and_judged_in_order() {
         for (verdict, keep) in [(None, Some(true)), (Some(2), Some(false)), (Some(1), None)] {
             let steps = steps_with("inspected", &[&component(&[1], &[0, 1], verdict)]);
-            let mut check = Batch(files(3));
-            let mut judged = Inspected::new(&mut check, steps.inspectors(), 1);
+            let mut check = Batches(vec![files(3)]);
+            let mut judged = Inspected::new(&mut check, steps.inspectors(), 1, 100);
             let p = judged.feed(0, b"").unwrap();
             let marked: Vec<(String, bool)> = p
                 .entries
@@ -217,24 +227,32 @@ mod tests {
         }
     }
 
-    /// A layer in which one step wants more than 4096 files is rejected at
-    /// the file past the limit, under `max-contents-files`.
+    /// A layer in which one step wants more files than the policy's
+    /// `max-contents-files` is rejected at the file past the limit; the
+    /// count goes on across batches.
     #[test]
-    fn a_step_reads_at_most_4096_files_a_layer() {
-        let all: Vec<u32> = (0..=4096).collect();
-        for (n, fails) in [(4096, false), (4097, true)] {
-            let steps = steps_with("many", &[&component(&[], &all[..n], None)]);
-            let mut check = Batch(files(n));
-            let mut judged = Inspected::new(&mut check, steps.inspectors(), 1);
-            match (judged.feed(0, b""), fails) {
-                (Ok(p), false) => assert!(p.entries.iter().all(|e| e.contents_wanted)),
-                (Err(CheckError::Rejected { path, rule, .. }), true) => {
-                    assert_eq!(
-                        (path.as_str(), rule.as_str()),
-                        ("f4096", "max-contents-files")
-                    )
+    fn a_step_reads_at_most_max_contents_files_a_layer() {
+        for (batches, wants, fails_at) in [
+            (1, vec![0, 1, 2], None),
+            (1, vec![0, 1, 2, 3], Some("f3")),
+            (2, vec![0, 1], Some("f1")),
+            (3, vec![0], None),
+            (4, vec![0], Some("f0")),
+        ] {
+            let steps = steps_with("many", &[&component(&[], &wants, None)]);
+            let mut check = Batches(vec![files(4); batches]);
+            let mut judged = Inspected::new(&mut check, steps.inspectors(), 1, 3);
+            let got = (0..batches).try_for_each(|_| judged.feed(0, b"").map(drop));
+            match (got, fails_at) {
+                (Ok(()), None) => {}
+                (Err(CheckError::Rejected { path, rule, reason }), Some(at)) => {
+                    assert_eq!((path.as_str(), rule.as_str()), (at, "max-contents-files"));
+                    assert!(
+                        reason.ends_with("wants the contents of more than 3 files of this layer"),
+                        "{reason}"
+                    );
                 }
-                (got, _) => panic!("{n}: {got:?}"),
+                (got, _) => panic!("{batches} {wants:?}: {got:?}"),
             }
         }
     }

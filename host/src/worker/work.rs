@@ -191,6 +191,7 @@ fn work(req: &Request) -> Reply {
             check,
             &inspectors,
             u32::try_from(req.n).unwrap_or(u32::MAX),
+            req.policy.max_contents_files.limit,
         );
         &mut inspected
     };
