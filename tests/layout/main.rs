@@ -562,3 +562,88 @@ fn examples_carry_the_current_wit() {
     }
     assert!(seen >= 2, "the example steps are under examples/");
 }
+
+/// The Rust items `ARCHITECTURE.md` names as `a::b::name` (tests that
+/// prove an invariant, functions of the codemap): the last name of each,
+/// with whether some `.rs` file of the repository defines it.
+fn architecture_names(doc: &str, sources: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for quoted in doc.split('`').skip(1).step_by(2) {
+        let path = quoted.trim_end_matches("()");
+        let parts: Vec<&str> = path.split("::").collect();
+        let ident = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if parts.len() < 2 || !parts.iter().all(ident) {
+            continue;
+        }
+        let name = parts[parts.len() - 1];
+        let defined = ["fn", "mod", "const", "static"].iter().any(|kw| {
+            sources
+                .match_indices(&format!("{kw} {name}"))
+                .any(|(i, m)| {
+                    let after = sources.as_bytes().get(i + m.len()).copied().unwrap_or(b' ');
+                    !is_ident(after)
+                })
+        });
+        out.push((path.to_string(), defined));
+    }
+    out
+}
+
+/// The `.rs` files under `root`, but not in a `target` directory.
+fn rust_sources(root: &Path, out: &mut String) {
+    for e in std::fs::read_dir(root).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "target" && n != ".git") {
+                rust_sources(&p, out);
+            }
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push_str(&std::fs::read_to_string(&p).unwrap());
+            out.push('\n');
+        }
+    }
+}
+
+/// Every test and function `ARCHITECTURE.md` names beside an invariant
+/// or in its codemap exists: a renamed or deleted test leaves no stale
+/// sentence behind.
+#[test]
+fn architecture_names_only_what_exists() {
+    let root = host_src().join("../..");
+    let doc = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let mut sources = String::new();
+    for dir in ["host", "tests", "guest-steps"] {
+        rust_sources(&root.join(dir), &mut sources);
+    }
+    let names = architecture_names(&doc, &sources);
+    assert!(names.len() > 40, "read {} names", names.len());
+    let stale: Vec<&str> = names
+        .iter()
+        .filter(|(_, defined)| !defined)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "ARCHITECTURE.md names what no file defines: {stale:?}"
+    );
+}
+
+#[test]
+fn architecture_names_are_read_from_code_spans() {
+    let sources = "fn real_test() {}\nmod real_mod;\nfn real_testing() {}";
+    let doc = "a `m::real_test` b `x::real_mod` c `y::gone_test` `not a path` `Type::Name` `m::real_tes` `z::real_test()`";
+    assert_eq!(
+        architecture_names(doc, sources),
+        [
+            ("m::real_test".to_string(), true),
+            ("x::real_mod".to_string(), true),
+            ("y::gone_test".to_string(), false),
+            ("m::real_tes".to_string(), false),
+            ("z::real_test".to_string(), true),
+        ]
+    );
+}
