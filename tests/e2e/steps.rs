@@ -552,6 +552,7 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
 /// run `body` (a trap, or a loop that burns its fuel).
 fn inspect_component(dir: &Path, name: &str, body: &str) -> (PathBuf, String) {
     let p16 = "i32 ".repeat(16);
+    let types = include_str!("../support/inspect-types.wat");
     let wasm = wat::parse_str(format!(
         r#"(component
             (core module $m
@@ -560,30 +561,7 @@ fn inspect_component(dir: &Path, name: &str, body: &str) -> (PathBuf, String) {
                 (func (export "check-image") (param {p16}) (result i32) {body})
                 (func (export "check-entries") (param i32 i32 i32) (result i32) {body}))
             (core instance $i (instantiate $m))
-            (type $rc0 (record (field "env" (list string)) (field "entrypoint" (list string))
-                (field "cmd" (list string)) (field "working-dir" string) (field "user" string)))
-            (export $rc "runtime-config" (type $rc0))
-            (type $ii0 (record (field "name" string) (field "format" string) (field "layers" u32)
-                (field "config" (option $rc))))
-            (export $ii "image-info" (type $ii0))
-            (type $et0 (enum "regular" "directory" "symlink" "hardlink" "char-device"
-                "block-device" "fifo" "whiteout" "opaque"))
-            (export $et "entry-type" (type $et0))
-            (type $eh0 (record (field "path" string) (field "kind" $et) (field "mode" u32)
-                (field "uid" u32) (field "gid" u32) (field "size" u64)
-                (field "link" (option string)) (field "xattr-names" (list string))))
-            (export $eh "entry-header" (type $eh0))
-            (type $v0 (enum "allow" "deny" "skip"))
-            (export $v "verdict" (type $v0))
-            (type $a0 (record (field "verdict" $v) (field "rule" string) (field "reason" string)))
-            (export $a "answer" (type $a0))
-            (type $ea0 (record (field "index" u32) (field "answer" $a)))
-            (export $ea "entry-answer" (type $ea0))
-            (func $ci (param "image" $ii) (result (list $a))
-                (canon lift (core func $i "check-image") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
-            (func $ce (param "layer" u32) (param "entries" (list $eh))
-                (result (list $ea))
-                (canon lift (core func $i "check-entries") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+            {types}
             (instance $inst (export "check-image" (func $ci)) (export "check-entries" (func $ce)))
             (export "tarpool:steps/inspect@0.1.1" (instance $inst)))"#
     ))

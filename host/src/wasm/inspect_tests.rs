@@ -48,6 +48,7 @@ pub(crate) fn component(skips: &[u32], wants: &[u32], contents: Option<u8>) -> V
     let data: String = mem.iter().map(|b| format!("\\{b:02x}")).collect();
     let said = if contents.is_some() { 24 } else { 8 };
     let p16 = "i32 ".repeat(16);
+    let types = include_str!("../../../tests/support/inspect-types.wat");
     wat::parse_str(format!(
         r#"(component
             (core module $m
@@ -61,29 +62,7 @@ pub(crate) fn component(skips: &[u32], wants: &[u32], contents: Option<u8>) -> V
                     (param i32 i32 i32 i32 i32 i32 i32 i64 i32 i32 i32 i32 i32 i32 i32)
                     (result i32) i32.const {said}))
             (core instance $i (instantiate $m))
-            (type $rc0 (record (field "env" (list string)) (field "entrypoint" (list string))
-                (field "cmd" (list string)) (field "working-dir" string) (field "user" string)))
-            (export $rc "runtime-config" (type $rc0))
-            (type $ii0 (record (field "name" string) (field "format" string) (field "layers" u32)
-                (field "config" (option $rc))))
-            (export $ii "image-info" (type $ii0))
-            (type $et0 (enum "regular" "directory" "symlink" "hardlink" "char-device"
-                "block-device" "fifo" "whiteout" "opaque"))
-            (export $et "entry-type" (type $et0))
-            (type $eh0 (record (field "path" string) (field "kind" $et) (field "mode" u32)
-                (field "uid" u32) (field "gid" u32) (field "size" u64)
-                (field "link" (option string)) (field "xattr-names" (list string))))
-            (export $eh "entry-header" (type $eh0))
-            (type $v0 (enum "allow" "deny" "skip"))
-            (export $v "verdict" (type $v0))
-            (type $a0 (record (field "verdict" $v) (field "rule" string) (field "reason" string)))
-            (export $a "answer" (type $a0))
-            (type $ea0 (record (field "index" u32) (field "answer" $a)))
-            (export $ea "entry-answer" (type $ea0))
-            (func $ci (param "image" $ii) (result (list $a))
-                (canon lift (core func $i "check-image") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
-            (func $ce (param "layer" u32) (param "entries" (list $eh)) (result (list $ea))
-                (canon lift (core func $i "check-entries") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+            {types}
             (func $wc (param "layer" u32) (param "entries" (list $eh)) (result (list u32))
                 (canon lift (core func $i "want-contents") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
             (func $cc (param "layer" u32) (param "file" $eh) (param "bytes" (list u8)) (result (option $a))
