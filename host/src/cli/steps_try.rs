@@ -60,14 +60,6 @@ impl Image {
         Ok(Image::Dir(root.to_path_buf(), out))
     }
 
-    /// The path of a directory's member `name`, if it is one.
-    fn member_path(root: &Path, members: &[Member], name: &str) -> Option<PathBuf> {
-        members
-            .iter()
-            .any(|m| m.name == name)
-            .then(|| root.join(name))
-    }
-
     fn members(&self) -> Result<Vec<Member>> {
         Ok(match self {
             Image::Dir(_, members) => members.clone(),
@@ -84,9 +76,8 @@ impl Image {
     /// A member's bytes, at most `cap`.
     fn read(&self, name: &str, cap: u64) -> std::result::Result<Vec<u8>, String> {
         match self {
-            Image::Dir(root, members) => {
-                let path = Image::member_path(root, members, name)
-                    .ok_or_else(|| format!("no member `{name}`"))?;
+            Image::Dir(..) => {
+                let (path, _, _) = self.location(name).map_err(|e| e.to_string())?;
                 let f = File::open(path).map_err(|e| format!("`{name}`: {e}"))?;
                 let mut bytes = Vec::new();
                 f.take(cap + 1)
@@ -129,18 +120,10 @@ impl Image {
 
     /// A member's whole stream.
     fn open(&self, name: &str) -> Result<Box<dyn std::io::Read>> {
+        let (path, offset, len) = self.location(name)?;
         Ok(match self {
-            Image::Dir(root, members) => Box::new(File::open(
-                Image::member_path(root, members, name)
-                    .with_context(|| format!("no member `{name}`"))?,
-            )?),
-            Image::Archive(_, f, index) => {
-                let m = index
-                    .iter()
-                    .find(|m| m.name == name)
-                    .with_context(|| format!("no member `{name}`"))?;
-                Box::new(archive::range(f.try_clone()?, m.offset, m.size)?)
-            }
+            Image::Dir(..) => Box::new(File::open(path)?),
+            Image::Archive(_, f, _) => Box::new(archive::range(f.try_clone()?, offset, len)?),
         })
     }
 }
@@ -381,10 +364,8 @@ fn inspect_layer(
     // Files whose bytes inspect steps want: (entry, the steps' places).
     let mut wanted = Vec::new();
     let inspectors = steps.inspectors();
-    // Files each step has asked for (at most the policy's
-    // max-contents-files, as in the worker).
-    let mut asked = vec![0u64; inspectors.worlds().len()];
-    let max_files = policy.max_contents_files.limit;
+    // Files each step has asked for, as in the worker.
+    let mut budget = crate::wasm::ContentsBudget::new(inspectors, policy.max_contents_files.limit);
     let mut judge = |entries: Vec<crate::extract::view::Entry>| -> Result<bool> {
         let judged = inspectors.check_entries(n, &entries)?;
         for (i, a) in judged.answers {
@@ -394,15 +375,9 @@ fn inspect_layer(
             }
         }
         for (i, places) in judged.wants {
-            for &place in &places {
-                asked[place] += 1;
-                if asked[place] > max_files {
-                    bail!(
-                        "layer {n}: inspect step {} wants the contents of more than {max_files} files of this layer (rule max-contents-files)",
-                        inspectors.label(place),
-                    );
-                }
-            }
+            budget
+                .want(&places)
+                .map_err(|why| anyhow::anyhow!("layer {n}: {why} (rule max-contents-files)"))?;
             wanted.push((entries[i].clone(), places));
         }
         Ok(true)

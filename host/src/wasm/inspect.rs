@@ -51,13 +51,6 @@ impl InspectPre {
             _ => InspectPre::Headers(inspect_bindings::InspectStepPre::new(pre)?),
         })
     }
-
-    fn world(&self) -> World {
-        match self {
-            InspectPre::Headers(_) => World::InspectStep,
-            InspectPre::Contents(_) => World::InspectContentsStep,
-        }
-    }
 }
 
 /// An instance of an inspect step.
@@ -135,6 +128,41 @@ pub struct Inspectors {
     chain: Vec<(String, InspectPre)>,
 }
 
+/// The files of one layer each inspect step has asked to read, against
+/// the policy's `max-contents-files` (the worker and `steps try` count
+/// alike).
+pub struct ContentsBudget<'a> {
+    inspectors: &'a Inspectors,
+    asked: Vec<u64>,
+    max: u64,
+}
+
+impl<'a> ContentsBudget<'a> {
+    pub fn new(inspectors: &'a Inspectors, max: u64) -> ContentsBudget<'a> {
+        ContentsBudget {
+            inspectors,
+            asked: vec![0; inspectors.chain.len()],
+            max,
+        }
+    }
+
+    /// Counts a file the steps at `places` want; past the limit, why (one
+    /// line, naming the first step over it).
+    pub fn want(&mut self, places: &[usize]) -> Result<(), String> {
+        for &place in places {
+            self.asked[place] += 1;
+            if self.asked[place] > self.max {
+                return Err(format!(
+                    "inspect step {} wants the contents of more than {} files of this layer",
+                    self.inspectors.label(place),
+                    self.max
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the inspect steps say about a batch of entries.
 #[derive(Debug, Default)]
 pub struct Judged {
@@ -189,12 +217,6 @@ impl Inspectors {
         }
         .map_err(|e| instantiate_err("inspect", e, &stderr))?;
         f(&step, &mut store).map_err(|e| in_component(label, trapped(e, &stderr)))
-    }
-
-    /// The chain's worlds (`inspect-step` or `inspect-contents-step`), in
-    /// order.
-    pub fn worlds(&self) -> Vec<&'static str> {
-        self.chain.iter().map(|(_, p)| p.world().name()).collect()
     }
 
     /// The label of the step at `place` in the chain.

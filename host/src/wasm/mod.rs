@@ -40,7 +40,7 @@ mod tarcheck;
 mod tests;
 mod user;
 
-pub use inspect::{Answer, ImageInfo, Inspectors, Judged, Verdict};
+pub use inspect::{Answer, ContentsBudget, ImageInfo, Inspectors, Judged, Verdict};
 pub use listing::{ListOf, ListingStep, NextPage, Page};
 pub use tarcheck::{TarOnly, TarSession};
 pub use user::{UserIds, UserStep};

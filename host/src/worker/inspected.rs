@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use crate::core::names::printable;
 use crate::extract::view::{CheckError, Contents, Decision, Entry, Progress, TarCheck};
-use crate::wasm::{Answer, Inspectors, StepError, Verdict};
+use crate::wasm::{Answer, ContentsBudget, Inspectors, StepError, Verdict};
 
 pub(super) struct Inspected<'a> {
     check: &'a mut dyn TarCheck,
@@ -19,10 +19,8 @@ pub(super) struct Inspected<'a> {
     /// The files whose bytes steps want, in the stream's order: (path, the
     /// steps' places in the chain).
     wanted: VecDeque<(Vec<u8>, Vec<usize>)>,
-    /// Files each step has asked for in this layer, and how many one may
-    /// (the policy's `max-contents-files`).
-    asked: Vec<u64>,
-    max_files: u64,
+    /// Files each step has asked for in this layer.
+    budget: ContentsBudget<'a>,
 }
 
 impl<'a> Inspected<'a> {
@@ -37,8 +35,7 @@ impl<'a> Inspected<'a> {
             inspectors,
             layer,
             wanted: VecDeque::new(),
-            asked: vec![0; inspectors.worlds().len()],
-            max_files,
+            budget: ContentsBudget::new(inspectors, max_files),
         }
     }
 
@@ -59,22 +56,15 @@ impl<'a> Inspected<'a> {
             p.decisions.push(decision(path, a)?);
         }
         for (i, places) in judged.wants {
-            for &place in &places {
-                self.asked[place] += 1;
-                if self.asked[place] > self.max_files {
-                    // The layer decides how many files a step wants (it
-                    // cannot count across batches): the image is to blame.
-                    return Err(CheckError::Rejected {
-                        path: printable(&String::from_utf8_lossy(&p.entries[i].path)),
-                        rule: "max-contents-files".into(),
-                        reason: format!(
-                            "inspect step {} wants the contents of more than {} files of this layer",
-                            self.inspectors.label(place),
-                            self.max_files
-                        ),
-                    });
-                }
-            }
+            // The layer decides how many files a step wants (it cannot
+            // count across batches): the image is to blame.
+            self.budget
+                .want(&places)
+                .map_err(|reason| CheckError::Rejected {
+                    path: printable(&String::from_utf8_lossy(&p.entries[i].path)),
+                    rule: "max-contents-files".into(),
+                    reason,
+                })?;
             p.entries[i].contents_wanted = true;
             self.wanted.push_back((p.entries[i].path.clone(), places));
         }
