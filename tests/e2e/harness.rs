@@ -252,6 +252,30 @@ pub const IMAGES: [&str; 6] = [
     "ocilayout",
 ];
 
+/// What `f` makes of `image` activated as `act` and mounted (it is given
+/// the mount point and `activate`'s answer); then the activation is
+/// deactivated, and its mount gone.
+pub fn activated<T>(env: &Env, image: &str, act: &str, f: impl FnOnce(&Path, &Value) -> T) -> T {
+    let mnt = env.dir.path().join(format!("mnt-{act}"));
+    let v = env.json(&[
+        "activate",
+        image,
+        "--as",
+        act,
+        "--mount",
+        mnt.to_str().unwrap(),
+    ]);
+    let out = f(&mnt, &v);
+    let done = env.run(&["deactivate", act]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(mounts_under(&mnt).is_empty(), "deactivate unmounts");
+    out
+}
+
 /// Activates `image` at a mount point, checks that it shows exactly
 /// `tests/example-bucket/expected/IMAGE.tree`, and deactivates it.
 pub fn check_activation(env: &Env, image: &str) {
@@ -261,30 +285,17 @@ pub fn check_activation(env: &Env, image: &str) {
 /// [`check_activation`] of `image` against the example image `expected`'s
 /// tree (the same image under another name).
 pub fn check_activation_as(env: &Env, image: &str, expected: &str) {
-    let mnt = env.dir.path().join(format!("mnt-{image}"));
     let act = format!("act-{image}");
-    let v = env.json(&[
-        "activate",
-        image,
-        "--as",
-        &act,
-        "--mount",
-        mnt.to_str().unwrap(),
-    ]);
-    assert_eq!(v["activation"], act.as_str());
-    assert_eq!(v["mount"]["type"], "overlay");
+    let got = activated(env, image, &act, |mnt, v| {
+        assert_eq!(v["activation"], act.as_str());
+        assert_eq!(v["mount"]["type"], "overlay");
+        let got = tree(mnt);
+        // Writes go to the activation, not to the shared layers.
+        std::fs::write(mnt.join("written-by-test"), b"x").unwrap();
+        got
+    });
     let want = std::fs::read_to_string(example_bucket().join(format!("expected/{expected}.tree")))
         .unwrap();
-    let got = tree(&mnt);
-    // Writes go to the activation, not to the shared layers.
-    std::fs::write(mnt.join("written-by-test"), b"x").unwrap();
-    let out = env.run(&["deactivate", &act]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(mounts_under(&mnt).is_empty(), "deactivate unmounts");
     if got != want {
         let diff = std::process::Command::new("diff")
             .arg(example_bucket().join(format!("expected/{expected}.tree")))

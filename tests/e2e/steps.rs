@@ -8,6 +8,19 @@ use sha2::{Digest as _, Sha256};
 
 use crate::harness::*;
 
+/// `wasm` written to `dir/NAME.wasm`, pinned: its path and sha256.
+fn written(dir: &Path, name: &str, wasm: &[u8]) -> (PathBuf, String) {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::write(&path, wasm).unwrap();
+    pinned(path)
+}
+
+/// A component file and its sha256, as `[steps]` pins it.
+fn pinned(path: PathBuf) -> (PathBuf, String) {
+    let sha = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+    (path, sha)
+}
+
 /// A manifest-step component, written as text, importing `imports` (each
 /// an instance with nothing in it) and exporting `parse`. It never runs:
 /// the host refuses it from its type.
@@ -25,9 +38,7 @@ fn component(dir: &Path, name: &str, imports: &[&str]) -> (PathBuf, String) {
             (export "parse" (func $f)))"#
     ))
     .unwrap();
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, &wasm).unwrap();
-    (path, hex::encode(Sha256::digest(&wasm)))
+    written(dir, name, &wasm)
 }
 
 /// The refusals of each component, as `steps check` prints them and as
@@ -41,7 +52,6 @@ fn components_the_host_cannot_load_are_refused_in_one_line() {
     let big = dir.join("big.wasm");
     let f = std::fs::File::create(&big).unwrap();
     f.set_len(17 << 20).unwrap();
-    let big_sha = hex::encode(Sha256::digest(std::fs::read(&big).unwrap()));
     for ((path, sha), why) in [
         (
             component(dir, "newer", &["tarpool:steps/types@0.2.0", "tarpool:steps/source@0.2.0"]),
@@ -51,7 +61,7 @@ fn components_the_host_cannot_load_are_refused_in_one_line() {
             component(dir, "files", &[types, source, "wasi:filesystem/preopens@0.2.6"]),
             "manifest-step imports what the host does not give a step: wasi:filesystem/preopens@0.2.6",
         ),
-        ((big, big_sha), "is 17825792 bytes: a component is at most 16777216 bytes"),
+        (pinned(big), "is 17825792 bytes: a component is at most 16777216 bytes"),
     ] {
         // The dev loop: `steps check` says why, and exits 1.
         let out = env.run(&["steps", "check", path.to_str().unwrap()]);
@@ -171,9 +181,9 @@ fn example(name: &str) -> (PathBuf, String) {
     let wasm = dir
         .join("target/wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
-    let sha = hex::encode(Sha256::digest(std::fs::read(&wasm).unwrap()));
-    built.push((name.to_string(), (wasm.clone(), sha.clone())));
-    (wasm, sha)
+    let pin = pinned(wasm);
+    built.push((name.to_string(), pin.clone()));
+    pin
 }
 
 /// The example inspect step (`examples/inspect-rules`).
@@ -315,18 +325,10 @@ fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
     );
 
     // What was skipped is not in the layer.
-    let mnt = env.dir.path().join("mnt-backups");
-    env.json(&[
-        "activate",
-        "backups",
-        "--as",
-        "b",
-        "--mount",
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(mnt.join("etc/motd").exists());
-    assert!(!mnt.join("etc/motd~").exists() && !mnt.join("etc/.motd.swp").exists());
-    env.run(&["deactivate", "b"]);
+    activated(&env, "backups", "b", |mnt, _| {
+        assert!(mnt.join("etc/motd").exists());
+        assert!(!mnt.join("etc/motd~").exists() && !mnt.join("etc/.motd.swp").exists());
+    });
 
     // Layers judged by the step are not those of a run without it: taking
     // the step out runs every image again (their fingerprints named it),
@@ -346,20 +348,12 @@ fn the_example_inspect_step_denies_and_skips_and_the_audit_names_its_rules() {
         unjudged.is_string() && unjudged != judged,
         "{judged} {unjudged}"
     );
-    let mnt = env.dir.path().join("mnt-backups2");
-    env.json(&[
-        "activate",
-        "backups",
-        "--as",
-        "b2",
-        "--mount",
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(
-        mnt.join("etc/motd~").exists(),
-        "no inspect step: nothing skipped"
-    );
-    env.run(&["deactivate", "b2"]);
+    activated(&env, "backups", "b2", |mnt, _| {
+        assert!(
+            mnt.join("etc/motd~").exists(),
+            "no inspect step: nothing skipped"
+        );
+    });
 }
 
 /// The example step's rules that read small files: an `etc/shadow` that
@@ -446,26 +440,18 @@ fn the_example_inspect_step_reads_small_files_before_they_are_written() {
         has_decision(&audit, "no-private-keys", "note", "srv/tls/bundle.pem"),
         "{audit}"
     );
-    let mnt = env.dir.path().join("mnt-keys");
-    env.json(&[
-        "activate",
-        "keys",
-        "--as",
-        "k",
-        "--mount",
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(!mnt.join("root/.ssh/id_ed25519").exists());
-    assert!(!mnt.join("srv/tls/server.key").exists());
-    assert_eq!(std::fs::read(mnt.join("srv/tls/server.pem")).unwrap(), cert);
-    assert!(!mnt.join("srv/tls/big.key").exists());
-    assert_eq!(
-        std::fs::read(mnt.join("srv/tls/bundle.pem")).unwrap(),
-        bundle
-    );
-    assert!(mnt.join("root/.ssh/id_ed25519.pub").exists());
-    assert!(mnt.join("etc/shadow").exists());
-    env.run(&["deactivate", "k"]);
+    activated(&env, "keys", "k", |mnt, _| {
+        assert!(!mnt.join("root/.ssh/id_ed25519").exists());
+        assert!(!mnt.join("srv/tls/server.key").exists());
+        assert_eq!(std::fs::read(mnt.join("srv/tls/server.pem")).unwrap(), cert);
+        assert!(!mnt.join("srv/tls/big.key").exists());
+        assert_eq!(
+            std::fs::read(mnt.join("srv/tls/bundle.pem")).unwrap(),
+            bundle
+        );
+        assert!(mnt.join("root/.ssh/id_ed25519.pub").exists());
+        assert!(mnt.join("etc/shadow").exists());
+    });
 
     // `steps try` gives the same answers, the layer as it is and gzipped
     // (which the confined worker decompresses for it).
@@ -566,9 +552,7 @@ fn inspect_component(dir: &Path, name: &str, body: &str) -> (PathBuf, String) {
             (export "tarpool:steps/inspect@0.1.1" (instance $inst)))"#
     ))
     .unwrap();
-    let path = dir.join(format!("{name}.wasm"));
-    std::fs::write(&path, &wasm).unwrap();
-    (path, hex::encode(Sha256::digest(&wasm)))
+    written(dir, name, &wasm)
 }
 
 /// An inspect step that traps, or runs out of fuel, fails each image in one
@@ -835,18 +819,10 @@ fn a_run_resumed_under_other_inspect_steps_starts_again() {
     // The next pass runs it again under the steps configured now.
     env.run(&["--config", without.to_str().unwrap(), "run", "--once"]);
     assert_eq!(env.status()["app"].0, "ready", "{:?}", env.status());
-    let mnt = env.dir.path().join("mnt-app");
-    env.json(&[
-        "activate",
-        "app",
-        "--as",
-        "a",
-        "--mount",
-        mnt.to_str().unwrap(),
-    ]);
-    assert!(
-        mnt.join("etc/motd~").exists(),
-        "unpacked under no inspect step"
-    );
-    env.run(&["deactivate", "a"]);
+    activated(&env, "app", "a", |mnt, _| {
+        assert!(
+            mnt.join("etc/motd~").exists(),
+            "unpacked under no inspect step"
+        );
+    });
 }
